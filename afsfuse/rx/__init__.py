@@ -1,0 +1,1 @@
+"""Rx: the AFS remote procedure call transport, its security classes and interfaces."""
