@@ -1,0 +1,12 @@
+"""Identities and tokens: rxkad tokens obtained from Kerberos credentials."""
+
+from afsfuse.keyring.kerberos import token_from_ccache, token_from_keytab
+from afsfuse.keyring.token import KVNO_KERBEROS_V5, Token, TokenError
+
+__all__ = [
+    "KVNO_KERBEROS_V5",
+    "Token",
+    "TokenError",
+    "token_from_ccache",
+    "token_from_keytab",
+]

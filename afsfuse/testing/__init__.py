@@ -1,0 +1,1 @@
+"""Test infrastructure shared by tests, benchmarks and demos: KDC, test cell, relays."""
