@@ -300,3 +300,28 @@ def test_declarations_are_checked() -> None:
     with pytest.raises(AttributeError):
         _ = VL.GetEntryByNameZ
     assert VL.GetEntryByName is VL.GetEntryByNameO
+
+
+async def test_over_the_real_transport_on_loopback() -> None:
+    """The same stubs and dispatcher over afsfuse.rx.driver on 127.0.0.1."""
+    from afsfuse.rx.driver import open_endpoint
+
+    impl = FakeFileServer()
+    with trio.fail_after(30):
+        async with open_endpoint("127.0.0.1") as server, open_endpoint("127.0.0.1") as client:
+            server.serve(FS.service_id, make_dispatcher(FS, impl))
+            server.serve(VL.service_id, make_dispatcher(VL, FakeVolumeLocation()))
+            vl = client.connect(("127.0.0.1", server.port), VL.service_id)
+            fs = client.connect(("127.0.0.1", server.port), FS.service_id)
+            assert (await VL.GetEntryByNameU(vl, "root.cell")).name == "root.cell"
+            with pytest.raises(RxAbort) as info:
+                await VL.GetEntryByNameU(vl, "no.such.volume")
+            assert info.value.code == VL_NOENT
+            with pytest.raises(RxAbort) as info:
+                await FS.FetchACL(fs, FID)
+            assert info.value.code == RXGEN_OPCODE
+            data, result = await FS.FetchData64(fs, FID, 0, len(BIG))
+            assert data == BIG
+            assert result.OutStatus == STATUS
+            await FS.StoreData64(fs, FID, AFSStoreStatus(), 0, 100_000, 100_000, data=BIG[:100_000])
+            assert impl.stored == BIG[:100_000]
