@@ -1,0 +1,670 @@
+"""One Rx call: both directions of its byte stream, windows, acks, retransmission, timers.
+
+Sans-I/O: methods take `now` and leave datagrams in the owning RxCore's output list.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from . import packet as P
+from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort
+
+if TYPE_CHECKING:
+    from .core import Connection
+
+MAX_WINDOW = 32  # rx_maxSendWindow / rx_maxReceiveWindow
+INITIAL_WINDOW = 16
+SOFT_ACK_RATE = 2  # ack every 2nd in-order packet at once
+HARD_ACK_RATE = 2  # ack once 2 packets were consumed by the reader
+ACK_DELAY = 0.1
+NACK_THRESHOLD = 3
+CLIENT_LAST_PACKET_ALLOWANCE = 0.4  # the server may delay its ack of our last request packet
+MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP fragments
+MIN_PACKET = 520
+#: How many not-yet-acknowledged packets a writer may queue before it has to wait.
+SEND_BACKLOG = 2 * MAX_WINDOW
+MAX_PROBE = 10.0  # longest wait between pings to a receiver whose reader is stalled
+
+
+class CallState(IntEnum):
+    PRECALL = 1  # server: packets arrived, waiting for authentication before dispatch
+    ACTIVE = 2
+    HOLD = 3  # server: reply queued, waiting for the client to acknowledge it
+    DALLY = 4  # finished cleanly; kept on its channel to answer late packets
+    ERROR = 5
+
+
+_LIVE_STATES = (CallState.PRECALL, CallState.ACTIVE, CallState.HOLD)
+
+
+class _TxPacket:
+    __slots__ = ("acked", "cksum", "flags", "payload", "resend", "sent_at", "seq", "serial")
+
+    def __init__(self, seq: int, flags: int, cksum: int, payload: bytes) -> None:
+        self.seq = seq
+        self.flags = flags
+        self.cksum = cksum
+        self.payload = payload
+        self.serial = 0
+        self.sent_at: float | None = None
+        self.acked = False  # soft-acked: the receiver holds it but may still drop it
+        self.resend = False
+
+
+class Call:
+    """State of one call on one channel of a connection."""
+
+    def __init__(
+        self, conn: Connection, channel: int, call_number: int, is_client: bool, now: float
+    ) -> None:
+        self.conn = conn
+        self.core = conn.core
+        self.channel = channel
+        self.call_number = call_number
+        self.is_client = is_client
+        self.state = CallState.ACTIVE if is_client else CallState.PRECALL
+        self.error: int | None = None
+        #: Free slot for the driver (its task-facing wrapper).
+        self.app: Any = None
+        self.event_pending = False
+        self.started_at = now
+        self.last_send = now
+        self.last_receive = now
+        self.last_data_at = now
+        self.first_sent_at: float | None = None
+        # Transmit side.
+        self.tx: deque[_TxPacket] = deque()
+        self.tx_partial = bytearray()
+        self.tfirst = 1  # lowest seq not yet hard-acked
+        self.tnext = 1  # seq of the next packet to build
+        self.tnext_send = 1  # lowest seq never transmitted
+        self.resend_pending = 0
+        self.tx_closed = False
+        self.tx_last_sent = False
+        self.cwind = 1
+        self.ssthresh = MAX_WINDOW
+        self.twind = INITIAL_WINDOW
+        self.ca_acked = 0
+        self.nack_events = 0
+        self.recover_until = 0  # in recovery while tfirst <= this
+        self.resend_at: float | None = None
+        self.probe_interval = 0.0
+        self.peer_slow_start_ok = False
+        self.last_ack_first = 0
+        self.last_ack_previous = 0
+        self.ping_serial = 0
+        self.ping_sent_at = 0.0
+        # Receive side.
+        self.rx_ready: deque[bytes] = deque()
+        self.rx_offset = 0
+        self.rx_avail = 0
+        self.rx_ooo: dict[int, tuple[bytes, int]] = {}
+        self.rnext = 1  # next in-order seq expected from the wire
+        self.rconsumed = 1  # lowest seq the reader has not finished: the hard-ack point
+        self.rx_highest = 0
+        self.rx_previous = 0
+        self.rx_last_seq = 0  # seq of the peer's LAST_PACKET once seen
+        self.rwind = INITIAL_WINDOW
+        self.unacked = 0
+        self.consumed_since_ack = 0
+        self.ack_reason = 0
+        self.ack_serial = 0
+        self.ack_at: float | None = None
+
+    # ----- what the application side sees -------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self.state in _LIVE_STATES
+
+    @property
+    def rx_complete(self) -> bool:
+        """The peer's whole stream (up to LAST_PACKET) has arrived."""
+        return self.rx_last_seq != 0 and self.rnext > self.rx_last_seq
+
+    @property
+    def at_eof(self) -> bool:
+        return self.rx_complete and self.rx_avail == 0
+
+    @property
+    def readable(self) -> bool:
+        return self.rx_avail > 0 or self.at_eof or self.error is not None
+
+    @property
+    def tx_backlog(self) -> int:
+        return len(self.tx)
+
+    def check_error(self) -> None:
+        if self.error is not None:
+            raise RxAbort(self.error)
+
+    def write(self, data: bytes | memoryview, now: float) -> None:
+        """Queue stream bytes; full packets are built now, the tail waits for more or close."""
+        self.check_error()
+        if self.tx_closed:
+            raise RuntimeError("write after close_send")
+        view = memoryview(data).cast("B")
+        max_data = self.conn.max_user_data()
+        pos = 0
+        partial = self.tx_partial
+        if partial:
+            need = max_data - len(partial)
+            if len(view) <= need:
+                partial += view
+                return
+            partial += view[:need]
+            self._queue_packet(bytes(partial), 0)
+            partial.clear()
+            pos = need
+        # Keep the last (possibly full) chunk back so close_send can mark it LAST_PACKET.
+        while len(view) - pos > max_data:
+            self._queue_packet(bytes(view[pos : pos + max_data]), 0)
+            pos += max_data
+        partial += view[pos:]
+
+    def close_send(self, now: float) -> None:
+        """End our direction: the queued tail (possibly empty) goes out with LAST_PACKET."""
+        self.check_error()
+        if self.tx_closed:
+            return
+        self._queue_packet(bytes(self.tx_partial), P.LAST_PACKET)
+        self.tx_partial.clear()
+        self.tx_closed = True
+        if not self.is_client and self.state == CallState.ACTIVE:
+            self.state = CallState.HOLD
+
+    def read(self, max_bytes: int, now: float) -> bytes:
+        """Take up to max_bytes of in-order stream data (b"" if none is ready)."""
+        self.check_error()
+        chunks = []
+        need = max_bytes
+        consumed = 0
+        ready = self.rx_ready
+        while ready and need > 0:
+            head = ready[0]
+            avail = len(head) - self.rx_offset
+            if avail <= need:
+                chunks.append(head[self.rx_offset :] if self.rx_offset else head)
+                ready.popleft()
+                self.rx_offset = 0
+                consumed += 1
+                need -= avail
+            else:
+                chunks.append(head[self.rx_offset : self.rx_offset + need])
+                self.rx_offset += need
+                need = 0
+        # Zero-length packets (a zero-length reply, a trailing empty LAST) are consumed too.
+        while ready and len(ready[0]) == self.rx_offset:
+            ready.popleft()
+            self.rx_offset = 0
+            consumed += 1
+        got = max_bytes - need
+        self.rx_avail -= got
+        if consumed:
+            self._consumed(consumed, now)
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+    def _consumed(self, count: int, now: float) -> None:
+        self.rconsumed += count
+        if self.rwind < MAX_WINDOW:
+            self.rwind = MAX_WINDOW
+        self.consumed_since_ack += count
+        if self.consumed_since_ack >= HARD_ACK_RATE:
+            self._want_ack(P.ACK_DELAY, 0)
+        elif self.ack_at is None:
+            self.ack_at = now + ACK_DELAY
+
+    def end(self, now: float) -> None:
+        """Client: the application is done with a completed call; send the final ACK."""
+        if self.state != CallState.ACTIVE:
+            return
+        while self.rx_ready:
+            self.read(1 << 30, now)
+        self._send_ack(P.ACK_DELAY, 0, now)
+        self.state = CallState.DALLY
+        self.tx.clear()
+        self.resend_at = None
+        self.core._call_finished(self)
+
+    def abort(self, code: int, now: float) -> None:
+        """Fail the call locally and tell the peer."""
+        if self.state in (CallState.ERROR, CallState.DALLY):
+            return
+        self.fail(code, now, send_abort=True)
+
+    def fail(self, code: int, now: float, *, send_abort: bool) -> None:
+        dispatched = self.state != CallState.PRECALL
+        self.state = CallState.ERROR
+        self.error = code
+        self.tx.clear()
+        self.tx_partial.clear()
+        self.rx_ready.clear()
+        self.rx_ooo.clear()
+        self.rx_avail = 0
+        self.resend_at = None
+        self.ack_at = None
+        if send_abort:
+            self.send_abort(now)
+        self.core._call_finished(self)
+        if dispatched:
+            self.core._notify(self)
+
+    def send_abort(self, now: float) -> None:
+        assert self.error is not None
+        conn = self.conn
+        body = P.encode_abort(self.error)
+        conn.send_packet(P.ABORT, conn.direction_flag, self.call_number, self.channel, 0, body, now)
+
+    # ----- received packets ---------------------------------------------------------------
+
+    def on_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
+        self.last_receive = now
+        self.last_data_at = now
+        if self.is_client and self.tx_last_sent and self.tx:
+            # Any reply data acknowledges the whole request.
+            self._hard_ack_all()
+        if seq < self.rnext or seq in self.rx_ooo:
+            self._want_ack(P.ACK_DUPLICATE, serial)
+            return
+        if seq >= self.rconsumed + self.rwind:
+            self._want_ack(P.ACK_EXCEEDS_WINDOW, serial)
+            return
+        if flags & P.LAST_PACKET:
+            self.rx_last_seq = seq
+        elif self.rx_last_seq and seq > self.rx_last_seq:
+            return  # beyond the end the peer already announced
+        self.rx_previous = seq
+        if seq > self.rx_highest:
+            self.rx_highest = seq
+        if seq != self.rnext:
+            self.rx_ooo[seq] = (payload, flags)
+            self._want_ack(P.ACK_OUT_OF_SEQUENCE, serial)
+            return
+        self.rx_ready.append(payload)
+        self.rx_avail += len(payload)
+        self.rnext = seq + 1
+        ooo = self.rx_ooo
+        while ooo:
+            nxt = ooo.pop(self.rnext, None)
+            if nxt is None:
+                break
+            self.rx_ready.append(nxt[0])
+            self.rx_avail += len(nxt[0])
+            self.rnext += 1
+        self.unacked += 1
+        if flags & P.REQUEST_ACK:
+            self._want_ack(P.ACK_REQUESTED, serial)
+        elif ooo:
+            self._want_ack(P.ACK_OUT_OF_SEQUENCE, serial)
+        elif self.unacked >= SOFT_ACK_RATE:
+            self._want_ack(P.ACK_IDLE, serial)
+        elif self.ack_at is None:
+            self.ack_at = now + ACK_DELAY
+        self.core._notify(self)
+
+    def on_ack(self, ack: P.AckBody, flags: int, now: float) -> None:
+        self.last_receive = now
+        if flags & P.SLOW_START_OK:
+            self.peer_slow_start_ok = True
+        if self.state in (CallState.DALLY, CallState.ERROR):
+            return
+        if ack.rwind:
+            self.twind = min(ack.rwind, MAX_WINDOW)
+        if ack.max_mtu:
+            self.conn.peer.set_max_packet(ack.max_mtu)
+        peer = self.conn.peer
+        if (
+            ack.reason == P.ACK_PING_RESPONSE
+            and self.ping_serial
+            and ack.serial == self.ping_serial
+        ):
+            peer.rtt_sample(now - self.ping_sent_at)
+            self.ping_serial = 0
+        first = ack.first_packet
+        if first < self.tfirst:
+            return  # the window moved backwards: a stale ACK
+        if (
+            first == self.last_ack_first
+            and ack.previous_packet < self.last_ack_previous
+            and ack.previous_packet < self.tnext
+        ):
+            return  # reordered behind a newer ACK
+        self.last_ack_first = first
+        self.last_ack_previous = ack.previous_packet
+        first = min(first, self.tnext_send)
+        tx = self.tx
+        newly = 0
+        rtt_packet = None
+        while tx and tx[0].seq < first:
+            pkt = tx.popleft()
+            if not pkt.acked:
+                newly += 1
+                if pkt.serial == ack.serial:
+                    rtt_packet = pkt
+            if pkt.resend:
+                self.resend_pending -= 1
+        if first > self.tfirst:
+            self.tfirst = first
+        acks = ack.acks
+        nack_event = False
+        highest_acked = -1
+        for i in range(min(len(acks), len(tx))):
+            pkt = tx[i]
+            if acks[i]:
+                highest_acked = i
+                if not pkt.acked:
+                    pkt.acked = True
+                    newly += 1
+                    if pkt.serial == ack.serial:
+                        rtt_packet = pkt
+                    if pkt.resend:
+                        pkt.resend = False
+                        self.resend_pending -= 1
+            elif pkt.acked:
+                pkt.acked = False  # the receiver dropped a packet it had soft-acked
+        if highest_acked > 0:
+            nack_event = any(not acks[i] for i in range(highest_acked))
+        if rtt_packet is not None and ack.reason != P.ACK_DELAY and rtt_packet.sent_at is not None:
+            peer.rtt_sample(now - rtt_packet.sent_at)
+        if nack_event:
+            self._on_nack_event(highest_acked, now)
+        else:
+            self.nack_events = 0
+        if newly:
+            if self.recover_until and self.tfirst > self.recover_until:
+                self.recover_until = 0
+            if not self.recover_until:
+                self._grow_window(newly)
+            self.probe_interval = 0.0
+            self.resend_at = now + peer.rto if self.tnext_send > self.tfirst else None
+            self.core._notify(self)
+        if not tx:
+            self.resend_at = None
+            self._tx_drained()
+        self.core._tx_calls.add(self)
+
+    def on_ackall(self, now: float) -> None:
+        self.last_receive = now
+        if self.live:
+            self._hard_ack_all()
+            self.core._notify(self)
+
+    def on_abort(self, code: int, now: float) -> None:
+        if self.state in (CallState.ERROR, CallState.DALLY):
+            return
+        self.fail(code, now, send_abort=False)
+
+    def on_busy(self, now: float) -> None:
+        self.last_receive = now
+
+    def _hard_ack_all(self) -> None:
+        self.tx.clear()
+        self.tfirst = self.tnext_send = self.tnext
+        self.resend_pending = 0
+        self.resend_at = None
+        self._tx_drained()
+
+    def _tx_drained(self) -> None:
+        if self.tx_closed and not self.is_client and self.state == CallState.HOLD:
+            self.state = CallState.DALLY
+            self.core._call_finished(self)
+            self.core._notify(self)
+
+    def _outstanding(self) -> bool:
+        """Some transmitted packet still lacks even a soft ack."""
+        for pkt in self.tx:
+            if pkt.seq >= self.tnext_send:
+                return False
+            if not pkt.acked:
+                return True
+        return False
+
+    def _grow_window(self, newly: int) -> None:
+        if self.cwind < self.ssthresh:
+            self.cwind += newly
+        else:
+            self.ca_acked += newly
+            if self.ca_acked >= self.cwind:
+                self.ca_acked -= self.cwind
+                self.cwind += 1
+        if self.cwind > MAX_WINDOW:
+            self.cwind = MAX_WINDOW
+
+    def _on_nack_event(self, highest_acked: int, now: float) -> None:
+        self.nack_events += 1
+        if not self.recover_until:
+            if self.nack_events < NACK_THRESHOLD:
+                return
+            self.ssthresh = max(4, min(self.cwind, self.twind)) // 2
+            self.cwind = min(self.ssthresh + 3, MAX_WINDOW)
+            self.recover_until = self.tnext_send - 1
+            recent = now  # everything NACKed now is resent once
+        else:
+            # Already recovering: resend a hole again only if its last copy is an RTT old.
+            recent = now - self.conn.peer.srtt
+        for i in range(highest_acked):
+            pkt = self.tx[i]
+            if (
+                not pkt.acked
+                and not pkt.resend
+                and pkt.sent_at is not None
+                and pkt.sent_at <= recent
+            ):
+                pkt.resend = True
+                self.resend_pending += 1
+
+    # ----- timers -------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadline = self.resend_at
+        if self.ack_at is not None and (deadline is None or self.ack_at < deadline):
+            deadline = self.ack_at
+        if self._watched():
+            conn = self.conn
+            for when in (
+                self.last_send + conn.dead_time / 6,
+                self.last_receive + conn.dead_time + conn.peer.fudge(),
+                self._idle_deadline(),
+                self._hard_deadline(),
+            ):
+                if when is not None and (deadline is None or when < deadline):
+                    deadline = when
+        return deadline
+
+    def _watched(self) -> bool:
+        """Keepalive and dead-peer detection apply: we are waiting on the peer."""
+        if self.first_sent_at is None and not self.rx_highest:
+            return False
+        if self.is_client:
+            return self.state == CallState.ACTIVE and not self.rx_complete
+        return self.live
+
+    def _idle_deadline(self) -> float | None:
+        idle = self.conn.idle_timeout
+        if idle is None or not self.is_client or not self.tx_last_sent:
+            return None
+        return self.last_data_at + idle
+
+    def _hard_deadline(self) -> float | None:
+        hard = self.conn.hard_timeout
+        if hard is None or not self.is_client:
+            return None
+        return self.started_at + hard
+
+    def on_timer(self, now: float) -> None:
+        if self.ack_at is not None and now >= self.ack_at:
+            self._send_ack(P.ACK_DELAY, 0, now)
+        if self.resend_at is not None and now >= self.resend_at:
+            self._retransmit_timeout(now)
+        if not self._watched():
+            return
+        conn = self.conn
+        hard = self._hard_deadline()
+        idle = self._idle_deadline()
+        if (hard is not None and now >= hard) or (idle is not None and now >= idle):
+            self.fail(RX_CALL_TIMEOUT, now, send_abort=True)
+            return
+        if now >= self.last_receive + conn.dead_time + conn.peer.fudge():
+            self.fail(RX_CALL_DEAD, now, send_abort=False)
+            return
+        if now >= self.last_send + conn.dead_time / 6:
+            self.send_ping(now)
+
+    def _retransmit_timeout(self, now: float) -> None:
+        if not self._outstanding():
+            # Everything sent is soft-acked: the hard ack we wait for may be lost.  Probe
+            # with a ping (its response carries the receiver's state), backing off while
+            # the reader makes no progress.
+            self.probe_interval = min(max(self.probe_interval * 2, self.conn.peer.rto), MAX_PROBE)
+            self.send_ping(now)
+            self.resend_at = now + self.probe_interval
+            return
+        self.conn.peer.back_off()
+        self.ssthresh = max(4, min(self.cwind, self.twind)) // 2
+        self.cwind = 1
+        self.ca_acked = 0
+        self.nack_events = 0
+        self.recover_until = self.tnext_send - 1
+        for pkt in self.tx:
+            if pkt.seq >= self.tnext_send:
+                break
+            if not pkt.acked and not pkt.resend:
+                pkt.resend = True
+                self.resend_pending += 1
+        self.resend_at = None
+        self.core._tx_calls.add(self)
+
+    # ----- sending ------------------------------------------------------------------------
+
+    def _queue_packet(self, data: bytes, flags: int) -> None:
+        seq = self.tnext
+        self.tnext += 1
+        cksum, wire = self.conn.security.seal(self.call_number, self.channel, seq, data)
+        self.tx.append(_TxPacket(seq, flags, cksum, wire))
+        self.core._tx_calls.add(self)
+
+    def transmit(self, now: float) -> None:
+        """Send what the windows allow: pending retransmissions first, then new packets."""
+        if self.state not in (CallState.ACTIVE, CallState.HOLD) or not self.tx:
+            return
+        limit = self.tfirst + min(self.cwind, self.twind)
+        batch = []
+        retransmit = False
+        if self.resend_pending:
+            # Holes may sit above soft-acked packets: look across the whole peer window, but
+            # resend no more than the congestion window allows.
+            resend_limit = self.tfirst + self.twind
+            for pkt in self.tx:
+                if (
+                    pkt.seq >= resend_limit
+                    or pkt.seq >= self.tnext_send
+                    or len(batch) >= self.cwind
+                ):
+                    break
+                if pkt.resend:
+                    batch.append(pkt)
+            retransmit = bool(batch)
+        if self.tnext_send < limit:
+            start = self.tnext_send - self.tfirst
+            tx = self.tx
+            for i in range(start, min(len(tx), limit - self.tfirst)):
+                batch.append(tx[i])
+        if not batch:
+            if self.resend_at is None and self.tnext_send > self.tfirst:
+                self.resend_at = now + self.conn.peer.rto
+            return
+        conn = self.conn
+        base_flags = conn.direction_flag
+        last = batch[-1]
+        request_ack = (
+            retransmit
+            or self.cwind <= SOFT_ACK_RATE
+            or (not self.peer_slow_start_ok and last.seq & 1)
+        )
+        for pkt in batch:
+            flags = pkt.flags | base_flags
+            if pkt is last and request_ack:
+                flags |= P.REQUEST_ACK
+            pkt.serial = conn.send_packet(
+                P.DATA, flags, self.call_number, self.channel, pkt.seq, pkt.payload, now, pkt.cksum
+            )
+            pkt.sent_at = now
+            if pkt.resend:
+                pkt.resend = False
+                self.resend_pending -= 1
+            if pkt.seq >= self.tnext_send:
+                self.tnext_send = pkt.seq + 1
+            if pkt.flags & P.LAST_PACKET:
+                self.tx_last_sent = True
+        if self.first_sent_at is None:
+            self.first_sent_at = now
+            self.last_receive = now
+        if self.resend_at is None:
+            allowance = CLIENT_LAST_PACKET_ALLOWANCE if self.is_client and self.tx_last_sent else 0
+            self.resend_at = now + conn.peer.rto + allowance
+
+    def _want_ack(self, reason: int, serial: int) -> None:
+        if reason == P.ACK_REQUESTED or self.ack_reason != P.ACK_REQUESTED:
+            self.ack_reason = reason
+            self.ack_serial = serial
+        self.core._ack_calls.add(self)
+
+    def flush_ack(self, now: float) -> None:
+        if self.ack_reason and self.state != CallState.ERROR:
+            self._send_ack(self.ack_reason, self.ack_serial, now)
+
+    def ack_body(self, reason: int, serial: int) -> bytes:
+        n_held = self.rnext - self.rconsumed
+        top = max(self.rx_highest, self.rnext - 1)
+        count = min(top - self.rconsumed + 1, P.MAX_ACKS)
+        if count <= n_held:
+            acks = b"\x01" * max(count, 0)
+        else:
+            tail = bytearray(count - n_held)
+            ooo = self.rx_ooo
+            for i in range(len(tail)):
+                if self.rnext + i in ooo:
+                    tail[i] = 1
+            acks = b"\x01" * n_held + bytes(tail)
+        return P.encode_ack(
+            self.rconsumed,
+            self.rx_previous,
+            serial,
+            reason,
+            acks,
+            MAX_PACKET,
+            MAX_PACKET,
+            self.rwind,
+            1,
+        )
+
+    def _send_ack(self, reason: int, serial: int, now: float, flags: int = 0) -> int:
+        self.unacked = 0
+        self.consumed_since_ack = 0
+        self.ack_reason = 0
+        self.ack_at = None
+        conn = self.conn
+        return conn.send_packet(
+            P.ACK,
+            conn.direction_flag | P.SLOW_START_OK | flags,
+            self.call_number,
+            self.channel,
+            0,
+            self.ack_body(reason, serial),
+            now,
+        )
+
+    def send_ping(self, now: float) -> None:
+        self.ping_serial = self._send_ack(P.ACK_PING, 0, now, P.REQUEST_ACK)
+        self.ping_sent_at = now
+
+    def answer_ping(self, serial: int, now: float) -> None:
+        if self.state == CallState.ERROR:
+            self.send_abort(now)
+        else:
+            self._send_ack(P.ACK_PING_RESPONSE, serial, now)

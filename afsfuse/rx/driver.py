@@ -1,0 +1,412 @@
+"""The trio driver: one task owns the UDP socket and runs the sans-I/O RxCore.
+
+The socket task waits for readability (or the core's next deadline, or a poke from a call
+that queued work), drains the socket without blocking, feeds the core, lets woken tasks run
+once so their reads and writes coalesce into the same flush, then sends what the core built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+import trio
+
+from .call import SEND_BACKLOG, CallState
+from .call import Call as CoreCall
+from .core import Address, CallChanged, IncomingCall, RxCore
+from .core import Connection as CoreConnection
+from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_EOF, RX_USER_ABORT, RxAbort, RxTimeout
+from .security import RXNULL, ClientSecurity, ServerConnectionSecurity, ServerSecurity
+
+log = logging.getLogger(__name__)
+
+SOCKET_BUFFER = 4 * 1024 * 1024
+MAX_DATAGRAM = 65536
+#: Datagrams taken from the socket before the loop lets other tasks run.
+RECEIVE_BATCH = 256
+
+
+def _error(code: int) -> RxAbort:
+    if code in (RX_CALL_DEAD, RX_CALL_TIMEOUT):
+        return RxTimeout(code)
+    return RxAbort(code)
+
+
+class Call:
+    """Task-facing side of one call: flow-controlled send, and reads of the peer's stream."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._lot = trio.lowlevel.ParkingLot()
+        self._core: CoreCall | None = None
+
+    def _bind(self, core_call: CoreCall) -> None:
+        self._core = core_call
+        core_call.app = self
+
+    @property
+    def _call(self) -> CoreCall:
+        if self._core is None:
+            raise RuntimeError("the call is not open yet")
+        return self._core
+
+    def _check(self) -> CoreCall:
+        call = self._call
+        if call.error is not None:
+            raise _error(call.error)
+        return call
+
+    def _reading(self) -> CoreCall:
+        return self._check()
+
+    async def send(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        endpoint = self._endpoint
+        pos = 0
+        while True:
+            call = self._check()
+            room = SEND_BACKLOG - call.tx_backlog
+            if room <= 0:
+                await self._lot.park()
+                continue
+            take = room * call.conn.max_user_data()
+            call.write(view[pos : pos + take], trio.current_time())
+            pos += take
+            endpoint._poke()
+            if pos >= len(view):
+                break
+        await trio.lowlevel.checkpoint()
+
+    async def close_send(self) -> None:
+        call = self._check()
+        call.close_send(trio.current_time())
+        self._endpoint._poke()
+        await trio.lowlevel.checkpoint()
+
+    async def recv_into(self, buf: memoryview) -> int:
+        buf = memoryview(buf).cast("B")
+        while True:
+            call = self._reading()
+            data = call.read(len(buf), trio.current_time())
+            if data:
+                buf[: len(data)] = data
+                self._endpoint._poke()
+                await trio.lowlevel.checkpoint()
+                return len(data)
+            if call.at_eof or not buf:
+                await trio.lowlevel.checkpoint()
+                return 0
+            await self._lot.park()
+
+    async def recv_exactly(self, n: int) -> bytes:
+        chunks = []
+        need = n
+        while need:
+            call = self._reading()
+            data = call.read(need, trio.current_time())
+            if data:
+                chunks.append(data)
+                need -= len(data)
+                self._endpoint._poke()
+                continue
+            if call.at_eof:
+                raise RxAbort(RX_EOF)
+            await self._lot.park()
+        await trio.lowlevel.checkpoint()
+        return b"".join(chunks)
+
+    async def recv_rest(self) -> bytes:
+        chunks = []
+        while True:
+            call = self._reading()
+            data = call.read(1 << 62, trio.current_time())
+            if data:
+                chunks.append(data)
+                self._endpoint._poke()
+            if call.at_eof:
+                break
+            await self._lot.park()
+        await trio.lowlevel.checkpoint()
+        return b"".join(chunks)
+
+
+class ClientCall(Call):
+    """A call we make; use it as `async with connection.new_call() as call`."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection._endpoint)
+        self._connection = connection
+
+    def _reading(self) -> CoreCall:
+        # Rx is half-duplex for the client: reading the reply ends the request.
+        call = self._check()
+        if not call.tx_closed:
+            call.close_send(trio.current_time())
+            self._endpoint._poke()
+        return call
+
+    async def __aenter__(self) -> ClientCall:
+        conn = self._connection
+        while True:
+            try:
+                core_call = self._endpoint._core.new_call(conn._core, trio.current_time())
+            except RxAbort as exc:
+                raise _error(exc.code) from None
+            if core_call is not None:
+                break
+            await conn._lot.park()
+        self._bind(core_call)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        call = self._call
+        try:
+            if exc_type is None:
+                await self._finish(call)
+            elif call.live:
+                call.abort(RX_USER_ABORT, trio.current_time())
+        finally:
+            self._endpoint._poke()
+            self._connection._lot.unpark_all()
+
+    async def _finish(self, call: CoreCall) -> None:
+        if not call.tx_closed:
+            await self.close_send()
+        while True:
+            self._check()
+            call.read(1 << 62, trio.current_time())  # unread reply bytes are discarded
+            if call.at_eof:
+                break
+            await self._lot.park()
+        call.end(trio.current_time())
+
+
+class ServerCall(Call):
+    """An incoming call, handed to the service's handler."""
+
+    def __init__(self, endpoint: Endpoint, core_call: CoreCall) -> None:
+        super().__init__(endpoint)
+        self._bind(core_call)
+        self.peer: Address = core_call.conn.addr
+        security = core_call.conn.security
+        assert isinstance(security, ServerConnectionSecurity)
+        self.security: ServerConnectionSecurity = security
+
+    async def abort(self, code: int) -> None:
+        self._call.abort(code, trio.current_time())
+        self._endpoint._poke()
+        await trio.lowlevel.checkpoint()
+
+
+class Connection:
+    """A client connection to one service on one server: up to four calls at a time."""
+
+    def __init__(self, endpoint: Endpoint, core_conn: CoreConnection) -> None:
+        self._endpoint = endpoint
+        self._core = core_conn
+        self._lot = trio.lowlevel.ParkingLot()
+        core_conn.app = self
+
+    @property
+    def peer(self) -> Address:
+        return self._core.addr
+
+    @property
+    def service_id(self) -> int:
+        return self._core.service_id
+
+    def new_call(self) -> ClientCall:
+        """An async context manager; entering it waits for a free channel."""
+        return ClientCall(self)
+
+    async def rpc(self, request: bytes) -> bytes:
+        async with self.new_call() as call:
+            await call.send(request)
+            await call.close_send()
+            return await call.recv_rest()
+
+
+Handler = Callable[[ServerCall], Awaitable[None]]
+
+
+class Endpoint:
+    """One UDP socket speaking Rx: client connections and served services share it."""
+
+    def __init__(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        self._sock = sock
+        self._nursery = nursery
+        self._core = RxCore()
+        self._handlers: dict[int, Handler] = {}
+        self._wait_scope: trio.CancelScope | None = None
+        self._poked = False
+        self.port: int = sock.getsockname()[1]
+
+    def connect(
+        self,
+        addr: tuple[str, int],
+        service_id: int,
+        security: ClientSecurity = RXNULL,
+        *,
+        dead_time: float = 12.0,
+        hard_timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> Connection:
+        core_conn = self._core.connect(
+            addr,
+            service_id,
+            security,
+            dead_time=dead_time,
+            hard_timeout=hard_timeout,
+            idle_timeout=idle_timeout,
+        )
+        return Connection(self, core_conn)
+
+    def serve(
+        self,
+        service_id: int,
+        handler: Handler,
+        securities: Sequence[ServerSecurity] = (RXNULL,),
+    ) -> None:
+        self._handlers[service_id] = handler
+        self._core.add_service(service_id, securities)
+
+    def _poke(self) -> None:
+        """A call queued work for the socket task: wake it if it sleeps."""
+        self._poked = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def _run(self) -> None:
+        sock = self._sock
+        core = self._core
+        buf = bytearray(MAX_DATAGRAM)
+        view = memoryview(buf)
+        recvfrom_into = sock.recvfrom_into
+        while True:
+            now = trio.current_time()
+            received = 0
+            while received < RECEIVE_BATCH:
+                try:
+                    nbytes, addr = recvfrom_into(buf)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # e.g. a queued ICMP error
+                    log.debug("recvfrom: %s", exc)
+                    received += 1
+                    continue
+                received += 1
+                try:
+                    core.receive_datagram(bytes(view[:nbytes]), addr, now)
+                except Exception:
+                    log.exception("Rx core failed on a datagram from %s", addr)
+            deadline = core.next_deadline()
+            if deadline is not None and deadline <= now:
+                core.handle_timer(now)
+            self._dispatch_events()
+            # Let the tasks just woken read and write, so their acks and data share one flush.
+            await trio.lowlevel.checkpoint()
+            self._poked = False
+            await self._send(core.datagrams_to_send(trio.current_time()))
+            self._dispatch_events()
+            if self._poked or received >= RECEIVE_BATCH:
+                continue
+            deadline = core.next_deadline()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._wait_scope = scope
+                await trio.lowlevel.wait_readable(sock)
+            self._wait_scope = None
+
+    async def _send(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        sock = self._sock
+        for data, addr in datagrams:
+            while True:
+                try:
+                    sock.sendto(data, addr)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as exc:
+                    log.debug("sendto %s: %s", addr, exc)
+                    break
+
+    def _dispatch_events(self) -> None:
+        for event in self._core.pop_events():
+            core_call = event.call
+            if isinstance(event, IncomingCall):
+                handler = self._handlers.get(core_call.conn.service_id)
+                if handler is None:
+                    core_call.abort(RX_USER_ABORT, trio.current_time())
+                    continue
+                self._nursery.start_soon(self._handle, handler, ServerCall(self, core_call))
+            elif isinstance(event, CallChanged):
+                app = core_call.app
+                if app is not None:
+                    app._lot.unpark_all()
+                if core_call.is_client and core_call.state in (CallState.ERROR, CallState.DALLY):
+                    conn_app = core_call.conn.app
+                    if isinstance(conn_app, Connection):
+                        conn_app._lot.unpark_all()
+
+    async def _handle(self, handler: Handler, call: ServerCall) -> None:
+        core_call = call._call
+        try:
+            await handler(call)
+        except RxAbort as exc:
+            if core_call.live:
+                core_call.abort(exc.code, trio.current_time())
+        except Exception:
+            log.exception("handler for service %d failed", core_call.conn.service_id)
+            if core_call.live:
+                core_call.abort(RX_USER_ABORT, trio.current_time())
+        else:
+            if core_call.state == CallState.ACTIVE and not core_call.tx_closed:
+                core_call.close_send(trio.current_time())
+        finally:
+            self._poke()
+
+
+def _open_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for force, plain in (
+            (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+            (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF),
+        ):
+            try:
+                if force is None:
+                    raise OSError
+                sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@asynccontextmanager
+async def open_endpoint(host: str = "0.0.0.0", port: int = 0) -> AsyncIterator[Endpoint]:
+    """Bind a UDP socket (port 0: any free one) and run Rx on it for the duration."""
+    sock = _open_socket(host, port)
+    try:
+        async with trio.open_nursery() as nursery:
+            endpoint = Endpoint(sock, nursery)
+            nursery.start_soon(endpoint._run)
+            try:
+                yield endpoint
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        sock.close()

@@ -1,0 +1,234 @@
+"""Rx wire format: the 28-byte header, ACK bodies, jumbograms, VERSION and DEBUG replies.
+
+Everything here is pure encoding.  Decoders accept hostile bytes: they either return a value
+or raise PacketDecodeError, nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+HEADER_SIZE = 28
+# epoch, cid, callNumber, seq, serial, type, flags, userStatus, securityIndex, cksum, serviceId.
+# The 16-bit checksum precedes serviceId on the wire, whatever the C struct says.
+HEADER = struct.Struct(">IIIIIBBBBHH")
+
+# Packet types.
+DATA = 1
+ACK = 2
+BUSY = 3
+ABORT = 4
+ACKALL = 5
+CHALLENGE = 6
+RESPONSE = 7
+DEBUG = 8
+PARAMS = 9
+VERSION = 13
+
+# Header flags.
+CLIENT_INITIATED = 0x01
+REQUEST_ACK = 0x02
+LAST_PACKET = 0x04
+MORE_PACKETS = 0x08
+SLOW_START_OK = 0x20  # on ACK packets
+JUMBO_PACKET = 0x20  # on DATA packets
+
+# ACK reasons.
+ACK_REQUESTED = 1
+ACK_DUPLICATE = 2
+ACK_OUT_OF_SEQUENCE = 3
+ACK_EXCEEDS_WINDOW = 4
+ACK_NOSPACE = 5
+ACK_PING = 6
+ACK_PING_RESPONSE = 7
+ACK_DELAY = 8
+ACK_IDLE = 9
+
+MAX_ACKS = 255
+CID_MASK = 0xFFFFFFFC
+CHANNEL_MASK = 3
+
+JUMBO_BUFFER_SIZE = 1412
+JUMBO_HEADER = struct.Struct(">BxH")  # flags of the next sub-packet, pad, its cksum
+
+ABORT_BODY = struct.Struct(">i")
+ACK_HEAD = struct.Struct(">HHIIIBB")  # bufferSpace, maxSkew, first, previous, serial, reason, n
+ACK_TRAILER_WORD = struct.Struct(">I")
+# 3 pad bytes, then maxMTU, ifMTU, rwind, maxDgramPackets: unaligned after the acks array.
+ACK_TRAILER = struct.Struct(">3xIIII")
+
+VERSION_BODY_SIZE = 65
+DEBUG_IN = struct.Struct(">ii")
+DEBUG_GETSTATS = 1
+DEBUG_BAD_TYPE = -8
+# nFreePackets, packetReclaims, callsExecuted, waitingForPackets, usedFDs, version, spare,
+# nWaiting, idleThreads, nWaited, nPackets, then six spare words: 56 bytes.
+DEBUG_STATS = struct.Struct(">iiibbbbiiii6i")
+DEBUG_STATS_VERSION = ord("S")
+
+
+class PacketDecodeError(ValueError):
+    """Bytes that do not form the Rx packet they claim to be."""
+
+
+class Header(NamedTuple):
+    epoch: int
+    cid: int
+    call_number: int
+    seq: int
+    serial: int
+    type: int
+    flags: int
+    user_status: int
+    security_index: int
+    cksum: int
+    service_id: int
+
+    @property
+    def channel(self) -> int:
+        return self.cid & CHANNEL_MASK
+
+    def encode(self) -> bytes:
+        return HEADER.pack(*self)
+
+
+def decode_header(data: bytes | memoryview) -> Header:
+    if len(data) < HEADER_SIZE:
+        raise PacketDecodeError(f"datagram of {len(data)} bytes is shorter than an Rx header")
+    return Header._make(HEADER.unpack_from(data))
+
+
+@dataclass(slots=True)
+class AckBody:
+    """An ACK packet body.  Trailer fields are None when the peer did not send them."""
+
+    first_packet: int
+    previous_packet: int
+    serial: int
+    reason: int
+    acks: bytes = b""
+    max_mtu: int | None = None
+    if_mtu: int | None = None
+    rwind: int | None = None
+    max_dgram_packets: int | None = None
+    buffer_space: int = 0
+    max_skew: int = 0
+
+    def encode(self) -> bytes:
+        head = ACK_HEAD.pack(
+            self.buffer_space,
+            self.max_skew,
+            self.first_packet,
+            self.previous_packet,
+            self.serial,
+            self.reason,
+            len(self.acks),
+        )
+        trailer = b"".join(
+            ACK_TRAILER_WORD.pack(word)
+            for word in (self.max_mtu, self.if_mtu, self.rwind, self.max_dgram_packets)
+            if word is not None
+        )
+        return head + self.acks + b"\0\0\0" + trailer
+
+
+def encode_ack(
+    first_packet: int,
+    previous_packet: int,
+    serial: int,
+    reason: int,
+    acks: bytes,
+    max_mtu: int,
+    if_mtu: int,
+    rwind: int,
+    max_dgram_packets: int,
+) -> bytes:
+    """The full ACK body with a 4-word trailer, without building an AckBody (hot path)."""
+    return b"".join(
+        (
+            ACK_HEAD.pack(0, 0, first_packet, previous_packet, serial, reason, len(acks)),
+            acks,
+            ACK_TRAILER.pack(max_mtu, if_mtu, rwind, max_dgram_packets),
+        )
+    )
+
+
+def decode_ack(body: bytes | memoryview) -> AckBody:
+    if len(body) < ACK_HEAD.size:
+        raise PacketDecodeError(f"ACK body of {len(body)} bytes is too short")
+    _space, _skew, first, previous, serial, reason, n_acks = ACK_HEAD.unpack_from(body)
+    end = ACK_HEAD.size + n_acks
+    if len(body) < end:
+        raise PacketDecodeError(f"ACK claims {n_acks} acks but carries {len(body) - 18}")
+    ack = AckBody(first, previous, serial, reason, bytes(body[ACK_HEAD.size : end]))
+    # The trailer starts after 3 pad bytes and may be absent, partial or longer than 4 words.
+    words = []
+    offset = end + 3
+    while len(words) < 4 and offset + 4 <= len(body):
+        words.append(ACK_TRAILER_WORD.unpack_from(body, offset)[0])
+        offset += 4
+    fields = ("max_mtu", "if_mtu", "rwind", "max_dgram_packets")
+    for name, value in zip(fields, words, strict=False):
+        setattr(ack, name, value)
+    return ack
+
+
+def encode_abort(code: int) -> bytes:
+    return ABORT_BODY.pack(code)
+
+
+def decode_abort(body: bytes | memoryview) -> int:
+    if len(body) < 4:
+        raise PacketDecodeError("ABORT body shorter than its error code")
+    return ABORT_BODY.unpack_from(body)[0]
+
+
+def split_jumbogram(header: Header, body: bytes | memoryview) -> list[tuple[Header, bytes]]:
+    """Split one DATA datagram into its sub-packets (a single one if it is not a jumbogram).
+
+    Every sub-packet but the last has exactly JUMBO_BUFFER_SIZE bytes and is followed by a
+    4-byte header describing the *next* sub-packet.
+    """
+    parts: list[tuple[Header, bytes]] = []
+    current = header
+    offset = 0
+    while current.flags & JUMBO_PACKET:
+        next_at = offset + JUMBO_BUFFER_SIZE
+        if len(body) < next_at + JUMBO_HEADER.size:
+            raise PacketDecodeError("jumbogram truncated inside a sub-packet")
+        parts.append((current, bytes(body[offset:next_at])))
+        flags, cksum = JUMBO_HEADER.unpack_from(body, next_at)
+        offset = next_at + JUMBO_HEADER.size
+        current = current._replace(
+            seq=(current.seq + 1) & 0xFFFFFFFF,
+            serial=(current.serial + 1) & 0xFFFFFFFF,
+            flags=flags,
+            cksum=cksum,
+            user_status=0,
+        )
+    parts.append((current, bytes(body[offset:])))
+    return parts
+
+
+def encode_version_body(version: str) -> bytes:
+    """The 65-byte VERSION reply body: the version string, NUL-padded (and NUL-terminated)."""
+    raw = version.encode("ascii", "replace")[: VERSION_BODY_SIZE - 1]
+    return raw.ljust(VERSION_BODY_SIZE, b"\0")
+
+
+def decode_debug_request(body: bytes | memoryview) -> tuple[int, int]:
+    if len(body) < DEBUG_IN.size:
+        raise PacketDecodeError("DEBUG request shorter than rx_debugIn")
+    return DEBUG_IN.unpack_from(body)
+
+
+def encode_debug_stats(calls_executed: int, n_packets: int, n_waiting: int = 0) -> bytes:
+    return DEBUG_STATS.pack(
+        0, 0, calls_executed, 0, 1, DEBUG_STATS_VERSION, 0, n_waiting, 0, 0, n_packets, *[0] * 6
+    )
+
+
+def encode_debug_bad_type() -> bytes:
+    return DEBUG_IN.pack(DEBUG_BAD_TYPE, DEBUG_BAD_TYPE)

@@ -1,0 +1,605 @@
+"""The sans-I/O Rx core, driven by a fake clock, scripted packets and an in-memory network."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from afsfuse.rx import packet as P
+from afsfuse.rx.call import MAX_WINDOW, Call, CallState
+from afsfuse.rx.core import IncomingCall, RxCore
+from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
+from afsfuse.rx.security import (
+    RXNULL,
+    ClientConnectionSecurity,
+    ClientSecurity,
+    ServerConnectionSecurity,
+    ServerSecurity,
+)
+
+CLIENT = ("10.0.0.2", 7001)
+SERVER = ("10.0.0.1", 7000)
+SERVICE = 52
+
+
+def decode(datagram: bytes) -> tuple[P.Header, bytes]:
+    return P.decode_header(datagram), datagram[P.HEADER_SIZE :]
+
+
+def sent(core: RxCore, now: float) -> list[tuple[P.Header, bytes]]:
+    return [decode(d) for d, _ in core.datagrams_to_send(now)]
+
+
+def acks_in(packets: list[tuple[P.Header, bytes]]) -> list[P.AckBody]:
+    return [P.decode_ack(body) for h, body in packets if h.type == P.ACK]
+
+
+def data_in(packets: list[tuple[P.Header, bytes]]) -> list[P.Header]:
+    return [h for h, _ in packets if h.type == P.DATA]
+
+
+def client_packet(
+    ptype: int,
+    seq: int,
+    serial: int,
+    body: bytes,
+    *,
+    flags: int = 0,
+    call: int = 1,
+    cid: int = 0x100,
+) -> bytes:
+    header = P.Header(
+        0x80001234, cid, call, seq, serial, ptype, flags | P.CLIENT_INITIATED, 0, 0, 0, SERVICE
+    )
+    return header.encode() + body
+
+
+def server_packet(
+    call: Call, ptype: int, seq: int, serial: int, body: bytes, flags: int = 0
+) -> bytes:
+    conn = call.conn
+    header = P.Header(
+        conn.epoch,
+        conn.cid | call.channel,
+        call.call_number,
+        seq,
+        serial,
+        ptype,
+        flags,
+        0,
+        0,
+        0,
+        SERVICE,
+    )
+    return header.encode() + body
+
+
+def ack_body(
+    first: int, acks: bytes = b"", serial: int = 0, reason: int = P.ACK_IDLE, rwind: int = 32
+) -> bytes:
+    return P.AckBody(first, first, serial, reason, acks, 1444, 1444, rwind, 1).encode()
+
+
+def serving_core() -> RxCore:
+    core = RxCore(rng=random.Random(2))
+    core.add_service(SERVICE, [RXNULL])
+    return core
+
+
+def client_call(now: float = 0.0, **kwargs) -> tuple[RxCore, Call]:
+    core = RxCore(rng=random.Random(1))
+    conn = core.connect(SERVER, SERVICE, RXNULL, **kwargs)
+    call = core.new_call(conn, now)
+    assert call is not None
+    return core, call
+
+
+# ----- identities ---------------------------------------------------------------------------
+
+
+def test_epoch_has_random_bit_set_and_next_bit_clear_and_cids_step_by_four() -> None:
+    for seed in range(20):
+        core = RxCore(rng=random.Random(seed))
+        assert core.epoch & 0x80000000 and not core.epoch & 0x40000000
+        a = core.connect(SERVER, SERVICE, RXNULL)
+        b = core.connect(SERVER, SERVICE, RXNULL)
+        assert a.cid & 3 == 0 and b.cid == (a.cid + 4) & 0xFFFFFFFC
+
+
+def test_four_channels_then_none_and_call_numbers_grow_per_channel() -> None:
+    core = RxCore(rng=random.Random(1))
+    conn = core.connect(SERVER, SERVICE, RXNULL)
+    calls = [core.new_call(conn, 0.0) for _ in range(4)]
+    assert [c.channel for c in calls if c] == [0, 1, 2, 3]
+    assert core.new_call(conn, 0.0) is None
+    calls[2].abort(-6, 0.0)
+    ((abort, body),) = sent(core, 0.0)
+    assert abort.type == P.ABORT and abort.flags & P.CLIENT_INITIATED and P.decode_abort(body) == -6
+    again = core.new_call(conn, 0.0)
+    assert again is not None and again.channel == 2 and again.call_number == 2
+
+
+# ----- acknowledgements (receiver) ------------------------------------------------------------
+
+
+def test_single_packet_gets_a_delayed_ack_and_the_second_an_immediate_one() -> None:
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"x" * 100), CLIENT, 0.0)
+    assert acks_in(sent(core, 0.0)) == []
+    assert core.next_deadline() == pytest.approx(0.1)
+    core.handle_timer(0.1)
+    (ack,) = acks_in(sent(core, 0.1))
+    assert ack.reason == P.ACK_DELAY and ack.first_packet == 1 and ack.acks == b"\x01"
+    assert ack.max_dgram_packets == 1 and ack.rwind == 16
+    core.receive_datagram(client_packet(P.DATA, 2, 2, b"y"), CLIENT, 0.2)
+    assert acks_in(sent(core, 0.2)) == []
+    core.receive_datagram(client_packet(P.DATA, 3, 3, b"z"), CLIENT, 0.21)
+    (ack,) = acks_in(sent(core, 0.21))
+    assert ack.reason == P.ACK_IDLE and ack.serial == 3 and ack.acks == b"\x01\x01\x01"
+
+
+def test_request_ack_duplicate_and_out_of_sequence_are_acked_at_once() -> None:
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a", flags=P.REQUEST_ACK), CLIENT, 0.0)
+    (ack,) = acks_in(sent(core, 0.0))
+    assert ack.reason == P.ACK_REQUESTED and ack.serial == 1
+    core.receive_datagram(client_packet(P.DATA, 1, 2, b"a"), CLIENT, 0.01)
+    (ack,) = acks_in(sent(core, 0.01))
+    assert ack.reason == P.ACK_DUPLICATE and ack.serial == 2
+    core.receive_datagram(client_packet(P.DATA, 4, 3, b"d"), CLIENT, 0.02)
+    (ack,) = acks_in(sent(core, 0.02))
+    assert ack.reason == P.ACK_OUT_OF_SEQUENCE
+    assert ack.first_packet == 1 and ack.acks == b"\x01\x00\x00\x01"
+
+
+def test_receive_window_opens_from_16_to_32_once_the_reader_consumed() -> None:
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 33, 1, b"late"), CLIENT, 0.0)
+    assert core.pop_events() == []  # beyond any window: no call is created
+    core.receive_datagram(client_packet(P.DATA, 1, 2, b"first"), CLIENT, 0.0)
+    (event,) = core.pop_events()
+    assert isinstance(event, IncomingCall)
+    call = event.call
+    core.receive_datagram(client_packet(P.DATA, 17, 3, b"x"), CLIENT, 0.0)
+    (ack,) = acks_in(sent(core, 0.0))
+    assert ack.reason == P.ACK_EXCEEDS_WINDOW and ack.rwind == 16
+    assert call.read(100, 0.0) == b"first"
+    core.receive_datagram(client_packet(P.DATA, 17, 4, b"x"), CLIENT, 0.0)
+    (ack,) = acks_in(sent(core, 0.0))
+    assert ack.reason == P.ACK_OUT_OF_SEQUENCE and ack.rwind == MAX_WINDOW
+    assert ack.first_packet == 2 and len(ack.acks) == 16 and ack.acks[-1] == 1
+
+
+def test_ping_is_answered_at_once_with_ping_response() -> None:
+    core, call = client_call()
+    call.write(b"req", 0.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    ping = P.AckBody(1, 0, 0, P.ACK_PING, b"", 1444, 1444, 32, 1).encode()
+    core.receive_datagram(server_packet(call, P.ACK, 0, 77, ping, P.REQUEST_ACK), SERVER, 0.5)
+    packets = sent(core, 0.5)
+    (ack,) = acks_in(packets)
+    assert ack.reason == P.ACK_PING_RESPONSE and ack.serial == 77
+    assert packets[0][0].flags & P.CLIENT_INITIATED
+    assert not packets[0][0].flags & P.REQUEST_ACK
+
+
+# ----- sending: windows, slow start, recovery, retransmission --------------------------------
+
+
+def test_slow_start_grows_the_window_with_each_ack() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 60, 0.0)
+    first = data_in(sent(core, 0.0))
+    assert [h.seq for h in first] == [1]
+    assert first[0].flags & P.REQUEST_ACK  # cwind 1: every batch asks for an ack
+    core.receive_datagram(
+        server_packet(call, P.ACK, 0, 1, ack_body(2, serial=first[0].serial)), SERVER, 0.01
+    )
+    assert [h.seq for h in data_in(sent(core, 0.01))] == [2, 3]
+    core.receive_datagram(server_packet(call, P.ACK, 0, 2, ack_body(4)), SERVER, 0.02)
+    assert [h.seq for h in data_in(sent(core, 0.02))] == [4, 5, 6, 7]
+    assert call.cwind == 4
+    assert call.conn.peer.srtt == pytest.approx(0.01)  # sampled from the matching serial
+
+
+def test_send_window_is_capped_by_the_peers_receive_window() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 100, 0.0)
+    sent(core, 0.0)
+    call.cwind = call.ssthresh = 30
+    core.receive_datagram(server_packet(call, P.ACK, 0, 1, ack_body(2, rwind=8)), SERVER, 0.01)
+    assert [h.seq for h in data_in(sent(core, 0.01))] == list(range(2, 10))
+
+
+def test_three_nack_events_start_fast_recovery() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 100, 0.0)
+    call.cwind = 20
+    assert len(data_in(sent(core, 0.0))) == 16
+    # Packet 1 is lost; 2.. arrive and are soft-acked, NACKing 1 each time.
+    for i, n in enumerate((3, 4, 5)):
+        cwind_before = call.cwind
+        body = ack_body(1, b"\x00" + b"\x01" * n)
+        core.receive_datagram(server_packet(call, P.ACK, 0, 10 + i, body), SERVER, 0.01 * (i + 1))
+        out = data_in(sent(core, 0.01 * (i + 1)))
+        if i < 2:
+            assert 1 not in [h.seq for h in out]
+    assert [h.seq for h in out][:1] == [1]
+    assert out[0].flags & P.REQUEST_ACK or out[-1].flags & P.REQUEST_ACK
+    assert call.ssthresh == min(cwind_before + 1, 32) // 2
+    assert call.cwind == call.ssthresh + 3
+
+
+def test_retransmit_timer_backs_off() -> None:
+    core, call = client_call()
+    call.write(b"hello", 0.0)
+    call.close_send(0.0)
+    (first,) = data_in(sent(core, 0.0))
+    rto = call.conn.peer.rto
+    deadline = call.resend_at
+    assert deadline == pytest.approx(rto + 0.4)  # our last request packet: extra allowance
+    core.handle_timer(deadline)
+    (again,) = data_in(sent(core, deadline))
+    assert again.seq == 1 and again.serial > first.serial and again.flags & P.REQUEST_ACK
+    assert call.conn.peer.rto == pytest.approx(2 * rto)
+    assert call.resend_at - deadline == pytest.approx(2 * rto + 0.4)
+
+
+def test_reply_data_implicitly_acks_the_request() -> None:
+    core, call = client_call()
+    call.write(b"r" * 1000, 0.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    core.handle_timer(core.next_deadline())
+    sent(core, 10.0)
+    core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"reply", P.LAST_PACKET), SERVER, 3.0)
+    assert call.tx_backlog == 0 and call.resend_at is None
+    assert call.read(100, 3.0) == b"reply" and call.at_eof
+
+
+# ----- liveness, aborts, busy --------------------------------------------------------------
+
+
+def test_keepalive_pings_then_dead_peer() -> None:
+    core, call = client_call(dead_time=6.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    pings = 0
+    now = 0.0
+    while call.error is None and now < 30:
+        now = core.next_deadline()
+        core.handle_timer(now)
+        pings += sum(1 for a in acks_in(sent(core, now)) if a.reason == P.ACK_PING)
+    assert call.error == RX_CALL_DEAD
+    assert 6.0 <= now <= 7.0
+    assert pings >= 4
+    with pytest.raises(RxAbort):
+        call.read(10, now)
+
+
+def test_peer_abort_fails_the_call_and_is_not_answered() -> None:
+    core, call = client_call()
+    call.close_send(0.0)
+    sent(core, 0.0)
+    core.receive_datagram(server_packet(call, P.ABORT, 0, 5, P.encode_abort(-455)), SERVER, 0.1)
+    assert call.error == -455 and call.state == CallState.ERROR
+    assert sent(core, 0.1) == []
+    assert [type(e).__name__ for e in core.pop_events()] == ["CallChanged"]
+
+
+def test_connection_abort_fails_every_call() -> None:
+    core, call = client_call()
+    other = core.new_call(call.conn, 0.0)
+    conn_abort = P.Header(core.epoch, call.conn.cid, 0, 0, 1, P.ABORT, 0, 0, 0, 0, SERVICE)
+    core.receive_datagram(conn_abort.encode() + P.encode_abort(-1000), SERVER, 0.1)
+    assert call.error == other.error == -1000
+    with pytest.raises(RxAbort):
+        core.new_call(call.conn, 0.2)
+
+
+def test_data_for_an_aborted_server_call_gets_the_abort_again() -> None:
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a"), CLIENT, 0.0)
+    (event,) = core.pop_events()
+    event.call.abort(-6, 0.0)
+    assert [h.type for h, _ in sent(core, 0.0)] == [P.ABORT]
+    core.receive_datagram(client_packet(P.DATA, 2, 2, b"b"), CLIENT, 0.1)
+    ((header, body),) = sent(core, 0.1)
+    assert header.type == P.ABORT and P.decode_abort(body) == -6
+    core.receive_datagram(client_packet(P.ABORT, 0, 3, P.encode_abort(-6)), CLIENT, 0.2)
+    assert sent(core, 0.2) == []
+
+
+def test_new_call_on_a_busy_channel_gets_busy() -> None:
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a"), CLIENT, 0.0)
+    (event,) = core.pop_events()
+    core.receive_datagram(client_packet(P.DATA, 1, 2, b"b", call=2), CLIENT, 0.1)
+    packets = sent(core, 0.1)
+    assert [(h.type, h.call_number) for h, _ in packets if h.type == P.BUSY] == [(P.BUSY, 2)]
+    assert event.call.error == RX_CALL_DEAD
+
+
+def test_unknown_service_gets_a_raw_abort_but_an_abort_gets_nothing() -> None:
+    core = RxCore(rng=random.Random(3))
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a"), CLIENT, 0.0)
+    ((header, body),) = sent(core, 0.0)
+    assert header.type == P.ABORT and P.decode_abort(body) == RX_INVALID_OPERATION
+    assert not header.flags & P.CLIENT_INITIATED
+    core.receive_datagram(client_packet(P.ABORT, 0, 1, P.encode_abort(-1)), CLIENT, 0.0)
+    assert sent(core, 0.0) == []
+
+
+def test_unknown_security_index_gets_a_raw_abort() -> None:
+    core = serving_core()
+    header = P.Header(0x80001234, 0x100, 1, 1, 1, P.DATA, P.CLIENT_INITIATED, 0, 2, 0, SERVICE)
+    core.receive_datagram(header.encode() + b"x", CLIENT, 0.0)
+    ((reply, body),) = sent(core, 0.0)
+    assert reply.type == P.ABORT and P.decode_abort(body) == RX_INVALID_OPERATION
+
+
+# ----- rxdebug ------------------------------------------------------------------------------
+
+
+def test_version_and_debug_requests_are_answered() -> None:
+    core = RxCore(rng=random.Random(4), version_string=" afsfuse test")
+    request = P.Header(999, 0, 101, 0, 0, P.VERSION, P.CLIENT_INITIATED | P.LAST_PACKET, 0, 0, 0, 0)
+    core.receive_datagram(request.encode() + b"\0", CLIENT, 0.0)
+    ((header, body),) = sent(core, 0.0)
+    assert header.type == P.VERSION and header.call_number == 101
+    assert header.flags == P.LAST_PACKET and len(body) == 65 and body.startswith(b" afsfuse test\0")
+    stats = request._replace(type=P.DEBUG)
+    core.receive_datagram(stats.encode() + struct.pack(">ii", 1, 0), CLIENT, 0.0)
+    ((header, body),) = sent(core, 0.0)
+    assert header.type == P.DEBUG and len(body) == 56 and body[14] == ord("S")
+    core.receive_datagram(stats.encode() + struct.pack(">ii", 77, 0), CLIENT, 0.0)
+    ((header, body),) = sent(core, 0.0)
+    assert struct.unpack(">ii", body) == (-8, -8)
+    # Without CLIENT_INITIATED (a NAT ping) nothing is answered.
+    core.receive_datagram(request._replace(flags=P.LAST_PACKET).encode() + b"\0", CLIENT, 0.0)
+    assert sent(core, 0.0) == []
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=200), st.integers(0, 255), st.integers(0, 255))
+def test_hostile_datagrams_never_raise(junk: bytes, ptype: int, flags: int) -> None:
+    core = serving_core()
+    conn = core.connect(SERVER, SERVICE, RXNULL)
+    core.new_call(conn, 0.0)
+    for epoch, cid in ((0x80001234, 0x100), (core.epoch, conn.cid)):
+        header = P.Header(epoch, cid, 1, 1, 1, ptype, flags, 0, 0, 0, SERVICE)
+        core.receive_datagram(header.encode() + junk, CLIENT, 0.0)
+        core.receive_datagram(junk, CLIENT, 0.0)
+    core.datagrams_to_send(0.0)
+    core.handle_timer(1.0)
+
+
+# ----- two cores over an in-memory network ----------------------------------------------------
+
+
+class Net:
+    """Client and server cores joined by a pipe that may drop, duplicate, delay and reorder."""
+
+    def __init__(
+        self, *, loss: float = 0.0, dup: float = 0.0, jitter: float = 0.0, seed: int = 7
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.client = RxCore(rng=random.Random(seed + 1))
+        self.server = RxCore(rng=random.Random(seed + 2))
+        self.loss, self.dup, self.jitter = loss, dup, jitter
+        self.now = 0.0
+        self.wire: list[tuple[float, int, RxCore, bytes, tuple[str, int]]] = []
+        self.counter = 0
+        self.datagrams = 0
+
+    def _flush(self) -> None:
+        for core, src, dst in (
+            (self.client, CLIENT, self.server),
+            (self.server, SERVER, self.client),
+        ):
+            for data, _addr in core.datagrams_to_send(self.now):
+                self.datagrams += 1
+                copies = 0 if self.rng.random() < self.loss else 1
+                if copies and self.rng.random() < self.dup:
+                    copies = 2
+                for _ in range(copies):
+                    self.counter += 1
+                    at = self.now + 0.001 + self.rng.random() * self.jitter
+                    self.wire.append((at, self.counter, dst, data, src))
+
+    def step(self) -> None:
+        self._flush()
+        times = [w[0] for w in self.wire]
+        for core in (self.client, self.server):
+            deadline = core.next_deadline()
+            if deadline is not None:
+                times.append(deadline)
+        self.now = max(self.now, min(times))
+        self.wire.sort(key=lambda w: (w[0], w[1]))
+        while self.wire and self.wire[0][0] <= self.now:
+            _, _, dst, data, src = self.wire.pop(0)
+            dst.receive_datagram(data, src, self.now)
+        for core in (self.client, self.server):
+            deadline = core.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                core.handle_timer(self.now)
+
+    def run(self, done: Callable[[], bool], app: Callable[[], None], limit: float = 600.0) -> None:
+        while not done():
+            app()
+            self.step()
+            assert self.now < limit, "transfer did not finish"
+
+
+def exchange(net: Net, request: bytes, reply_for: Callable[[bytes], bytes]) -> bytes:
+    net.server.add_service(SERVICE, [RXNULL])
+    conn = net.client.connect(SERVER, SERVICE, RXNULL)
+    call = net.client.new_call(conn, net.now)
+    call.write(request, net.now)
+    call.close_send(net.now)
+    server_calls: dict[Call, bytearray] = {}
+    replied: set[Call] = set()
+    got = bytearray()
+
+    def app() -> None:
+        for event in net.server.pop_events():
+            if isinstance(event, IncomingCall):
+                server_calls[event.call] = bytearray()
+        for scall, buf in server_calls.items():
+            if scall.error is None:
+                buf += scall.read(1 << 20, net.now)
+                if scall.at_eof and scall not in replied:
+                    replied.add(scall)
+                    scall.write(reply_for(bytes(buf)), net.now)
+                    scall.close_send(net.now)
+        net.client.pop_events()
+        got.extend(call.read(1 << 20, net.now))
+
+    net.run(lambda: call.at_eof or call.error is not None, app)
+    assert call.error is None
+    call.end(net.now)
+    # Let the final ACK reach the server so it leaves HOLD.
+    net.run(lambda: all(s.state == CallState.DALLY for s in server_calls), lambda: None)
+    assert len(server_calls) == 1
+    return bytes(got)
+
+
+def test_zero_length_request_and_reply() -> None:
+    net = Net()
+    assert exchange(net, b"", lambda req: b"") == b""
+
+
+def test_clean_transfer_both_ways() -> None:
+    net = Net()
+    request = random.Random(1).randbytes(300_000)
+    reply = exchange(net, request, lambda req: req[::-1])
+    assert reply == request[::-1]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lossy_duplicating_reordering_pipe(seed: int) -> None:
+    net = Net(loss=0.1, dup=0.05, jitter=0.01, seed=seed)
+    request = random.Random(seed).randbytes(150_000)
+    reply = exchange(net, request, lambda req: req + b"!")
+    assert reply == request + b"!"
+
+
+# ----- security hooks -------------------------------------------------------------------------
+
+
+class XorConnection(ClientConnectionSecurity, ServerConnectionSecurity):
+    """Test-only class: 4-byte length header, XOR 'encryption', a nonce challenge."""
+
+    index = 5
+    header_size = 4
+
+    def __init__(self) -> None:
+        self.sealed = 0
+        self.unsealed = 0
+        self.responses: list[list[int]] = []
+        self._authenticated = False
+
+    def seal(self, call_number: int, channel: int, seq: int, data: bytes) -> tuple[int, bytes]:
+        self.sealed += 1
+        return (seq * 7) & 0xFFFF, struct.pack(">I", len(data)) + bytes(b ^ 0x5A for b in data)
+
+    def unseal(self, call_number: int, channel: int, seq: int, cksum: int, payload: bytes) -> bytes:
+        if cksum != (seq * 7) & 0xFFFF:
+            raise RxSecurityError(-1000)
+        self.unsealed += 1
+        (length,) = struct.unpack_from(">I", payload)
+        return bytes(b ^ 0x5A for b in payload[4 : 4 + length])
+
+    def respond(self, challenge: bytes, call_numbers: list[int]) -> bytes:
+        self.responses.append(call_numbers)
+        return b"ok:" + challenge
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    def challenge(self) -> bytes | None:
+        return b"nonce"
+
+    def check_response(self, response: bytes) -> list[int]:
+        if response != b"ok:nonce":
+            raise RxSecurityError(-1001)
+        self._authenticated = True
+        return [1, 0, 0, 0]
+
+
+class XorClass(ClientSecurity, ServerSecurity):
+    index = 5
+
+    def __init__(self) -> None:
+        self.connections: list[XorConnection] = []
+
+    def new_connection(self, epoch: int, cid: int) -> XorConnection:
+        conn = XorConnection()
+        self.connections.append(conn)
+        return conn
+
+
+def test_challenge_response_and_seal_hooks() -> None:
+    net = Net()
+    client_class, server_class = XorClass(), XorClass()
+    net.server.add_service(SERVICE, [server_class])
+    conn = net.client.connect(SERVER, SERVICE, client_class)
+    call = net.client.new_call(conn, 0.0)
+    call.write(b"secret request", 0.0)
+    call.close_send(0.0)
+    wire = net.client.datagrams_to_send(0.0)
+    assert b"secret" not in wire[0][0]
+    assert P.decode_header(wire[0][0]).cksum == 7
+    net.server.receive_datagram(wire[0][0], CLIENT, 0.0)
+    # The server holds the call and challenges instead of dispatching it.
+    assert net.server.pop_events() == []
+    challenges = [decode(d) for d, _ in net.server.datagrams_to_send(0.0)]
+    assert [(h.type, h.call_number) for h, _ in challenges if h.type == P.CHALLENGE] == [
+        (P.CHALLENGE, 0)
+    ]
+    # Unanswered, it is repeated every 2 s.
+    net.server.handle_timer(2.0)
+    assert [h.type for h, _ in sent(net.server, 2.0)].count(P.CHALLENGE) == 1
+    for h, body in challenges:
+        if h.type == P.CHALLENGE:
+            net.client.receive_datagram(h.encode() + body, SERVER, 2.1)
+    (response,) = [
+        decode(d) for d, _ in net.client.datagrams_to_send(2.1) if decode(d)[0].type == P.RESPONSE
+    ]
+    assert response[0].call_number == 0 and response[0].flags & P.CLIENT_INITIATED
+    assert client_class.connections[0].responses == [[1, 0, 0, 0]]
+    net.server.receive_datagram(response[0].encode() + response[1], CLIENT, 2.1)
+    (event,) = net.server.pop_events()
+    assert isinstance(event, IncomingCall)
+    assert event.call.read(100, 2.1) == b"secret request"
+    assert server_class.connections[0].unsealed == 1 and client_class.connections[0].sealed == 1
+
+
+def test_bad_response_aborts_the_connection() -> None:
+    core = RxCore(rng=random.Random(5))
+    sec = XorClass()
+    core.add_service(SERVICE, [sec])
+    header = P.Header(0x80001234, 0x100, 1, 1, 1, P.DATA, P.CLIENT_INITIATED, 0, 5, 7, SERVICE)
+    core.receive_datagram(header.encode() + struct.pack(">I", 1) + b"\x00", CLIENT, 0.0)
+    sent(core, 0.0)
+    bad = header._replace(type=P.RESPONSE, call_number=0, seq=0, cksum=0)
+    core.receive_datagram(bad.encode() + b"forged", CLIENT, 0.1)
+    ((reply, body),) = sent(core, 0.1)
+    assert reply.type == P.ABORT and reply.call_number == 0 and P.decode_abort(body) == -1001
+    assert core.pop_events() == []
+
+
+def test_challenge_on_idle_client_connection_is_ignored() -> None:
+    core = RxCore(rng=random.Random(6))
+    sec = XorClass()
+    conn = core.connect(SERVER, SERVICE, sec)
+    challenge = P.Header(core.epoch, conn.cid, 0, 0, 1, P.CHALLENGE, 0, 0, 5, 0, SERVICE)
+    core.receive_datagram(challenge.encode() + b"nonce", SERVER, 0.0)
+    assert sent(core, 0.0) == []

@@ -1,0 +1,216 @@
+"""The trio driver over real UDP sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+
+import pytest
+import trio
+
+from afsfuse.rx import packet as P
+from afsfuse.rx.driver import ServerCall, open_endpoint
+from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_USER_ABORT, RxAbort, RxTimeout
+
+SERVICE = 52
+LOCAL = "127.0.0.1"
+
+
+async def echo(call: ServerCall) -> None:
+    await call.send(await call.recv_rest())
+
+
+async def test_echo_small_empty_and_multi_packet() -> None:
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, echo)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        assert conn.peer == (LOCAL, server.port) and conn.service_id == SERVICE
+        with trio.fail_after(10):
+            assert await conn.rpc(b"hello") == b"hello"
+            assert await conn.rpc(b"") == b""
+            payload = os.urandom(50_000)
+            assert await conn.rpc(payload) == payload
+
+
+async def test_ten_megabyte_split_call_both_ways() -> None:
+    size = 10 * 1024 * 1024
+    upload = random.Random(1).randbytes(size)
+    download = random.Random(2).randbytes(size)
+    seen: dict[str, str] = {}
+
+    async def store_and_fetch(call: ServerCall) -> None:
+        header = await call.recv_exactly(8)
+        assert header == b"STORE+FE"
+        digest = hashlib.sha256()
+        buf = bytearray(100_000)
+        while n := await call.recv_into(memoryview(buf)):
+            digest.update(buf[:n])
+        seen["server"] = digest.hexdigest()
+        view = memoryview(download)
+        for pos in range(0, size, 256 * 1024):
+            await call.send(view[pos : pos + 256 * 1024])
+
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, store_and_fetch)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        with trio.fail_after(60):
+            async with conn.new_call() as call:
+                await call.send(b"STORE+FE")
+                view = memoryview(upload)
+                for pos in range(0, size, 300_000):
+                    await call.send(view[pos : pos + 300_000])
+                await call.close_send()
+                digest = hashlib.sha256()
+                got = 0
+                while got < size:
+                    chunk = await call.recv_exactly(min(65536, size - got))
+                    digest.update(chunk)
+                    got += len(chunk)
+                assert await call.recv_rest() == b""
+    assert seen["server"] == hashlib.sha256(upload).hexdigest()
+    assert digest.hexdigest() == hashlib.sha256(download).hexdigest()
+
+
+async def test_more_than_four_concurrent_calls_share_one_connection() -> None:
+    running = 0
+    peak = 0
+
+    async def slow_echo(call: ServerCall) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        data = await call.recv_rest()
+        await trio.sleep(0.05)
+        running -= 1
+        await call.send(data * 2)
+
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, slow_echo)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        results: dict[int, bytes] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await conn.rpc(b"%d" % i)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for i in range(12):
+                    nursery.start_soon(one, i)
+    assert results == {i: b"%d" % i * 2 for i in range(12)}
+    assert peak == 4
+
+
+async def test_handler_errors_reach_the_caller_and_the_endpoint_survives() -> None:
+    async def failing(call: ServerCall) -> None:
+        request = await call.recv_rest()
+        if request == b"abort":
+            raise RxAbort(1234)
+        if request == b"explicit":
+            await call.abort(77)
+            return
+        raise ValueError("handler bug")
+
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, failing)
+        server.serve(SERVICE + 1, echo)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        with trio.fail_after(10):
+            for request, code in ((b"abort", 1234), (b"bug", RX_USER_ABORT), (b"explicit", 77)):
+                with pytest.raises(RxAbort) as info:
+                    await conn.rpc(request)
+                assert info.value.code == code
+            other = client.connect((LOCAL, server.port), SERVICE + 1)
+            assert await other.rpc(b"still here") == b"still here"
+
+
+async def test_unknown_service_is_refused() -> None:
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        conn = client.connect((LOCAL, server.port), 999)
+        with trio.fail_after(10), pytest.raises(RxAbort) as info:
+            await conn.rpc(b"x")
+        assert info.value.code == -2
+
+
+async def test_silent_peer_times_out_within_dead_time() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((LOCAL, 0))
+        async with open_endpoint(LOCAL) as client:
+            conn = client.connect(silent.getsockname(), SERVICE, dead_time=1.0)
+            start = trio.current_time()
+            with trio.fail_after(5), pytest.raises(RxTimeout) as info:
+                await conn.rpc(b"anyone?")
+            assert info.value.code == RX_CALL_DEAD
+            assert 0.9 <= trio.current_time() - start < 3.0
+
+
+async def test_hard_timeout_while_the_server_thinks() -> None:
+    async def forever(call: ServerCall) -> None:
+        await call.recv_rest()
+        await trio.sleep_forever()
+
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, forever)
+        conn = client.connect((LOCAL, server.port), SERVICE, dead_time=3.0, hard_timeout=0.5)
+        with trio.fail_after(5), pytest.raises(RxTimeout) as info:
+            await conn.rpc(b"think")
+        assert info.value.code == RX_CALL_TIMEOUT
+
+
+async def test_caller_exception_aborts_the_call_on_the_server() -> None:
+    outcome: list[int] = []
+
+    async def reader(call: ServerCall) -> None:
+        try:
+            await call.recv_rest()
+        except RxAbort as exc:
+            outcome.append(exc.code)
+            raise
+
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, reader)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        with trio.fail_after(10):
+            with pytest.raises(KeyError):
+                async with conn.new_call() as call:
+                    await call.send(b"partial request" * 500)  # full packets go out now
+                    await trio.sleep(0.05)
+                    raise KeyError("caller gave up")
+            while not outcome:
+                await trio.sleep(0.01)
+    assert outcome == [RX_USER_ABORT]
+
+
+async def test_garbage_datagrams_do_not_kill_the_endpoint() -> None:
+    rng = random.Random(5)
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, echo)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            for _ in range(300):
+                raw.sendto(rng.randbytes(rng.randrange(0, 200)), (LOCAL, server.port))
+            for ptype in range(16):
+                header = P.Header(
+                    0x80000001, 8, 1, 1, 1, ptype, rng.randrange(256), 0, 0, 0, SERVICE
+                )
+                raw.sendto(header.encode() + rng.randbytes(40), (LOCAL, server.port))
+            await trio.sleep(0.1)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        with trio.fail_after(10):
+            assert await conn.rpc(b"alive") == b"alive"
+
+
+async def test_version_request_is_answered() -> None:
+    async with open_endpoint(LOCAL) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.settimeout(5)
+            request = P.Header(
+                999, 0, 101, 0, 0, P.VERSION, P.CLIENT_INITIATED | P.LAST_PACKET, 0, 0, 0, 0
+            )
+            raw.sendto(request.encode() + b"\0", (LOCAL, server.port))
+            await trio.lowlevel.wait_readable(raw)
+            reply, _ = raw.recvfrom(1000)
+    header = P.decode_header(reply)
+    assert header.type == P.VERSION and header.call_number == 101
+    assert not header.flags & P.CLIENT_INITIATED
+    assert len(reply) == P.HEADER_SIZE + 65 and b"afsfuse" in reply
