@@ -25,6 +25,15 @@ from .security import (
 
 log = logging.getLogger(__name__)
 
+# Hot-path names bound once.
+_unpack_header = P.HEADER.unpack_from
+HEADER_SIZE = P.HEADER_SIZE
+DATA = P.DATA
+JUMBO_PACKET = P.JUMBO_PACKET
+CLIENT_INITIATED = P.CLIENT_INITIATED
+CID_MASK = P.CID_MASK
+_ERROR = CallState.ERROR
+
 Address = tuple[str, int]
 
 INITIAL_RTO = 2.0
@@ -333,8 +342,11 @@ class RxCore:
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
             self._reap(now)
 
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one UDP datagram; hostile or malformed input is dropped, never raised."""
+    def receive_datagram(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        """Process one UDP datagram; hostile or malformed input is dropped, never raised.
+
+        data may be a view of the driver's receive buffer: the core copies what it keeps.
+        """
         self.packets_received += 1
         try:
             self._receive(data, addr, now)
@@ -355,44 +367,44 @@ class RxCore:
 
     # ----- receiving ----------------------------------------------------------------------
 
-    def _receive(self, data: bytes, addr: Address, now: float) -> None:
-        if len(data) < P.HEADER_SIZE:
+    def _receive(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        if len(data) < HEADER_SIZE:
             raise P.PacketDecodeError("datagram shorter than an Rx header")
         (epoch, cid, call_number, seq, serial, ptype, flags, _status, sec_index, cksum, service) = (
-            P.HEADER.unpack_from(data)
+            _unpack_header(data)
         )
-        if ptype == P.DATA:
-            if flags & P.JUMBO_PACKET:
+        if ptype == DATA:
+            if flags & JUMBO_PACKET:
                 header = P.Header(
                     epoch, cid, call_number, seq, serial, ptype, flags, 0, sec_index, cksum, service
                 )
-                for sub, payload in P.split_jumbogram(header, memoryview(data)[P.HEADER_SIZE :]):
+                for sub, payload in P.split_jumbogram(header, data[HEADER_SIZE:]):
                     single = sub._replace(flags=sub.flags & ~P.JUMBO_PACKET)
                     self._receive(single.encode() + payload, addr, now)
                 return
         elif ptype in (P.VERSION, P.DEBUG):
-            if flags & P.CLIENT_INITIATED:
-                self._answer_debug(data, addr)
+            if flags & CLIENT_INITIATED:
+                self._answer_debug(bytes(data), addr)
             return
-        if flags & P.CLIENT_INITIATED:
+        if flags & CLIENT_INITIATED:
             conn = self._server_connection(
                 epoch, cid, call_number, ptype, sec_index, service, data, addr, now
             )
         else:
-            conn = self._client_conns.get(cid & P.CID_MASK) if epoch == self.epoch else None
+            conn = self._client_conns.get(cid & CID_MASK) if epoch == self.epoch else None
             if conn is not None and sec_index != conn.security_index:
                 conn = None
         if conn is None:
             return
         conn.last_activity = now
         if call_number == 0:
-            self._connection_packet(conn, ptype, data, now)
+            self._connection_packet(conn, ptype, bytes(data), now)
             return
         if conn.error is not None:
             if ptype != P.ABORT and not conn.is_client:
                 conn.send_connection_abort(now)
             return
-        channel = cid & P.CHANNEL_MASK
+        channel = cid & 3
         call = conn.calls[channel]
         if call is None or call.call_number != call_number:
             if conn.is_client:
@@ -400,9 +412,9 @@ class RxCore:
             call = self._new_server_call(conn, channel, call_number, ptype, seq, now)
             if call is None:
                 return
-        body = memoryview(data)[P.HEADER_SIZE :]
-        if ptype == P.DATA:
-            if call.state == CallState.ERROR:
+        body = data[HEADER_SIZE:]
+        if ptype == DATA:
+            if call.state is _ERROR:
                 call.send_abort(now)
                 return
             try:

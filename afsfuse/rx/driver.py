@@ -306,7 +306,7 @@ class Endpoint:
                     continue
                 received += 1
                 try:
-                    core.receive_datagram(bytes(view[:nbytes]), addr, now)
+                    core.receive_datagram(view[:nbytes], addr, now)
                 except Exception:
                     log.exception("Rx core failed on a datagram from %s", addr)
             deadline = core.next_deadline()
