@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import socket
 
 import pytest
@@ -214,3 +215,17 @@ async def test_version_request_is_answered() -> None:
     assert header.type == P.VERSION and header.call_number == 101
     assert not header.flags & P.CLIENT_INITIATED
     assert len(reply) == P.HEADER_SIZE + 65 and b"afsfuse" in reply
+
+
+@pytest.mark.skipif(shutil.which("rxdebug") is None, reason="OpenAFS rxdebug not installed")
+async def test_openafs_rxdebug_reads_version_and_stats() -> None:
+    async with open_endpoint(LOCAL) as endpoint:
+        with trio.fail_after(20):
+            version = await trio.run_process(
+                ["rxdebug", LOCAL, str(endpoint.port), "-version"], capture_stdout=True
+            )
+            stats = await trio.run_process(
+                ["rxdebug", LOCAL, str(endpoint.port), "-noconns"], capture_stdout=True
+            )
+    assert b"AFS version:  afsfuse" in version.stdout
+    assert b"calls waiting for a thread" in stats.stdout
