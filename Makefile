@@ -1,0 +1,49 @@
+# One-command set-up: every target installs what it needs first, and is quick when all of it
+# is already there.
+
+PYTHON ?= python3
+VENV := .venv
+STAMPS := .stamps
+PY := $(VENV)/bin/python
+
+# Debian 12 packages: OpenAFS servers and tools for the test cell, MIT Kerberos, FUSE and the
+# headers pyfuse3 and the krb5 bindings build against, and tshark for protocol checks.
+DEBIAN_PACKAGES := \
+	openafs-fileserver openafs-dbserver openafs-client openafs-krb5 \
+	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
+	fuse3 libfuse3-dev pkg-config gcc libc6-dev \
+	iproute2 procps util-linux tshark
+
+.PHONY: all deps venv test unit lint demo clean
+
+all: test
+
+deps:
+	@scripts/install-debian-packages $(DEBIAN_PACKAGES)
+
+$(STAMPS)/venv: pyproject.toml setup.py | deps
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: deps $(STAMPS)/venv
+
+lint: venv
+	$(VENV)/bin/ruff check afsfuse tests
+	$(VENV)/bin/ruff format --check afsfuse tests
+
+# The whole suite, integration tests against a real cell included (needs root).
+test: venv lint
+	$(VENV)/bin/pytest -ra
+
+unit: venv
+	$(VENV)/bin/pytest -ra tests/unit
+
+# Start a local cell and open a shell to look at it; leaving the shell (or Ctrl-C) tears it down.
+demo: venv
+	$(PY) -m afsfuse.testing.cell run -- scripts/demo-shell
+
+clean:
+	rm -rf $(VENV) $(STAMPS) build *.egg-info
