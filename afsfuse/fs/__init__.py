@@ -1,0 +1,1 @@
+"""The cache manager core: fileserver clients, callbacks, rotation, directories, errno mapping."""

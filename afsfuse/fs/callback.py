@@ -1,0 +1,89 @@
+"""Callback promises held by this cache manager, and the breaks that end them.
+
+A fileserver promises to tell us when a file changes; until the promise expires or is
+broken, what we cached for that file may be served without asking again.  Breaks arrive
+through the CB service (CallBack for some fids, InitCallBackState for everything a server
+promised) and are pushed to listeners, which the cache manager uses to invalidate its caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class Fid(NamedTuple):
+    """An AFS file identifier, within a cell."""
+
+    volume: int
+    vnode: int
+    unique: int
+
+
+@dataclass(frozen=True)
+class Break:
+    """One break: `fid` is None when every promise from `server` ended (InitCallBackState);
+    a fid with vnode 0 stands for every file of its volume."""
+
+    server: str
+    fid: Fid | None
+
+
+Listener = Callable[[Break], None]
+
+
+@dataclass
+class _Promise:
+    server: str
+    expires: float
+
+
+class CallbackRegistry:
+    """Which fids we hold callbacks on, from which server, until when."""
+
+    def __init__(self) -> None:
+        self._promises: dict[Fid, _Promise] = {}
+        self._listeners: list[Listener] = []
+        self.breaks_received = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def promise(self, server: str, fid: Fid, expires: float) -> None:
+        """Record a callback that `server` granted on `fid` until `expires` (our clock)."""
+        self._promises[fid] = _Promise(server, expires)
+
+    def valid(self, fid: Fid, now: float) -> bool:
+        promise = self._promises.get(fid)
+        return promise is not None and promise.expires > now
+
+    def held(self) -> dict[str, list[Fid]]:
+        """Unexpired or not, the fids each server has promised us (for GiveUpAllCallBacks)."""
+        by_server: dict[str, list[Fid]] = {}
+        for fid, promise in self._promises.items():
+            by_server.setdefault(promise.server, []).append(fid)
+        return by_server
+
+    def break_fids(self, server: str, fids: list[Fid]) -> None:
+        for fid in fids:
+            if fid.vnode == 0:
+                for held in [f for f in self._promises if f.volume == fid.volume]:
+                    del self._promises[held]
+            else:
+                self._promises.pop(fid, None)
+            self._notify(Break(server, fid))
+
+    def break_server(self, server: str) -> None:
+        """The server forgot every promise it made us (it restarted, or asked us to reset)."""
+        for fid in [f for f, p in self._promises.items() if p.server == server]:
+            del self._promises[fid]
+        self._notify(Break(server, None))
+
+    def _notify(self, event: Break) -> None:
+        self.breaks_received += 1
+        for listener in list(self._listeners):
+            listener(event)
