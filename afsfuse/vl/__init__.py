@@ -1,0 +1,1 @@
+"""Cells and volume location: CellServDB, DNS discovery, the VL client."""
