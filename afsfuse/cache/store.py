@@ -1,0 +1,245 @@
+"""The persistent cache of clean data: file chunks, directory blobs and per-file records.
+
+Everything clean lives in one diskcache `Cache` under a size bound; diskcache culls on every
+set, so the bound is approximate.  Chunks and directory blobs are keyed by data version, so
+a file that changed on the server can never be served from older bytes.
+
+Each file has a record (its last FetchStatus, the data version it describes and which chunks
+at that version are complete).  The record is the only authority for what may be served:
+a chunk is written first and marked complete afterwards, so a chunk half-written when the
+process died is never served, and after a restart the cache manager re-validates a file with
+one FetchStatus and then serves what the record lists.  Records are evictable like data: a
+lost record only costs a re-fetch.
+
+Why "least-recently-stored" eviction by default: diskcache's LRU turns every get into a
+SQLite write transaction that also holds the write lock while the value file is read, which
+serialises concurrent readers and costs about 100 us per hit here; repeated reads of a hot
+file are absorbed by the kernel page cache anyway, so this cache mostly sees first reads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Self
+
+import diskcache
+
+from afsfuse.cache.base import FidKey, check_cell_name, make_private_dir
+from afsfuse.cache.dirty import DirtyStore
+
+LAYOUT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 1 << 20
+DEFAULT_EVICTION = "least-recently-stored"
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a `--cache-size` value: bytes, or a number with K/M/G/T (binary units;
+    "2G", "500M", "1.5GiB", "64kb")."""
+    match = _SIZE_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the cache knows about one file: its last status and, at `data_version`, which
+    chunks are complete.  `status` is opaque here (FetchStatus bytes or a small dict)."""
+
+    data_version: int
+    status: object
+    chunks: frozenset[int] = frozenset()
+
+
+def _fid_prefix(fid: FidKey) -> str:
+    return f"{check_cell_name(fid.cell)}/{fid.volume}/{fid.vnode}.{fid.unique}/"
+
+
+def _chunk_key(prefix: str, data_version: int, index: int) -> str:
+    return f"{prefix}c{data_version}.{index}"
+
+
+def _dir_key(prefix: str, data_version: int) -> str:
+    return f"{prefix}d{data_version}"
+
+
+class CacheStore:
+    """The on-disk cache of one afsfuse instance: clean data (`get_*`/`put_*`) plus the
+    dirty store (`dirty`).  Synchronous and thread-safe; use `AsyncCacheStore` under trio.
+
+    One process per directory: a second open of the same directory raises `BlockingIOError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size_limit: int,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        eviction_policy: str = DEFAULT_EVICTION,
+    ) -> None:
+        if chunk_size <= 0 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"chunk size must be a power of two: {chunk_size}")
+        self.path = Path(path)
+        self.chunk_size = chunk_size
+        make_private_dir(self.path)
+        self._lock_file = open(self.path / "lock", "a")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._clean = diskcache.Cache(
+            str(self.path / "clean"),
+            size_limit=size_limit,
+            eviction_policy=eviction_policy,
+            tag_index=True,
+            statistics=False,
+        )
+        self._check_layout()
+        self._record_lock = threading.Lock()
+        self.dirty = DirtyStore(self.path / "dirty", chunk_size)
+
+    def _check_layout(self) -> None:
+        """Chunk indexes mean nothing under another chunk size: start clean data afresh."""
+        layout_path = self.path / "layout.json"
+        layout = {"version": LAYOUT_VERSION, "chunk_size": self.chunk_size}
+        try:
+            current = json.loads(layout_path.read_text())
+        except (OSError, ValueError):
+            current = None
+        if current != layout:
+            self._clean.clear()
+            tmp = layout_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(layout))
+            os.replace(tmp, layout_path)
+
+    def close(self) -> None:
+        self._clean.close()
+        self._lock_file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def size_limit(self) -> int:
+        return self._clean.size_limit
+
+    def clean_bytes(self) -> int:
+        """Disk used by clean data and its index (what the size bound is held against)."""
+        return self._clean.volume()
+
+    # Records
+
+    def get_record(self, fid: FidKey) -> FileRecord | None:
+        return self._clean.get(_fid_prefix(fid) + "r")
+
+    def put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
+        """Record the latest status of `fid`.  A different data version makes it the
+        current one: chunks and directory of the previous version are deleted."""
+        prefix = _fid_prefix(fid)
+        with self._record_lock:
+            old = self._clean.get(prefix + "r")
+            if old is not None and old.data_version == data_version:
+                record = replace(old, status=status)
+            else:
+                record = FileRecord(data_version, status)
+            self._clean.set(prefix + "r", record, tag=prefix)
+        if old is not None and old.data_version != data_version:
+            self._delete_version(prefix, old)
+        return record
+
+    def _delete_version(self, prefix: str, record: FileRecord) -> None:
+        for index in record.chunks:
+            self._clean.delete(_chunk_key(prefix, record.data_version, index))
+        self._clean.delete(_dir_key(prefix, record.data_version))
+
+    # File data
+
+    def get_chunk(self, fid: FidKey, data_version: int, index: int) -> bytes | None:
+        """Chunk `index` of `fid` at `data_version`, or None unless it is cached complete.
+        The last chunk of a file may be shorter than the chunk size."""
+        prefix = _fid_prefix(fid)
+        record = self._clean.get(prefix + "r")
+        if record is None or record.data_version != data_version or index not in record.chunks:
+            return None
+        return self._clean.get(_chunk_key(prefix, data_version, index))
+
+    def put_chunk(self, fid: FidKey, data_version: int, index: int, data: bytes) -> bool:
+        """Cache a complete chunk; False (and nothing kept) unless `data_version` is the one
+        the record holds, i.e. `put_status` must come first."""
+        if len(data) > self.chunk_size:
+            raise ValueError(f"chunk of {len(data)} bytes exceeds chunk size {self.chunk_size}")
+        prefix = _fid_prefix(fid)
+        key = _chunk_key(prefix, data_version, index)
+        if not self._record_holds(prefix, data_version):
+            return False
+        self._clean.set(key, bytes(data), tag=prefix)
+        with self._record_lock:
+            record = self._clean.get(prefix + "r")
+            current = record is not None and record.data_version == data_version
+            if current and index not in record.chunks:
+                record = replace(record, chunks=record.chunks | {index})
+                self._clean.set(prefix + "r", record, tag=prefix)
+        if not current:
+            self._clean.delete(key)
+        return current
+
+    def _record_holds(self, prefix: str, data_version: int) -> bool:
+        record = self._clean.get(prefix + "r")
+        return record is not None and record.data_version == data_version
+
+    # Directories
+
+    def get_dir(self, fid: FidKey, data_version: int) -> bytes | None:
+        return self._clean.get(_dir_key(_fid_prefix(fid), data_version))
+
+    def put_dir(self, fid: FidKey, data_version: int, blob: bytes) -> bool:
+        """Cache a whole directory; like `put_chunk`, only for the recorded data version.
+        One diskcache value is written atomically, so no completeness mark is needed."""
+        prefix = _fid_prefix(fid)
+        if not self._record_holds(prefix, data_version):
+            return False
+        key = _dir_key(prefix, data_version)
+        self._clean.set(key, bytes(blob), tag=prefix)
+        if self._record_holds(prefix, data_version):
+            return True
+        self._clean.delete(key)
+        return False
+
+    # Invalidation (clean data only: dirty data is dropped by its store, never here)
+
+    def drop_fid(self, fid: FidKey) -> int:
+        """Forget everything cached for `fid`, every data version; returns items removed."""
+        prefix = _fid_prefix(fid)
+        with self._record_lock:
+            return self._clean.evict(prefix)
+
+    def drop_volume(self, cell: str, volume: int) -> int:
+        """Forget every file of a volume.  A key scan: rare (volume moved, released, gone)."""
+        prefix = f"{check_cell_name(cell)}/{volume}/"
+        removed = 0
+        with self._record_lock:
+            for key in self._clean.iterkeys():
+                if key.startswith(prefix) and self._clean.delete(key):
+                    removed += 1
+        return removed
+
+    def clear(self) -> None:
+        with self._record_lock:
+            self._clean.clear()
