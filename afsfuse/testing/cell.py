@@ -146,6 +146,7 @@ class Cell:
             "AFSCELL_CELLSERVDB": str(self.cellservdb),
             "AFSCELL_EXEC": str(self.exec_path),
             "AFSCELL_DIR": str(self.workdir),
+            "AFSCELL_RUN_ID": self.run_id,
             "KRB5_CONFIG": str(self.kdc.krb5_config),
         }
 

@@ -194,7 +194,7 @@ class KDC:
         """Run krb5kdc; True once it accepts connections, False if it exited (port taken)."""
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
-                ["krb5kdc", "-n", "-r", self.realm],
+                ["krb5kdc", "-n", "-r", self.realm, "-P", str(self.workdir / "krb5kdc.pid")],
                 env=self._env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -116,68 +116,67 @@ def _harness(args: list[str], **kw) -> subprocess.Popen:
     )  # fmt: skip
 
 
-SERVER_PROGRAMS = ("bosserver", "ptserver", "vlserver", "fileserver", "volserver", "krb5kdc")
+# Run inside the cell by the tests below: report the run's id and every process in its
+# server namespaces, so the test can check afterwards that exactly those are gone.
+REPORT = (
+    'echo "RUN $AFSCELL_RUN_ID $AFSCELL_DIR $AFSCELL_VLSERVERS"; '
+    'for ns in $(ip netns list | grep -o "afsfuse-$AFSCELL_RUN_ID-[0-9]*"); do '
+    'echo "PIDS $(ip netns pids $ns | tr "\\n" " ")"; done; '
+    'echo "PIDS $(cat "$AFSCELL_DIR/kdc/krb5kdc.pid")"'
+)
 
 
-def _snapshot() -> tuple[set[str], set[str], set[int]]:
-    """Namespaces, links and OpenAFS/KDC server processes that exist right now."""
-    netns = {line.split()[0] for line in run(["ip", "netns", "list"]).stdout.splitlines() if line}
-    links = {
-        line.split(":")[1].strip().split("@")[0]
-        for line in run(["ip", "-o", "link"]).stdout.splitlines()
-    }
-    pids = {
-        int(line.split()[0])
-        for line in run(["ps", "-eo", "pid,comm"]).stdout.splitlines()[1:]
-        if line.split()[1] in SERVER_PROGRAMS
-    }
-    return netns, links, pids
+class RunReport:
+    """What one harness run said about itself while it was up."""
 
+    def __init__(self, out: str) -> None:
+        run_line = next(ln for ln in out.splitlines() if ln.startswith("RUN "))
+        _, self.run_id, self.workdir, self.vlserver = run_line.split()
+        self.pids = [
+            int(p) for ln in out.splitlines() if ln.startswith("PIDS ") for p in ln.split()[1:]
+        ]
 
-def _assert_nothing_left(before: tuple[set[str], set[str], set[int]]) -> None:
-    netns, links, pids = _snapshot()
-    assert netns <= before[0], f"namespaces left behind: {netns - before[0]}"
-    assert links <= before[1], f"links left behind: {links - before[1]}"
-    assert pids <= before[2], f"server processes left behind: {pids - before[2]}"
+    def assert_gone(self) -> None:
+        assert not Path(self.workdir).exists(), "scratch directory left behind"
+        assert self.run_id not in run(["ip", "netns", "list"]).stdout, "namespace left behind"
+        assert self.run_id not in run(["ip", "-o", "link"]).stdout, "link left behind"
+        assert self.vlserver not in run(["ip", "-4", "-o", "addr"]).stdout
+        alive = [p for p in self.pids if Path(f"/proc/{p}").exists()]
+        assert not alive, f"processes of the run still alive: {alive}"
 
 
 def test_two_runs_at_once_and_nothing_left_behind() -> None:
     """Two concurrent harness runs both work; afterwards no namespace, link or process stays."""
-    before = _snapshot()
-    script = '"$AFSCELL_EXEC" vos listvldb -localauth && echo "RUN $AFSCELL_DIR $AFSCELL_VLSERVERS"'
+    script = f'"$AFSCELL_EXEC" vos listvldb -localauth && {REPORT}'
     runs = [_harness(["--", "sh", "-c", script]) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in runs]
     for p, (out, err) in zip(runs, outputs, strict=True):
         assert p.returncode == 0, err
         assert "root.cell" in out
-    markers = [next(ln for ln in out.splitlines() if ln.startswith("RUN ")) for out, _ in outputs]
-    dirs = [m.split()[1] for m in markers]
-    addrs = [m.split()[2] for m in markers]
-    assert addrs[0] != addrs[1], "two runs must use different subnets"
-    for d in dirs:
-        assert not Path(d).exists(), "scratch directory left behind"
-    _assert_nothing_left(before)
+    reports = [RunReport(out) for out, _ in outputs]
+    assert reports[0].vlserver != reports[1].vlserver, "two runs must use different subnets"
+    for report in reports:
+        assert len(report.pids) >= 5, "the report should list bosserver, its servers and the KDC"
+        report.assert_gone()
 
 
 def test_exit_status_and_teardown_after_failure() -> None:
     """The harness returns the command's status and cleans up when the command fails."""
-    before = _snapshot()
-    p = _harness(["--", "sh", "-c", 'echo "DIR $AFSCELL_DIR"; exit 7'])
+    p = _harness(["--", "sh", "-c", f"{REPORT}; exit 7"])
     out, err = p.communicate(timeout=600)
     assert p.returncode == 7, err
-    workdir = next(line for line in out.splitlines() if line.startswith("DIR ")).split()[1]
-    assert not Path(workdir).exists()
-    _assert_nothing_left(before)
+    RunReport(out).assert_gone()
 
 
 def test_interrupted_harness_tears_down() -> None:
     """SIGINT to the harness while the command runs still removes everything it made."""
-    before = _snapshot()
-    p = _harness(["--", "sh", "-c", 'echo "DIR $AFSCELL_DIR"; exec sleep 300'])
+    p = _harness(["--", "sh", "-c", f"{REPORT}; echo READY; exec sleep 300"])
     assert p.stdout is not None
-    workdir = p.stdout.readline().split()[1]
-    assert len(_snapshot()[0] - before[0]) == 1, "the running cell should have its namespace"
+    lines = []
+    while not lines or lines[-1] != "READY":
+        lines.append(p.stdout.readline().strip())
+    report = RunReport("\n".join(lines))
+    assert report.run_id in run(["ip", "netns", "list"]).stdout
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=120) == 130
-    assert not Path(workdir).exists()
-    _assert_nothing_left(before)
+    report.assert_gone()
