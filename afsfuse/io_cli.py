@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -52,7 +53,8 @@ BUFFER_SIZE = 1 << 20
 #: Bytes asked for per FetchData64 call; 0 fetches the whole file in one call.
 DEFAULT_PIECE = 0
 _WHOLE_FILE = 1 << 62
-EACCES = 13
+#: "No rights", plain and as the "uae" code a fileserver sends once told we translate errors.
+_PERMISSION_DENIED = frozenset({errno.EACCES, 49733376 + errno.EACCES - 1})
 #: Errors after which another site of the volume may do better.
 _TRY_NEXT_SITE = frozenset({VSALVAGE, VNOVOL, VOFFLINE, VMOVED, VBUSY, VRESTARTING})
 _LEVELS = {"clear": Level.CLEAR, "auth": Level.AUTH, "crypt": Level.CRYPT}
@@ -82,7 +84,7 @@ def describe(error: RxAbort, what: str) -> str:
     """One line for an abort, in the words a user expects."""
     if isinstance(error, RxTimeout):
         return f"{what}: the server did not answer ({error})"
-    if error.code == EACCES:
+    if error.code in _PERMISSION_DENIED:
         return f"{what}: permission denied"
     if error.code == VNOVNODE:
         return f"{what}: no such file (the vnode does not exist)"
