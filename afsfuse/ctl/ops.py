@@ -1,0 +1,136 @@
+"""The control ops a daemon can serve, in groups it registers with Handlers.
+
+Each group takes what backs it (the token store, the sysname list's owner, a statistics
+source), so a daemon registers only the groups it can actually back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from afsfuse.ctl.protocol import token_from_wire, token_summary
+from afsfuse.ctl.server import ControlError, Request, op
+from afsfuse.keyring.store import TokenStore
+from afsfuse.keyring.token import Token
+
+log = logging.getLogger(__name__)
+
+#: Fills in a token's AFS id: afsfuse.keyring.with_viceid on a PT connection to its cell.
+ViceidFiller = Callable[[Token], Awaitable[Token]]
+#: How long settoken waits for the AFS id before storing the token without one.
+VICEID_TIMEOUT = 10.0
+
+#: OpenAFS's limits on the @sys list (MAXNUMSYSNAMES, MAXSYSNAME).
+MAX_SYSNAMES = 32
+MAX_SYSNAME_BYTES = 127
+
+
+class TokenOps:
+    """tokens, settoken, unlog, wscell: each acts on the requester's own tokens only.
+
+    Tokens are obtained in the caller's process, from the caller's Kerberos credentials, and
+    handed over with settoken: the daemon never reads anyone's ticket cache.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        this_cell: str,
+        fill_viceid: ViceidFiller | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._this_cell = this_cell
+        self._fill_viceid = fill_viceid
+        self._clock = clock
+
+    @op("wscell")
+    async def wscell(self, request: Request) -> dict[str, Any]:
+        return {"cell": self._this_cell}
+
+    @op("tokens")
+    async def tokens(self, request: Request) -> dict[str, Any]:
+        held = self._store.list(request.identity)
+        return {"uid": request.uid, "tokens": [token_summary(token) for token in held]}
+
+    @op("settoken")
+    async def settoken(self, request: Request) -> dict[str, Any]:
+        try:
+            token = token_from_wire(request.args.get("token"))
+        except ValueError as error:
+            raise ControlError("EINVAL", f"bad token: {error}") from None
+        if token.end <= self._clock():
+            raise ControlError("EINVAL", f"the token for {token.cell} has expired")
+        if self._fill_viceid is not None:
+            token = await self._with_viceid(replace(token, viceid=None))
+        self._store.set(request.identity, token)
+        log.info("uid %d set a token for %s (%s)", request.uid, token.cell, token.client)
+        return {"token": token_summary(token)}
+
+    @op("unlog")
+    async def unlog(self, request: Request) -> dict[str, Any]:
+        cell = request.text("cell", None, limit=64)
+        held = {token.cell.lower() for token in self._store.list(request.identity)}
+        if cell is not None and cell.lower() not in held:
+            raise ControlError("ENOENT", f"no token for {cell}")
+        self._store.remove(request.identity, cell)
+        return {"removed": sorted(held) if cell is None else [cell.lower()]}
+
+    async def _with_viceid(self, token: Token) -> Token:
+        """The token with its AFS id when the PT server gives it in time, else as it was.
+
+        The daemon asks, not the client: it has the cell's servers, and the id shown is
+        then the PT server's, never one a client claimed.
+        """
+        assert self._fill_viceid is not None
+        with trio.move_on_after(VICEID_TIMEOUT):
+            try:
+                return await self._fill_viceid(token)
+            except Exception as error:
+                # The token works without its id; only `tokens` shows the difference.
+                log.warning("no AFS id for %s in %s: %s", token.client, token.cell, error)
+        return token
+
+
+class SysnameOps:
+    """sysname: everyone may read the @sys list; only root may set it, as in OpenAFS."""
+
+    def __init__(
+        self, get_names: Callable[[], list[str]], set_names: Callable[[list[str]], None]
+    ) -> None:
+        self._get_names = get_names
+        self._set_names = set_names
+
+    @op("sysname")
+    async def sysname(self, request: Request) -> dict[str, Any]:
+        names = request.texts("names", MAX_SYSNAMES, limit=MAX_SYSNAME_BYTES)
+        if names is not None:
+            request.require_root("set the sysname list")
+            self._set_names(_checked_sysnames(names))
+        return {"names": list(self._get_names())}
+
+
+def _checked_sysnames(names: list[str]) -> list[str]:
+    if not names:
+        raise ControlError("EINVAL", "the sysname list needs at least one name")
+    for name in names:
+        if not name or name in (".", "..") or "/" in name or len(name.encode()) > MAX_SYSNAME_BYTES:
+            raise ControlError("EINVAL", f"{name!r} cannot be a sysname")
+    return names
+
+
+class StatsOps:
+    """stats: whatever counters the daemon exposes, as one JSON object."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    @op("stats")
+    async def stats(self, request: Request) -> dict[str, Any]:
+        return {"stats": dict(self._snapshot())}

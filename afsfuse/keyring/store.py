@@ -1,0 +1,85 @@
+"""Who is asking, and which token (if any) their requests use.
+
+Tokens live in this process's memory only: never on disk, never in a log line (Token's repr
+leaves out the key and the ticket).  A process in a PAG uses the PAG's tokens and nothing
+else, as in OpenAFS: leaving a PAG's tokens empty makes its processes anonymous even when
+their uid has tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from afsfuse.keyring.token import Token
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who asks; decides which token (if any) a request uses."""
+
+    uid: int
+    pag: int | None = None
+
+
+#: The holder of a set of tokens: ("uid", n) or ("pag", n).  A PAG is shared by every
+#: process in it whatever their uid, so it is keyed by its number alone.
+_Holder = tuple[str, int]
+
+
+def _holder(who: Identity) -> _Holder:
+    return ("uid", who.uid) if who.pag is None else ("pag", who.pag)
+
+
+class TokenStore:
+    """Tokens per uid (or per PAG), one per cell.
+
+    Every method is synchronous and never awaits, so under trio each call is atomic.
+    clock gives the time against which expiry is judged (a fake one in tests).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tokens: dict[_Holder, dict[str, Token]] = {}
+        # Kept after the tokens go, so a holder's generation never repeats.
+        self._generations: dict[_Holder, int] = {}
+
+    def get(self, who: Identity, cell: str) -> Token | None:
+        """The token for cell, or None for anonymous access (none held, or it has expired)."""
+        token = self._tokens.get(_holder(who), {}).get(cell.lower())
+        if token is None or token.end <= self._clock():
+            return None
+        return token
+
+    def set(self, who: Identity, token: Token) -> None:
+        """Hold token for its cell, replacing any earlier token for that cell."""
+        holder = _holder(who)
+        self._tokens.setdefault(holder, {})[token.cell.lower()] = token
+        self._bump(holder)
+
+    def remove(self, who: Identity, cell: str | None = None) -> None:
+        """Forget the token for cell, or every token of who when cell is None."""
+        holder = _holder(who)
+        held = self._tokens.get(holder)
+        if not held:
+            return
+        if cell is None:
+            del self._tokens[holder]
+        elif held.pop(cell.lower(), None) is None:
+            return
+        elif not held:
+            del self._tokens[holder]
+        self._bump(holder)
+
+    def list(self, who: Identity) -> list[Token]:
+        """Every token of who, expired ones included (`tokens` shows them as expired)."""
+        held = self._tokens.get(_holder(who), {})
+        return [held[cell] for cell in sorted(held)]
+
+    def changed(self, who: Identity) -> int:
+        """A number that changes whenever who's tokens do: part of per-identity cache keys."""
+        return self._generations.get(_holder(who), 0)
+
+    def _bump(self, holder: _Holder) -> None:
+        self._generations[holder] = self._generations.get(holder, 0) + 1
