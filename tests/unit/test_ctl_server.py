@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from afsfuse.ctl import cli, protocol, server
 from afsfuse.ctl import client as ctl_client
-from afsfuse.ctl import protocol, server
 from afsfuse.ctl.ops import StatsOps, SysnameOps, TokenOps
 from afsfuse.ctl.protocol import token_to_wire
 from afsfuse.ctl.server import Handlers, serve_control
@@ -322,3 +322,43 @@ async def test_client_finds_the_only_mount(
     )
     with pytest.raises(ctl_client.MountNotFound, match="several afsfuse mounts"):
         await trio.to_thread.run_sync(ctl_client.find_control_socket)
+
+
+async def test_cli_output(
+    tmp_path: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    store = TokenStore()
+    store.set(Identity(0), replace(make_token(), end=int(time.time()) - 10))  # expired
+    store.set(Identity(0), replace(make_token(), cell="other.test"))  # no AFS id known
+    stats = {"rx": {"packets_sent": 3, "calls": 2}, "uptime": 5}
+    handlers = Handlers(TokenOps(store, CELL), StatsOps(lambda: stats))
+    path = await nursery.start(serve_control, tmp_path / "c" / "s.sock", handlers)
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        status = await trio.to_thread.run_sync(cli.main, ["--socket", str(path), *args])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    assert await run("stats") == (0, "rx.calls: 2\nrx.packets_sent: 3\nuptime: 5\n", "")
+    assert await run("wscell") == (0, f"This workstation belongs to cell '{CELL}'\n", "")
+    status, out, _ = await run("tokens")
+    expiry = time.ctime(store.list(Identity(0))[1].end)[4:16]
+    assert status == 0 and out == (
+        "\nTokens held by the Cache Manager:\n\n"
+        f"User's (Unix UID 0) rxkad tokens for {CELL} [>> Expired <<]\n"
+        f"User's (Unix UID 0) rxkad tokens for other.test [Expires {expiry}]\n"
+        "   --End of list--\n"
+    )
+    status, out, _ = await run("tokens", "--json")
+    assert status == 0 and [t["cell"] for t in json.loads(out)["tokens"]] == [CELL, "other.test"]
+    assert await run("sysname") == (
+        1,
+        "",
+        "afsfuse-ctl: sysname: this daemon has no 'sysname' operation\n",
+    )
+    assert await run("unlog", "nowhere.test") == (
+        1,
+        "",
+        "afsfuse-ctl: unlog: no token for nowhere.test\n",
+    )
