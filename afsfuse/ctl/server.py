@@ -38,8 +38,10 @@ IDLE_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
 #: An op that takes longer than this fails with ETIMEDOUT.
 REQUEST_TIMEOUT = 60.0
-#: Connections served at once; more are told EAGAIN and closed.
+#: Connections served at once, in all and per uid; more are told EAGAIN and closed.
+#: Root is always let in, so a flood of users' connections cannot lock the admin out.
 MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_UID = 8
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _REQUIRED: Any = object()
@@ -182,10 +184,10 @@ async def serve_control(
             _write_registry(registry, mountpoint, path, 0o644 if shared else 0o600)
         log.info("control socket %s ready (ops: %s)", path, ", ".join(handlers.names))
         task_status.started(path)
-        limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+        admission = Admission(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID)
 
         async def serve(stream: trio.SocketStream) -> None:
-            await _serve_connection(stream, handlers, limiter)
+            await _serve_connection(stream, handlers, admission)
 
         await trio.serve_listeners(serve, [trio.SocketListener(sock)])
     finally:
@@ -243,23 +245,44 @@ def _write_registry(registry: Path, mountpoint: str, path: Path, mode: int) -> N
     os.replace(temporary, registry)
 
 
+class Admission:
+    """Caps open connections in all and per uid, so that one user holding idle connections
+    cannot lock the others out; root is always let in."""
+
+    def __init__(self, total: int, per_uid: int) -> None:
+        self._total = total
+        self._per_uid = per_uid
+        self._open: dict[int, int] = {}
+
+    def enter(self, uid: int) -> bool:
+        held = self._open.get(uid, 0)
+        if uid != 0 and (held >= self._per_uid or sum(self._open.values()) >= self._total):
+            return False
+        self._open[uid] = held + 1
+        return True
+
+    def leave(self, uid: int) -> None:
+        self._open[uid] -= 1
+        if not self._open[uid]:
+            del self._open[uid]
+
+
 async def _serve_connection(
-    stream: trio.SocketStream, handlers: Handlers, limiter: trio.CapacityLimiter
+    stream: trio.SocketStream, handlers: Handlers, admission: Admission
 ) -> None:
     async with stream:
         try:
-            limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await _send(stream, _error("EAGAIN", "too many control connections, try again"))
-            return
-        try:
             raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
             peer = PeerCred(*_PEERCRED.unpack(raw))
-            await _serve_lines(stream, handlers, peer)
+            if not admission.enter(peer.uid):
+                await _send(stream, _error("EAGAIN", "too many control connections, try again"))
+                return
+            try:
+                await _serve_lines(stream, handlers, peer)
+            finally:
+                admission.leave(peer.uid)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
-        finally:
-            limiter.release()
 
 
 async def _serve_lines(stream: trio.SocketStream, handlers: Handlers, peer: PeerCred) -> None:

@@ -240,16 +240,30 @@ async def test_several_requests_in_one_write(daemon: Daemon) -> None:
     assert third == first
 
 
-async def test_too_many_connections_are_told_to_retry(
-    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, nursery: trio.Nursery
-) -> None:
-    monkeypatch.setattr(server, "MAX_CONNECTIONS", 1)
-    path = await nursery.start(serve_control, tmp_path / "one" / "s.sock", Handlers())
-    first = Line(await trio.open_unix_socket(os.fspath(path)))
-    assert (await first.call({"op": "x"}) or {}).get("error") == "ENOSYS"
+def test_connection_caps_per_uid_and_in_all_but_never_for_root() -> None:
+    admission = server.Admission(total=3, per_uid=2)
 
-    second = Line(await trio.open_unix_socket(os.fspath(path)))
-    assert (await second.reply() or {}).get("error") == "EAGAIN"
+    assert admission.enter(1001) and admission.enter(1001)
+    assert not admission.enter(1001)  # alice's cap
+    assert admission.enter(1002)
+    assert not admission.enter(1003)  # the total cap
+    assert all(admission.enter(0) for _ in range(10))  # root always gets in
+    admission.leave(1001)
+    assert not admission.enter(1003)  # root's connections count towards the total
+    for _ in range(10):
+        admission.leave(0)
+    assert admission.enter(1003)
+
+
+async def test_a_refused_connection_is_told_to_retry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    monkeypatch.setattr(server.Admission, "enter", lambda self, uid: False)
+    path = await nursery.start(serve_control, tmp_path / "one" / "s.sock", Handlers())
+    refused = Line(await trio.open_unix_socket(os.fspath(path)))
+
+    assert (await refused.reply() or {}).get("error") == "EAGAIN"
+    assert await refused.reply() is None
 
 
 async def test_life_cycle_registry_and_stale_socket(tmp_path: Path) -> None:
