@@ -3,13 +3,16 @@
 Dirty data must never be evicted and must survive the daemon dying between a write and its
 store, so it lives outside diskcache, in plain files: one directory per file,
 
-    dirty/<cell>/<volume>.<vnode>.<unique>/state.json   base data version, length, chunks
+    dirty/<cell>/<volume>.<vnode>.<unique>/state.json   base data version, dirty chunks
     dirty/<cell>/<volume>.<vnode>.<unique>/data         dirty chunks at their file offsets
 
 Plain files because writes are partial: a FUSE write of a few KiB into a 1 MiB chunk is one
-`pwrite` here, where diskcache (whole values only) would rewrite the whole chunk.  The
-state file is replaced atomically (write, rename) after the data, so a write cut short by a
-crash is simply not there after a restart, like a write that never returned.
+`pwrite` here, where diskcache (whole values only) would rewrite the whole chunk.  The size
+of `data` is the file's length, so an ordinary write costs one `pwrite` and nothing else;
+the state file changes only when a chunk becomes dirty or on truncation, and is replaced
+atomically (write, rename) after the data it describes.  A write cut short by a crash
+leaves at most what a local filesystem would: part of the write, never bytes from
+elsewhere.
 
 What a byte of the file is while it is dirty: inside a dirty chunk, the byte in `data`;
 otherwise zero at or beyond `zero_from` (a truncation cut it off), else the clean byte at
@@ -86,19 +89,17 @@ class DirtyStore:
                     continue
                 volume, vnode, unique = (int(part) for part in file_dir.name.split("."))
                 fid = FidKey(cell_dir.name, volume, vnode, unique)
-                dirty = DirtyFile(
+                length = os.stat(file_dir / "data").st_size
+                chunk_size = state["chunk_size"]
+                # A truncation cut short between the data and the state: finish it here.
+                self._files[fid] = DirtyFile(
                     fid,
                     state["base_version"],
-                    state["length"],
-                    state["zero_from"],
-                    state["chunk_size"],
-                    frozenset(state["chunks"]),
+                    length,
+                    min(state["zero_from"], length),
+                    chunk_size,
+                    frozenset(i for i in state["chunks"] if i * chunk_size < length),
                 )
-                # Bytes past the recorded length come from a write the crash cut short.
-                with open(file_dir / "data", "r+b") as data:
-                    if os.fstat(data.fileno()).st_size > dirty.length:
-                        os.ftruncate(data.fileno(), dirty.length)
-                self._files[fid] = dirty
 
     def _dir(self, fid: FidKey) -> Path:
         return self.path / check_cell_name(fid.cell) / f"{fid.volume}.{fid.vnode}.{fid.unique}"
@@ -106,7 +107,6 @@ class DirtyStore:
     def _save(self, dirty: DirtyFile) -> None:
         state = {
             "base_version": dirty.base_version,
-            "length": dirty.length,
             "zero_from": dirty.zero_from,
             "chunk_size": dirty.chunk_size,
             "chunks": sorted(dirty.chunks),
@@ -137,7 +137,8 @@ class DirtyStore:
             shutil.rmtree(directory, ignore_errors=True)
             make_private_dir(directory.parent)
             directory.mkdir(mode=0o700)
-            (directory / "data").touch(mode=0o600)
+            with open(directory / "data", "xb") as data:
+                os.ftruncate(data.fileno(), length)  # sparse: the base's bytes are not here
             dirty = DirtyFile(fid, base_version, length, length, self.chunk_size, frozenset())
             self._save(dirty)
             return dirty
@@ -164,28 +165,24 @@ class DirtyStore:
             updated = replace(dirty, length=length, chunks=dirty.chunks | set(new_chunks))
             with open(self._dir(fid) / "data", "r+b") as file:
                 fd = file.fileno()
-                try:
-                    for index in new_chunks:
-                        # A newly dirty chunk is written whole: no stale byte survives in it.
+                for index in new_chunks:
+                    # A newly dirty chunk is written whole: no stale byte survives in it.
+                    start = index * size
+                    content = bytearray(min(size, length - start))
+                    base = bases.get(index, b"")[: max(0, known_end - start)]
+                    content[: len(base)] = base
+                    lo, hi = max(offset, start), min(end, start + len(content))
+                    content[lo - start : hi - start] = data[lo - offset : hi - offset]
+                    os.pwrite(fd, content, start)
+                for index in range(first, last + 1):
+                    if index in dirty.chunks:
                         start = index * size
-                        content = bytearray(min(size, length - start))
-                        base = bases.get(index, b"")[: max(0, known_end - start)]
-                        content[: len(base)] = base
-                        lo, hi = max(offset, start), min(end, start + len(content))
-                        content[lo - start : hi - start] = data[lo - offset : hi - offset]
-                        os.pwrite(fd, content, start)
-                    for index in range(first, last + 1):
-                        if index in dirty.chunks:
-                            start = index * size
-                            lo, hi = max(offset, start), min(end, start + size)
-                            os.pwrite(fd, data[lo - offset : hi - offset], lo)
-                    if updated != dirty:
-                        self._save(updated)
-                except BaseException:
-                    # Keep the data file within the recorded length (holes must read as zeros).
-                    if os.fstat(fd).st_size > dirty.length:
-                        os.ftruncate(fd, dirty.length)
-                    raise
+                        lo, hi = max(offset, start), min(end, start + size)
+                        os.pwrite(fd, data[lo - offset : hi - offset], lo)
+            if new_chunks:
+                self._save(updated)
+            else:
+                self._files[fid] = updated
             return updated
 
     def read_chunk(self, fid: FidKey, index: int) -> bytes:
@@ -209,11 +206,9 @@ class DirtyStore:
             updated = replace(
                 dirty, length=length, zero_from=min(dirty.zero_from, length), chunks=chunks
             )
-            self._save(updated)
-            # After the state, so a crash in between leaves bytes that _load cuts off.
             with open(self._dir(fid) / "data", "r+b") as file:
-                if os.fstat(file.fileno()).st_size > length:
-                    os.ftruncate(file.fileno(), length)
+                os.ftruncate(file.fileno(), length)
+            self._save(updated)
             return updated
 
     def sync(self, fid: FidKey) -> None:

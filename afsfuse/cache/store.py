@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +76,30 @@ def _dir_key(prefix: str, data_version: int) -> str:
     return f"{prefix}d{data_version}"
 
 
+class _ChunkDisk(diskcache.Disk):
+    """diskcache's own Disk writes a bytes value line by line (hundreds of writes for a
+    random 64 KiB chunk) and spreads files over 65536 directories; this writes a value
+    with one call into at most 256 directories, which halves the cost of a set here."""
+
+    def filename(self, key: object = None, value: object = None) -> tuple[str, str]:
+        name = secrets.token_hex(16) + ".val"
+        filename = os.path.join(name[:2], name)
+        return filename, os.path.join(self._directory, filename)
+
+    def store(self, value: object, read: bool, key: object = None) -> tuple:
+        if type(value) is not bytes or len(value) < self.min_file_size:
+            return super().store(value, read, key=key)
+        filename, full_path = self.filename()
+        try:
+            file = open(full_path, "xb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            file = open(full_path, "xb")  # noqa: SIM115 - closed below
+        with file:
+            file.write(value)
+        return len(value), diskcache.core.MODE_BINARY, filename, None
+
+
 class CacheStore:
     """The on-disk cache of one afsfuse instance: clean data (`get_*`/`put_*`) plus the
     dirty store (`dirty`).  Synchronous and thread-safe; use `AsyncCacheStore` under trio.
@@ -103,6 +128,7 @@ class CacheStore:
             raise
         self._clean = diskcache.Cache(
             str(self.path / "clean"),
+            disk=_ChunkDisk,
             size_limit=size_limit,
             eviction_policy=eviction_policy,
             tag_index=True,
@@ -153,15 +179,15 @@ class CacheStore:
         """Record the latest status of `fid`.  A different data version makes it the
         current one: chunks and directory of the previous version are deleted."""
         prefix = _fid_prefix(fid)
-        with self._record_lock:
+        with self._record_lock, self._clean.transact():
             old = self._clean.get(prefix + "r")
             if old is not None and old.data_version == data_version:
                 record = replace(old, status=status)
             else:
                 record = FileRecord(data_version, status)
+                if old is not None:
+                    self._delete_version(prefix, old)
             self._clean.set(prefix + "r", record, tag=prefix)
-        if old is not None and old.data_version != data_version:
-            self._delete_version(prefix, old)
         return record
 
     def _delete_version(self, prefix: str, record: FileRecord) -> None:
@@ -182,23 +208,20 @@ class CacheStore:
 
     def put_chunk(self, fid: FidKey, data_version: int, index: int, data: bytes) -> bool:
         """Cache a complete chunk; False (and nothing kept) unless `data_version` is the one
-        the record holds, i.e. `put_status` must come first."""
+        the record holds, i.e. `put_status` must come first.  The chunk's file is written
+        before the one transaction that indexes it and marks it complete commits."""
         if len(data) > self.chunk_size:
             raise ValueError(f"chunk of {len(data)} bytes exceeds chunk size {self.chunk_size}")
         prefix = _fid_prefix(fid)
-        key = _chunk_key(prefix, data_version, index)
-        if not self._record_holds(prefix, data_version):
-            return False
-        self._clean.set(key, bytes(data), tag=prefix)
-        with self._record_lock:
+        with self._record_lock, self._clean.transact():
             record = self._clean.get(prefix + "r")
-            current = record is not None and record.data_version == data_version
-            if current and index not in record.chunks:
+            if record is None or record.data_version != data_version:
+                return False
+            self._clean.set(_chunk_key(prefix, data_version, index), bytes(data), tag=prefix)
+            if index not in record.chunks:
                 record = replace(record, chunks=record.chunks | {index})
                 self._clean.set(prefix + "r", record, tag=prefix)
-        if not current:
-            self._clean.delete(key)
-        return current
+        return True
 
     def _record_holds(self, prefix: str, data_version: int) -> bool:
         record = self._clean.get(prefix + "r")
@@ -210,17 +233,13 @@ class CacheStore:
         return self._clean.get(_dir_key(_fid_prefix(fid), data_version))
 
     def put_dir(self, fid: FidKey, data_version: int, blob: bytes) -> bool:
-        """Cache a whole directory; like `put_chunk`, only for the recorded data version.
-        One diskcache value is written atomically, so no completeness mark is needed."""
+        """Cache a whole directory; like `put_chunk`, only for the recorded data version."""
         prefix = _fid_prefix(fid)
-        if not self._record_holds(prefix, data_version):
-            return False
-        key = _dir_key(prefix, data_version)
-        self._clean.set(key, bytes(blob), tag=prefix)
-        if self._record_holds(prefix, data_version):
-            return True
-        self._clean.delete(key)
-        return False
+        with self._record_lock, self._clean.transact():
+            if not self._record_holds(prefix, data_version):
+                return False
+            self._clean.set(_dir_key(prefix, data_version), bytes(blob), tag=prefix)
+        return True
 
     # Invalidation (clean data only: dirty data is dropped by its store, never here)
 
