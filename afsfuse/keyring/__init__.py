@@ -2,11 +2,14 @@
 
 from afsfuse.keyring.kerberos import token_from_ccache, token_from_keytab
 from afsfuse.keyring.token import KVNO_KERBEROS_V5, Token, TokenError
+from afsfuse.keyring.viceid import pt_name, with_viceid
 
 __all__ = [
     "KVNO_KERBEROS_V5",
     "Token",
     "TokenError",
+    "pt_name",
     "token_from_ccache",
     "token_from_keytab",
+    "with_viceid",
 ]
