@@ -225,6 +225,17 @@ class Connection:
     def service_id(self) -> int:
         return self._core.service_id
 
+    @property
+    def failed(self) -> bool:
+        """The whole connection ended in error: new calls on it fail at once."""
+        return self._core.error is not None
+
+    def close(self) -> None:
+        """Forget the connection (its live calls are aborted); the peer sees it go idle."""
+        self._endpoint._core.close_connection(self._core, trio.current_time())
+        self._endpoint._poke()
+        self._lot.unpark_all()
+
     def new_call(self) -> ClientCall:
         """An async context manager; entering it waits for a free channel."""
         return ClientCall(self)

@@ -1,0 +1,122 @@
+"""The cells this cache manager knows: CellServDB, ThisCell and CellAlias, then DNS.
+
+A name is looked up as given, then as an alias; a cell missing from CellServDB is asked of
+DNS (SRV, then AFSDB) when a resolver is configured.  The resolver (afsfuse/vl/dns.py)
+caches answers for their TTL and "no such cell" for a while; lookups that failed outright
+(timeout, server failure) are remembered here for `negative_ttl`, so that `ls /afs/typo` in
+a loop does not turn into a DNS query per call while DNS is unwell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from afsfuse.rx.interfaces.vl import VL
+from afsfuse.vl import cellservdb
+from afsfuse.vl.cellservdb import CellEntry, cell_key
+from afsfuse.vl.dns import CellLookupError, CellResolver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    #: VL servers as (address, port).
+    vlservers: tuple[tuple[str, int], ...]
+    source: str = "CellServDB"  # or "DNS"
+    linked_cell: str | None = None
+
+
+class CellDB:
+    def __init__(
+        self,
+        cells: dict[str, CellEntry],
+        this_cell: str,
+        aliases: dict[str, str] | None = None,
+        resolver: CellResolver | None = None,
+        *,
+        negative_ttl: float = 60.0,
+    ) -> None:
+        self._configured = {
+            key: Cell(
+                entry.name,
+                tuple((s.address, VL.port) for s in entry.servers),
+                linked_cell=entry.linked_cell,
+            )
+            for key, entry in cells.items()
+            if entry.servers
+        }
+        self.this_cell = this_cell
+        self._aliases = dict(aliases or {})
+        self._resolver = resolver
+        self.negative_ttl = negative_ttl
+        #: Cells DNS told us about (listed by known_cells) and lookups that failed lately.
+        self._found: dict[str, Cell] = {}
+        self._failed: dict[str, float] = {}
+
+    @classmethod
+    def from_files(
+        cls,
+        config_dir: str | os.PathLike[str] = cellservdb.CONFIG_DIR,
+        *,
+        cellservdb_path: str | os.PathLike[str] | None = None,
+        this_cell: str | None = None,
+        resolver: CellResolver | None = None,
+    ) -> CellDB:
+        """Read CellServDB, ThisCell and CellAlias from `config_dir` (missing optional files
+        are fine; without ThisCell, `this_cell` must be given)."""
+        config_dir = Path(config_dir)
+        cells = cellservdb.read_cellservdb(cellservdb_path or config_dir / "CellServDB")
+        if this_cell is None:
+            this_cell = cellservdb.read_thiscell(config_dir / "ThisCell")
+        if not this_cell:
+            raise ValueError(f"no home cell: {config_dir / 'ThisCell'} is missing or empty")
+        alias_path = config_dir / "CellAlias"
+        aliases = cellservdb.read_cellalias(alias_path) if alias_path.exists() else {}
+        return cls(cells, this_cell, aliases, resolver)
+
+    def known_cells(self) -> list[str]:
+        return [c.name for c in self._configured.values()] + [c.name for c in self._found.values()]
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> real cell name."""
+        return dict(self._aliases)
+
+    def configured(self, name: str) -> Cell | None:
+        """A cell from the configuration files only (no DNS), by name or alias."""
+        key = cell_key(name)
+        cell = self._configured.get(key)
+        if cell is None and name in self._aliases:
+            cell = self._configured.get(cell_key(self._aliases[name]))
+        return cell
+
+    async def lookup(self, name: str) -> Cell | None:
+        """The cell called `name` (or aliased so), or None when nobody knows it."""
+        cell = self.configured(name)
+        if cell is not None:
+            return cell
+        if self._resolver is None:
+            return None
+        key = cell_key(self._aliases.get(name, name))
+        now = trio.current_time()
+        if self._failed.get(key, -1.0) > now:
+            return None
+        try:
+            # The resolver caches answers for their TTL and "no such cell" for a while.
+            servers = await self._resolver.lookup(key)
+        except CellLookupError as e:
+            log.info("DNS lookup of cell %s failed: %s", key, e)
+            self._failed[key] = now + self.negative_ttl
+            return None
+        if servers is None or not servers.addresses:
+            self._found.pop(key, None)
+            return None
+        cell = Cell(key, tuple(servers.addresses), "DNS")
+        self._found[key] = cell
+        return cell

@@ -1,0 +1,762 @@
+"""The cache manager core: AFS files, directories and volumes for the FUSE face.
+
+Every operation takes the identity asking (`who`); its token (or none: rxnull) is used for
+every RPC made on its behalf, and what was fetched with one identity's rights reaches
+another only once that identity's own rights are known (fs/vnode.py).  Status is trusted
+while the callback promise holds; file data and directories are kept in the disk cache by
+data version, so after a break, a restart or an expired promise one FetchStatus decides
+whether the cached bytes are still the file's.
+
+Every RPC goes through the Rotator (fs/rotate.py).  Every public method raises FsError and
+nothing else: unexpected exceptions are logged and turned into EIO at the boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import trio
+
+from afsfuse.cache.store import CacheStore
+from afsfuse.fs import dir as afsdir
+from afsfuse.fs.callback import Break, CallbackRegistry, Fid
+from afsfuse.fs.cell import Cell, CellDB
+from afsfuse.fs.cmservice import CacheManagerService
+from afsfuse.fs.errors import FsError, fs_error
+from afsfuse.fs.rotate import RotationConfig, Rotator
+from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
+from afsfuse.fs.stats import Stats
+from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
+from afsfuse.fs.volume import VolumeCache, VolumeStatus
+from afsfuse.keyring.store import Identity, TokenStore
+from afsfuse.keyring.token import Token
+from afsfuse.rx.driver import Connection, Endpoint
+from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
+from afsfuse.rx.interfaces.fs import (
+    AFSCBMAX,
+    CALLBACK_VERSION,
+    CB_DROPPED,
+    FS,
+    PRSFS_LOOKUP,
+    PRSFS_READ,
+    AFSCallBack,
+    AFSFid,
+)
+from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
+from afsfuse.vl.vlclient import VLClient, VolumeLocation
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+VolumeKind = Literal["rw", "ro", "bk", "auto"]
+Listener = Callable[[AfsFid | None], None]
+
+#: A directory blob is at most this big (1023 pages of 2 KiB).
+MAX_DIRECTORY = afsdir.MAX_PAGES * afsdir.PAGE_SIZE
+#: Status fetched for a directory listing, at most this many at a time without InlineBulkStatus.
+_STATUS_FANOUT = 8
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    #: rxkad level for authenticated calls: "clear", "auth" or "crypt".
+    security: str = "crypt"
+    #: Seconds of silence after which a fileserver call is given up (and the server marked
+    #: down); VL calls use the same.
+    dead_time: float = 12.0
+    probe_timeout: float = 3.0
+    probe_interval: float = 30.0
+    #: Bound on one RPC's rotation over every site: past it, ETIMEDOUT.
+    rotation_timeout: float = 120.0
+    busy_wait: float = 5.0
+    max_busy_waits: int = 12
+    #: How long a VLDB entry is used before it is looked up again.
+    volume_ttl: float = 600.0
+    #: Chunks fetched ahead of a sequential reader, in parallel.
+    readahead_chunks: int = 4
+    #: Directories kept parsed in memory.
+    directory_memory: int = 1024
+    #: Seconds taken off every callback promise, for clock skew and request time.
+    callback_margin: float = 5.0
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(
+            security=self.security,
+            dead_time=self.dead_time,
+            probe_timeout=self.probe_timeout,
+            probe_interval=self.probe_interval,
+        )
+
+    def rotation_config(self) -> RotationConfig:
+        return RotationConfig(self.rotation_timeout, self.busy_wait, self.max_busy_waits)
+
+
+class _DataVersionChanged(Exception):
+    """The file changed while a read was assembling chunks: start the read again."""
+
+
+def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Public API methods raise FsError only; anything else is a bug, logged, and EIO."""
+
+    @functools.wraps(method)
+    async def guarded(self: CacheManager, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except FsError:
+            raise
+        except RxAbort as e:
+            raise fs_error(e.code, method.__name__) from None
+        except afsdir.DirectoryError as e:
+            log.error("%s: malformed directory: %s", method.__name__, e)
+            raise FsError(errno.EIO, f"malformed directory: {e}") from None
+        except Exception as e:
+            log.exception("%s failed unexpectedly", method.__name__)
+            raise FsError(errno.EIO, f"{method.__name__}: internal error: {e}") from None
+
+    return guarded
+
+
+def _afs_fid(fid: AfsFid) -> Any:
+    return AFSFid(fid.volume, fid.vnode, fid.unique)
+
+
+def _encode_name(name: str | bytes) -> bytes:
+    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+
+
+class CacheManager:
+    def __init__(
+        self,
+        config: ManagerConfig,
+        endpoint: Endpoint,
+        cells: CellDB,
+        store: CacheStore,
+        tokens: TokenStore,
+        stats: Stats,
+        *,
+        registry: CallbackRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.cells = cells
+        self.store = store
+        self.tokens = tokens
+        self.stats = stats
+        self.registry = registry or CallbackRegistry()
+        self.cb_service = CacheManagerService(self.registry, local_cell=cells.this_cell)
+        self.cb_service.install(endpoint)
+        self.registry.add_listener(self._on_break)
+        self.servers = ServerTable(endpoint, config.server_config())
+        self.volumes = VolumeCache(self._locate, config.volume_ttl)
+        self.rotator = Rotator(self.servers, self.volumes, config.rotation_config(), stats)
+        self.vnodes = VnodeTable()
+        self._vl: dict[str, VLClient] = {}
+        self._listeners: list[Listener] = []
+        self._dirs: OrderedDict[AfsFid, tuple[int, bytes, dict[bytes, afsdir.DirEntry]]] = (
+            OrderedDict()
+        )
+        self._inflight: dict[tuple[AfsFid, int, int], trio.Event] = {}
+        self._sequential: dict[AfsFid, int] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def this_cell(self) -> str:
+        return self.cells.this_cell
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work (probing down servers, read-ahead) until cancelled; start it
+        with `await nursery.start(manager.run)`."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                nursery.start_soon(self.servers.run_prober)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def on_invalidate(self, callback: Listener) -> None:
+        """`callback(fid)` after a callback break or a data-version change of `fid`;
+        `callback(None)` when everything was dropped."""
+        self._listeners.append(callback)
+
+    def _notify(self, fid: AfsFid | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(fid)
+            except Exception:
+                log.exception("invalidation listener failed")
+
+    # -- cells and volumes -------------------------------------------------------------
+
+    async def cell(self, name: str) -> Cell | None:
+        try:
+            return await self.cells.lookup(name)
+        except Exception:
+            log.exception("cell lookup of %r failed", name)
+            return None
+
+    def known_cells(self) -> list[str]:
+        return self.cells.known_cells()
+
+    def aliases(self) -> dict[str, str]:
+        return self.cells.aliases()
+
+    async def _vlclient(self, cell_name: str) -> VLClient:
+        client = self._vl.get(cell_name)
+        if client is None:
+            cell = await self.cells.lookup(cell_name)
+            if cell is None:
+                raise FsError(errno.ENOENT, f"unknown cell {cell_name}")
+            client = self._vl[cell_name] = VLClient(list(cell.vlservers), self._connect_vl)
+        return client
+
+    def _connect_vl(self, addr: tuple[str, int]) -> Connection:
+        from afsfuse.rx.interfaces.vl import VL
+        from afsfuse.rx.security import RXNULL
+
+        return self.endpoint.connect(
+            addr, VL.service_id, RXNULL, dead_time=self.config.dead_time, hard_timeout=60.0
+        )
+
+    async def _locate(self, cell: str, volume: str | int) -> VolumeLocation:
+        client = await self._vlclient(cell)
+        self.stats.count_rpc("VL.GetEntryByNameU")
+        return await client.locate(volume)
+
+    @_boundary
+    async def volume_root(self, cell: str, volume: str, kind: VolumeKind, who: Identity) -> AfsFid:
+        """The root fid of a volume named or numbered `volume`.  A .readonly/.backup suffix
+        or a numeric id decides the type by itself; otherwise `kind` does ("auto": RO when
+        the volume has RO sites, else RW).  ENOENT when there is no such volume."""
+        found = await self.cell(cell)
+        if found is None:
+            raise FsError(errno.ENOENT, f"unknown cell {cell}")
+        try:
+            location = await self.volumes.location(found.name, volume)
+        except RxAbort as e:
+            raise fs_error(e.code, f"volume {volume} in {found.name}") from None
+        if volume.isdigit():
+            volume_id = int(volume)
+            if location.type_of(volume_id) is None:
+                raise FsError(errno.ENOENT, f"volume {volume} in {found.name}")
+        else:
+            voltype = RWVOL
+            if volume.endswith(".readonly"):
+                voltype = ROVOL
+            elif volume.endswith(".backup"):
+                voltype = BACKVOL
+            elif kind == "ro" or (kind == "auto" and location.ro_id and location.sites[ROVOL]):
+                voltype = ROVOL
+            elif kind == "bk":
+                voltype = BACKVOL
+            volume_id = location.volume_ids[voltype]
+            if not volume_id or not location.sites[voltype]:
+                raise FsError(errno.ENOENT, f"volume {volume} has no {('RW', 'RO', 'BK')[voltype]}")
+        return AfsFid(found.name, volume_id, 1, 1)
+
+    # -- status ------------------------------------------------------------------------
+
+    def _token(self, cell: str, who: Identity) -> Token | None:
+        return self.tokens.get(who, cell)
+
+    @_boundary
+    async def getattr(self, fid: AfsFid, who: Identity) -> Status:
+        """The status of `fid` with `who`'s rights; no RPC while the callback holds and
+        `who`'s rights are known."""
+        token = self._token(fid.cell, who)
+        vnode = self.vnodes.get(fid)
+        rights = vnode.rights(token, trio.current_time())
+        if rights is not None:
+            assert vnode.status is not None
+            self.stats.status_hits += 1
+            return vnode.status.with_access(rights)
+        return await self._fetch_status(fid, token)
+
+    async def _fetch_status(self, fid: AfsFid, token: Token | None) -> Status:
+        vnode = self.vnodes.get(fid)
+        breaks = vnode.breaks
+        self.stats.status_misses += 1
+
+        async def op(conn: Connection, server: FileServer) -> tuple[FileServer, float, Any]:
+            sent = trio.current_time()
+            return server, sent, await FS.FetchStatus(conn, _afs_fid(fid))
+
+        server, sent, reply = await self.rotator.call(
+            fid.cell, fid.volume, token, "FS.FetchStatus", op
+        )
+        return await self._absorb(
+            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
+        )
+
+    async def _absorb(
+        self,
+        vnode: Vnode,
+        token: Token | None,
+        afs_status: Any,
+        callback: Any,
+        server: FileServer,
+        sent: float,
+        breaks: int,
+    ) -> Status:
+        """Take a status (and the callback that came with it) from a reply made with
+        `token`, sent at `sent` while `vnode.breaks` was `breaks`."""
+        status = Status.from_afs(afs_status)
+        previous = vnode.status
+        vnode.status = status
+        if vnode.breaks != breaks:
+            # A break arrived while we waited: the promise may already be gone.
+            vnode.cb_expires = 0.0
+            vnode.access.clear()
+        elif callback.CallBackType != CB_DROPPED and callback.ExpirationTime > 0:
+            expires = sent + callback.ExpirationTime - self.config.callback_margin
+            if expires > trio.current_time():
+                if vnode.cb_server != server.addr or vnode.cb_expires <= trio.current_time():
+                    vnode.access.clear()
+                vnode.cb_server = server.addr
+                vnode.cb_expires = expires
+                vnode.access[token] = status.caller_access
+                fid = vnode.fid
+                self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
+        if previous is None or previous.data_version != status.data_version:
+            await trio.to_thread.run_sync(
+                self.store.put_status, vnode.fid, status.data_version, status.to_record()
+            )
+            if previous is not None:
+                self._dirs.pop(vnode.fid, None)
+                self._notify(vnode.fid)
+        return status
+
+    async def _status_for(
+        self, fid: AfsFid, token: Token | None, wanted: int
+    ) -> tuple[Vnode, bool]:
+        """The vnode with a current status, and whether `token` surely has `wanted` rights
+        on it (False: let the fileserver decide, by asking it with that token)."""
+        vnode = self.vnodes.get(fid)
+        if not vnode.allows(token, wanted, trio.current_time()):
+            await self._fetch_status(fid, token)
+        return vnode, vnode.allows(token, wanted, trio.current_time())
+
+    @_boundary
+    async def bulk_status(self, fids: Sequence[AfsFid], who: Identity) -> list[Status | FsError]:
+        """Status of many fids, in order; an entry the server refused is an FsError in its
+        place.  Fids with a valid callback and known rights cost nothing; the rest go 50 at a
+        time in InlineBulkStatus (FetchStatus each where the server lacks it)."""
+        now = trio.current_time()
+        results: list[Status | FsError | None] = [None] * len(fids)
+        wanted: dict[tuple[str, int], list[int]] = {}
+        for i, fid in enumerate(fids):
+            token = self._token(fid.cell, who)
+            vnode = self.vnodes.get(fid)
+            rights = vnode.rights(token, now)
+            if rights is not None:
+                assert vnode.status is not None
+                self.stats.status_hits += 1
+                results[i] = vnode.status.with_access(rights)
+            else:
+                wanted.setdefault((fid.cell, fid.volume), []).append(i)
+        for (cell, volume), indexes in wanted.items():
+            token = self._token(cell, who)
+            for start in range(0, len(indexes), AFSCBMAX):
+                batch = indexes[start : start + AFSCBMAX]
+                statuses = await self._bulk(cell, volume, [fids[i] for i in batch], token)
+                for i, status in zip(batch, statuses, strict=True):
+                    results[i] = status
+        return [r for r in results if r is not None]
+
+    async def _bulk(
+        self, cell: str, volume: int, fids: list[AfsFid], token: Token | None
+    ) -> list[Status | FsError]:
+        vnodes = [self.vnodes.get(fid) for fid in fids]
+        breaks = [v.breaks for v in vnodes]
+        self.stats.status_misses += len(fids)
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            if server.no_inline_bulk:
+                return server, 0.0, None
+            sent = trio.current_time()
+            try:
+                return server, sent, await FS.InlineBulkStatus(conn, [_afs_fid(f) for f in fids])
+            except RxAbort as e:
+                if e.code != RXGEN_OPCODE:
+                    raise
+                server.no_inline_bulk = True
+                return server, sent, None
+
+        server, sent, reply = await self.rotator.call(
+            cell, volume, token, "FS.InlineBulkStatus", op
+        )
+        if reply is None:
+            return await self._status_one_by_one(fids, token)
+        if len(reply.StatArray) != len(fids):
+            log.error("InlineBulkStatus: %d statuses for %d fids", len(reply.StatArray), len(fids))
+            raise FsError(errno.EIO, "InlineBulkStatus reply does not match the request")
+        callbacks = list(reply.CBArray) + [None] * (len(fids) - len(reply.CBArray))
+        out: list[Status | FsError] = []
+        for vnode, before, afs_status, callback in zip(
+            vnodes, breaks, reply.StatArray, callbacks, strict=True
+        ):
+            if afs_status.errorCode:
+                out.append(fs_error(afs_status.errorCode, f"status of {tuple(vnode.fid)}"))
+                continue
+            if callback is None:
+                callback = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
+            status = await self._absorb(vnode, token, afs_status, callback, server, sent, before)
+            out.append(status)
+        return out
+
+    async def _status_one_by_one(
+        self, fids: list[AfsFid], token: Token | None
+    ) -> list[Status | FsError]:
+        out: list[Status | FsError | None] = [None] * len(fids)
+        limit = trio.Semaphore(_STATUS_FANOUT)
+
+        async def one(i: int) -> None:
+            async with limit:
+                try:
+                    out[i] = await self._fetch_status(fids[i], token)
+                except FsError as e:
+                    out[i] = e
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(fids)):
+                nursery.start_soon(one, i)
+        return [r for r in out if r is not None]
+
+    # -- directories -------------------------------------------------------------------
+
+    async def _directory(self, fid: AfsFid, who: Identity) -> dict[bytes, afsdir.DirEntry]:
+        token = self._token(fid.cell, who)
+        vnode, trusted = await self._status_for(fid, token, PRSFS_LOOKUP)
+        assert vnode.status is not None
+        if not vnode.status.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if not trusted:
+            rights = vnode.rights(token, trio.current_time())
+            if rights is not None:
+                # A directory's CallerAccess is its ACL for this caller: the server's word.
+                raise FsError(errno.EACCES)
+        for _ in range(3):
+            version = vnode.status.data_version
+            held = self._dirs.get(fid)
+            if trusted and held is not None and held[0] == version:
+                self._dirs.move_to_end(fid)
+                self.stats.data_hits += 1
+                return held[2]
+            blob = None
+            if trusted:
+                blob = await trio.to_thread.run_sync(self.store.get_dir, fid, version)
+            if blob is not None:
+                self.stats.data_hits += 1
+            else:
+                self.stats.data_misses += 1
+                fetched_version, blob = await self._fetch_whole(fid, token, vnode)
+                if fetched_version != version:
+                    continue  # changed under us: go again with the new version
+                await trio.to_thread.run_sync(self.store.put_dir, fid, version, blob)
+            parsed = afsdir.parse_directory(blob)
+            self._dirs[fid] = (version, blob, parsed)
+            while len(self._dirs) > self.config.directory_memory:
+                self._dirs.popitem(last=False)
+            return parsed
+        raise FsError(errno.EIO, "directory keeps changing while being read")
+
+    async def _fetch_whole(
+        self, fid: AfsFid, token: Token | None, vnode: Vnode
+    ) -> tuple[int, bytes]:
+        """The whole contents of a (small) vnode: directory or symlink."""
+        breaks = vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            data, reply = await FS.FetchData64(conn, _afs_fid(fid), 0, MAX_DIRECTORY)
+            return server, sent, data, reply
+
+        server, sent, data, reply = await self.rotator.call(
+            fid.cell, fid.volume, token, "FS.FetchData64", op
+        )
+        self.stats.bytes_fetched += len(data)
+        status = await self._absorb(
+            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
+        )
+        return status.data_version, data
+
+    @_boundary
+    async def lookup(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> AfsFid:
+        entries = await self._directory(dir_fid, who)
+        entry = entries.get(_encode_name(name))
+        if entry is None:
+            raise FsError(errno.ENOENT, f"{name!r} not found")
+        return AfsFid(dir_fid.cell, dir_fid.volume, entry.vnode, entry.unique)
+
+    @_boundary
+    async def readdir(self, dir_fid: AfsFid, who: Identity) -> list[tuple[str, AfsFid]]:
+        """Every entry, '.' and '..' included; names decoded with surrogateescape
+        (os.fsencode gives the bytes back)."""
+        entries = await self._directory(dir_fid, who)
+        return [
+            (
+                name.decode("utf-8", "surrogateescape"),
+                AfsFid(dir_fid.cell, dir_fid.volume, e.vnode, e.unique),
+            )
+            for name, e in entries.items()
+        ]
+
+    # -- file data ---------------------------------------------------------------------
+
+    @_boundary
+    async def read(self, fid: AfsFid, offset: int, size: int, who: Identity) -> bytes:
+        """Up to `size` bytes at `offset`, through the disk cache (chunks by data version)."""
+        if offset < 0 or size < 0:
+            raise FsError(errno.EINVAL)
+        token = self._token(fid.cell, who)
+        for _ in range(3):
+            try:
+                return await self._read(fid, offset, size, token)
+            except _DataVersionChanged:
+                continue
+        raise FsError(errno.EIO, "file keeps changing while being read")
+
+    async def _read(self, fid: AfsFid, offset: int, size: int, token: Token | None) -> bytes:
+        vnode, trusted = await self._status_for(fid, token, PRSFS_READ)
+        status = vnode.status
+        assert status is not None
+        if status.is_dir:
+            raise FsError(errno.EISDIR)
+        # The owner-read bit is checked by the server for ordinary users; a cached copy is
+        # only handed out when the server would surely agree.
+        trusted = trusted and bool(status.mode & 0o400)
+        size = min(size, status.size - offset)
+        if size <= 0:
+            return b""
+        chunk = self.store.chunk_size
+        first, last = offset // chunk, (offset + size - 1) // chunk
+        version = status.data_version
+        self._read_ahead(fid, vnode, token, offset, last, version)
+        pieces = []
+        for index in range(first, last + 1):
+            pieces.append(await self._chunk(fid, vnode, token, version, index, trusted))
+        data = b"".join(pieces)
+        start = offset - first * chunk
+        out = data[start : start + size]
+        self.stats.bytes_served += len(out)
+        return out
+
+    async def _chunk(
+        self,
+        fid: AfsFid,
+        vnode: Vnode,
+        token: Token | None,
+        version: int,
+        index: int,
+        trusted: bool,
+    ) -> bytes:
+        key = (fid, version, index)
+        if trusted:
+            waiting = self._inflight.get(key)
+            if waiting is not None:
+                await waiting.wait()
+            data = await trio.to_thread.run_sync(self.store.get_chunk, fid, version, index)
+            if data is not None:
+                self.stats.data_hits += 1
+                return data
+        self.stats.data_misses += 1
+        return await self._fetch_chunk(fid, vnode, token, version, index)
+
+    async def _fetch_chunk(
+        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, index: int
+    ) -> bytes:
+        key = (fid, version, index)
+        done = trio.Event()
+        self._inflight.setdefault(key, done)
+        try:
+            chunk = self.store.chunk_size
+            breaks = vnode.breaks
+
+            async def op(conn: Connection, server: FileServer) -> Any:
+                sent = trio.current_time()
+                data, reply = await FS.FetchData64(conn, _afs_fid(fid), index * chunk, chunk)
+                return server, sent, data, reply
+
+            server, sent, data, reply = await self.rotator.call(
+                fid.cell, fid.volume, token, "FS.FetchData64", op
+            )
+            self.stats.bytes_fetched += len(data)
+            status = await self._absorb(
+                vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
+            )
+            await trio.to_thread.run_sync(
+                self.store.put_chunk, fid, status.data_version, index, data
+            )
+            if status.data_version != version:
+                raise _DataVersionChanged
+            return data
+        finally:
+            if self._inflight.get(key) is done:
+                del self._inflight[key]
+            done.set()
+
+    def _read_ahead(
+        self, fid: AfsFid, vnode: Vnode, token: Token | None, offset: int, last: int, version: int
+    ) -> None:
+        """A reader that continues where it stopped gets the next chunks fetched in the
+        background, a few at a time."""
+        chunk = self.store.chunk_size
+        expected = self._sequential.get(fid)
+        self._sequential[fid] = (last + 1) * chunk
+        if self._nursery is None or not self.config.readahead_chunks:
+            return
+        continues = expected is not None and expected - chunk <= offset <= expected
+        if offset != 0 and not continues:
+            return
+        assert vnode.status is not None
+        end = (vnode.status.size + chunk - 1) // chunk
+        wanted = [
+            i
+            for i in range(last + 1, min(last + 1 + self.config.readahead_chunks, end))
+            if (fid, version, i) not in self._inflight
+        ]
+        if wanted:
+            self._nursery.start_soon(self._prefetch, fid, vnode, token, version, wanted)
+
+    async def _prefetch(
+        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, indexes: list[int]
+    ) -> None:
+        record = await trio.to_thread.run_sync(self.store.get_record, fid)
+        cached = record.chunks if record is not None and record.data_version == version else ()
+        async with trio.open_nursery() as nursery:
+            for index in indexes:
+                if index not in cached and (fid, version, index) not in self._inflight:
+                    self._inflight[(fid, version, index)] = trio.Event()
+                    nursery.start_soon(self._prefetch_one, fid, vnode, token, version, index)
+
+    async def _prefetch_one(
+        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, index: int
+    ) -> None:
+        key = (fid, version, index)
+        placeholder = self._inflight.pop(key)
+        try:
+            await self._fetch_chunk(fid, vnode, token, version, index)
+        except (FsError, RxAbort, _DataVersionChanged) as e:
+            log.debug("read-ahead of %s chunk %d: %s", tuple(fid), index, e)
+        except Exception:
+            log.exception("read-ahead of %s chunk %d failed", tuple(fid), index)
+        finally:
+            placeholder.set()
+
+    @_boundary
+    async def readlink(self, fid: AfsFid, who: Identity) -> bytes:
+        """The contents of a symlink or mount point (a mount point's ends in '.')."""
+        token = self._token(fid.cell, who)
+        for _ in range(3):
+            try:
+                vnode, _ = await self._status_for(fid, token, PRSFS_READ)
+                assert vnode.status is not None
+                if not vnode.status.is_symlink:
+                    raise FsError(errno.EINVAL, "not a symlink")
+                return await self._read(fid, 0, vnode.status.size, token)
+            except _DataVersionChanged:
+                continue
+        raise FsError(errno.EIO, "link keeps changing while being read")
+
+    # -- volumes -----------------------------------------------------------------------
+
+    @_boundary
+    async def statfs(self, fid: AfsFid, who: Identity) -> VolumeStatus:
+        token = self._token(fid.cell, who)
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            return await FS.GetVolumeStatus(conn, fid.volume)
+
+        reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.GetVolumeStatus", op)
+        return VolumeStatus.from_afs(reply)
+
+    # -- invalidation ------------------------------------------------------------------
+
+    def _on_break(self, event: Break) -> None:
+        self.stats.callbacks_received += 1
+        if event.fid is None:
+            hit = [v for v in self.vnodes.all() if v.cb_server == event.server]
+        elif event.fid.vnode == 0:
+            # A volume callback (RO volumes, releases): every file of the volume.
+            hit = list(self.vnodes.matching(event.fid.volume))
+        else:
+            fid = event.fid
+            hit = list(self.vnodes.matching(fid.volume, fid.vnode, fid.unique))
+        for vnode in hit:
+            vnode.invalidate()
+            self._notify(vnode.fid)
+
+    @_boundary
+    async def flush_fid(self, fid: AfsFid) -> None:
+        """Forget everything about one file (status, rights, cached data)."""
+        vnode = self.vnodes.peek(fid)
+        if vnode is not None:
+            vnode.invalidate()
+            vnode.status = None
+        self._dirs.pop(fid, None)
+        await trio.to_thread.run_sync(self.store.drop_fid, fid)
+        self._notify(fid)
+
+    @_boundary
+    async def flush(self, volume: int | None = None, cell: str | None = None) -> None:
+        """Forget a volume's files (in `cell`, or any cell), or everything (volume None):
+        status, rights, cached data and volume locations."""
+        if volume is None:
+            for vnode in self.vnodes.all():
+                vnode.invalidate()
+            self.vnodes.clear()
+            self._dirs.clear()
+            self.volumes.forget(cell)
+            await trio.to_thread.run_sync(self.store.clear)
+            self._notify(None)
+            return
+        for vnode in list(self.vnodes.matching(volume)):
+            if cell is None or vnode.fid.cell == cell:
+                vnode.invalidate()
+                self.vnodes.drop(vnode.fid)
+                self._dirs.pop(vnode.fid, None)
+                self._notify(vnode.fid)
+        for name in [cell] if cell else self.known_cells():
+            await trio.to_thread.run_sync(self.store.drop_volume, name, volume)
+
+    async def give_up_callbacks(self) -> None:
+        """Tell every fileserver we hold callbacks from that we no longer want them
+        (at unmount).  Best effort, bounded in time; never raises."""
+        held = self.registry.held()
+        async with trio.open_nursery() as nursery:
+            for addr, fids in held.items():
+                nursery.start_soon(self._give_up, self.servers.get(addr), fids)
+        for vnode in self.vnodes.all():
+            vnode.invalidate()
+
+    async def _give_up(self, server: FileServer, fids: list[Fid]) -> None:
+        conn = self.servers.connection(server, None)
+        with trio.move_on_after(self.config.probe_timeout * 2):
+            try:
+                self.stats.count_rpc("FS.GiveUpAllCallBacks")
+                await FS.GiveUpAllCallBacks(conn)
+                return
+            except RxAbort as e:
+                if e.code != RXGEN_OPCODE:
+                    log.info("GiveUpAllCallBacks to %s: %s", server.addr, e)
+                    return
+            for start in range(0, len(fids), AFSCBMAX):
+                batch = fids[start : start + AFSCBMAX]
+                dropped = [AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)]
+                try:
+                    self.stats.count_rpc("FS.GiveUpCallBacks")
+                    await FS.GiveUpCallBacks(
+                        conn, [AFSFid(f.volume, f.vnode, f.unique) for f in batch], dropped
+                    )
+                except RxAbort as e:
+                    log.info("GiveUpCallBacks to %s: %s", server.addr, e)
+                    return

@@ -1,0 +1,114 @@
+"""Volume location cache: VLDB entries by cell and by volume id or name.
+
+Entries are kept for `ttl` seconds; rotation asks for a fresh one (`refresh`) when a
+fileserver says the volume moved, went offline or is not there.  Concurrent lookups of the
+same volume share one VL call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from afsfuse.vl.vlclient import VolumeLocation
+
+Locate = Callable[[str, str | int], Awaitable[VolumeLocation]]
+
+
+@dataclass(frozen=True)
+class VolumeStatus:
+    """GetVolumeStatus, for statfs and `fs quota`/`fs listquota`: sizes in KiB blocks;
+    max_quota 0 means no quota."""
+
+    volume_id: int
+    name: str
+    online: bool
+    in_service: bool
+    needs_salvage: bool
+    type: int
+    min_quota: int
+    max_quota: int
+    blocks_in_use: int
+    partition_blocks_available: int
+    partition_max_blocks: int
+    offline_message: str
+    motd: str
+
+    @classmethod
+    def from_afs(cls, reply: Any) -> VolumeStatus:
+        s = reply.Volumestatus
+        return cls(
+            volume_id=s.Vid & 0xFFFFFFFF,
+            name=reply.Name,
+            online=bool(s.Online),
+            in_service=bool(s.InService),
+            needs_salvage=bool(s.NeedsSalvage),
+            type=s.Type,
+            min_quota=s.MinQuota,
+            max_quota=s.MaxQuota,
+            blocks_in_use=s.BlocksInUse,
+            partition_blocks_available=s.PartBlocksAvail,
+            partition_max_blocks=s.PartMaxBlocks,
+            offline_message=reply.OfflineMsg,
+            motd=reply.Motd,
+        )
+
+
+class VolumeCache:
+    """VLDB entries per cell, looked up through `locate(cell, name_or_id)`."""
+
+    def __init__(self, locate: Locate, ttl: float = 600.0) -> None:
+        self._locate = locate
+        self.ttl = ttl
+        self._entries: dict[tuple[str, str | int], tuple[float, VolumeLocation]] = {}
+        self._pending: dict[tuple[str, str | int], trio.Event] = {}
+
+    async def location(
+        self, cell: str, volume: str | int, *, fresh: bool = False
+    ) -> VolumeLocation:
+        """The entry for a volume id or name.  Raises what `locate` raises (RxAbort VL_NOENT
+        for an unknown volume)."""
+        key = (cell, volume)
+        while True:
+            cached = self._entries.get(key)
+            if cached is not None and not fresh and cached[0] > trio.current_time():
+                return cached[1]
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+            fresh = False  # the lookup we waited for is fresh enough
+        self._pending[key] = done = trio.Event()
+        try:
+            entry = await self._locate(cell, volume)
+        finally:
+            del self._pending[key]
+            done.set()
+        self._remember(cell, entry)
+        if isinstance(volume, str):
+            self._entries[key] = (trio.current_time() + self.ttl, entry)
+        return entry
+
+    async def refresh(self, cell: str, volume: int) -> VolumeLocation:
+        return await self.location(cell, volume, fresh=True)
+
+    def _remember(self, cell: str, entry: VolumeLocation) -> None:
+        """File the entry under each of its ids, so any of them finds it."""
+        expires = trio.current_time() + self.ttl
+        for volume_id in entry.volume_ids:
+            if volume_id:
+                self._entries[(cell, volume_id)] = (expires, entry)
+
+    def cached(self, cell: str, volume: int) -> VolumeLocation | None:
+        found = self._entries.get((cell, volume))
+        return None if found is None else found[1]
+
+    def forget(self, cell: str | None = None) -> None:
+        if cell is None:
+            self._entries.clear()
+        else:
+            for key in [k for k in self._entries if k[0] == cell]:
+                del self._entries[key]
