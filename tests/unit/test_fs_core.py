@@ -1,0 +1,214 @@
+"""The errno mapping, vnode rights, the cell database and callback-break handling."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import trio
+
+from afsfuse.cache.store import CacheStore
+from afsfuse.fs.callback import Fid
+from afsfuse.fs.cell import CellDB
+from afsfuse.fs.errors import UAE_BASE, FsError, errno_for, fs_error
+from afsfuse.fs.manager import CacheManager, ManagerConfig
+from afsfuse.fs.stats import Stats
+from afsfuse.fs.vnode import AfsFid, Status, Vnode
+from afsfuse.keyring.store import Identity, TokenStore
+from afsfuse.keyring.token import Token
+from afsfuse.rx import rxkad
+from afsfuse.rx.errors import RX_CALL_DEAD, RXGEN_CC_UNMARSHAL, RXGEN_OPCODE
+from afsfuse.rx.interfaces import fs as fsint
+from afsfuse.rx.interfaces.vl import VL_NOENT
+from afsfuse.vl.cellservdb import parse_cellservdb
+from afsfuse.vl.dns import CellLookupError, CellServers, DnsServer
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (13, errno.EACCES),
+        (UAE_BASE + errno.EACCES - 1, errno.EACCES),
+        (UAE_BASE + errno.ENOTEMPTY - 1, errno.ENOTEMPTY),
+        (fsint.VNOVNODE, errno.ENOENT),
+        (fsint.VOVERQUOTA, errno.EDQUOT),
+        (fsint.VDISKFULL, errno.ENOSPC),
+        (fsint.VBUSY, errno.EWOULDBLOCK),
+        (fsint.VNOVOL, errno.ENODEV),
+        (fsint.VICETOKENDEAD, errno.EKEYEXPIRED),
+        (RX_CALL_DEAD, errno.ETIMEDOUT),
+        (RXGEN_CC_UNMARSHAL, errno.EIO),
+        (RXGEN_OPCODE, errno.EOPNOTSUPP),
+        (rxkad.RXKADEXPIRED, errno.EKEYEXPIRED),
+        (rxkad.RXKADBADTICKET, errno.EKEYREJECTED),
+        (rxkad.RXKADSEALEDINCON, errno.EPROTO),
+        (VL_NOENT, errno.ENOENT),
+        (123456789, errno.EIO),
+    ],
+)
+def test_errno_mapping(code: int, expected: int) -> None:
+    assert errno_for(code) == expected
+
+
+def test_fs_error_names_code_and_operation() -> None:
+    error = fs_error(fsint.VOVERQUOTA, "FS.StoreData64")
+    assert isinstance(error, OSError)
+    assert error.errno == errno.EDQUOT
+    assert "VOVERQUOTA" in str(error) and "FS.StoreData64" in str(error)
+
+
+def afs_status(**fields: int) -> SimpleNamespace:
+    base = dict.fromkeys(fsint.AFSFetchStatus._fields, 0)
+    base.update(InterfaceVersion=1, FileType=1, UnixModeBits=0o100644)
+    base.update(fields)
+    return SimpleNamespace(**base)
+
+
+def test_status_joins_split_words_and_round_trips() -> None:
+    status = Status.from_afs(
+        afs_status(Length=5, Length_hi=1, DataVersion=7, dataVersionHigh=2, lockCount=0xFFFFFFFF)
+    )
+    assert status.size == (1 << 32) + 5
+    assert status.data_version == (2 << 32) + 7
+    assert status.mode == 0o644
+    assert status.lock_count == -1
+    assert Status.from_record(status.to_record()) == status
+    assert Status.from_record({"v": 99}) is None
+
+
+def token(name: str) -> Token:
+    return Token("c", "C", name, b"k" * 8, b"t" * 40, 0, 2**40)
+
+
+def test_rights_are_known_per_token_and_forgotten_on_break() -> None:
+    alice, bob = token("alice"), token("bob")
+    vnode = Vnode(AfsFid("c", 1, 2, 3))
+    vnode.status = Status.from_afs(afs_status(CallerAccess=0x9, AnonymousAccess=0x8))
+    vnode.cb_expires = 100.0
+    vnode.access[alice] = 0x9
+    assert vnode.allows(alice, fsint.PRSFS_READ, now=50.0)
+    # Bob has no known rights: only the anonymous ones count for him.
+    assert not vnode.allows(bob, fsint.PRSFS_READ, now=50.0)
+    assert vnode.allows(bob, fsint.PRSFS_LOOKUP, now=50.0)
+    assert vnode.rights(bob, now=50.0) is None
+    assert not vnode.allows(alice, fsint.PRSFS_READ, now=100.0)  # promise expired
+    vnode.invalidate()
+    assert not vnode.allows(alice, fsint.PRSFS_READ, now=50.0)
+    assert vnode.breaks == 1 and vnode.status is not None
+
+
+CSDB = """>home.example #home
+10.1.0.1 #db1
+>other.example
+10.2.0.1 #db
+"""
+
+
+class FakeResolver:
+    def __init__(self, answers: dict[str, object]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def lookup(self, cell: str):
+        self.asked.append(cell)
+        answer = self.answers.get(cell)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_cell_db_files_alias_and_dns() -> None:
+    dns_cell = CellServers(
+        "dns.example", "afs3-vlserver", "srv", (DnsServer("h", "10.3.0.1", 7003, 0),), 0
+    )
+    resolver = FakeResolver(
+        {"dns.example": dns_cell, "broken.example": CellLookupError("servfail")}
+    )
+    db = CellDB(parse_cellservdb(CSDB), "home.example", {"home": "home.example"}, resolver)  # type: ignore[arg-type]
+    assert (await db.lookup("HOME.example")).vlservers == (("10.1.0.1", 7003),)  # type: ignore[union-attr]
+    assert (await db.lookup("home")).name == "home.example"  # type: ignore[union-attr]
+    found = await db.lookup("dns.example")
+    assert found is not None and found.source == "DNS" and found.vlservers == (("10.3.0.1", 7003),)
+    assert "dns.example" in db.known_cells()
+    assert await db.lookup("nowhere.example") is None
+    # A failed lookup is remembered for a while: no second query.
+    assert await db.lookup("broken.example") is None
+    assert await db.lookup("broken.example") is None
+    assert resolver.asked.count("broken.example") == 1
+    assert db.aliases() == {"home": "home.example"}
+
+
+class FakeEndpoint:
+    def serve(self, service_id, handler, securities=()) -> None:
+        self.served = service_id
+
+
+@pytest.fixture
+def manager(tmp_path: Path):
+    store = CacheStore(tmp_path / "cache", 1 << 24)
+    db = CellDB(parse_cellservdb(CSDB), "home.example")
+    m = CacheManager(ManagerConfig(), FakeEndpoint(), db, store, TokenStore(), Stats())  # type: ignore[arg-type]
+    yield m
+    store.close()
+
+
+def held(m: CacheManager, fid: AfsFid, server: str = "10.9.0.1") -> Vnode:
+    vnode = m.vnodes.get(fid)
+    vnode.status = Status.from_afs(afs_status())
+    vnode.cb_server = server
+    vnode.cb_expires = trio.current_time() + 100
+    vnode.access[None] = 0x9
+    return vnode
+
+
+async def test_breaks_invalidate_and_notify(manager: CacheManager) -> None:
+    seen: list = []
+    manager.on_invalidate(seen.append)
+    a, b, c = (AfsFid("home.example", 5, n, n) for n in (2, 3, 4))
+    other = AfsFid("home.example", 6, 2, 2)
+    records = {fid: held(manager, fid) for fid in (a, b, c)}
+    held(manager, other, server="10.9.0.2")
+
+    manager.registry.break_fids("10.9.0.1", [Fid(5, 2, 2)])
+    assert seen == [a]
+    assert not records[a].callback_valid(trio.current_time())
+    assert records[b].callback_valid(trio.current_time())
+
+    # A volume callback (vnode 0): every file of the volume.
+    manager.registry.break_fids("10.9.0.1", [Fid(5, 0, 0)])
+    assert set(seen[1:]) == {a, b, c}
+    # InitCallBackState: everything that server promised, nothing from others.
+    seen.clear()
+    held(manager, a)
+    manager.registry.break_server("10.9.0.1")
+    assert seen == [a]
+    assert manager.vnodes.get(other).callback_valid(trio.current_time())
+    assert manager.stats.callbacks_received == 3
+
+
+async def test_api_boundary_turns_surprises_into_eio(manager: CacheManager, caplog) -> None:
+    async def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    manager._fetch_status = broken  # type: ignore[method-assign]
+    with pytest.raises(FsError) as caught:
+        await manager.getattr(AfsFid("home.example", 1, 1, 1), Identity(1))
+    assert caught.value.errno == errno.EIO
+    assert "failed unexpectedly" in caplog.text and "surprise" in caplog.text
+
+
+async def test_malformed_directory_is_eio_and_logged(manager: CacheManager, caplog) -> None:
+    fid = AfsFid("home.example", 1, 1, 1)
+    vnode = held(manager, fid)
+    vnode.status = Status.from_afs(afs_status(FileType=fsint.FILE_DIRECTORY, DataVersion=4))
+
+    async def fetch_whole(fid, token, vnode):
+        return 4, b"not a directory" * 10
+
+    manager._fetch_whole = fetch_whole  # type: ignore[method-assign]
+    with pytest.raises(FsError) as caught:
+        await manager.readdir(fid, Identity(1))
+    assert caught.value.errno == errno.EIO
+    assert "malformed directory" in caplog.text

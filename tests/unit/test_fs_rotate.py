@@ -1,0 +1,215 @@
+"""Rotation over a volume's sites, with scripted servers and no network."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import trio
+
+from afsfuse.fs.errors import FsError
+from afsfuse.fs.rotate import RotationConfig, Rotator
+from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
+from afsfuse.fs.stats import Stats
+from afsfuse.fs.volume import VolumeCache
+from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort, RxTimeout
+from afsfuse.rx.interfaces import fs as fsint
+from afsfuse.rx.interfaces.vl import VL_NOENT, VLSF_ROVOL, VLSF_RWVOL
+from afsfuse.vl.vlclient import VolumeLocation, VolumeSite
+
+RW, RO = 100, 101
+
+
+def location(*ro_servers: str, rw_server: str = "10.0.0.9") -> VolumeLocation:
+    ro = tuple(VolumeSite((addr,), 0, VLSF_ROVOL) for addr in ro_servers)
+    rw = (VolumeSite((rw_server,), 0, VLSF_RWVOL),)
+    return VolumeLocation("vol", (RW, RO, 0), 0, (rw, ro, rw))
+
+
+class FakeServers(ServerTable):
+    """Connections are just the server; probes answer from `alive`."""
+
+    def __init__(self, alive: set[str]) -> None:
+        super().__init__(endpoint=None, config=ServerConfig())  # type: ignore[arg-type]
+        self.alive = alive
+        self.discarded: list[str] = []
+
+    def connection(self, server: FileServer, token):  # type: ignore[override]
+        return server
+
+    def discard(self, server: FileServer, conn) -> None:  # type: ignore[override]
+        self.discarded.append(server.addr)
+
+    async def probe(self, server: FileServer) -> bool:
+        server.probes += 1
+        if server.addr in self.alive:
+            self.mark_up(server)
+            return True
+        self.mark_down(server, "probe failed")
+        return False
+
+
+def rotator(locations: list[VolumeLocation], alive: set[str], **config) -> tuple[Rotator, list]:
+    looked_up: list = []
+
+    async def locate(cell, volume):
+        looked_up.append(volume)
+        entry = locations[min(len(looked_up), len(locations)) - 1]
+        if entry is None:
+            raise RxAbort(VL_NOENT)
+        return entry
+
+    servers = FakeServers(alive)
+    cfg = RotationConfig(**{"timeout": 30.0, "busy_wait": 1.0, **config})
+    return Rotator(servers, VolumeCache(locate), cfg, Stats()), looked_up
+
+
+def scripted(outcomes: dict[str, list]):
+    """An operation whose outcome per server address is taken from a list, in order."""
+    calls: list[str] = []
+
+    async def op(conn: FileServer, server: FileServer):
+        calls.append(server.addr)
+        outcome = outcomes[server.addr].pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return op, calls
+
+
+async def test_first_site_answers() -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
+    op, calls = scripted({"10.0.0.1": ["ok"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "ok"
+    assert calls == ["10.0.0.1"]
+    assert r.stats.rpcs["FS.X"] == 1
+
+
+async def test_rw_volume_uses_rw_site() -> None:
+    r, _ = rotator([location("10.0.0.1")], set())
+    op, calls = scripted({"10.0.0.9": ["rw"]})
+    assert await r.call("c", RW, None, "FS.X", op) == "rw"
+    assert calls == ["10.0.0.9"]
+
+
+async def test_dead_server_is_marked_down_and_skipped(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], {"10.0.0.2"})
+    op, calls = scripted({"10.0.0.1": [RxTimeout(RX_CALL_DEAD)], "10.0.0.2": ["a", "b"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "a"
+    assert not r.servers.get("10.0.0.1").up
+    # Next call goes straight to the live server.
+    assert await r.call("c", RO, None, "FS.X", op) == "b"
+    assert calls == ["10.0.0.1", "10.0.0.2", "10.0.0.2"]
+    assert r.stats.failovers == 1
+
+
+async def test_call_timeout_skips_server_without_marking_it_down() -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
+    op, _ = scripted({"10.0.0.1": [RxTimeout(RX_CALL_TIMEOUT)], "10.0.0.2": ["ok"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "ok"
+    assert r.servers.get("10.0.0.1").up
+    assert r.servers.discarded == ["10.0.0.1"]
+
+
+async def test_all_down_is_etimedout_within_the_bound(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set(), timeout=20.0)
+    dead = [RxTimeout(RX_CALL_DEAD)]
+    op, _ = scripted({"10.0.0.1": list(dead), "10.0.0.2": list(dead)})
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.ETIMEDOUT
+    # Both are down now: the next call probes them once each and fails fast.
+    start = trio.current_time()
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.ETIMEDOUT
+    assert trio.current_time() - start < 1
+    assert [r.servers.get(a).probes for a in ("10.0.0.1", "10.0.0.2")] == [1, 1]
+
+
+async def test_down_server_that_answers_a_probe_is_used_again() -> None:
+    r, _ = rotator([location("10.0.0.1")], {"10.0.0.1"})
+    r.servers.mark_down(r.servers.get("10.0.0.1"), "earlier failure")
+    op, _ = scripted({"10.0.0.1": ["back"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "back"
+    assert r.servers.get("10.0.0.1").up
+
+
+async def test_a_rotation_that_hangs_is_cut_at_the_bound(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+
+    async def hang(conn, server):
+        await trio.sleep_forever()
+
+    start = trio.current_time()
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", hang)
+    assert caught.value.errno == errno.ETIMEDOUT
+    assert trio.current_time() - start == pytest.approx(7.0)
+
+
+async def test_busy_waits_and_retries_the_same_server(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set(), busy_wait=2.0)
+    op, calls = scripted({"10.0.0.1": [RxAbort(fsint.VBUSY), RxAbort(fsint.VRESTARTING), "done"]})
+    start = trio.current_time()
+    assert await r.call("c", RO, None, "FS.X", op) == "done"
+    assert calls == ["10.0.0.1"] * 3
+    assert trio.current_time() - start == pytest.approx(4.0)
+    assert r.stats.busy_waits == 2
+
+
+async def test_busy_forever_is_ewouldblock(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), max_busy_waits=3)
+    op, _ = scripted({"10.0.0.1": [RxAbort(fsint.VBUSY)] * 10})
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.EWOULDBLOCK
+
+
+async def test_moved_volume_refreshes_location_and_moves_on() -> None:
+    before = location("10.0.0.1")
+    after = location("10.0.0.1", "10.0.0.3")
+    r, looked_up = rotator([before, after], set())
+    op, calls = scripted({"10.0.0.1": [RxAbort(fsint.VMOVED)], "10.0.0.3": ["moved"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "moved"
+    assert calls == ["10.0.0.1", "10.0.0.3"]
+    assert looked_up == [RO, RO]
+    assert r.stats.vldb_refreshes == 1
+
+
+@pytest.mark.parametrize("code", [fsint.VNOVOL, fsint.VOFFLINE, fsint.VSALVAGE])
+async def test_volume_gone_everywhere_is_enodev(code: int) -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
+    op, calls = scripted({"10.0.0.1": [RxAbort(code)], "10.0.0.2": [RxAbort(code)]})
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.ENODEV
+    assert calls == ["10.0.0.1", "10.0.0.2"]
+
+
+async def test_ordinary_errors_are_final() -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
+    op, calls = scripted({"10.0.0.1": [RxAbort(13)]})
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.EACCES
+    assert calls == ["10.0.0.1"]
+
+
+async def test_token_dead_gets_one_fresh_connection() -> None:
+    r, _ = rotator([location("10.0.0.1")], set())
+    op, calls = scripted({"10.0.0.1": [RxAbort(fsint.VICETOKENDEAD), RxAbort(fsint.VICETOKENDEAD)]})
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.EKEYEXPIRED
+    assert calls == ["10.0.0.1", "10.0.0.1"]
+    assert r.servers.discarded == ["10.0.0.1", "10.0.0.1"]
+
+
+async def test_unknown_volume_is_enoent() -> None:
+    r, _ = rotator([None], set())  # type: ignore[list-item]
+    op, _ = scripted({})
+    with pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", op)
+    assert caught.value.errno == errno.ENOENT
