@@ -40,7 +40,8 @@ ALLOMAP_PAGES = 128
 MAX_PAGES = 1023
 #: Slots 0..12 of page 0 hold the directory header.
 PAGE0_HEADER_SLOTS = 13
-#: Longest name, not counting the NUL (AFSNAMEMAX, the RPC limit; see NAME_MAX in the tests).
+#: Longest name, without the NUL: AFSNAMEMAX.  The fileserver stores 256-byte names (seen on
+#: the real cell), one more than Linux allows; the FUSE layer decides what to show.
 NAME_MAX = 256
 #: Offset of the name within an entry's first slot.
 NAME_OFFSET = 12
