@@ -19,6 +19,10 @@ MAX_WINDOW = 32  # rx_maxSendWindow / rx_maxReceiveWindow
 INITIAL_WINDOW = 16
 SOFT_ACK_RATE = 2  # ack every 2nd in-order packet at once
 HARD_ACK_RATE = 2  # ack once 2 packets were consumed by the reader
+#: In-order packets up to this many are hard-acked as they arrive and held for the reader,
+#: so the sender refills its window while the reader catches up; beyond it, only reading
+#: moves the hard-ack point (flow control against a stalled reader).
+RX_BUFFER_PACKETS = 2 * MAX_WINDOW
 ACK_DELAY = 0.1
 NACK_THRESHOLD = 3
 CLIENT_LAST_PACKET_ALLOWANCE = 0.4  # the server may delay its ack of our last request packet
@@ -178,41 +182,59 @@ class Call:
 
     def read(self, max_bytes: int, now: float) -> bytes:
         """Take up to max_bytes of in-order stream data (b"" if none is ready)."""
+        buf = bytearray(min(max_bytes, self.rx_avail))
+        n = self.read_into(memoryview(buf), now)
+        return bytes(buf) if n == len(buf) else bytes(buf[:n])
+
+    def read_into(self, buf: memoryview, now: float) -> int:
+        """Copy up to len(buf) bytes of in-order stream data into buf; return how many.
+
+        Each packet's payload is copied once, straight to where the reader wants it.
+        """
         self.check_error()
-        chunks = []
-        need = max_bytes
-        consumed = 0
         ready = self.rx_ready
-        while ready and need > 0:
+        want = len(buf)
+        got = 0
+        consumed = 0
+        offset = self.rx_offset
+        while ready and got < want:
             head = ready[0]
-            avail = len(head) - self.rx_offset
-            if avail <= need:
-                chunks.append(head[self.rx_offset :] if self.rx_offset else head)
+            avail = len(head) - offset
+            if avail <= want - got:
+                buf[got : got + avail] = memoryview(head)[offset:] if offset else head
+                got += avail
                 ready.popleft()
-                self.rx_offset = 0
+                offset = 0
                 consumed += 1
-                need -= avail
             else:
-                chunks.append(head[self.rx_offset : self.rx_offset + need])
-                self.rx_offset += need
-                need = 0
+                take = want - got
+                buf[got:want] = memoryview(head)[offset : offset + take]
+                offset += take
+                got = want
         # Zero-length packets (a zero-length reply, a trailing empty LAST) are consumed too.
-        while ready and len(ready[0]) == self.rx_offset:
+        while ready and len(ready[0]) == offset:
             ready.popleft()
-            self.rx_offset = 0
+            offset = 0
             consumed += 1
-        got = max_bytes - need
+        self.rx_offset = offset
         self.rx_avail -= got
         if consumed:
             self._consumed(consumed, now)
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+        return got
+
+    def _release(self) -> bool:
+        """Advance the hard-ack point over what the reader's buffer allowance covers."""
+        point = self.rnext - max(0, len(self.rx_ready) - RX_BUFFER_PACKETS)
+        if point <= self.rconsumed:
+            return False
+        self.rconsumed = point
+        return True
 
     def _consumed(self, count: int, now: float) -> None:
-        self.rconsumed += count
         if self.rwind < MAX_WINDOW:
             self.rwind = MAX_WINDOW
+        if not self._release():
+            return
         self.consumed_since_ack += count
         if self.consumed_since_ack >= HARD_ACK_RATE:
             self._want_ack(P.ACK_DELAY, 0)
@@ -296,6 +318,7 @@ class Call:
             self.rx_ready.append(nxt[0])
             self.rx_avail += len(nxt[0])
             self.rnext += 1
+        self._release()
         self.unacked += 1
         if flags & P.REQUEST_ACK:
             self._want_ack(P.ACK_REQUESTED, serial)

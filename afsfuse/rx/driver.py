@@ -92,12 +92,11 @@ class Call:
         buf = memoryview(buf).cast("B")
         while True:
             call = self._reading()
-            data = call.read(len(buf), trio.current_time())
-            if data:
-                buf[: len(data)] = data
+            n = call.read_into(buf, trio.current_time())
+            if n:
                 self._endpoint._poke()
                 await trio.lowlevel.checkpoint()
-                return len(data)
+                return n
             if call.at_eof or not buf:
                 await trio.lowlevel.checkpoint()
                 return 0

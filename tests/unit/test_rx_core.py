@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from afsfuse.rx import packet as P
-from afsfuse.rx.call import MAX_WINDOW, Call, CallState
+from afsfuse.rx.call import MAX_WINDOW, RX_BUFFER_PACKETS, Call, CallState
 from afsfuse.rx.core import IncomingCall, RxCore
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from afsfuse.rx.security import (
@@ -134,13 +134,14 @@ def test_single_packet_gets_a_delayed_ack_and_the_second_an_immediate_one() -> N
     assert core.next_deadline() == pytest.approx(0.1)
     core.handle_timer(0.1)
     (ack,) = acks_in(sent(core, 0.1))
-    assert ack.reason == P.ACK_DELAY and ack.first_packet == 1 and ack.acks == b"\x01"
+    # In-order packets are hard-acked on arrival (held for the reader, within its buffer).
+    assert ack.reason == P.ACK_DELAY and ack.first_packet == 2 and ack.acks == b""
     assert ack.max_dgram_packets == 1 and ack.rwind == 16
     core.receive_datagram(client_packet(P.DATA, 2, 2, b"y"), CLIENT, 0.2)
     assert acks_in(sent(core, 0.2)) == []
     core.receive_datagram(client_packet(P.DATA, 3, 3, b"z"), CLIENT, 0.21)
     (ack,) = acks_in(sent(core, 0.21))
-    assert ack.reason == P.ACK_IDLE and ack.serial == 3 and ack.acks == b"\x01\x01\x01"
+    assert ack.reason == P.ACK_IDLE and ack.serial == 3 and ack.first_packet == 4
 
 
 def test_request_ack_duplicate_and_out_of_sequence_are_acked_at_once() -> None:
@@ -154,7 +155,7 @@ def test_request_ack_duplicate_and_out_of_sequence_are_acked_at_once() -> None:
     core.receive_datagram(client_packet(P.DATA, 4, 3, b"d"), CLIENT, 0.02)
     (ack,) = acks_in(sent(core, 0.02))
     assert ack.reason == P.ACK_OUT_OF_SEQUENCE
-    assert ack.first_packet == 1 and ack.acks == b"\x01\x00\x00\x01"
+    assert ack.first_packet == 2 and ack.acks == b"\x00\x00\x01"
 
 
 def test_receive_window_opens_from_16_to_32_once_the_reader_consumed() -> None:
@@ -165,14 +166,33 @@ def test_receive_window_opens_from_16_to_32_once_the_reader_consumed() -> None:
     (event,) = core.pop_events()
     assert isinstance(event, IncomingCall)
     call = event.call
-    core.receive_datagram(client_packet(P.DATA, 17, 3, b"x"), CLIENT, 0.0)
+    # Packet 1 is hard-acked on arrival, so the window of 16 runs from 2 to 17.
+    core.receive_datagram(client_packet(P.DATA, 18, 3, b"x"), CLIENT, 0.0)
     (ack,) = acks_in(sent(core, 0.0))
     assert ack.reason == P.ACK_EXCEEDS_WINDOW and ack.rwind == 16
     assert call.read(100, 0.0) == b"first"
-    core.receive_datagram(client_packet(P.DATA, 17, 4, b"x"), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 18, 4, b"x"), CLIENT, 0.0)
     (ack,) = acks_in(sent(core, 0.0))
     assert ack.reason == P.ACK_OUT_OF_SEQUENCE and ack.rwind == MAX_WINDOW
-    assert ack.first_packet == 2 and len(ack.acks) == 16 and ack.acks[-1] == 1
+    assert ack.first_packet == 2 and len(ack.acks) == 17 and ack.acks[-1] == 1
+
+
+def test_hard_acks_run_ahead_of_the_reader_only_as_far_as_its_buffer() -> None:
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"p"), CLIENT, 0.0)
+    (event,) = core.pop_events()
+    call = event.call
+    assert call.read(1, 0.0) == b"p"  # the window opens to 32
+    seq = 2
+    while seq <= RX_BUFFER_PACKETS + 1 + 10:  # the buffer fills, then 10 more arrive
+        core.receive_datagram(client_packet(P.DATA, seq, seq, b"d"), CLIENT, 0.0)
+        seq += 1
+    ack = acks_in(sent(core, 0.0))[-1]
+    # The reader holds RX_BUFFER_PACKETS unread; only the 10 above them wait in the window.
+    assert ack.first_packet == seq - 10 and ack.acks == b"\x01" * 10
+    assert call.read(4, 0.0) == b"dddd"  # four packets read: the hard-ack point moves on
+    (ack,) = acks_in(sent(core, 0.0))
+    assert ack.reason == P.ACK_DELAY and ack.first_packet == seq - 6
 
 
 def test_ping_is_answered_at_once_with_ping_response() -> None:
