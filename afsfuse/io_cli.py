@@ -173,9 +173,13 @@ class FidIO:
         while True:
             async with FS.FetchData64.stream(conn, fid, pos, want) as stream:
                 length = stream.length
-                while n := await stream.recv_into(view):
-                    await trio.to_thread.run_sync(_write_all, out_fd, view[:n])
-                    pos += n
+                while stream.remaining:
+                    # Whole buffers to the writer thread: one thread hop per BUFFER_SIZE.
+                    filled = 0
+                    while filled < len(view) and (n := await stream.recv_into(view[filled:])):
+                        filled += n
+                    await trio.to_thread.run_sync(_write_all, out_fd, view[:filled])
+                    pos += filled
             if length < want:
                 return pos
 
