@@ -1,0 +1,145 @@
+"""Configuration of `afsfuse mount`: defaults, a TOML file, command-line overrides.
+
+The file takes the command line's long option names as keys (`cache-size` or
+`cache_size`), e.g.
+
+    thiscell = "example.com"
+    cache-dir = "/var/cache/afsfuse"
+    cache-size = "4G"
+    sysname = ["amd64_linux26", "amd64_linux"]
+    security = "crypt"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from afsfuse.cache.store import parse_size
+from afsfuse.fs.sysname import check_sysnames, default_sysname
+from afsfuse.vl import cellservdb
+
+DEFAULT_CONFIG = Path("/etc/afsfuse/afsfuse.toml")
+DEFAULT_CACHE_SIZE = 1 << 30
+#: The port OpenAFS cache managers use for callbacks; root's mount takes it when free.
+CALLBACK_PORT = 7001
+SECURITY_LEVELS = ("clear", "auth", "crypt")
+
+#: Used when neither --cellservdb nor /etc/openafs/CellServDB exists; other cells are
+#: found through DNS.
+BUILTIN_CELLSERVDB = """\
+>grand.central.org      #GCO Public CellServDB
+18.9.48.14                      #grand.mit.edu
+128.2.13.219                    #grand-old-opry.central.org
+"""
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says why."""
+
+
+@dataclass
+class MountConfig:
+    mountpoint: Path
+    cellservdb: Path | None = None
+    thiscell: str | None = None
+    cache_dir: Path | None = None
+    cache_size: int = DEFAULT_CACHE_SIZE
+    #: None: 7001 for root when free, else any free port.
+    port: int | None = None
+    sysname: list[bytes] = field(default_factory=lambda: [default_sysname()])
+    security: str = "crypt"
+    foreground: bool = False
+    #: FUSE requests served at once (each may wait on the network).
+    max_tasks: int = 256
+    log_file: Path | None = None
+    debug: bool = False
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        if os.geteuid() == 0:
+            return Path("/var/cache/afsfuse")
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        return Path(base) / "afsfuse"
+
+
+_KEYS = {f.name for f in fields(MountConfig)} - {"mountpoint"}
+
+
+def _convert(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in ("cellservdb", "cache_dir", "log_file"):
+        return Path(str(value))
+    if key == "cache_size":
+        return value if isinstance(value, int) else parse_size(str(value))
+    if key in ("port", "max_tasks"):
+        number = int(value)
+        if not 0 <= number < 65536 and key == "port":
+            raise ValueError(f"port out of range: {number}")
+        return number
+    if key == "sysname":
+        names = [value] if isinstance(value, str) else list(value)
+        return list(check_sysnames([os.fsencode(n) for n in names]))
+    if key == "security":
+        if value not in SECURITY_LEVELS:
+            raise ValueError(f"security is one of {', '.join(SECURITY_LEVELS)}")
+        return value
+    if key in ("foreground", "debug"):
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    return str(value)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return {key.replace("-", "_"): value for key, value in raw.items()}
+
+
+def build_config(
+    mountpoint: str, file_values: dict[str, Any], options: dict[str, Any]
+) -> MountConfig:
+    """Defaults, then the file, then options given on the command line (None: not given)."""
+    values = {**file_values, **{k: v for k, v in options.items() if v is not None}}
+    unknown = set(values) - _KEYS
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    converted = {}
+    for key, value in values.items():
+        try:
+            converted[key] = _convert(key, value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return MountConfig(Path(mountpoint), **{k: v for k, v in converted.items() if v is not None})
+
+
+def load_cells(config: MountConfig) -> tuple[dict[str, cellservdb.CellEntry], str, dict[str, str]]:
+    """CellServDB entries, the home cell and cell aliases as the configuration selects them."""
+    path = config.cellservdb
+    if path is None and cellservdb.DEFAULT_CELLSERVDB.exists():
+        path = cellservdb.DEFAULT_CELLSERVDB
+    if path is not None:
+        try:
+            cells = cellservdb.read_cellservdb(path)
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e}") from None
+    else:
+        cells = cellservdb.parse_cellservdb(BUILTIN_CELLSERVDB, "built-in CellServDB")
+    this_cell = config.thiscell
+    if this_cell is None and cellservdb.DEFAULT_THISCELL.exists():
+        this_cell = cellservdb.read_thiscell(cellservdb.DEFAULT_THISCELL)
+    if not this_cell:
+        raise ConfigError(f"no home cell: give --thiscell or write {cellservdb.DEFAULT_THISCELL}")
+    aliases = {}
+    if cellservdb.DEFAULT_CELLALIAS.exists():
+        aliases = cellservdb.read_cellalias(cellservdb.DEFAULT_CELLALIAS)
+    return cells, this_cell.strip().lower(), aliases

@@ -1,0 +1,670 @@
+"""The FUSE face: pyfuse3 Operations over the cache manager.
+
+Every request acts as its caller: the uid in the request context picks the identity, and the
+identity picks the token (or none: anonymous).  Per-user isolation rests on what the kernel
+is allowed to cache, because the kernel answers cached lookups and stats without asking us:
+
+* A name gets a non-zero entry timeout only when anonymous users may look names up in its
+  directory; an inode gets a non-zero attribute timeout only when anonymous users may fetch
+  its status (a directory's or symlink's own ACL grants `l`; a file's directory grants `r`).
+  Everything else has timeouts of 0, so every path walk and every stat reaches this process
+  with the caller's uid, and the cache manager checks that caller's rights.
+* open, opendir, access and getxattr are always sent by the kernel; they check the caller's
+  rights here (not `default_permissions`: AFS rights are ACLs the kernel cannot see).
+* Mount points (and names found through @sys) always get timeouts of 0: crossing one is a
+  cheap local lookup, @sys follows a changed sysname list at once, and statfs learns which
+  volume a process is looking at (see `statfs`).
+
+Every handler turns FsError into its errno and anything unexpected into a logged EIO:
+pyfuse3 catches only FUSEError.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from afsfuse.fs.errors import FsError
+from afsfuse.fs.sysname import check_sysnames, sysname_candidates
+from afsfuse.fs.vnode import AfsFid, Status
+from afsfuse.keyring.store import Identity
+from afsfuse.rx.interfaces.fs import (
+    PRSFS_INSERT,
+    PRSFS_LOOKUP,
+    PRSFS_READ,
+    PRSFS_WRITE,
+)
+from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL
+from afsfuse.vfs.dynroot import DynRoot, Entry
+from afsfuse.vfs.inodes import (
+    FileNode,
+    InodeTable,
+    LinkNode,
+    MountDirNode,
+    MountNode,
+    Node,
+    RootNode,
+)
+from afsfuse.vfs.mounts import afs_mount, resolve
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds the kernel may keep what every user may see anyway.
+SHARED_TIMEOUT = 60.0
+#: Directory entries whose status is fetched together in one readdir step.
+READDIR_BATCH = 100
+#: How long statfs trusts "the last node this process touched" (see statfs).
+STATFS_HINT_SECONDS = 10.0
+_STATFS_HINTS = 1024
+
+XATTR_CELL = b"afs.cell"
+XATTR_FID = b"afs.fid"
+XATTR_VOLUME = b"afs.volume"
+XATTR_MOUNTPOINT = b"afs.mountpoint"
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+_START = int(time.time() * 1e9)
+
+
+def _guard(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """FsError -> its errno; anything but FUSEError -> logged EIO (pyfuse3 would die)."""
+
+    @functools.wraps(method)
+    async def guarded(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
+
+
+def _fail(err: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(err)
+
+
+def identity(ctx: pyfuse3.RequestContext) -> Identity:
+    """Who a request acts for.  PAGs are not tracked yet: the uid decides."""
+    return Identity(ctx.uid)
+
+
+def anyone_may_stat(status: Status) -> bool:
+    """Would an anonymous FetchStatus of this vnode succeed?  (Files need `r` on their
+    directory; directories and symlinks `l` on their own ACL.)"""
+    needed = PRSFS_READ if status.is_file else PRSFS_LOOKUP
+    return status.anonymous_access & needed == needed
+
+
+def anyone_may_look_up(dir_status: Status) -> bool:
+    return dir_status.anonymous_access & PRSFS_LOOKUP == PRSFS_LOOKUP
+
+
+@dataclass
+class _Child:
+    """A name about to be handed to the kernel: how to find its node and its attributes.
+    Interning the node and replying happen together, with no await in between, so a
+    forget cannot slip in and drop a node the reply is about to name."""
+
+    name: bytes
+    key: object
+    make: Callable[[int], Node]
+    attrs: pyfuse3.EntryAttributes
+    entry_timeout: float
+
+
+@dataclass
+class _FileHandle:
+    fid: AfsFid
+    who: Identity
+
+
+@dataclass
+class _DirHandle:
+    node: Node
+    who: Identity
+    dir_fid: AfsFid | None
+    entries: list[Any]
+
+
+class AfsOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        manager: Any,
+        sysnames: Sequence[bytes],
+        *,
+        shared_timeout: float = SHARED_TIMEOUT,
+        invalidator: Invalidator | None = None,
+    ) -> None:
+        super().__init__()
+        self.manager = manager
+        self.inodes = InodeTable()
+        self.dynroot = DynRoot(manager)
+        self._sysnames = check_sysnames(list(sysnames))
+        self.shared_timeout = shared_timeout
+        self._handles: dict[int, _FileHandle | _DirHandle] = {}
+        self._next_handle = 1
+        self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
+        self.invalidator = invalidator or Invalidator(self.inodes)
+        manager.on_invalidate(self.invalidator.queue)
+
+    # -- @sys ------------------------------------------------------------------------
+
+    @property
+    def sysnames(self) -> list[bytes]:
+        return list(self._sysnames)
+
+    @sysnames.setter
+    def sysnames(self, names: Sequence[bytes]) -> None:
+        # Names found through @sys are never cached by the kernel (entry timeout 0), so a
+        # new list takes effect at the next path walk with nothing to invalidate.
+        self._sysnames = check_sysnames(list(names))
+
+    # -- nodes -----------------------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        node = self.inodes.get(inode)
+        if node is None:
+            raise _fail(errno.ESTALE)
+        return node
+
+    def _touched(self, ctx: pyfuse3.RequestContext, node: Node) -> None:
+        self._statfs_hints[ctx.pid] = (time.monotonic(), node)
+        self._statfs_hints.move_to_end(ctx.pid)
+        while len(self._statfs_hints) > _STATFS_HINTS:
+            self._statfs_hints.popitem(last=False)
+
+    def _reply(self, child: _Child, parent: Node) -> pyfuse3.EntryAttributes:
+        """Intern the child's node, count the kernel's reference, fill in the inode."""
+        node = self.inodes.intern(child.key, child.make)
+        self.inodes.referenced(node)
+        child.attrs.st_ino = node.inode
+        child.attrs.entry_timeout = child.entry_timeout
+        if child.entry_timeout > 0:
+            self.inodes.note_cached_name(parent.inode, child.name)
+        return child.attrs
+
+    async def _mount_root(self, node: MountNode, who: Identity) -> AfsFid:
+        if node.root is None:
+            assert node.spec is not None
+            node.root = await resolve(self.manager, node.spec)
+        return node.root
+
+    async def _dir_fid(self, node: Node, who: Identity) -> AfsFid:
+        if isinstance(node, MountNode):
+            return await self._mount_root(node, who)
+        if isinstance(node, FileNode):
+            return node.fid
+        raise _fail(errno.ENOTDIR)
+
+    def _voltype(self, fid: AfsFid) -> int | None:
+        location = self.manager.volumes.cached(fid.cell, fid.volume)
+        return None if location is None else location.type_of(fid.volume)
+
+    async def _afs_child(
+        self, name: bytes, fid: AfsFid, status: Status | FsError, who: Identity, timeout: float
+    ) -> _Child:
+        """The child for an AFS directory entry; mount points become mount nodes."""
+        if isinstance(status, FsError):
+            # Listed but not statable by this caller: show the name, cache nothing.
+            return _Child(
+                name, ("fid", fid), lambda i: FileNode(i, fid=fid), _placeholder(fid), 0.0
+            )
+        if status.is_symlink and not status.mode & 0o111:
+            try:
+                text = await self.manager.readlink(fid, who)
+            except FsError:
+                text = b""
+            spec = afs_mount(text, status.mode, fid, self._voltype(fid))
+            if spec is not None:
+                return _Child(
+                    name,
+                    ("mount", fid),
+                    lambda i: MountNode(i, spec=spec, source=fid),
+                    _mount_attrs(status),
+                    0.0,
+                )
+        attrs = self._file_attrs(status)
+        return _Child(name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout)
+
+    def _file_attrs(self, status: Status) -> pyfuse3.EntryAttributes:
+        attrs = _status_attrs(status)
+        attrs.attr_timeout = self.shared_timeout if anyone_may_stat(status) else 0.0
+        return attrs
+
+    def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
+        probe = entry.make(0)
+        attrs = _synthetic_attrs(probe)
+        if isinstance(probe, MountNode):
+            timeout = 0.0
+        else:
+            attrs.attr_timeout = self.shared_timeout
+        return _Child(os.fsencode(entry.name), entry.key, entry.make, attrs, timeout)
+
+    # -- lookup and attributes -------------------------------------------------------
+
+    @_guard
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        who = identity(ctx)
+        text = os.fsdecode(name)
+        if isinstance(parent, RootNode):
+            entry = await self.dynroot.lookup(text)
+            if entry is None:
+                raise _fail(errno.ENOENT)
+            child = self._dyn_child(entry, self.shared_timeout)
+        elif isinstance(parent, MountDirNode):
+            entry = await self.dynroot.lookup_volume(text)
+            if entry is None:
+                raise _fail(errno.ENOENT)
+            child = self._dyn_child(entry, self.shared_timeout)
+        else:
+            child = await self._lookup_afs(parent, text, who)
+        attrs = self._reply(child, parent)
+        self._touched(ctx, self.inodes.get(attrs.st_ino) or parent)
+        return attrs
+
+    async def _lookup_afs(self, parent: Node, name: str, who: Identity) -> _Child:
+        dir_fid = await self._dir_fid(parent, who)
+        wanted = os.fsencode(name)
+        for candidate in sysname_candidates(wanted, self._sysnames):
+            try:
+                fid = await self.manager.lookup(dir_fid, candidate, who)
+                break
+            except FsError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        else:
+            raise _fail(errno.ENOENT)
+        dir_status = await self.manager.getattr(dir_fid, who)
+        status = await self.manager.getattr(fid, who)
+        shared = anyone_may_look_up(dir_status) and candidate == wanted
+        timeout = self.shared_timeout if shared else 0.0
+        return await self._afs_child(wanted, fid, status, who, timeout)
+
+    @_guard
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self.inodes.forget(inode, count)
+
+    @_guard
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        who = identity(ctx)
+        self._touched(ctx, node)
+        if isinstance(node, FileNode):
+            attrs = self._file_attrs(await self.manager.getattr(node.fid, who))
+        elif isinstance(node, MountNode) and node.source is not None:
+            attrs = _mount_attrs(await self.manager.getattr(node.source, who))
+        else:
+            attrs = _synthetic_attrs(node)
+            if not isinstance(node, MountNode):
+                attrs.attr_timeout = self.shared_timeout
+        attrs.st_ino = inode
+        return attrs
+
+    @_guard
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if isinstance(node, LinkNode):
+            return node.target
+        if not isinstance(node, FileNode):
+            raise _fail(errno.EINVAL)
+        return await self.manager.readlink(node.fid, identity(ctx))
+
+    @_guard
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        node = self._node(inode)
+        who = identity(ctx)
+        if isinstance(node, FileNode):
+            status = await self.manager.getattr(node.fid, who)
+        elif isinstance(node, MountNode):
+            status = await self.manager.getattr(await self._mount_root(node, who), who)
+        else:
+            return not mode & os.W_OK
+        return _allows(status, mode)
+
+    # -- files -----------------------------------------------------------------------
+
+    @_guard
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if not isinstance(node, FileNode):
+            raise _fail(errno.EISDIR if not isinstance(node, LinkNode) else errno.ELOOP)
+        if flags & _WRITE_FLAGS:
+            raise _fail(errno.EROFS)  # writing is not part of the FUSE face yet
+        who = identity(ctx)
+        status = await self.manager.getattr(node.fid, who)
+        if status.is_dir:
+            raise _fail(errno.EISDIR)
+        if not _allows(status, os.R_OK):
+            raise _fail(errno.EACCES)
+        fh = self._new_handle(_FileHandle(node.fid, who))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guard
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _FileHandle):
+            raise _fail(errno.EBADF)
+        return await self.manager.read(handle.fid, off, size, handle.who)
+
+    @_guard
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    def _new_handle(self, handle: _FileHandle | _DirHandle) -> int:
+        fh = self._next_handle
+        self._next_handle += 1
+        self._handles[fh] = handle
+        return fh
+
+    # -- directories -----------------------------------------------------------------
+
+    @_guard
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        who = identity(ctx)
+        self._touched(ctx, node)
+        entries: list[Any]
+        dir_fid = None
+        if isinstance(node, RootNode):
+            entries = self.dynroot.listing()
+        elif isinstance(node, MountDirNode):
+            entries = []
+        else:
+            dir_fid = await self._dir_fid(node, who)
+            listed = await self.manager.readdir(dir_fid, who)
+            entries = [(name, fid) for name, fid in listed if name not in (".", "..")]
+        return self._new_handle(_DirHandle(node, who, dir_fid, entries))
+
+    @_guard
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _DirHandle):
+            raise _fail(errno.EBADF)
+        position = start_id
+        while position < len(handle.entries):
+            batch = handle.entries[position : position + READDIR_BATCH]
+            children = await self._children(handle, batch)
+            for child in children:
+                node = self.inodes.intern(child.key, child.make)
+                child.attrs.st_ino = node.inode
+                child.attrs.entry_timeout = child.entry_timeout
+                if not pyfuse3.readdir_reply(token, child.name, child.attrs, position + 1):
+                    return
+                self.inodes.referenced(node)
+                if child.entry_timeout > 0:
+                    self.inodes.note_cached_name(handle.node.inode, child.name)
+                position += 1
+
+    async def _children(self, handle: _DirHandle, batch: list[Any]) -> list[_Child]:
+        if handle.dir_fid is None:
+            return [self._dyn_child(entry, self.shared_timeout) for entry in batch]
+        who = handle.who
+        dir_status = await self.manager.getattr(handle.dir_fid, who)
+        timeout = self.shared_timeout if anyone_may_look_up(dir_status) else 0.0
+        statuses = await self.manager.bulk_status([fid for _, fid in batch], who)
+        return [
+            await self._afs_child(os.fsencode(name), fid, status, who, timeout)
+            for (name, fid), status in zip(batch, statuses, strict=True)
+        ]
+
+    @_guard
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # -- file system -----------------------------------------------------------------
+
+    @_guard
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Space of the volume the caller is looking at.
+
+        pyfuse3 does not pass the inode of a statfs request, so the volume is inferred from
+        the last node the same process touched (df stats its argument first, and every path
+        walk crosses a mount point with a lookup that reaches us).  Without that: the
+        dynamic root's figures, as OpenAFS gives for /afs.
+        """
+        hint = self._statfs_hints.get(ctx.pid)
+        fid = None
+        if hint is not None and time.monotonic() - hint[0] < STATFS_HINT_SECONDS:
+            node = hint[1]
+            if isinstance(node, FileNode):
+                fid = node.fid
+            elif isinstance(node, MountNode):
+                fid = await self._mount_root(node, identity(ctx))
+        if fid is None:
+            return _statvfs(None)
+        return _statvfs(await self.manager.statfs(fid, identity(ctx)))
+
+    # -- extended attributes ---------------------------------------------------------
+
+    @_guard
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self._node(inode)
+        if isinstance(node, MountNode):
+            return [XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT]
+        if isinstance(node, FileNode):
+            return [XATTR_CELL, XATTR_FID, XATTR_VOLUME]
+        return []
+
+    @_guard
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        who = identity(ctx)
+        if name not in (XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT):
+            raise _fail(pyfuse3.ENOATTR)  # before any RPC: ls -l asks every file for ACLs
+        if isinstance(node, MountNode):
+            if node.source is not None:
+                await self.manager.getattr(node.source, who)  # the caller may see it at all
+            if name == XATTR_MOUNTPOINT:
+                assert node.spec is not None
+                return node.spec.text.encode()
+            fid = await self._mount_root(node, who)
+        elif isinstance(node, FileNode):
+            await self.manager.getattr(node.fid, who)
+            fid = node.fid
+        else:
+            raise _fail(pyfuse3.ENOATTR)
+        if name == XATTR_CELL:
+            return fid.cell.encode()
+        if name == XATTR_FID:
+            return f"{fid.volume}.{fid.vnode}.{fid.unique}".encode()
+        if name == XATTR_VOLUME:
+            return self._volume_name(fid).encode()
+        raise _fail(pyfuse3.ENOATTR)
+
+    def _volume_name(self, fid: AfsFid) -> str:
+        location = self.manager.volumes.cached(fid.cell, fid.volume)
+        if location is None:
+            return str(fid.volume)
+        suffix = {ROVOL: ".readonly", BACKVOL: ".backup"}.get(location.type_of(fid.volume), "")
+        return location.name + suffix
+
+
+class Invalidator:
+    """Pushes callback breaks to the kernel: drop the attributes and cached pages of every
+    inode that shows a broken fid, and the cached names of broken directories.
+
+    The cache manager reports breaks synchronously on the trio thread (`queue`); the kernel
+    calls can block until a related request finishes, so `run` makes them from a worker
+    thread, a batch at a time.
+    """
+
+    def __init__(
+        self,
+        inodes: InodeTable,
+        invalidate_inode: Callable[[int, bool], None] = pyfuse3.invalidate_inode,
+        invalidate_entry: Callable[[int, bytes], None] = pyfuse3.invalidate_entry,
+    ) -> None:
+        self._inodes = inodes
+        self._invalidate_inode = invalidate_inode
+        self._invalidate_entry = invalidate_entry
+        self._fids: set[AfsFid] = set()
+        self._everything = False
+        self._wakeup = trio.Event()
+        self._limiter = trio.CapacityLimiter(1)
+
+    def queue(self, fid: AfsFid | None) -> None:
+        if fid is None:
+            self._everything = True
+        else:
+            self._fids.add(fid)
+        self._wakeup.set()
+
+    def _take(self) -> tuple[list[int], list[tuple[int, bytes]]]:
+        if self._everything:
+            nodes = [n for n in self._inodes.nodes() if not isinstance(n, RootNode)]
+        else:
+            nodes = [node for fid in self._fids for node in self._inodes.for_fid(fid)]
+        self._fids.clear()
+        self._everything = False
+        entries = [
+            (n.inode, name) for n in nodes for name in self._inodes.take_cached_names(n.inode)
+        ]
+        return [n.inode for n in nodes], entries
+
+    def _push(self, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
+        for inode in inodes:
+            try:
+                self._invalidate_inode(inode, False)
+            except OSError as e:  # the kernel already forgot it, or the mount is gone
+                log.debug("invalidate_inode(%d): %s", inode, e)
+        for parent, name in entries:
+            try:
+                self._invalidate_entry(parent, name)
+            except OSError as e:
+                log.debug("invalidate_entry(%d, %r): %s", parent, name, e)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            inodes, entries = self._take()
+            if inodes or entries:
+                await trio.to_thread.run_sync(
+                    self._push, inodes, entries, limiter=self._limiter, abandon_on_cancel=True
+                )
+
+
+# -- attributes --------------------------------------------------------------------------
+
+
+def _times(attrs: pyfuse3.EntryAttributes, mtime_ns: int, ctime_ns: int) -> None:
+    attrs.st_atime_ns = mtime_ns
+    attrs.st_mtime_ns = mtime_ns
+    attrs.st_ctime_ns = ctime_ns
+
+
+def _status_attrs(status: Status) -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    kind = stat.S_IFDIR if status.is_dir else stat.S_IFLNK if status.is_symlink else stat.S_IFREG
+    attrs.st_mode = kind | (status.mode & 0o7777)
+    attrs.st_nlink = max(status.nlink, 1)
+    attrs.st_uid = status.owner & 0xFFFFFFFF
+    attrs.st_gid = status.group & 0xFFFFFFFF
+    attrs.st_size = status.size
+    attrs.st_blksize = 4096
+    attrs.st_blocks = (status.size + 511) // 512
+    _times(attrs, status.mtime * 10**9, status.server_mtime * 10**9)
+    attrs.generation = 0
+    return attrs
+
+
+def _mount_attrs(source: Status) -> pyfuse3.EntryAttributes:
+    """A mount point as the directory it leads to, from its own vnode's status (fakestat)."""
+    attrs = _status_attrs(source)
+    attrs.st_mode = stat.S_IFDIR | (source.mode & 0o7777) | 0o111
+    attrs.st_nlink = 2
+    attrs.st_size = 2048
+    attrs.st_blocks = 4
+    attrs.attr_timeout = 0.0
+    return attrs
+
+
+def _synthetic_attrs(node: Node) -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    if isinstance(node, LinkNode):
+        attrs.st_mode = stat.S_IFLNK | 0o755
+        attrs.st_size = len(node.target)
+        attrs.st_nlink = 1
+    else:
+        attrs.st_mode = stat.S_IFDIR | 0o755
+        attrs.st_size = 2048
+        attrs.st_nlink = 2
+    attrs.st_blksize = 4096
+    attrs.st_blocks = (attrs.st_size + 511) // 512
+    _times(attrs, _START, _START)
+    attrs.attr_timeout = 0.0
+    return attrs
+
+
+def _placeholder(fid: AfsFid) -> pyfuse3.EntryAttributes:
+    """Attributes for a name the caller may list but not stat: AFS gives directories odd
+    vnode numbers, so the type is known; nothing else is shown."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_mode = stat.S_IFDIR if fid.vnode & 1 else stat.S_IFREG
+    attrs.st_nlink = 1
+    attrs.attr_timeout = 0.0
+    return attrs
+
+
+def _allows(status: Status, mode: int) -> bool:
+    """access(2) in AFS terms: the caller's rights, and for files the owner mode bits
+    (which the fileserver also applies to everyone)."""
+    rights = status.caller_access
+    if status.is_dir:
+        if mode & (os.R_OK | os.X_OK) and not rights & PRSFS_LOOKUP:
+            return False
+        return not (mode & os.W_OK and not rights & PRSFS_INSERT)
+    if mode & os.R_OK and not (rights & PRSFS_READ and status.mode & 0o400):
+        return False
+    if mode & os.W_OK and not (rights & PRSFS_WRITE and status.mode & 0o200):
+        return False
+    return not (mode & os.X_OK and not (rights & PRSFS_READ and status.mode & 0o100))
+
+
+_DYNROOT_BLOCKS = 9_999_999
+
+
+def _statvfs(volume: Any | None) -> pyfuse3.StatvfsData:
+    """statvfs in KiB blocks: the volume's quota (or its partition when it has none)."""
+    out = pyfuse3.StatvfsData()
+    out.f_bsize = out.f_frsize = 1024
+    if volume is None:
+        total = free = _DYNROOT_BLOCKS
+    elif volume.max_quota:
+        total = volume.max_quota
+        free = min(max(total - volume.blocks_in_use, 0), volume.partition_blocks_available)
+    else:
+        total = volume.partition_max_blocks
+        free = volume.partition_blocks_available
+    out.f_blocks = total
+    out.f_bfree = out.f_bavail = free
+    out.f_files = out.f_ffree = out.f_favail = 1 << 24
+    out.f_namemax = 255
+    return out
