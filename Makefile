@@ -1,14 +1,17 @@
 # One-command set-up: every target installs what it needs first, and is quick when all of it
 # is already there.
 
-PYTHON ?= python3
+# Debian's own Python: every local user can run it (the mount is used, and afsfuse-ctl run,
+# by unprivileged users too), and a system service should not depend on a per-user build.
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 STAMPS := .stamps
 PY := $(VENV)/bin/python
 
-# Debian 12 packages: OpenAFS servers and tools for the test cell, MIT Kerberos, FUSE and the
-# headers pyfuse3 and the krb5 bindings build against, and tshark for protocol checks.
+# Debian 12 packages: Python, OpenAFS servers and tools for the test cell, MIT Kerberos, FUSE
+# and the headers pyfuse3 and the krb5 bindings build against, and tshark for protocol checks.
 DEBIAN_PACKAGES := \
+	python3 python3-venv python3-dev \
 	openafs-fileserver openafs-dbserver openafs-client openafs-krb5 \
 	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
 	fuse3 libfuse3-dev pkg-config gcc libc6-dev \
