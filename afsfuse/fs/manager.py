@@ -16,37 +16,52 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import trio
 
+from afsfuse.cache.dirty import DirtyFile
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs import dir as afsdir
+from afsfuse.fs.acl import Acl
 from afsfuse.fs.callback import Break, CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.fs.errors import FsError, fs_error
+from afsfuse.fs.mntpt import link_mode
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
+from afsfuse.fs.writeback import StorePiece, store_plan
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
 from afsfuse.rx.driver import Connection, Endpoint
 from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
 from afsfuse.rx.interfaces.fs import (
+    AFS_FSYNC,
+    AFS_SETGROUP,
+    AFS_SETMAXQUOTA,
+    AFS_SETMODE,
+    AFS_SETMODTIME,
+    AFS_SETOWNER,
     AFSCBMAX,
     CALLBACK_VERSION,
     CB_DROPPED,
     FS,
     PRSFS_LOOKUP,
     PRSFS_READ,
+    PRSFS_WRITE,
     AFSCallBack,
     AFSFid,
+    AFSStoreStatus,
+    AFSStoreVolumeStatus,
 )
 from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
@@ -84,6 +99,8 @@ class ManagerConfig:
     directory_memory: int = 1024
     #: Seconds taken off every callback promise, for clock skew and request time.
     callback_margin: float = 5.0
+    #: Most bytes one StoreData64 carries (each call must finish within rotation_timeout).
+    store_call_bytes: int = 64 << 20
 
     def server_config(self) -> ServerConfig:
         return ServerConfig(
@@ -130,6 +147,20 @@ def _encode_name(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
 
 
+def _entry_name(name: str | bytes) -> bytes:
+    """A name a directory entry may have, as the bytes the fileserver takes."""
+    raw = _encode_name(name)
+    if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
+        raise FsError(errno.EINVAL, f"bad name {name!r}")
+    if len(raw) > afsdir.NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    return raw
+
+
+#: What a reply without a callback promise (StoreData, StoreStatus, Symlink...) stands with.
+_NO_CALLBACK = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
+
+
 class CacheManager:
     def __init__(
         self,
@@ -164,6 +195,10 @@ class CacheManager:
         self._inflight: dict[tuple[AfsFid, int, int], trio.Event] = {}
         self._sequential: dict[AfsFid, int] = {}
         self._nursery: trio.Nursery | None = None
+        #: Per-file locks that put writers, truncations and stores of one file in a row.
+        self._file_locks: dict[AfsFid, tuple[trio.Lock, int]] = {}
+        #: Modification time of dirty files, sent with their store.
+        self._mtimes: dict[AfsFid, int] = {}
 
     @property
     def this_cell(self) -> str:
@@ -278,8 +313,8 @@ class CacheManager:
         if rights is not None:
             assert vnode.status is not None
             self.stats.status_hits += 1
-            return vnode.status.with_access(rights)
-        return await self._fetch_status(fid, token)
+            return self._local_view(vnode.status.with_access(rights), fid)
+        return self._local_view(await self._fetch_status(fid, token), fid)
 
     async def _fetch_status(self, fid: AfsFid, token: Token | None) -> Status:
         vnode = self.vnodes.get(fid)
@@ -370,7 +405,11 @@ class CacheManager:
                 statuses = await self._bulk(cell, volume, [fids[i] for i in batch], token)
                 for i, status in zip(batch, statuses, strict=True):
                     results[i] = status
-        return [r for r in results if r is not None]
+        return [
+            self._local_view(r, fid) if isinstance(r, Status) else r
+            for r, fid in zip(results, fids, strict=True)
+            if r is not None
+        ]
 
     async def _bulk(
         self, cell: str, volume: int, fids: list[AfsFid], token: Token | None
@@ -534,6 +573,9 @@ class CacheManager:
         # The owner-read bit is checked by the server for ordinary users; a cached copy is
         # only handed out when the server would surely agree.
         trusted = trusted and bool(status.mode & 0o400)
+        dirty = self.store.dirty.get(fid)
+        if dirty is not None:
+            return await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
         size = min(size, status.size - offset)
         if size <= 0:
             return b""
@@ -667,6 +709,529 @@ class CacheManager:
                 continue
         raise FsError(errno.EIO, "link keeps changing while being read")
 
+    # -- dirty files: what this machine sees before the fileserver does -----------------
+
+    def _local_view(self, status: Status, fid: AfsFid) -> Status:
+        """`status` as seen here: the length and time of data not yet stored count."""
+        dirty = self.store.dirty.get(fid)
+        if dirty is None:
+            return status
+        return replace(status, size=dirty.length, mtime=self._mtimes.get(fid, status.mtime))
+
+    async def _read_dirty(
+        self,
+        fid: AfsFid,
+        vnode: Vnode,
+        token: Token | None,
+        dirty: DirtyFile,
+        offset: int,
+        size: int,
+        trusted: bool,
+    ) -> bytes:
+        """Read-your-writes: dirty chunks from the dirty store, zeros where a truncation cut
+        the clean bytes off, the fileserver's bytes elsewhere (cache/dirty.py's rules)."""
+        if not trusted:
+            raise FsError(errno.EACCES)
+        size = min(size, dirty.length - offset)
+        if size <= 0:
+            return b""
+        chunk = dirty.chunk_size
+        first, last = offset // chunk, (offset + size - 1) // chunk
+        pieces = [
+            await self._dirty_chunk(fid, vnode, token, dirty, index)
+            for index in range(first, last + 1)
+        ]
+        start = offset - first * chunk
+        out = b"".join(pieces)[start : start + size]
+        self.stats.bytes_served += len(out)
+        return out
+
+    async def _dirty_chunk(
+        self, fid: AfsFid, vnode: Vnode, token: Token | None, dirty: DirtyFile, index: int
+    ) -> bytes:
+        start = index * dirty.chunk_size
+        want = min(dirty.chunk_size, dirty.length - start)
+        if index in dirty.chunks:
+            try:
+                return await trio.to_thread.run_sync(self.store.dirty.read_chunk, fid, index)
+            except KeyError:
+                raise _DataVersionChanged from None  # stored or cut meanwhile: read again
+        keep = max(0, min(want, dirty.zero_from - start))
+        clean = b""
+        if keep:
+            assert vnode.status is not None
+            version = vnode.status.data_version
+            clean = await self._chunk(fid, vnode, token, version, index, True)
+        return clean[:keep].ljust(want, b"\0")
+
+    # -- writing -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _file_lock(self, fid: AfsFid) -> AsyncIterator[None]:
+        """One writer, truncation or store of a file at a time; readers never wait."""
+        lock, users = self._file_locks.get(fid, (None, 0))
+        lock = lock or trio.Lock()
+        self._file_locks[fid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._file_locks[fid]
+            if users == 1:
+                del self._file_locks[fid]
+            else:
+                self._file_locks[fid] = (lock, users - 1)
+
+    async def _writable(self, fid: AfsFid, token: Token | None) -> Vnode:
+        """The vnode of a regular file, with a current status; EACCES when its rights for
+        `token` are known and lack write (the fileserver judges the rest when storing)."""
+        vnode, trusted = await self._status_for(fid, token, PRSFS_WRITE)
+        assert vnode.status is not None
+        if vnode.status.is_dir:
+            raise FsError(errno.EISDIR)
+        if not vnode.status.is_file:
+            raise FsError(errno.EINVAL, "not a regular file")
+        if not trusted and vnode.rights(token, trio.current_time()) is not None:
+            raise FsError(errno.EACCES)
+        return vnode
+
+    async def _begin(self, fid: AfsFid, vnode: Vnode) -> DirtyFile:
+        dirty = self.store.dirty.get(fid)
+        if dirty is None:
+            assert vnode.status is not None
+            status = vnode.status
+            dirty = await trio.to_thread.run_sync(
+                self.store.dirty.begin, fid, status.data_version, status.size
+            )
+        return dirty
+
+    @_boundary
+    async def open(self, fid: AfsFid, who: Identity, *, write: bool) -> Status:
+        """Check that `who` may open `fid` (for writing: EACCES now, as a local filesystem
+        would, rather than at close); the status as getattr gives it."""
+        if write:
+            await self._writable(fid, self._token(fid.cell, who))
+        return await self.getattr(fid, who)
+
+    @_boundary
+    async def write(self, fid: AfsFid, offset: int, data: bytes, who: Identity) -> int:
+        """Write into the local copy; it reaches the fileserver at store_data/fsync.  Returns the
+        bytes written."""
+        if offset < 0:
+            raise FsError(errno.EINVAL)
+        token = self._token(fid.cell, who)
+        async with self._file_lock(fid):
+            for _ in range(3):
+                vnode = await self._writable(fid, token)
+                dirty = await self._begin(fid, vnode)
+                try:
+                    bases = await self._bases(fid, vnode, token, dirty, offset, len(data))
+                except _DataVersionChanged:
+                    continue
+                await trio.to_thread.run_sync(self.store.dirty.write, fid, offset, data, bases)
+                self._mtimes[fid] = int(time.time())
+                return len(data)
+        raise FsError(errno.EIO, "file keeps changing while being written")
+
+    async def _bases(
+        self,
+        fid: AfsFid,
+        vnode: Vnode,
+        token: Token | None,
+        dirty: DirtyFile,
+        offset: int,
+        size: int,
+    ) -> dict[int, bytes]:
+        """The clean content of the chunks a write makes dirty; none for a chunk the write
+        covers whole, since none of its clean bytes survive."""
+        chunk = dirty.chunk_size
+        end = offset + size
+        length = max(dirty.length, end)
+        bases = {}
+        for index in dirty.needs_base(offset, size):
+            start = index * chunk
+            if offset <= start and end >= min(start + chunk, length):
+                bases[index] = b""
+                continue
+            assert vnode.status is not None
+            trusted = vnode.allows(token, PRSFS_READ, trio.current_time())
+            version = vnode.status.data_version
+            bases[index] = await self._chunk(fid, vnode, token, version, index, trusted)
+        return bases
+
+    @_boundary
+    async def truncate(self, fid: AfsFid, length: int, who: Identity) -> None:
+        """Set the length of the local copy (growing leaves a hole); stored with the rest at
+        store_data/fsync.  For truncate(2) without an open file, see setattr(size=)."""
+        async with self._file_lock(fid):
+            await self._truncate(fid, length, self._token(fid.cell, who))
+
+    async def _truncate(self, fid: AfsFid, length: int, token: Token | None) -> DirtyFile:
+        if length < 0:
+            raise FsError(errno.EINVAL)
+        await self._begin(fid, await self._writable(fid, token))
+        self._mtimes[fid] = int(time.time())
+        return await trio.to_thread.run_sync(self.store.dirty.truncate, fid, length)
+
+    @_boundary
+    async def store_data(self, fid: AfsFid, who: Identity) -> Status:
+        """Store `fid`'s dirty data on the fileserver now (FUSE flush and release); nothing
+        to do for a clean file.  Success means the data is on the server.  On failure the
+        errno a local filesystem would give (EDQUOT, ENOSPC, EACCES, ETIMEDOUT...) and the
+        data stays dirty: a later store retries it."""
+        return await self._store_and_stat(fid, who, sync=False)
+
+    @_boundary
+    async def fsync(self, fid: AfsFid, who: Identity) -> Status:
+        """Like store_data, and the fileserver writes the file to its disk before it answers."""
+        return await self._store_and_stat(fid, who, sync=True)
+
+    async def _store_and_stat(self, fid: AfsFid, who: Identity, *, sync: bool) -> Status:
+        token = self._token(fid.cell, who)
+        async with self._file_lock(fid):
+            dirty = self.store.dirty.get(fid)
+            if dirty is not None:
+                await self._store(fid, token, dirty, sync=sync)
+        return await self.getattr(fid, who)
+
+    async def _store(self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool):
+        """StoreData64 calls per writeback.store_plan; then the dirty chunks become the clean
+        copy at the new data version, if nobody else changed the file in between."""
+        vnode = self.vnodes.get(fid)
+        if vnode.status is None:
+            await self._fetch_status(fid, token)
+        assert vnode.status is not None
+        status = vnode.status
+        expected = status.data_version
+        mask = AFS_SETMODTIME | (AFS_FSYNC if sync else 0)
+        mtime = self._mtimes.get(fid) or int(time.time())
+        in_status = AFSStoreStatus(Mask=mask, ClientModTime=mtime)
+        for piece in store_plan(dirty, self.config.store_call_bytes):
+            status = await self._store_piece(fid, vnode, token, piece, in_status)
+            expected += 1
+        if status.data_version == expected and status.size == dirty.length:
+            for index in sorted(dirty.chunks):
+                data = await trio.to_thread.run_sync(self.store.dirty.read_chunk, fid, index)
+                await trio.to_thread.run_sync(
+                    self.store.put_chunk, fid, status.data_version, index, data
+                )
+        await trio.to_thread.run_sync(self.store.dirty.discard, fid)
+        self._mtimes.pop(fid, None)
+
+    async def _store_piece(
+        self,
+        fid: AfsFid,
+        vnode: Vnode,
+        token: Token | None,
+        piece: StorePiece,
+        in_status: Any,
+    ) -> Status:
+        breaks = vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            async with FS.StoreData64.stream(
+                conn, _afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
+            ) as stream:
+                for index in piece.chunks:
+                    data = await trio.to_thread.run_sync(self.store.dirty.read_chunk, fid, index)
+                    await stream.send(data)
+            return server, sent, stream.result
+
+        server, sent, reply = await self.rotator.call(
+            fid.cell, fid.volume, token, "FS.StoreData64", op
+        )
+        self.stats.bytes_stored += piece.length
+        return await self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+
+    @_boundary
+    async def setattr(
+        self,
+        fid: AfsFid,
+        who: Identity,
+        *,
+        mode: int | None = None,
+        mtime: int | None = None,
+        owner: int | None = None,
+        group: int | None = None,
+        size: int | None = None,
+    ) -> Status:
+        """Change a file's status on the fileserver now (StoreStatus).  A new size is stored
+        now too (truncate(2) has no close to wait for), with the file's other dirty data."""
+        token = self._token(fid.cell, who)
+        async with self._file_lock(fid):
+            if size is not None:
+                dirty = await self._truncate(fid, size, token)
+                if mtime is not None:
+                    self._mtimes[fid] = mtime
+                await self._store(fid, token, dirty, sync=False)
+            mask = 0
+            if mode is not None:
+                mask |= AFS_SETMODE
+            if mtime is not None:
+                mask |= AFS_SETMODTIME
+                if self.store.dirty.get(fid) is not None:
+                    self._mtimes[fid] = mtime  # the store to come sends it again
+            if owner is not None:
+                mask |= AFS_SETOWNER
+            if group is not None:
+                mask |= AFS_SETGROUP
+            if mask:
+                in_status = AFSStoreStatus(
+                    Mask=mask,
+                    ClientModTime=mtime or 0,
+                    Owner=owner or 0,
+                    Group=group or 0,
+                    UnixModeBits=(mode or 0) & 0o7777,
+                )
+                await self._store_status(fid, token, in_status)
+        return await self.getattr(fid, who)
+
+    async def _store_status(self, fid: AfsFid, token: Token | None, in_status: Any) -> Status:
+        vnode = self.vnodes.get(fid)
+        breaks = vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            return server, sent, await FS.StoreStatus(conn, _afs_fid(fid), in_status)
+
+        server, sent, reply = await self.rotator.call(
+            fid.cell, fid.volume, token, "FS.StoreStatus", op
+        )
+        return await self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+
+    # -- names ---------------------------------------------------------------------------
+
+    async def _dir_call(
+        self,
+        dir_fid: AfsFid,
+        token: Token | None,
+        name: str,
+        call: Callable[[Connection], Any],
+        status_field: str = "OutDirStatus",
+    ) -> tuple[FileServer, float, Any]:
+        """A call that changes directory `dir_fid` and answers with its new status in
+        `status_field`: that status is taken, which drops the listing of the old version
+        (the next lookup fetches the new one)."""
+        vnode = self.vnodes.get(dir_fid)
+        breaks = vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            return server, sent, await call(conn)
+
+        server, sent, reply = await self.rotator.call(dir_fid.cell, dir_fid.volume, token, name, op)
+        dir_status = getattr(reply, status_field)
+        await self._absorb(vnode, token, dir_status, _NO_CALLBACK, server, sent, breaks)
+        return server, sent, reply
+
+    async def _absorb_new(
+        self,
+        dir_fid: AfsFid,
+        token: Token | None,
+        reply: Any,
+        server: FileServer,
+        sent: float,
+    ) -> tuple[AfsFid, Status]:
+        out = reply.OutFid
+        fid = AfsFid(dir_fid.cell, out.Volume, out.Vnode, out.Unique)
+        vnode = self.vnodes.get(fid)
+        callback = getattr(reply, "CallBack", _NO_CALLBACK)
+        status = await self._absorb(
+            vnode, token, reply.OutFidStatus, callback, server, sent, vnode.breaks
+        )
+        return fid, status
+
+    async def _entry(self, dir_fid: AfsFid, name: bytes, who: Identity) -> AfsFid | None:
+        """The fid `name` stands for before a change, so its record can be dropped after
+        (None if there is none or the listing cannot be read: the server decides anyway)."""
+        try:
+            entry = (await self._directory(dir_fid, who)).get(name)
+        except FsError:
+            return None
+        if entry is None:
+            return None
+        return AfsFid(dir_fid.cell, dir_fid.volume, entry.vnode, entry.unique)
+
+    def _changed(self, fid: AfsFid | None) -> None:
+        """`fid`'s status changed on the server by our doing (link count, '..'): fetch it
+        again when next asked."""
+        if fid is None:
+            return
+        vnode = self.vnodes.peek(fid)
+        if vnode is not None:
+            vnode.invalidate()
+        self._dirs.pop(fid, None)
+        self._notify(fid)
+
+    @_boundary
+    async def create(
+        self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
+    ) -> tuple[AfsFid, Status]:
+        """A new empty file; EEXIST if the name is taken."""
+        raw = _entry_name(name)
+        token = self._token(dir_fid.cell, who)
+        in_status = AFSStoreStatus(
+            Mask=AFS_SETMODE | AFS_SETMODTIME,
+            ClientModTime=int(time.time()),
+            UnixModeBits=mode & 0o7777,
+        )
+        server, sent, reply = await self._dir_call(
+            dir_fid,
+            token,
+            "FS.CreateFile",
+            lambda conn: FS.CreateFile(conn, _afs_fid(dir_fid), raw, in_status),
+        )
+        return await self._absorb_new(dir_fid, token, reply, server, sent)
+
+    @_boundary
+    async def mkdir(
+        self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
+    ) -> tuple[AfsFid, Status]:
+        """A new directory; it inherits the parent's ACL on the server."""
+        raw = _entry_name(name)
+        token = self._token(dir_fid.cell, who)
+        in_status = AFSStoreStatus(
+            Mask=AFS_SETMODE | AFS_SETMODTIME,
+            ClientModTime=int(time.time()),
+            UnixModeBits=mode & 0o7777,
+        )
+        server, sent, reply = await self._dir_call(
+            dir_fid,
+            token,
+            "FS.MakeDir",
+            lambda conn: FS.MakeDir(conn, _afs_fid(dir_fid), raw, in_status),
+        )
+        return await self._absorb_new(dir_fid, token, reply, server, sent)
+
+    @_boundary
+    async def symlink(
+        self, dir_fid: AfsFid, name: str | bytes, target: str | bytes, who: Identity
+    ) -> tuple[AfsFid, Status]:
+        """A symlink; text like '#cell:volume.' makes a mount point (mode 0644, fs/mntpt.py)."""
+        raw = _entry_name(name)
+        contents = _encode_name(target)
+        if not contents:
+            raise FsError(errno.ENOENT, "empty symlink target")
+        token = self._token(dir_fid.cell, who)
+        in_status = AFSStoreStatus(
+            Mask=AFS_SETMODE | AFS_SETMODTIME,
+            ClientModTime=int(time.time()),
+            UnixModeBits=link_mode(contents) & 0o7777,
+        )
+        server, sent, reply = await self._dir_call(
+            dir_fid,
+            token,
+            "FS.Symlink",
+            lambda conn: FS.Symlink(conn, _afs_fid(dir_fid), raw, contents, in_status),
+        )
+        return await self._absorb_new(dir_fid, token, reply, server, sent)
+
+    @_boundary
+    async def link(
+        self, dir_fid: AfsFid, name: str | bytes, target: AfsFid, who: Identity
+    ) -> Status:
+        """A hard link to `target`; AFS allows them only within one directory (the
+        fileserver refuses others), never across volumes (EXDEV)."""
+        raw = _entry_name(name)
+        if (target.cell, target.volume) != (dir_fid.cell, dir_fid.volume):
+            raise FsError(errno.EXDEV)
+        token = self._token(dir_fid.cell, who)
+        server, sent, reply = await self._dir_call(
+            dir_fid,
+            token,
+            "FS.Link",
+            lambda conn: FS.Link(conn, _afs_fid(dir_fid), raw, _afs_fid(target)),
+        )
+        vnode = self.vnodes.get(target)
+        status = await self._absorb(
+            vnode, token, reply.OutFidStatus, _NO_CALLBACK, server, sent, vnode.breaks
+        )
+        return self._local_view(status, target)
+
+    @_boundary
+    async def unlink(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> None:
+        raw = _entry_name(name)
+        token = self._token(dir_fid.cell, who)
+        victim = await self._entry(dir_fid, raw, who)
+        await self._dir_call(
+            dir_fid,
+            token,
+            "FS.RemoveFile",
+            lambda conn: FS.RemoveFile(conn, _afs_fid(dir_fid), raw),
+            "OutStatus",
+        )
+        self._changed(victim)
+        if victim is not None and self.store.dirty.get(victim) is not None:
+            await self._drop_dirty_if_gone(victim, token)
+
+    async def _drop_dirty_if_gone(self, fid: AfsFid, token: Token | None) -> None:
+        """Unstored data of a file whose last name went has nowhere to go, as on a local
+        filesystem; a file with other links keeps it."""
+        try:
+            await self._fetch_status(fid, token)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            async with self._file_lock(fid):
+                await trio.to_thread.run_sync(self.store.dirty.discard, fid)
+                self._mtimes.pop(fid, None)
+
+    @_boundary
+    async def rmdir(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> None:
+        """ENOTEMPTY unless the directory is empty."""
+        raw = _entry_name(name)
+        token = self._token(dir_fid.cell, who)
+        victim = await self._entry(dir_fid, raw, who)
+        try:
+            await self._dir_call(
+                dir_fid,
+                token,
+                "FS.RemoveDir",
+                lambda conn: FS.RemoveDir(conn, _afs_fid(dir_fid), raw),
+            )
+        except FsError as e:
+            # The fileserver says EEXIST (POSIX allows both); Linux programs expect this.
+            if e.errno == errno.EEXIST:
+                raise FsError(errno.ENOTEMPTY, e.strerror) from None
+            raise
+        self._changed(victim)
+
+    @_boundary
+    async def rename(
+        self,
+        src_dir: AfsFid,
+        name: str | bytes,
+        dst_dir: AfsFid,
+        new_name: str | bytes,
+        who: Identity,
+    ) -> None:
+        """Rename within a volume (EXDEV across volumes), replacing an existing target as
+        rename(2) does; the fileserver refuses what rename(2) would (ENOTEMPTY, EISDIR...)."""
+        old, new = _entry_name(name), _entry_name(new_name)
+        if (src_dir.cell, src_dir.volume) != (dst_dir.cell, dst_dir.volume):
+            raise FsError(errno.EXDEV)
+        token = self._token(src_dir.cell, who)
+        moved = await self._entry(src_dir, old, who)
+        replaced = await self._entry(dst_dir, new, who)
+        server, sent, reply = await self._dir_call(
+            dst_dir,
+            token,
+            "FS.Rename",
+            lambda conn: FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new),
+            "OutNewDirStatus",
+        )
+        if src_dir != dst_dir:
+            vnode = self.vnodes.get(src_dir)
+            await self._absorb(
+                vnode, token, reply.OutOldDirStatus, _NO_CALLBACK, server, sent, vnode.breaks
+            )
+            self._changed(moved)  # a directory's '..' changed with it
+        if replaced != moved:
+            self._changed(replaced)
+            if replaced is not None and self.store.dirty.get(replaced) is not None:
+                await self._drop_dirty_if_gone(replaced, token)
+
     # -- volumes -----------------------------------------------------------------------
 
     @_boundary
@@ -678,6 +1243,81 @@ class CacheManager:
 
         reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.GetVolumeStatus", op)
         return VolumeStatus.from_afs(reply)
+
+    @_boundary
+    async def get_volume_status(self, fid: AfsFid, who: Identity) -> VolumeStatus:
+        """The volume's quota, usage and messages (`fs listquota`); the same as statfs."""
+        return await self.statfs(fid, who)
+
+    @_boundary
+    async def set_quota(self, fid: AfsFid, max_quota_kb: int, who: Identity) -> None:
+        """Set the quota of `fid`'s volume in KiB (0: none); the cell's administrators only."""
+        if not 0 <= max_quota_kb < 1 << 31:
+            raise FsError(errno.EINVAL)
+        token = self._token(fid.cell, who)
+        quota = AFSStoreVolumeStatus(Mask=AFS_SETMAXQUOTA, MaxQuota=max_quota_kb)
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            # Empty name and messages are left as they are by the fileserver.
+            return await FS.SetVolumeStatus(conn, fid.volume, quota, "", "", "")
+
+        await self.rotator.call(fid.cell, fid.volume, token, "FS.SetVolumeStatus", op)
+
+    # -- access control lists ------------------------------------------------------------
+
+    @_boundary
+    async def get_acl(self, fid: AfsFid, who: Identity) -> str:
+        """The ACL text of a directory (a file answers with its directory's); fs/acl.py
+        parses it."""
+        token = self._token(fid.cell, who)
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            return await FS.FetchACL(conn, _afs_fid(fid))
+
+        reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.FetchACL", op)
+        return reply.AccessList.rstrip(b"\0").decode("utf-8", "surrogateescape")
+
+    @_boundary
+    async def set_acl(self, fid: AfsFid, text: str | bytes, who: Identity) -> None:
+        """Replace a directory's ACL (EINVAL for text fs/acl.py cannot parse)."""
+        try:
+            body = Acl.parse(text).format().encode("utf-8", "surrogateescape") + b"\0"
+        except ValueError as e:
+            raise FsError(errno.EINVAL, str(e)) from None
+        token = self._token(fid.cell, who)
+        vnode = self.vnodes.get(fid)
+        breaks = vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            if not server.no_store_acl:
+                try:
+                    return server, sent, await FS.StoreACL(conn, _afs_fid(fid), body)
+                except RxAbort as e:
+                    if e.code != RXGEN_OPCODE:
+                        raise
+                    server.no_store_acl = True
+            return server, sent, await FS.OldStoreACL(conn, _afs_fid(fid), body)
+
+        server, sent, reply = await self.rotator.call(
+            fid.cell, fid.volume, token, "FS.StoreACL", op
+        )
+        await self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        self._forget_rights_under(fid)
+
+    def _forget_rights_under(self, dir_fid: AfsFid) -> None:
+        """A directory's ACL decides the rights on it and on its files.  The fileserver
+        breaks other clients' callbacks, not ours, so our record of every identity's rights
+        there goes here; each identity's next request asks the server again."""
+        for vnode in self.vnodes.matching(dir_fid.volume):
+            status = vnode.status
+            if vnode.fid.cell != dir_fid.cell or status is None:
+                continue
+            if vnode.fid == dir_fid or (
+                (status.parent_vnode, status.parent_unique) == (dir_fid.vnode, dir_fid.unique)
+            ):
+                vnode.access.clear()
+                self._notify(vnode.fid)
 
     # -- invalidation ------------------------------------------------------------------
 

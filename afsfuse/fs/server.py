@@ -52,6 +52,8 @@ class FileServer:
     probes: int = 0
     #: The server answered InlineBulkStatus with RXGEN_OPCODE: use FetchStatus instead.
     no_inline_bulk: bool = False
+    #: The server answered StoreACL (164) with RXGEN_OPCODE: use OldStoreACL (134) instead.
+    no_store_acl: bool = False
     _probing: trio.Event | None = None
     _conns: dict[tuple[Token | None, int], Connection] = field(default_factory=dict)
 

@@ -21,6 +21,8 @@ class Stats:
     data_misses: int = 0
     bytes_fetched: int = 0
     bytes_served: int = 0
+    #: Bytes sent to fileservers by StoreData64.
+    bytes_stored: int = 0
     callbacks_received: int = 0
     #: Times rotation moved on to another site, waited on a busy volume, re-read the VLDB.
     failovers: int = 0

@@ -294,7 +294,9 @@ FS = Interface(
             IN(clientVersionNumber=xdr.int32, collectionNumber=xdr.int32),
             OUT(srvVersionNumberP=xdr.int32, timeP=xdr.int32, dataP=AFS_CollData),
         ),
-        # OpenAFS 1.8 clients try StoreACL and fall back to OldStoreACL on RXGEN_OPCODE.
+        # The replacement for 134 (OpenAFS master).  Fileservers that predate it, 1.8.9
+        # among them, answer RXGEN_OPCODE: there 134 is still called StoreACL.  Try 164,
+        # then 134.
         Rpc("StoreACL", 164, IN(Fid=AFSFid, AccessList=AFSOpaque), OUT(**_status_sync)),
         # Unlike BulkStatus, a bad fid does not fail the call: its entry carries errorCode.
         Rpc("InlineBulkStatus", 65536, *_bulk),
