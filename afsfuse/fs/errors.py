@@ -30,10 +30,6 @@ from afsfuse.rx.errors import (
 from afsfuse.rx.interfaces import fs as fsint
 from afsfuse.rx.interfaces import vl as vlint
 
-#: The "uae" com_err table (unified_afs.et) a fileserver uses once we advertise
-#: CLIENT_CAPABILITY_ERRORTRANS: entry i is Linux errno i + 1.
-UAE_BASE = 49733376
-UAE_COUNT = 134
 #: Ubik's error table: "this database server cannot answer, ask another".
 UBIK_BASE, UBIK_END = 5376, 5632
 
@@ -104,8 +100,8 @@ def errno_for(code: int) -> int:
         return _VOLUME_ERRNO[code]
     if code in _RX_ERRNO:
         return _RX_ERRNO[code]
-    if UAE_BASE <= code < UAE_BASE + UAE_COUNT:
-        return code - UAE_BASE + 1
+    if fsint.UAE_BASE <= code < fsint.UAE_BASE + fsint.UAE_COUNT:
+        return code - fsint.UAE_BASE + 1
     if _RXKAD_FIRST <= code <= _RXKAD_LAST:
         return _RXKAD_ERRNO.get(code, errno.EPROTO)
     if code in _VL_ERRNO:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import Token, token_from_ccache
 from afsfuse.rx.driver import Endpoint, open_endpoint
+from afsfuse.rx.errors import RxError
+from afsfuse.rx.interfaces.fs import FS
 from afsfuse.testing.cell import USERS, Cell
 
 
@@ -55,24 +60,33 @@ class CacheManagerEndpoint:
         self.registry = service.registry
 
 
-@pytest.fixture
-async def cm() -> AsyncIterator[CacheManagerEndpoint]:
+@asynccontextmanager
+async def cache_manager_endpoint(cell: Cell) -> AsyncIterator[CacheManagerEndpoint]:
+    """A CM endpoint that gives its callbacks back when it closes.
+
+    A fileserver that still holds callbacks for a closed port stalls about 2 s on each later
+    break it sends there, which would slow every test that changes a shared directory.
+    """
     async with open_endpoint() as endpoint:
         service = CacheManagerService(CallbackRegistry())
         service.install(endpoint)
-        yield CacheManagerEndpoint(endpoint, service)
+        try:
+            yield CacheManagerEndpoint(endpoint, service)
+        finally:
+            with trio.move_on_after(5, shield=True):
+                for server in cell.servers:
+                    conn = endpoint.connect((server.addr, 7000), FS.service_id)
+                    with contextlib.suppress(RxError):
+                        await FS.GiveUpAllCallBacks(conn)
 
 
 @pytest.fixture
-def cm_factory() -> Callable[[], object]:
+async def cm(cell: Cell) -> AsyncIterator[CacheManagerEndpoint]:
+    async with cache_manager_endpoint(cell) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def cm_factory(cell: Cell) -> Callable[[], AbstractAsyncContextManager[CacheManagerEndpoint]]:
     """For tests that need several independent cache managers: `async with cm_factory() as c`."""
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def make() -> AsyncIterator[CacheManagerEndpoint]:
-        async with open_endpoint() as endpoint:
-            service = CacheManagerService(CallbackRegistry())
-            service.install(endpoint)
-            yield CacheManagerEndpoint(endpoint, service)
-
-    return make
+    return lambda: cache_manager_endpoint(cell)

@@ -12,7 +12,7 @@ import trio
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs.callback import Fid
 from afsfuse.fs.cell import CellDB
-from afsfuse.fs.errors import UAE_BASE, FsError, errno_for, fs_error
+from afsfuse.fs.errors import FsError, errno_for, fs_error
 from afsfuse.fs.manager import CacheManager, ManagerConfig
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.vnode import AfsFid, Status, Vnode
@@ -21,6 +21,7 @@ from afsfuse.keyring.token import Token
 from afsfuse.rx import rxkad
 from afsfuse.rx.errors import RX_CALL_DEAD, RXGEN_CC_UNMARSHAL, RXGEN_OPCODE
 from afsfuse.rx.interfaces import fs as fsint
+from afsfuse.rx.interfaces.fs import UAE_BASE
 from afsfuse.rx.interfaces.vl import VL_NOENT
 from afsfuse.vl.cellservdb import parse_cellservdb
 from afsfuse.vl.dns import CellLookupError, CellServers, DnsServer

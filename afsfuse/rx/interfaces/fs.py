@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 from .. import xdr
 from ..rpc import IN, OUT, FetchSplit, Interface, Rpc, StoreSplit
 
@@ -169,6 +172,16 @@ VOLUME_ERROR_NAMES = {
     VICETOKENDEAD: "VICETOKENDEAD (token expired)",
 }
 
+# The "uae" com_err table (unified_afs.et): once a cache manager advertises
+# CLIENT_CAPABILITY_ERRORTRANS, fileservers send errno e as UAE_BASE + e - 1.
+UAE_BASE = 49733376
+UAE_COUNT = 134
+UAE_ERROR_NAMES = {
+    UAE_BASE + e - 1: f"UAE{errno.errorcode[e][1:]} ({os.strerror(e)})"
+    for e in range(1, UAE_COUNT + 1)
+    if e in errno.errorcode
+}
+
 _fid = {"Fid": AFSFid}
 _status_sync = {"OutStatus": AFSFetchStatus, "Sync": AFSVolSync}
 _status_cb_sync = {"OutStatus": AFSFetchStatus, "CallBack": AFSCallBack, "Sync": AFSVolSync}
@@ -325,5 +338,5 @@ FS = Interface(
         Rpc("CallBackRxConnAddr", 65541, IN(addr=xdr.int32)),
         Rpc("GetStatistics64", 65542, IN(statsVersion=xdr.int32), OUT(Statistics=ViceStatistics64)),
     ],
-    errors=VOLUME_ERROR_NAMES,
+    errors={**VOLUME_ERROR_NAMES, **UAE_ERROR_NAMES},
 )
