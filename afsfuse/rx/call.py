@@ -305,7 +305,10 @@ class Call:
             self.rx_highest = seq
         if seq != self.rnext:
             self.rx_ooo[seq] = (payload, flags)
-            self._want_ack(P.ACK_OUT_OF_SEQUENCE, serial)
+            # One ACK per packet past a hole, never coalesced: an OpenAFS sender counts
+            # such ACKs (not the packets they cover) towards its fast-retransmit threshold,
+            # and left below it, waits a whole retransmit timeout for each lost packet.
+            self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
             return
         self.rx_ready.append(payload)
         self.rx_avail += len(payload)

@@ -158,6 +158,20 @@ def test_request_ack_duplicate_and_out_of_sequence_are_acked_at_once() -> None:
     assert ack.first_packet == 2 and ack.acks == b"\x00\x00\x01"
 
 
+def test_every_packet_past_a_hole_gets_its_own_ack() -> None:
+    # OpenAFS senders count ACKs showing a hole, not the packets behind it: three packets
+    # arriving together past a lost one must yield three ACKs, or the fileserver waits a
+    # retransmit timeout instead of resending the hole at once.
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a"), CLIENT, 0.0)
+    for seq in (3, 4, 5):
+        core.receive_datagram(client_packet(P.DATA, seq, seq, b"x"), CLIENT, 0.01)
+    acks = acks_in(sent(core, 0.01))
+    assert [a.reason for a in acks] == [P.ACK_OUT_OF_SEQUENCE] * 3
+    assert [a.serial for a in acks] == [3, 4, 5]
+    assert [a.acks for a in acks] == [b"\x00\x01", b"\x00\x01\x01", b"\x00\x01\x01\x01"]
+
+
 def test_receive_window_opens_from_16_to_32_once_the_reader_consumed() -> None:
     core = serving_core()
     core.receive_datagram(client_packet(P.DATA, 33, 1, b"late"), CLIENT, 0.0)
