@@ -89,3 +89,6 @@ class AsyncCacheStore(_Offloaded):
 
     async def drop_volume(self, cell: str, volume: int) -> int:
         return await self._run(self.sync_store.drop_volume, cell, volume)
+
+    async def clear(self) -> None:
+        await self._run(self.sync_store.clear)

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
+from afsfuse.cache.aio import AsyncCacheStore
 from afsfuse.cache.dirty import DirtyFile
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs import dir as afsdir
@@ -177,6 +178,8 @@ class CacheManager:
         self.endpoint = endpoint
         self.cells = cells
         self.store = store
+        #: The same store, each call run in a bounded worker thread (diskcache and file I/O block).
+        self.cache = AsyncCacheStore(store)
         self.tokens = tokens
         self.stats = stats
         self.registry = registry or CallbackRegistry()
@@ -362,9 +365,7 @@ class CacheManager:
                 fid = vnode.fid
                 self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
         if previous is None or previous.data_version != status.data_version:
-            await trio.to_thread.run_sync(
-                self.store.put_status, vnode.fid, status.data_version, status.to_record()
-            )
+            await self.cache.put_status(vnode.fid, status.data_version, status.to_record())
             if previous is not None:
                 self._dirs.pop(vnode.fid, None)
                 self._notify(vnode.fid)
@@ -492,7 +493,7 @@ class CacheManager:
                 return held[2]
             blob = None
             if trusted:
-                blob = await trio.to_thread.run_sync(self.store.get_dir, fid, version)
+                blob = await self.cache.get_dir(fid, version)
             if blob is not None:
                 self.stats.data_hits += 1
             else:
@@ -500,7 +501,7 @@ class CacheManager:
                 fetched_version, blob = await self._fetch_whole(fid, token, vnode)
                 if fetched_version != version:
                     continue  # changed under us: go again with the new version
-                await trio.to_thread.run_sync(self.store.put_dir, fid, version, blob)
+                await self.cache.put_dir(fid, version, blob)
             parsed = afsdir.parse_directory(blob)
             self._dirs[fid] = (version, blob, parsed)
             while len(self._dirs) > self.config.directory_memory:
@@ -606,7 +607,7 @@ class CacheManager:
             waiting = self._inflight.get(key)
             if waiting is not None:
                 await waiting.wait()
-            data = await trio.to_thread.run_sync(self.store.get_chunk, fid, version, index)
+            data = await self.cache.get_chunk(fid, version, index)
             if data is not None:
                 self.stats.data_hits += 1
                 return data
@@ -635,9 +636,7 @@ class CacheManager:
             status = await self._absorb(
                 vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
             )
-            await trio.to_thread.run_sync(
-                self.store.put_chunk, fid, status.data_version, index, data
-            )
+            await self.cache.put_chunk(fid, status.data_version, index, data)
             if status.data_version != version:
                 raise _DataVersionChanged
             return data
@@ -672,7 +671,7 @@ class CacheManager:
     async def _prefetch(
         self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, indexes: list[int]
     ) -> None:
-        record = await trio.to_thread.run_sync(self.store.get_record, fid)
+        record = await self.cache.get_record(fid)
         cached = record.chunks if record is not None and record.data_version == version else ()
         async with trio.open_nursery() as nursery:
             for index in indexes:
@@ -753,7 +752,7 @@ class CacheManager:
         want = min(dirty.chunk_size, dirty.length - start)
         if index in dirty.chunks:
             try:
-                return await trio.to_thread.run_sync(self.store.dirty.read_chunk, fid, index)
+                return await self.cache.dirty.read_chunk(fid, index)
             except KeyError:
                 raise _DataVersionChanged from None  # stored or cut meanwhile: read again
         keep = max(0, min(want, dirty.zero_from - start))
@@ -800,9 +799,7 @@ class CacheManager:
         if dirty is None:
             assert vnode.status is not None
             status = vnode.status
-            dirty = await trio.to_thread.run_sync(
-                self.store.dirty.begin, fid, status.data_version, status.size
-            )
+            dirty = await self.cache.dirty.begin(fid, status.data_version, status.size)
         return dirty
 
     @_boundary
@@ -828,7 +825,7 @@ class CacheManager:
                     bases = await self._bases(fid, vnode, token, dirty, offset, len(data))
                 except _DataVersionChanged:
                     continue
-                await trio.to_thread.run_sync(self.store.dirty.write, fid, offset, data, bases)
+                await self.cache.dirty.write(fid, offset, data, bases)
                 self._mtimes[fid] = int(time.time())
                 return len(data)
         raise FsError(errno.EIO, "file keeps changing while being written")
@@ -871,7 +868,7 @@ class CacheManager:
             raise FsError(errno.EINVAL)
         await self._begin(fid, await self._writable(fid, token))
         self._mtimes[fid] = int(time.time())
-        return await trio.to_thread.run_sync(self.store.dirty.truncate, fid, length)
+        return await self.cache.dirty.truncate(fid, length)
 
     @_boundary
     async def store_data(self, fid: AfsFid, who: Identity) -> Status:
@@ -911,11 +908,9 @@ class CacheManager:
             expected += 1
         if status.data_version == expected and status.size == dirty.length:
             for index in sorted(dirty.chunks):
-                data = await trio.to_thread.run_sync(self.store.dirty.read_chunk, fid, index)
-                await trio.to_thread.run_sync(
-                    self.store.put_chunk, fid, status.data_version, index, data
-                )
-        await trio.to_thread.run_sync(self.store.dirty.discard, fid)
+                data = await self.cache.dirty.read_chunk(fid, index)
+                await self.cache.put_chunk(fid, status.data_version, index, data)
+        await self.cache.dirty.discard(fid)
         self._mtimes.pop(fid, None)
 
     async def _store_piece(
@@ -934,7 +929,7 @@ class CacheManager:
                 conn, _afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
             ) as stream:
                 for index in piece.chunks:
-                    data = await trio.to_thread.run_sync(self.store.dirty.read_chunk, fid, index)
+                    data = await self.cache.dirty.read_chunk(fid, index)
                     await stream.send(data)
             return server, sent, stream.result
 
@@ -1174,7 +1169,7 @@ class CacheManager:
             if e.errno != errno.ENOENT:
                 raise
             async with self._file_lock(fid):
-                await trio.to_thread.run_sync(self.store.dirty.discard, fid)
+                await self.cache.dirty.discard(fid)
                 self._mtimes.pop(fid, None)
 
     @_boundary
@@ -1343,7 +1338,7 @@ class CacheManager:
             vnode.invalidate()
             vnode.status = None
         self._dirs.pop(fid, None)
-        await trio.to_thread.run_sync(self.store.drop_fid, fid)
+        await self.cache.drop_fid(fid)
         self._notify(fid)
 
     @_boundary
@@ -1356,7 +1351,7 @@ class CacheManager:
             self.vnodes.clear()
             self._dirs.clear()
             self.volumes.forget(cell)
-            await trio.to_thread.run_sync(self.store.clear)
+            await self.cache.clear()
             self._notify(None)
             return
         for vnode in list(self.vnodes.matching(volume)):
@@ -1366,7 +1361,7 @@ class CacheManager:
                 self._dirs.pop(vnode.fid, None)
                 self._notify(vnode.fid)
         for name in [cell] if cell else self.known_cells():
-            await trio.to_thread.run_sync(self.store.drop_volume, name, volume)
+            await self.cache.drop_volume(name, volume)
 
     async def give_up_callbacks(self) -> None:
         """Tell every fileserver we hold callbacks from that we no longer want them
