@@ -26,6 +26,9 @@ from afsfuse.rx.interfaces.vl import (
     VL_MAXNAMELEN,
     VL_NOENT,
     VLADDR_UUID,
+    VLF_BACKEXISTS,
+    VLF_ROEXISTS,
+    VLF_RWEXISTS,
     VLSF_DONTUSE,
     VLSF_ROVOL,
     VLSF_RWVOL,
@@ -91,6 +94,13 @@ class VolumeLocation:
     def sites_for(self, volume_id: int) -> tuple[VolumeSite, ...]:
         voltype = self.type_of(volume_id)
         return () if voltype is None else self.sites[voltype]
+
+
+def _existing_ids(entry: Any) -> tuple[int, int, int]:
+    """The entry's ids, 0 for a type its flags say does not exist: the VLDB reserves RO and
+    BK ids at creation, long before (if ever) such a volume is made."""
+    wanted = (VLF_RWEXISTS, VLF_ROEXISTS, VLF_BACKEXISTS)
+    return tuple(i if entry.flags & f else 0 for i, f in zip(entry.volumeId, wanted, strict=True))
 
 
 @dataclass(frozen=True)
@@ -246,7 +256,7 @@ class VLClient:
 
         return VolumeLocation(
             name=entry.name,
-            volume_ids=tuple(entry.volumeId),
+            volume_ids=_existing_ids(entry),
             flags=entry.flags,
             sites=select_sites(raw, addresses),
         )

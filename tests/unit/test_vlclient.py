@@ -13,6 +13,7 @@ from afsfuse.rx.interfaces.vl import (
     RWVOL,
     VL,
     VL_NOENT,
+    VLF_BACKEXISTS,
     VLF_ROEXISTS,
     VLF_RWEXISTS,
     VLSF_DONTUSE,
@@ -54,7 +55,7 @@ def u_entry(name: str = "root.cell") -> object:
         serverPartition=pad((0, 1, 0, 0), 13),
         serverFlags=pad(flags, 13),
         volumeId=(RW, RO, BK),
-        flags=VLF_RWEXISTS | VLF_ROEXISTS,
+        flags=VLF_RWEXISTS | VLF_ROEXISTS | VLF_BACKEXISTS,
     )
 
 
@@ -113,7 +114,8 @@ class MiddleVL:
             serverNumber=pad((IP_10_0_0_5,), 13),
             serverPartition=pad((2,), 13),
             serverFlags=pad((VLSF_RWVOL,), 13),
-            volumeId=(RW, 0, 0),
+            # The VLDB reserves RO and BK ids at creation; the flags say neither exists.
+            volumeId=(RW, RW + 1, RW + 2),
             flags=VLF_RWEXISTS,
         )
 
@@ -193,6 +195,7 @@ async def test_n_generation(nursery: trio.Nursery) -> None:
     assert loc.name == "test"
     assert [(s.addresses, s.partition) for s in loc.sites[RWVOL]] == [(("10.0.0.5",), 2)]
     assert loc.sites[ROVOL] == ()
+    assert loc.volume_ids == (RW, 0, 0)  # reserved ids of volumes that do not exist
 
 
 async def test_rotates_on_rx_and_ubik_errors_and_sticks(nursery: trio.Nursery) -> None:
