@@ -155,7 +155,7 @@ class AfsOperations(pyfuse3.Operations):
         sysnames: Sequence[bytes],
         *,
         shared_timeout: float = SHARED_TIMEOUT,
-        invalidator: Invalidator | None = None,
+        make_invalidator: Callable[[InodeTable], Invalidator] | None = None,
     ) -> None:
         super().__init__()
         self.manager = manager
@@ -166,7 +166,7 @@ class AfsOperations(pyfuse3.Operations):
         self._handles: dict[int, _FileHandle | _DirHandle] = {}
         self._next_handle = 1
         self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
-        self.invalidator = invalidator or Invalidator(self.inodes)
+        self.invalidator = (make_invalidator or Invalidator)(self.inodes)
         manager.on_invalidate(self.invalidator.queue)
 
     # -- @sys ------------------------------------------------------------------------

@@ -1,0 +1,283 @@
+"""The FUSE face without FUSE: inode table, dynamic root, mount points, caching policy and
+invalidation, against a small fake cache manager."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from afsfuse.fs.errors import FsError
+from afsfuse.fs.mntpt import VolumeType
+from afsfuse.fs.vnode import AfsFid, Status
+from afsfuse.rx.interfaces.fs import FILE_DIRECTORY, FILE_FILE, FILE_SYMLINK
+from afsfuse.vfs.inodes import ROOT_INODE, FileNode, InodeTable, MountNode
+from afsfuse.vfs.mounts import afs_mount, cell_mount, volume_mount
+from afsfuse.vfs.operations import AfsOperations, Invalidator
+
+CELL = "example.test"
+RL = 9  # read + lookup
+
+
+def status(kind: int, mode: int, anonymous: int, caller: int | None = None, size: int = 0):
+    return Status(
+        file_type=kind, mode=mode, nlink=1, size=size, data_version=1, author=0, owner=0,
+        group=0, mtime=1, server_mtime=1, caller_access=anonymous if caller is None else caller,
+        anonymous_access=anonymous, parent_vnode=1, parent_unique=1,
+    )  # fmt: skip
+
+
+@dataclass
+class Location:
+    name: str
+    volume_ids: tuple[int, int, int]
+
+    def type_of(self, volume_id: int) -> int | None:
+        return self.volume_ids.index(volume_id) if volume_id in self.volume_ids else None
+
+
+class FakeVolumes:
+    def __init__(self) -> None:
+        self.entries = {"root.cell": Location("root.cell", (10, 11, 0))}
+        self.entries["test"] = Location("test", (20, 0, 0))
+
+    async def location(self, cell: str, key: str | int) -> Location:
+        for entry in self.entries.values():
+            if key == entry.name or key in entry.volume_ids:
+                return entry
+        raise FsError(errno.ENOENT)
+
+    def cached(self, cell: str, volume: int) -> Location | None:
+        return next((e for e in self.entries.values() if volume in e.volume_ids), None)
+
+
+@dataclass
+class FakeCell:
+    name: str
+
+
+class FakeManager:
+    """Files by fid; rights per uid (uid 1001 "alice" sees the private directory)."""
+
+    def __init__(self) -> None:
+        self.volumes = FakeVolumes()
+        self.listeners = []
+        root = AfsFid(CELL, 11, 1, 1)
+        private = AfsFid(CELL, 11, 3, 5)
+        self.files = {
+            root: status(FILE_DIRECTORY, 0o755, RL),
+            AfsFid(CELL, 11, 2, 2): status(FILE_FILE, 0o644, RL, size=5),
+            private: status(FILE_DIRECTORY, 0o755, 0),
+            AfsFid(CELL, 11, 4, 6): status(FILE_FILE, 0o644, 0),
+            AfsFid(CELL, 11, 6, 7): status(FILE_SYMLINK, 0o644, RL),
+            AfsFid(CELL, 11, 8, 8): status(FILE_DIRECTORY, 0o755, RL),
+            AfsFid(CELL, 20, 1, 1): status(FILE_DIRECTORY, 0o755, RL),
+        }
+        self.dirs = {
+            root: {"pub": AfsFid(CELL, 11, 2, 2), "private": private,
+                   "mnt": AfsFid(CELL, 11, 6, 7), "amd64": AfsFid(CELL, 11, 8, 8)},
+            private: {"secret": AfsFid(CELL, 11, 4, 6)},
+            AfsFid(CELL, 20, 1, 1): {},
+        }  # fmt: skip
+        self.links = {AfsFid(CELL, 11, 6, 7): b"#test."}
+        self.private = {private, AfsFid(CELL, 11, 4, 6)}
+
+    def on_invalidate(self, callback) -> None:
+        self.listeners.append(callback)
+
+    def known_cells(self) -> list[str]:
+        return [CELL]
+
+    def aliases(self) -> dict[str, str]:
+        return {"ex": CELL}
+
+    async def cell(self, name: str):
+        return FakeCell(CELL) if name.lower() in (CELL, "ex") else None
+
+    async def getattr(self, fid, who) -> Status:
+        found = self.files.get(fid)
+        if found is None:
+            raise FsError(errno.ENOENT)
+        if fid in self.private:
+            if who.uid != 1001:
+                raise FsError(errno.EACCES)
+            return replace(found, caller_access=RL)
+        return found
+
+    async def bulk_status(self, fids, who):
+        out = []
+        for fid in fids:
+            try:
+                out.append(await self.getattr(fid, who))
+            except FsError as e:
+                out.append(e)
+        return out
+
+    async def lookup(self, dir_fid, name, who) -> AfsFid:
+        await self.getattr(dir_fid, who)
+        key = name.decode() if isinstance(name, bytes) else name
+        try:
+            return self.dirs[dir_fid][key]
+        except KeyError:
+            raise FsError(errno.ENOENT) from None
+
+    async def readdir(self, dir_fid, who):
+        await self.getattr(dir_fid, who)
+        return [(".", dir_fid), *self.dirs[dir_fid].items()]
+
+    async def readlink(self, fid, who) -> bytes:
+        return self.links[fid]
+
+
+def ctx(uid: int = 0, pid: int = 100) -> Any:
+    """A request context (pyfuse3's own cannot be filled in from Python)."""
+    return SimpleNamespace(uid=uid, gid=uid, pid=pid, umask=0o022)
+
+
+@pytest.fixture
+def ops() -> AfsOperations:
+    calls = []
+
+    def recording(inodes: InodeTable) -> Invalidator:
+        return Invalidator(
+            inodes,
+            lambda inode, attr_only: calls.append(("inode", inode)),
+            lambda parent, name: calls.append(("entry", parent, name)),
+        )
+
+    operations = AfsOperations(FakeManager(), [b"amd64"], make_invalidator=recording)
+    operations.calls = calls  # type: ignore[attr-defined]
+    return operations
+
+
+def test_inode_table_counts_lookups_and_forgets() -> None:
+    table = InodeTable()
+    fid = AfsFid(CELL, 1, 2, 3)
+    node = table.intern(("fid", fid), lambda i: FileNode(i, fid=fid))
+    assert table.intern(("fid", fid), lambda i: FileNode(i, fid=fid)) is node
+    table.referenced(node)
+    table.referenced(node)
+    table.forget(node.inode, 1)
+    assert table.get(node.inode) is node
+    table.forget(node.inode, 1)
+    assert table.get(node.inode) is None
+    again = table.intern(("fid", fid), lambda i: FileNode(i, fid=fid))
+    assert again.inode > node.inode  # numbers are never reused
+    table.forget(ROOT_INODE, 5)
+    assert table.get(ROOT_INODE) is table.root
+
+
+def test_mount_specs_follow_the_volume_rules() -> None:
+    holder = AfsFid(CELL, 11, 6, 7)
+    spec = afs_mount(b"#test.", 0o644, holder, VolumeType.RO)
+    assert spec is not None and spec.cell == CELL and spec.same_cell and spec.text == "#test"
+    assert afs_mount(b"#test.", 0o755, holder, VolumeType.RW) is None  # an ordinary symlink
+    assert afs_mount(b"../x", 0o644, holder, VolumeType.RW) is None
+    assert cell_mount(CELL, rw=True).target.forced_rw
+    assert not cell_mount(CELL, rw=False).same_cell  # crossing from dynroot: RO preferred
+    spec = volume_mount(f"{CELL}:536870918")
+    assert spec is not None and spec.target.volume_id == 536870918
+    assert volume_mount("nocolon") is None
+
+
+async def test_dynamic_root_lists_cells_rw_paths_aliases_and_mount_dir(ops) -> None:
+    handle = await ops.opendir(ROOT_INODE, ctx())
+    names = [entry.name for entry in ops._handles[handle].entries]
+    assert names == [".:mount", CELL, "." + CELL, "ex", ".ex"]
+    link = await ops.lookup(ROOT_INODE, b"ex", ctx())
+    assert stat.S_ISLNK(link.st_mode)
+    assert await ops.readlink(link.st_ino, ctx()) == CELL.encode()
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.lookup(ROOT_INODE, b"nodots", ctx())
+    assert e.value.errno == errno.ENOENT
+
+
+async def test_cell_is_a_mount_to_root_cell_readonly_with_fakestat(ops) -> None:
+    entry = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    assert stat.S_ISDIR(entry.st_mode) and entry.entry_timeout == 0
+    node = ops.inodes.get(entry.st_ino)
+    assert isinstance(node, MountNode) and node.root is None  # not resolved by lookup
+    inside = await ops.lookup(entry.st_ino, b"pub", ctx())
+    assert node.root == AfsFid(CELL, 11, 1, 1)
+    assert inside.entry_timeout > 0 and inside.attr_timeout > 0
+    rw = await ops.lookup(ROOT_INODE, ("." + CELL).encode(), ctx())
+    with pytest.raises(pyfuse3.FUSEError):  # the RW root (10) has no files in the fake
+        await ops.lookup(rw.st_ino, b"pub", ctx())
+    assert ops.inodes.get(rw.st_ino).root == AfsFid(CELL, 10, 1, 1)
+
+
+async def test_afs_mount_point_is_a_directory_and_is_traversed(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    mnt = await ops.lookup(top.st_ino, b"mnt", ctx())
+    assert stat.S_ISDIR(mnt.st_mode) and mnt.entry_timeout == 0 and mnt.attr_timeout == 0
+    assert await ops.getxattr(mnt.st_ino, b"afs.mountpoint", ctx()) == b"#test"
+    node = ops.inodes.get(mnt.st_ino)
+    assert node.root is None  # stat and getxattr of the mount point left the target alone
+    assert await ops.getxattr(mnt.st_ino, b"afs.volume", ctx()) == b"test"
+    assert node.root == AfsFid(CELL, 20, 1, 1)
+
+
+async def test_at_sys_is_expanded_and_never_cached(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    found = await ops.lookup(top.st_ino, b"@sys", ctx())
+    assert ops.inodes.get(found.st_ino).fid == AfsFid(CELL, 11, 8, 8)
+    assert found.entry_timeout == 0
+    ops.sysnames = [b"other"]
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.lookup(top.st_ino, b"@sys", ctx())
+
+
+async def test_private_entries_are_never_cached_and_checked_per_caller(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    alice, bob = ctx(1001), ctx(1002)
+    private = await ops.lookup(top.st_ino, b"private", alice)
+    assert private.attr_timeout == 0  # only alice may stat it
+    secret = await ops.lookup(private.st_ino, b"secret", alice)
+    assert secret.entry_timeout == 0 and secret.attr_timeout == 0
+    for call in (
+        ops.getattr(secret.st_ino, bob),
+        ops.lookup(private.st_ino, b"secret", bob),
+        ops.opendir(private.st_ino, bob),
+        ops.open(secret.st_ino, 0, bob),
+        ops.getxattr(secret.st_ino, b"afs.fid", bob),
+    ):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == errno.EACCES
+    assert await ops.access(private.st_ino, os.R_OK | os.X_OK, alice)
+    assert not await ops.access(private.st_ino, os.W_OK, alice)
+
+
+async def test_unexpected_errors_become_eio(ops) -> None:
+    async def broken(*args):
+        raise RuntimeError("bug")
+
+    ops.manager.getattr = broken
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.lookup(top.st_ino, b"pub", ctx())
+    assert e.value.errno == errno.EIO
+
+
+async def test_breaks_invalidate_inodes_and_cached_names(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.invalidator.run)
+        for listener in ops.manager.listeners:
+            listener(AfsFid(CELL, 11, 1, 1))  # the directory (the mount's root) changed
+            listener(AfsFid(CELL, 11, 2, 2))
+        with trio.fail_after(5):
+            while len(ops.calls) < 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert ("inode", pub.st_ino) in ops.calls
+    assert ("inode", top.st_ino) in ops.calls
+    assert ("entry", top.st_ino, b"pub") in ops.calls
