@@ -31,6 +31,7 @@ MIN_PACKET = 520
 #: How many not-yet-acknowledged packets a writer may queue before it has to wait.
 SEND_BACKLOG = 2 * MAX_WINDOW
 MAX_PROBE = 10.0  # longest wait between pings to a receiver whose reader is stalled
+STALL_PROBE_MIN = 0.05  # first ping to a server whose reply stream went quiet
 
 
 class CallState(IntEnum):
@@ -101,6 +102,9 @@ class Call:
         self.last_ack_previous = 0
         self.ping_serial = 0
         self.ping_sent_at = 0.0
+        # Client: when to ping a server whose reply stream went quiet.
+        self.stall_probe_at: float | None = None
+        self.stall_probe_wait = 0.0
         # Receive side.
         self.rx_ready: deque[bytes] = deque()
         self.rx_offset = 0
@@ -287,6 +291,10 @@ class Call:
     def on_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         self.last_receive = now
         self.last_data_at = now
+        if self.is_client:
+            peer = self.conn.peer
+            self.stall_probe_wait = max(STALL_PROBE_MIN, 2 * (peer.srtt + 4 * peer.rttvar))
+            self.stall_probe_at = now + self.stall_probe_wait
         if self.is_client and self.tx_last_sent and self.tx:
             # Any reply data acknowledges the whole request.
             self._hard_ack_all()
@@ -497,6 +505,7 @@ class Call:
                 self.last_receive + conn.dead_time + conn.peer.fudge(),
                 self._idle_deadline(),
                 self._hard_deadline(),
+                self.stall_probe_at,
             ):
                 if when is not None and (deadline is None or when < deadline):
                     deadline = when
@@ -538,7 +547,14 @@ class Call:
         if now >= self.last_receive + conn.dead_time + conn.peer.fudge():
             self.fail(RX_CALL_DEAD, now, send_abort=False)
             return
-        if now >= self.last_send + conn.dead_time / 6:
+        if self.stall_probe_at is not None and now >= self.stall_probe_at:
+            # The reply stopped mid-stream.  Our ACK that opened the sender's window may
+            # be lost, and an OpenAFS sender whose timer has backed off can sit for
+            # seconds: a ping makes it read our window again.  Back off while nothing comes.
+            self.stall_probe_wait = min(2 * self.stall_probe_wait, conn.dead_time / 6)
+            self.stall_probe_at = now + self.stall_probe_wait
+            self.send_ping(now)
+        elif now >= self.last_send + conn.dead_time / 6:
             self.send_ping(now)
 
     def _retransmit_timeout(self, now: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from afsfuse.rx import packet as P
-from afsfuse.rx.call import MAX_WINDOW, RX_BUFFER_PACKETS, Call, CallState
+from afsfuse.rx.call import MAX_WINDOW, RX_BUFFER_PACKETS, STALL_PROBE_MIN, Call, CallState
 from afsfuse.rx.core import IncomingCall, RxCore
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from afsfuse.rx.security import (
@@ -315,6 +316,29 @@ def test_keepalive_pings_then_dead_peer() -> None:
     assert pings >= 4
     with pytest.raises(RxAbort):
         call.read(10, now)
+
+
+def test_a_reply_stream_that_stops_is_probed_soon_with_backoff() -> None:
+    # A lost ACK can leave an OpenAFS sender waiting on a backed-off timer for seconds;
+    # the client pings it once the reply goes quiet, well before the keepalive would.
+    core, call = client_call(dead_time=12.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"part"), SERVER, 0.1)
+    sent(core, 0.1)
+    pings = []
+    now = 0.1
+    while now < 2.0:
+        now = core.next_deadline()
+        core.handle_timer(now)
+        pings += [now for a in acks_in(sent(core, now)) if a.reason == P.ACK_PING]
+    assert pings[0] == pytest.approx(0.1 + STALL_PROBE_MIN)
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert gaps == sorted(gaps) and gaps[0] == pytest.approx(2 * STALL_PROBE_MIN)
+    # New data resets the probe to its shortest wait.
+    core.receive_datagram(server_packet(call, P.DATA, 2, 2, b"more"), SERVER, now)
+    sent(core, now)
+    assert core.next_deadline() == pytest.approx(now + STALL_PROBE_MIN)
 
 
 def test_peer_abort_fails_the_call_and_is_not_answered() -> None:
