@@ -392,7 +392,11 @@ class RxCore:
             )
         else:
             conn = self._client_conns.get(cid & CID_MASK) if epoch == self.epoch else None
-            if conn is not None and sec_index != conn.security_index:
+            # A server answers from the port we call (a multi-homed one may pick another
+            # address): anything else that names our connection is forged or stray.
+            if conn is not None and (
+                sec_index != conn.security_index or addr[1] != conn.peer.addr[1]
+            ):
                 conn = None
         if conn is None:
             return

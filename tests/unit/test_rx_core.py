@@ -351,6 +351,21 @@ def test_peer_abort_fails_the_call_and_is_not_answered() -> None:
     assert [type(e).__name__ for e in core.pop_events()] == ["CallChanged"]
 
 
+def test_packets_for_our_call_from_another_port_are_ignored() -> None:
+    core, call = client_call()
+    call.write(b"req", 0.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    forged = server_packet(call, P.ABORT, 0, 9, P.encode_abort(1))
+    core.receive_datagram(forged, (SERVER[0], SERVER[1] + 1), 0.01)
+    core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"ok", P.LAST_PACKET), SERVER, 0.02)
+    assert call.error is None
+    assert call.read(10, 0.02) == b"ok"
+    # A multi-homed server may answer from another of its addresses, on the same port.
+    core.receive_datagram(forged, ("10.9.9.9", SERVER[1]), 0.03)
+    assert call.error == 1
+
+
 def test_connection_abort_fails_every_call() -> None:
     core, call = client_call()
     other = core.new_call(call.conn, 0.0)
