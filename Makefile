@@ -17,7 +17,7 @@ DEBIAN_PACKAGES := \
 	fuse3 libfuse3-dev pkg-config gcc libc6-dev \
 	iproute2 procps util-linux tshark attr git
 
-.PHONY: all deps venv test unit lint demo clean
+.PHONY: all deps venv test unit lint demo bench clean
 
 all: test
 
@@ -47,6 +47,13 @@ unit: venv
 # Start a local cell and open a shell to look at it; leaving the shell (or Ctrl-C) tears it down.
 demo: venv
 	$(PY) -m afsfuse.testing.cell run -- scripts/demo-shell
+
+# afsfuse beside OpenAFS's afsd.fuse on a local cell (needs root; never part of `test`).
+# `make bench BENCH=quick` runs a short version.  afsd.fuse comes from openafs-fuse, needed
+# by this target only.
+bench: venv
+	@scripts/install-debian-packages openafs-fuse
+	$(PY) bench/run.py $(if $(filter quick,$(BENCH)),--quick)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info

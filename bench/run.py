@@ -1,0 +1,331 @@
+"""afsfuse side by side with OpenAFS's afsd.fuse on a throwaway test cell (`make bench`).
+
+    .venv/bin/python bench/run.py [--quick] [--rounds N] [--big-mb N]
+
+Starts a cell, fills <cell>/test/bench as the cell admin (a big file, directories of 1000
+and 10 000 entries, 1000 small files), then runs rounds.  In each round every client is
+mounted with an empty cache, and each workload runs on every client in turn (the order
+rotates from round to round) before the next workload starts.  afsd.fuse can only be
+anonymous; afsfuse runs anonymously and once more with alice's token (rxkad crypt).
+
+Prints one table of medians and writes the same, every run included, as JSON under
+bench/results/.  A workload that fails on a client is reported as failed, with the reason.
+Needs root (the cell, drop_caches, FUSE mounts for every user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import errno
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clients import CLIENTS, CellInfo, Client, ClientError
+from populate import populate
+from workloads import Context, Workload, WorkloadFailed, workloads
+
+from afsfuse.keyring import token_from_ccache
+from afsfuse.testing.cell import USERS, running_cell
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE = "afsd.fuse"
+CONTENDER = "afsfuse"
+
+
+@dataclass
+class Run:
+    seconds: float | None
+    cpu_seconds: float | None = None
+    peak_rss_kib: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Series:
+    """One workload on one client over all rounds."""
+
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def failure(self) -> str | None:
+        return next((r.error for r in self.runs if r.error is not None), None)
+
+    def median(self, attribute: str = "seconds") -> float | None:
+        values = [getattr(r, attribute) for r in self.runs if r.error is None]
+        return statistics.median(values) if values and self.failure is None else None
+
+
+def measure(client: Client, workload: Workload, ctx: Context) -> Run:
+    try:
+        if client.process is None or client.process.poll() is not None:
+            assert client.cache is not None
+            client.unmount()
+            client.mount(client.cache)
+        workload.prepare(ctx)
+        before = client.usage()
+        started = time.monotonic()
+        workload.run(ctx)
+        seconds = time.monotonic() - started
+        after = client.usage()
+        workload.check(ctx)
+    except (WorkloadFailed, ClientError, OSError, subprocess.SubprocessError) as e:
+        return Run(None, error=f"{type(e).__name__}: {e}"[:300])
+    return Run(seconds, after.cpu_seconds - before.cpu_seconds, after.peak_rss_kib)
+
+
+def _ccache_token(cell_name: str, krb5_config: str, ccache: Path, user: str):
+    env = {**os.environ, "KRB5_CONFIG": krb5_config, "KRB5CCNAME": f"FILE:{ccache}"}
+    subprocess.run(
+        ["kinit", user], input=USERS[user] + "\n", env=env, text=True,
+        capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    return token_from_ccache(cell_name, f"FILE:{ccache}")
+
+
+def _scratch_files(scratch: Path, big_mb: int) -> int:
+    """The write source and a tarball of Python's standard library; its member count."""
+    with open(scratch / "write-source.bin", "wb") as out:
+        for _ in range(big_mb):
+            out.write(os.urandom(1 << 20))
+    stdlib = Path(
+        subprocess.run(
+            ["/usr/bin/python3", "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    tarball = scratch / "stdlib.tar"
+    subprocess.run(
+        ["tar", "cf", os.fspath(tarball), "-C", os.fspath(stdlib.parent),
+         "--exclude=site-packages", "--exclude=dist-packages", stdlib.name],
+        check=True,
+    )  # fmt: skip
+    listing = subprocess.run(["tar", "tf", os.fspath(tarball)], capture_output=True, check=True)
+    return len(listing.stdout.splitlines())
+
+
+def _meta(args: argparse.Namespace, listing_sizes: tuple[int, ...]) -> dict:
+    def out(argv: list[str]) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    here = Path(__file__).resolve().parent.parent
+    dirty = out(["git", "-C", os.fspath(here), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "rounds": args.rounds,
+        "big_mb": args.big_mb,
+        "listing_sizes": list(listing_sizes),
+        "afsd_fuse_version": out(["dpkg-query", "-W", "-f", "${Version}", "openafs-fuse"]),
+        "afsfuse_commit": out(["git", "-C", os.fspath(here), "rev-parse", "--short", "HEAD"])
+        + ("+dirty" if dirty else ""),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "python": sysconfig.get_python_version(),
+        "mb": "10^6 bytes",
+    }
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a shorter run for development")
+    parser.add_argument("--rounds", type=int, help="rounds (default 3, quick 1)")
+    parser.add_argument("--big-mb", type=int, help="big file size in MiB (default 256, quick 64)")
+    parser.add_argument(
+        "--clients", default=",".join(c.name for c in CLIENTS), help="comma-separated subset"
+    )
+    args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.big_mb = args.big_mb or (64 if args.quick else 256)
+    return args
+
+
+def main() -> int:
+    args = _parse()
+    if os.geteuid() != 0:
+        print("bench: needs root (test cell, drop_caches, FUSE mounts)", file=sys.stderr)
+        return 2
+    listing_sizes = (1000,) if args.quick else (1000, 10000)
+    chosen = [c for c in CLIENTS if c.name in args.clients.split(",")]
+    meta = _meta(args, listing_sizes)
+    with (
+        tempfile.TemporaryDirectory(prefix="afsfuse-bench-") as tmp,
+        running_cell() as cell,
+    ):
+        scratch = Path(tmp)
+        scratch.chmod(0o755)
+        env = cell.env()
+        info = CellInfo(cell.name, cell.cellservdb, Path(env["KRB5_CONFIG"]))
+        os.environ["KRB5_CONFIG"] = env["KRB5_CONFIG"]
+        print(f"bench: cell {cell.name} is up; filling it", flush=True)
+        admin = _ccache_token(cell.name, env["KRB5_CONFIG"], scratch / "cc_admin", "admin")
+        layout = populate(cell.name, cell.db_server.addr, admin, args.big_mb, listing_sizes, 1000)
+        cell.exec("vos", "release", "root.cell", "-localauth", timeout=180)
+        members = _scratch_files(scratch, args.big_mb)
+        clients = [cls(info, scratch / cls.name.replace(" ", "-")) for cls in chosen]
+        plan = workloads(listing_sizes)
+        table = {w.key: {c.name: Series() for c in clients} for w in plan}
+        rounds: dict[str, list[dict]] = {c.name: [] for c in clients}
+        try:
+            for number in range(args.rounds):
+                order = clients[number % len(clients) :] + clients[: number % len(clients)]
+                _round(number, order, plan, table, rounds, layout, scratch, members)
+        finally:
+            for client in clients:
+                client.unmount()
+    result = {
+        "meta": meta,
+        "workloads": [
+            {
+                "key": w.key,
+                "title": w.title,
+                "bytes": w.nbytes(layout) if w.nbytes else None,
+                "clients": {name: _cell_json(cell) for name, cell in table[w.key].items()},
+            }
+            for w in plan
+        ],
+        "daemons": rounds,
+    }
+    print(render(result))
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"{stamp}-{meta['mode']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nbench: wrote {path}")
+    return 0
+
+
+def _round(number, order, plan, table, rounds, layout, scratch, members) -> None:
+    print(f"bench: round {number + 1}: {', '.join(c.name for c in order)}", flush=True)
+    mount_errors: dict[str, str] = {}
+    for client in order:
+        client.new_round()
+        try:
+            client.mount(client.workdir / f"cache-{number}")
+        except (ClientError, OSError, subprocess.SubprocessError) as e:
+            mount_errors[client.name] = f"mount failed: {e}"[:300]
+    for workload in plan:
+        for client in order:
+            if client.name in mount_errors:
+                result = Run(None, error=mount_errors[client.name])
+            else:
+                tag = f"{client.name.replace(' ', '-')}-{number}"
+                ctx = Context(client, layout, tag, scratch, members)
+                result = measure(client, workload, ctx)
+            table[workload.key][client.name].runs.append(result)
+            shown = f"{result.seconds:.2f} s" if result.error is None else result.error
+            print(f"  {workload.key:14s} {client.name:14s} {shown}", flush=True)
+    for client in order:
+        usage = None
+        with contextlib.suppress(ClientError, OSError):
+            usage = client.usage()
+        client.unmount()
+        rounds[client.name].append(
+            {
+                "cpu_seconds": client.spent_cpu,
+                "peak_rss_kib": client.peak_rss_kib if usage else None,
+                "mount_error": mount_errors.get(client.name),
+            }
+        )
+        shutil.rmtree(client.workdir / f"cache-{number}", ignore_errors=True)
+
+
+def _cell_json(cell: Series) -> dict:
+    return {
+        "median_seconds": cell.median(),
+        "median_cpu_seconds": cell.median("cpu_seconds"),
+        "failed": cell.failure,
+        "runs": [asdict(r) for r in cell.runs],
+    }
+
+
+_STRERRORS = sorted((os.strerror(code) for code in errno.errorcode), key=len, reverse=True)
+
+
+def short_failure(error: str) -> str:
+    """`failed: <what>`, short enough for a table cell: the errno text when there is one."""
+    exited = re.search(r"(\S+) exit -?\d+: ", error)
+    program = exited.group(1) if exited else ""
+    reason = next((text for text in _STRERRORS if text in error), None)
+    if reason is None:
+        reason = error.split(": ", 1)[-1]
+        reason = reason if len(reason) <= 40 else reason[:37] + "..."
+    return f"failed: {program}{': ' if program else ''}{reason}"
+
+
+def _seconds(entry: dict | None, nbytes: int | None) -> str:
+    if entry is None:
+        return "-"
+    if entry["failed"] is not None:
+        return short_failure(entry["failed"])
+    seconds = entry["median_seconds"]
+    text = f"{seconds:.2f} s"
+    if nbytes:
+        text += f" ({nbytes / seconds / 1e6:.0f} MB/s)"
+    return text
+
+
+def _cpu(entry: dict | None) -> str:
+    if entry is None or entry["median_cpu_seconds"] is None:
+        return "-"
+    return f"{entry['median_cpu_seconds']:.2f}"
+
+
+def render(result: dict) -> str:
+    """One table: medians per client, afsfuse's time as a fraction of afsd.fuse's, daemon CPU
+    seconds per workload, then the daemons' peak RSS and CPU per round."""
+    names = list(result["daemons"])
+    others = [n for n in names if n not in (BASELINE, CONTENDER)]
+    header = ["workload", BASELINE, CONTENDER, "time ratio", *others]
+    header += [f"CPU s {n}" for n in names]
+    rows = [header]
+    for w in result["workloads"]:
+        clients = w["clients"]
+        base, mine = clients.get(BASELINE), clients.get(CONTENDER)
+        ratio = "-"
+        if base and mine and base["median_seconds"] and mine["median_seconds"] is not None:
+            ratio = f"{mine['median_seconds'] / base['median_seconds']:.2f}"
+        elif (base and base["failed"]) or (mine and mine["failed"]):
+            ratio = "failed"
+        row = [w["title"], _seconds(base, w["bytes"]), _seconds(mine, w["bytes"]), ratio]
+        row += [_seconds(clients.get(n), w["bytes"]) for n in others]
+        row += [_cpu(clients.get(n)) for n in names]
+        rows.append(row)
+    for label, key, scale, unit in (
+        ("daemon peak RSS", "peak_rss_kib", 1 / 1024, "MiB"),
+        ("daemon CPU per round", "cpu_seconds", 1, "s"),
+    ):
+        cells = {}
+        for n in names:
+            values = [r[key] for r in result["daemons"][n] if r[key] is not None]
+            cells[n] = f"{statistics.median(values) * scale:.1f} {unit}" if values else "-"
+        row = [label, cells.get(BASELINE, "-"), cells.get(CONTENDER, "-"), ""]
+        rows.append(row + [cells[n] for n in others] + [""] * len(names))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+             for r in rows]  # fmt: skip
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    meta = result["meta"]
+    title = (
+        f"afsd.fuse {meta['afsd_fuse_version']} vs afsfuse {meta['afsfuse_commit']}: "
+        f"{meta['mode']} run, {meta['rounds']} round(s), big file {meta['big_mb']} MiB, "
+        f"medians; time ratio = afsfuse / afsd.fuse (below 1: afsfuse is faster)"
+    )
+    return title + "\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The workloads: ordinary programs (cat, cp, ls, tar, find, python) on the mount.
+
+Each has an untimed `prepare` (sync, drop the kernel's caches, remount...), a timed `run`,
+and an untimed `check` that the result is right; a workload that does the wrong thing fast
+is a failure, not a figure.  Every program runs under a time limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clients import Client
+from populate import Layout
+
+#: Seconds any one program may take before the workload counts as failed.
+STEP_TIMEOUT = 900.0
+SMALL_FILES = 1000
+SMALL_BYTES = 100
+#: Python without site or user paths: it starts in ~15 ms, the same on both sides.
+PYTHON = ["/usr/bin/python3", "-I", "-S"]
+_READER = (
+    "import sys\n"
+    "buf = bytearray(1 << 20); total = 0\n"
+    "with open(sys.argv[1], 'rb', buffering=0) as f:\n"
+    "    while n := f.readinto(buf): total += n\n"
+    "print(total)\n"
+)
+_CREATOR = (
+    "import os, sys\n"
+    "d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+    "os.mkdir(d)\n"
+    "for i in range(n):\n"
+    "    with open(os.path.join(d, f'f{i:04d}'), 'wb') as f: f.write(b'x' * size)\n"
+)
+
+
+class WorkloadFailed(RuntimeError):
+    """The program failed, timed out or produced the wrong result."""
+
+
+@dataclass
+class Context:
+    """What a workload acts on: one client in one round."""
+
+    client: Client
+    layout: Layout
+    tag: str  # unique per client and round: names what this round writes
+    scratch: Path  # local files: the write source and the tarball
+    tar_members: int
+
+    @property
+    def big(self) -> Path:
+        return self.client.top / self.layout.big_file
+
+    def mine(self, what: str) -> Path:
+        return self.client.top / f"{what}-{self.tag}"
+
+
+def run(argv: list[str], *, stdout: int | None = subprocess.DEVNULL) -> str:
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
+    try:
+        done = subprocess.run(
+            argv, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=STEP_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkloadFailed(f"{argv[0]} timed out after {STEP_TIMEOUT:.0f} s") from None
+    if done.returncode != 0:
+        # The last line: a program's final complaint, or the exception ending a traceback.
+        err = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
+        raise WorkloadFailed(f"{os.path.basename(argv[0])} exit {done.returncode}: {err[-1]}")
+    return done.stdout.decode() if done.stdout is not None else ""
+
+
+def drop_caches() -> None:
+    """Page cache, dentries and inodes: what the kernel keeps in front of every FUSE daemon."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def sync_only(ctx: Context) -> None:
+    os.sync()
+
+
+def cold(ctx: Context) -> None:
+    drop_caches()
+
+
+def remount_then_cold(ctx: Context) -> None:
+    ctx.client.remount()
+    drop_caches()
+
+
+def read_big(ctx: Context) -> None:
+    got = int(run([*PYTHON, "-c", _READER, os.fspath(ctx.big)], stdout=subprocess.PIPE))
+    if got != ctx.layout.big_bytes:
+        raise WorkloadFailed(f"read {got} bytes of {ctx.layout.big_bytes}")
+
+
+def check_big_content(ctx: Context) -> None:
+    digest = hashlib.sha256()
+    with open(ctx.big, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != ctx.layout.big_sha256:
+        raise WorkloadFailed("the big file read back with the wrong content")
+
+
+def write_source(ctx: Context) -> Path:
+    return ctx.scratch / "write-source.bin"
+
+
+def prepare_write(ctx: Context) -> None:
+    run(["cat", os.fspath(write_source(ctx))])  # the source comes from memory, not disk
+    os.sync()
+
+
+def write_big(ctx: Context) -> None:
+    run(["cp", os.fspath(write_source(ctx)), os.fspath(ctx.mine("write"))])
+
+
+def check_written(ctx: Context) -> None:
+    size = os.stat(ctx.mine("write")).st_size
+    if size != ctx.layout.big_bytes:
+        raise WorkloadFailed(f"the written file has {size} bytes, not {ctx.layout.big_bytes}")
+
+
+def create_small(ctx: Context) -> None:
+    run([*PYTHON, "-c", _CREATOR, os.fspath(ctx.mine("create")), str(SMALL_FILES),
+         str(SMALL_BYTES)])  # fmt: skip
+
+
+def check_created(ctx: Context) -> None:
+    names = os.listdir(ctx.mine("create"))
+    if len(names) != SMALL_FILES:
+        raise WorkloadFailed(f"{len(names)} files created, not {SMALL_FILES}")
+
+
+def list_long(entries: int) -> Callable[[Context], None]:
+    def timed(ctx: Context) -> None:
+        out = run(["ls", "-l", os.fspath(ctx.client.top / Layout.listing_dir(entries))],
+                  stdout=subprocess.PIPE)  # fmt: skip
+        if len(out.splitlines()) != entries + 1:  # the "total" line
+            raise WorkloadFailed(f"ls -l listed {len(out.splitlines()) - 1} of {entries}")
+
+    return timed
+
+
+def cat_small(ctx: Context) -> None:
+    directory = os.fspath(ctx.client.top / Layout.cat_dir)
+    out = run(["sh", "-c", 'cat "$1"/* | wc -c', "sh", directory], stdout=subprocess.PIPE)
+    expected = ctx.layout.cat_files * ctx.layout.cat_bytes
+    if int(out) != expected:
+        raise WorkloadFailed(f"cat read {int(out)} bytes, not {expected}")
+
+
+def make_tar_dir(ctx: Context) -> None:
+    os.mkdir(ctx.mine("tar"))
+    os.sync()
+
+
+def untar(ctx: Context) -> None:
+    # No owners, modes or times from the archive: afsd.fuse implements neither chown nor
+    # utimens, and the point is creating files, not metadata calls one side lacks.
+    run(["tar", "xf", os.fspath(ctx.scratch / "stdlib.tar"), "-C", os.fspath(ctx.mine("tar")),
+         "--no-same-owner", "--no-same-permissions", "-m"])  # fmt: skip
+
+
+def find_ls(ctx: Context) -> None:
+    out = run(["find", os.fspath(ctx.mine("tar")), "-ls"], stdout=subprocess.PIPE)
+    if len(out.splitlines()) != ctx.tar_members + 1:
+        raise WorkloadFailed(f"find -ls saw {len(out.splitlines()) - 1} of {ctx.tar_members}")
+
+
+def _nothing(ctx: Context) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    run: Callable[[Context], None]
+    prepare: Callable[[Context], None] = sync_only
+    check: Callable[[Context], None] = _nothing
+    #: Bytes moved, for MB/s (None: not a bulk transfer).
+    nbytes: Callable[[Layout], int] | None = None
+
+
+def _big(layout: Layout) -> int:
+    return layout.big_bytes
+
+
+def workloads(listing_sizes: tuple[int, ...]) -> list[Workload]:
+    """In the order they run within a round (later ones use what earlier ones left)."""
+    listings = [
+        Workload(f"ls-l-{n}", f"cold ls -l, {n} entries", list_long(n), cold) for n in listing_sizes
+    ]
+    return [
+        Workload("cold-read", "cold read (empty cache)", read_big, cold, nbytes=_big),
+        Workload("second-read", "second read (page cache)", read_big, nbytes=_big),
+        Workload("cache-read", "read after drop_caches", read_big, cold, nbytes=_big),
+        Workload(
+            "remount-read",
+            "read after remount",
+            read_big,
+            prepare=remount_then_cold,
+            check=check_big_content,
+            nbytes=_big,
+        ),
+        Workload(
+            "write",
+            "write with cp (close incl.)",
+            write_big,
+            prepare=prepare_write,
+            check=check_written,
+            nbytes=_big,
+        ),
+        Workload("create", f"create {SMALL_FILES} small files", create_small, check=check_created),
+        *listings,
+        Workload("cat-small", "cold cat of small files", cat_small, cold),
+        Workload("tar-x", "tar x Python stdlib", untar, make_tar_dir),
+        Workload("find-ls", "find -ls over it (cold)", find_ls, cold),
+    ]
