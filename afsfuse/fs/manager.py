@@ -870,6 +870,11 @@ class CacheManager:
         self._mtimes[fid] = int(time.time())
         return await self.cache.dirty.truncate(fid, length)
 
+    def unstored(self, fid: AfsFid) -> bool:
+        """Does `fid` have data the fileserver has not got yet?  (A close of a clean file
+        then needs no RPC at all.)"""
+        return self.store.dirty.get(fid) is not None
+
     @_boundary
     async def store_data(self, fid: AfsFid, who: Identity) -> Status:
         """Store `fid`'s dirty data on the fileserver now (FUSE flush and release); nothing

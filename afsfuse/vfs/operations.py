@@ -11,6 +11,14 @@ is allowed to cache, because the kernel answers cached lookups and stats without
   with the caller's uid, and the cache manager checks that caller's rights.
 * open, opendir, access and getxattr are always sent by the kernel; they check the caller's
   rights here (not `default_permissions`: AFS rights are ACLs the kernel cannot see).
+
+Writing follows AFS close semantics: writes land in the cache manager's local copy, and the
+FUSE flush of each close(2) stores them (fsync(2) too), so close and fsync return only once
+the fileserver has the data, or with the errno of the failed store (EDQUOT, ENOSPC, EACCES,
+ETIMEDOUT...).  Only flush can fail a close: release errors reach no one, so release merely
+stores what an mmap or a failed flush left, and logs.  A file unlinked while open is renamed
+to a hidden name first and removed at its last release, as the OpenAFS cache manager does,
+so the open descriptors keep working.
 * Mount points (and names found through @sys) always get timeouts of 0: crossing one is a
   cheap local lookup, @sys follows a changed sysname list at once, and statfs learns which
   volume a process is looking at (see `statfs`).
@@ -27,7 +35,7 @@ import logging
 import os
 import stat
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,8 +82,12 @@ XATTR_CELL = b"afs.cell"
 XATTR_FID = b"afs.fid"
 XATTR_VOLUME = b"afs.volume"
 XATTR_MOUNTPOINT = b"afs.mountpoint"
+#: The directory's ACL as FetchACL gives it and StoreACL takes it (what kAFS exposes).
+XATTR_ACL = b"afs.acl"
+_XATTRS = (XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT, XATTR_ACL)
+#: Prefix of the names unlinked files keep while still open (OpenAFS uses the same).
+HIDDEN_PREFIX = ".__afs"
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _START = int(time.time() * 1e9)
 
 
@@ -134,6 +146,7 @@ class _Child:
 class _FileHandle:
     fid: AfsFid
     who: Identity
+    writable: bool = False
 
 
 @dataclass
@@ -164,6 +177,11 @@ class AfsOperations(pyfuse3.Operations):
         self._sysnames = check_sysnames(list(sysnames))
         self.shared_timeout = shared_timeout
         self._handles: dict[int, _FileHandle | _DirHandle] = {}
+        #: Open file handles per fid, and how many of them write.
+        self._open: Counter[AfsFid] = Counter()
+        self._writers: Counter[AfsFid] = Counter()
+        #: Files unlinked while open: fid -> (directory, hidden name) to remove at last release.
+        self._hidden: dict[AfsFid, tuple[AfsFid, bytes]] = {}
         self._next_handle = 1
         self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
@@ -354,33 +372,159 @@ class AfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, FileNode):
             raise _fail(errno.EISDIR if not isinstance(node, LinkNode) else errno.ELOOP)
-        if flags & _WRITE_FLAGS:
-            raise _fail(errno.EROFS)  # writing is not part of the FUSE face yet
         who = identity(ctx)
-        status = await self.manager.getattr(node.fid, who)
+        write = _writes(flags)
+        status = await self.manager.open(node.fid, who, write=write)
         if status.is_dir:
             raise _fail(errno.EISDIR)
-        if not _allows(status, os.R_OK):
+        if not _allows(status, os.W_OK if write else os.R_OK):
             raise _fail(errno.EACCES)
-        fh = self._new_handle(_FileHandle(node.fid, who))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        if flags & os.O_TRUNC:
+            await self.manager.truncate(node.fid, 0, who)  # stored at close, like any write
+        self._touched(ctx, node)
+        return pyfuse3.FileInfo(fh=self._open_file(node.fid, who, write), keep_cache=True)
+
+    @_guard
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        who = identity(ctx)
+        parent, dir_fid = await self._target_dir(parent_inode, who)
+        try:
+            fid, status = await self.manager.create(dir_fid, name, _mode(mode, ctx), who)
+        except FsError as e:
+            if e.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            # Made meanwhile by someone else: open(2) without O_EXCL opens what is there.
+            fid = await self.manager.lookup(dir_fid, name, who)
+            status = await self.manager.open(fid, who, write=True)
+            if status.is_dir:
+                raise _fail(errno.EISDIR) from None
+            if flags & os.O_TRUNC:
+                await self.manager.truncate(fid, 0, who)
+        attrs = await self._new_entry(parent, dir_fid, name, fid, status, who)
+        self._touched(ctx, parent)
+        return pyfuse3.FileInfo(fh=self._open_file(fid, who, True), keep_cache=True), attrs
+
+    def _open_file(self, fid: AfsFid, who: Identity, writable: bool) -> int:
+        self._open[fid] += 1
+        if writable:
+            self._writers[fid] += 1
+        return self._new_handle(_FileHandle(fid, who, writable))
+
+    def _file_handle(self, fh: int, *, writing: bool = False) -> _FileHandle:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _FileHandle) or (writing and not handle.writable):
+            raise _fail(errno.EBADF)
+        return handle
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _FileHandle):
-            raise _fail(errno.EBADF)
+        handle = self._file_handle(fh)
         return await self.manager.read(handle.fid, off, size, handle.who)
 
     @_guard
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._file_handle(fh, writing=True)
+        return await self.manager.write(handle.fid, off, bytes(buf), handle.who)
+
+    @_guard
+    async def flush(self, fh: int) -> None:
+        """Every close(2) of a descriptor (dup'ed ones included) sends a flush, and its
+        error is close's: store here what any descriptor of the file wrote."""
+        handle = self._file_handle(fh)
+        if handle.writable and self.manager.unstored(handle.fid):
+            await self._store(handle)
+
+    @_guard
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._file_handle(fh)
+        if self.manager.unstored(handle.fid):
+            await self.manager.fsync(handle.fid, handle.who)
+
+    async def _store(self, handle: _FileHandle) -> None:
+        try:
+            await self.manager.store_data(handle.fid, handle.who)
+        except FsError as e:
+            # Removed (by us at unlink, or by another client): its data has nowhere to go,
+            # and a local filesystem would not complain at close either.
+            if e.errno != errno.ENOENT:
+                raise
+
+    @_guard
     async def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if not isinstance(handle, _FileHandle):
+            return
+        fid = handle.fid
+        self._open[fid] -= 1
+        if handle.writable:
+            self._writers[fid] -= 1
+            if not self._writers[fid]:
+                del self._writers[fid]
+                if self.manager.unstored(fid) and fid not in self._hidden:
+                    try:
+                        await self._store(handle)  # what mmap wrote after the last flush
+                    except FsError as e:
+                        log.warning("%s: data not stored at release: %s", fid, e)
+        if not self._open[fid]:
+            del self._open[fid]
+            hidden = self._hidden.pop(fid, None)
+            if hidden is not None:
+                try:
+                    await self.manager.unlink(*hidden, handle.who)
+                except FsError as e:
+                    log.warning("%s: could not remove %r: %s", fid, hidden[1], e)
 
     def _new_handle(self, handle: _FileHandle | _DirHandle) -> int:
         fh = self._next_handle
         self._next_handle += 1
         self._handles[fh] = handle
         return fh
+
+    @_guard
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """chmod, chown, utimes and truncate.  A size change through a descriptor open for
+        writing waits for close like a write; truncate(2) of a path is stored now."""
+        node = self._node(inode)
+        who = identity(ctx)
+        if isinstance(node, MountNode):
+            fid = await self._mount_root(node, who)  # as OpenAFS: the volume's root
+        elif isinstance(node, FileNode):
+            fid = node.fid
+        else:
+            raise _fail(errno.EPERM)
+        changes: dict[str, int] = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode & 0o7777
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns // 10**9
+        if fields.update_uid:
+            changes["owner"] = attr.st_uid
+        if fields.update_gid:
+            changes["group"] = attr.st_gid
+        if fields.update_size:
+            handle = self._handles.get(fh) if fh is not None else None
+            if isinstance(handle, _FileHandle) and handle.writable and handle.fid == fid:
+                await self.manager.truncate(fid, attr.st_size, handle.who)
+            else:
+                changes["size"] = attr.st_size
+        if changes:
+            status = await self.manager.setattr(fid, who, **changes)
+        else:
+            status = await self.manager.getattr(fid, who)  # atime alone: AFS keeps none
+        if isinstance(node, MountNode):
+            return await self.getattr(inode, ctx)  # shown through the mount point's vnode
+        attrs = self._file_attrs(status)
+        attrs.st_ino = inode
+        return attrs
 
     # -- directories -----------------------------------------------------------------
 
@@ -437,6 +581,162 @@ class AfsOperations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
+    # -- names -----------------------------------------------------------------------
+
+    async def _target_dir(self, parent_inode: int, who: Identity) -> tuple[Node, AfsFid]:
+        """The AFS directory a name is made in or removed from; the dynamic root is made
+        from the cell list, not stored, so nothing can be changed there."""
+        parent = self._node(parent_inode)
+        if isinstance(parent, (RootNode, MountDirNode, LinkNode)):
+            raise _fail(errno.EACCES)
+        return parent, await self._dir_fid(parent, who)
+
+    async def _new_entry(
+        self,
+        parent: Node,
+        dir_fid: AfsFid,
+        name: bytes,
+        fid: AfsFid,
+        status: Status,
+        who: Identity,
+    ) -> pyfuse3.EntryAttributes:
+        """The entry reply for a name just made, cached by the kernel as lookup would."""
+        dir_status = await self.manager.getattr(dir_fid, who)
+        timeout = self.shared_timeout if anyone_may_look_up(dir_status) else 0.0
+        if status.is_symlink:
+            # The kernel wants a symlink back even for a mount point made by symlink(2);
+            # its next lookup (timeout 0) shows it as the directory it leads to.
+            if afs_mount(await self.manager.readlink(fid, who), status.mode, fid, None):
+                timeout = 0.0
+            attrs = self._file_attrs(status)
+            child = _Child(name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout)
+        else:
+            child = await self._afs_child(name, fid, status, who, timeout)
+        return self._reply(child, parent)
+
+    @_guard
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        who = identity(ctx)
+        parent, dir_fid = await self._target_dir(parent_inode, who)
+        fid, status = await self.manager.mkdir(dir_fid, name, _mode(mode, ctx), who)
+        return await self._new_entry(parent, dir_fid, name, fid, status, who)
+
+    @_guard
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Regular files only: AFS stores no devices, fifos or sockets."""
+        if not stat.S_ISREG(mode):
+            raise _fail(errno.EPERM)
+        who = identity(ctx)
+        parent, dir_fid = await self._target_dir(parent_inode, who)
+        fid, status = await self.manager.create(dir_fid, name, _mode(mode, ctx), who)
+        return await self._new_entry(parent, dir_fid, name, fid, status, who)
+
+    @_guard
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        who = identity(ctx)
+        parent, dir_fid = await self._target_dir(parent_inode, who)
+        fid, status = await self.manager.symlink(dir_fid, name, target, who)
+        return await self._new_entry(parent, dir_fid, name, fid, status, who)
+
+    @_guard
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        if not isinstance(node, FileNode):
+            raise _fail(errno.EPERM)  # mount points and the dynamic root are no files
+        who = identity(ctx)
+        parent, dir_fid = await self._target_dir(new_parent_inode, who)
+        status = await self.manager.link(dir_fid, new_name, node.fid, who)
+        return await self._new_entry(parent, dir_fid, new_name, node.fid, status, who)
+
+    @_guard
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        who = identity(ctx)
+        _, dir_fid = await self._target_dir(parent_inode, who)
+        fid = await self.manager.lookup(dir_fid, name, who)
+        if self._open[fid] and fid not in self._hidden:
+            # Still open here: keep the vnode under a hidden name until the last release,
+            # so reads, writes and the close's store keep working.
+            hidden = f"{HIDDEN_PREFIX}{fid.vnode:x}{fid.unique:x}".encode()
+            await self.manager.rename(dir_fid, name, dir_fid, hidden, who)
+            self._hidden[fid] = (dir_fid, hidden)
+            return
+        await self.manager.unlink(dir_fid, name, who)
+
+    @_guard
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """A mount point looks like a directory, so rmdir removes it (as `fs rmmount`)."""
+        who = identity(ctx)
+        _, dir_fid = await self._target_dir(parent_inode, who)
+        fid = await self.manager.lookup(dir_fid, name, who)
+        if (await self.manager.getattr(fid, who)).is_symlink:
+            await self.manager.unlink(dir_fid, name, who)
+        else:
+            await self.manager.rmdir(dir_fid, name, who)
+
+    @_guard
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """Within a volume; EXDEV across volumes makes mv copy instead."""
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fail(errno.EINVAL)  # the fileserver has no exchange
+        who = identity(ctx)
+        _, src_dir = await self._target_dir(parent_inode_old, who)
+        _, dst_dir = await self._target_dir(parent_inode_new, who)
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            try:
+                await self.manager.lookup(dst_dir, name_new, who)
+            except FsError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+            else:
+                raise _fail(errno.EEXIST)
+        await self.manager.rename(src_dir, name_old, dst_dir, name_new, who)
+
+    # -- paths, for the control socket -------------------------------------------------
+
+    async def walk(self, names: Sequence[bytes], who: Identity) -> Node:
+        """The node a path inside the mount names, found as lookups would find it but
+        without handing anything to the kernel (the node is not kept in the table)."""
+        node: Node = self.inodes.root
+        for name in names:
+            text = os.fsdecode(name)
+            if isinstance(node, RootNode):
+                entry = await self.dynroot.lookup(text)
+            elif isinstance(node, MountDirNode):
+                entry = await self.dynroot.lookup_volume(text)
+            elif isinstance(node, LinkNode):
+                raise _fail(errno.ENOTDIR)
+            else:
+                node = (await self._lookup_afs(node, text, who)).make(0)
+                continue
+            if entry is None:
+                raise _fail(errno.ENOENT)
+            node = entry.make(0)
+        return node
+
+    async def fid_of(self, node: Node, who: Identity) -> AfsFid:
+        """The AFS vnode a node shows: a mount point's is its volume's root."""
+        if isinstance(node, FileNode):
+            return node.fid
+        if isinstance(node, MountNode):
+            return await self._mount_root(node, who)
+        raise FsError(errno.EINVAL, "part of the dynamic root, not of a volume")
+
     # -- file system -----------------------------------------------------------------
 
     @_guard
@@ -475,7 +775,7 @@ class AfsOperations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         who = identity(ctx)
-        if name not in (XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT):
+        if name not in _XATTRS:
             raise _fail(pyfuse3.ENOATTR)  # before any RPC: ls -l asks every file for ACLs
         if isinstance(node, MountNode):
             if node.source is not None:
@@ -495,7 +795,24 @@ class AfsOperations(pyfuse3.Operations):
             return f"{fid.volume}.{fid.vnode}.{fid.unique}".encode()
         if name == XATTR_VOLUME:
             return self._volume_name(fid).encode()
+        if name == XATTR_ACL:
+            return (await self.manager.get_acl(fid, who)).encode("utf-8", "surrogateescape")
         raise _fail(pyfuse3.ENOATTR)
+
+    @_guard
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """Only afs.acl can be set: the ACL of the directory (a file's: its directory's)."""
+        if name != XATTR_ACL:
+            raise _fail(errno.EOPNOTSUPP if name not in _XATTRS else errno.EPERM)
+        who = identity(ctx)
+        fid = await self.fid_of(self._node(inode), who)
+        await self.manager.set_acl(fid, value.rstrip(b"\0"), who)
+
+    @_guard
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _fail(errno.EPERM if name in _XATTRS else pyfuse3.ENOATTR)
 
     def _volume_name(self, fid: AfsFid) -> str:
         location = self.manager.volumes.cached(fid.cell, fid.volume)
@@ -631,6 +948,15 @@ def _placeholder(fid: AfsFid) -> pyfuse3.EntryAttributes:
     attrs.st_nlink = 1
     attrs.attr_timeout = 0.0
     return attrs
+
+
+def _writes(flags: int) -> bool:
+    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
+def _mode(mode: int, ctx: pyfuse3.RequestContext) -> int:
+    """The permission bits a new file or directory gets (the caller's umask applied)."""
+    return mode & ~ctx.umask & 0o7777
 
 
 def _allows(status: Status, mode: int) -> bool:

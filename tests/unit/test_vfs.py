@@ -88,6 +88,10 @@ class FakeManager:
         }  # fmt: skip
         self.links = {AfsFid(CELL, 11, 6, 7): b"#test."}
         self.private = {private, AfsFid(CELL, 11, 4, 6)}
+        self.dirty: dict[AfsFid, bytearray] = {}
+        self.stored: dict[AfsFid, bytes] = {}
+        self.stores: list[AfsFid] = []
+        self.store_error: int | None = None
 
     def on_invalidate(self, callback) -> None:
         self.listeners.append(callback)
@@ -134,6 +138,49 @@ class FakeManager:
 
     async def readlink(self, fid, who) -> bytes:
         return self.links[fid]
+
+    # A write path that records what reached the "fileserver".
+
+    async def open(self, fid, who, *, write: bool) -> Status:
+        return await self.getattr(fid, who)
+
+    def unstored(self, fid) -> bool:
+        return fid in self.dirty
+
+    async def write(self, fid, offset, data, who) -> int:
+        self.dirty.setdefault(fid, bytearray(self.stored.get(fid, b"")))
+        buf = self.dirty[fid]
+        buf[len(buf) : offset] = bytes(max(0, offset - len(buf)))
+        buf[offset : offset + len(data)] = data
+        return len(data)
+
+    async def truncate(self, fid, length, who) -> None:
+        buf = self.dirty.setdefault(fid, bytearray(self.stored.get(fid, b"")))
+        del buf[length:]
+        buf.extend(bytes(length - len(buf)))
+
+    async def store_data(self, fid, who) -> Status:
+        self.stores.append(fid)
+        if self.store_error is not None:
+            raise FsError(self.store_error)
+        if fid not in self.files:
+            raise FsError(errno.ENOENT)
+        self.stored[fid] = bytes(self.dirty.pop(fid))
+        return self.files[fid]
+
+    async def create(self, dir_fid, name, mode, who):
+        fid = AfsFid(CELL, 11, 100 + len(self.files), 1)
+        self.files[fid] = status(FILE_FILE, mode, RL)
+        self.dirs[dir_fid][name.decode()] = fid
+        return fid, self.files[fid]
+
+    async def rename(self, src, name, dst, new_name, who) -> None:
+        self.dirs[dst][new_name.decode()] = self.dirs[src].pop(name.decode())
+
+    async def unlink(self, dir_fid, name, who) -> None:
+        fid = self.dirs[dir_fid].pop(name.decode())
+        del self.files[fid]
+        self.dirty.pop(fid, None)
 
 
 def ctx(uid: int = 0, pid: int = 100) -> Any:
@@ -281,3 +328,68 @@ async def test_breaks_invalidate_inodes_and_cached_names(ops) -> None:
     assert ("inode", pub.st_ino) in ops.calls
     assert ("inode", top.st_ino) in ops.calls
     assert ("entry", top.st_ino, b"pub") in ops.calls
+
+
+async def test_close_stores_once_and_fails_with_the_store_error(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    info, attrs = await ops.create(top.st_ino, b"new", 0o666, os.O_WRONLY | os.O_CREAT, ctx())
+    fid = ops.inodes.get(attrs.st_ino).fid
+    assert ops.manager.files[fid].mode == 0o644  # the umask applied
+    assert await ops.write(info.fh, 0, b"hello") == 5
+    await ops.flush(info.fh)  # close(2) of a dup: stored now
+    await ops.flush(info.fh)  # the next close: nothing left, no second store
+    assert ops.manager.stored[fid] == b"hello" and ops.manager.stores == [fid]
+
+    await ops.write(info.fh, 5, b" world")
+    ops.manager.store_error = errno.EDQUOT
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.flush(info.fh)
+    assert e.value.errno == errno.EDQUOT
+    assert ops.manager.unstored(fid)  # kept for a retry, not reported as stored
+    ops.manager.store_error = None
+    await ops.release(info.fh)  # the last writer goes: one more try
+    assert ops.manager.stored[fid] == b"hello world" and not ops.manager.unstored(fid)
+
+
+async def test_open_for_writing_truncates_and_needs_write_access(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    fid = ops.inodes.get(pub.st_ino).fid
+    with pytest.raises(pyfuse3.FUSEError) as e:  # the fake grants rl only
+        await ops.open(pub.st_ino, os.O_WRONLY, ctx())
+    assert e.value.errno == errno.EACCES
+    ops.manager.files[fid] = status(FILE_FILE, 0o644, 0x7F)
+    ops.manager.stored[fid] = b"12345"
+    info = await ops.open(pub.st_ino, os.O_WRONLY | os.O_TRUNC, ctx())
+    await ops.release(info.fh)
+    assert ops.manager.stored[fid] == b""
+    with pytest.raises(pyfuse3.FUSEError) as e:  # a read-only descriptor cannot write
+        await ops.write((await ops.open(pub.st_ino, os.O_RDONLY, ctx())).fh, 0, b"x")
+    assert e.value.errno == errno.EBADF
+
+
+async def test_unlink_of_an_open_file_hides_it_until_the_last_release(ops) -> None:
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    root = AfsFid(CELL, 11, 1, 1)
+    info, attrs = await ops.create(top.st_ino, b"tmp", 0o600, os.O_RDWR | os.O_CREAT, ctx())
+    fid = ops.inodes.get(attrs.st_ino).fid
+    await ops.unlink(top.st_ino, b"tmp", ctx())
+    hidden = [n for n in ops.manager.dirs[root] if n.startswith(".__afs")]
+    assert "tmp" not in ops.manager.dirs[root] and len(hidden) == 1
+    await ops.write(info.fh, 0, b"scratch")
+    await ops.flush(info.fh)
+    assert ops.manager.stored[fid] == b"scratch"
+    await ops.release(info.fh)
+    assert not [n for n in ops.manager.dirs[root] if n.startswith(".__afs")]
+    assert fid not in ops.manager.files
+
+
+async def test_nothing_can_be_made_in_the_dynamic_root(ops) -> None:
+    for call in (
+        ops.mkdir(ROOT_INODE, b"x", 0o755, ctx()),
+        ops.create(ROOT_INODE, b"x", 0o644, os.O_WRONLY, ctx()),
+        ops.unlink(ROOT_INODE, CELL.encode(), ctx()),
+    ):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == errno.EACCES
