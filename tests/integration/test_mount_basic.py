@@ -8,13 +8,9 @@ ever comes from a thread that serves it.  Content is created as the cell admin o
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +19,10 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import kinit
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
+from mounting import BIN, SYSNAME, Mount, acl, afs_mount, process_gone
+from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
 from test_fs_manager import ADMIN, admin, afs, fid_of, manager, write
 
-from afsfuse.ctl.protocol import SYSTEM_DIR, mount_key
 from afsfuse.fs.vnode import AfsFid
 from afsfuse.keyring import Token
 from afsfuse.keyring.store import TokenStore
@@ -35,8 +31,6 @@ from afsfuse.testing.cell import Cell
 
 pytestmark = pytest.mark.cell
 
-BIN = Path(sys.executable).parent
-SYSNAME = "testsys"
 SMALL = b"hello, afs!\n"
 SECRET = b"alice only\n"
 MEDIUM_SIZE = 3 * 1024 * 1024 + 17
@@ -53,23 +47,18 @@ class Tree:
     quota_blocks: int
 
 
-def _acl(*lines: str) -> bytes:
-    entries = ["system:administrators 127", *lines]
-    return (f"{len(entries)}\n0\n" + "".join(f"{line}\n" for line in entries)).encode() + b"\0"
-
-
 async def _populate(cell: Cell, cache: Path, token: Token, big_source: Path) -> AfsFid:
     store = TokenStore()
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
         root_cell = await m.volume_root(cell.name, "root.cell", "rw", ADMIN)
-        await admin(m, root_cell, FS.OldStoreACL, afs(root_cell), _acl("system:anyuser 9"))
+        await admin(m, root_cell, FS.OldStoreACL, afs(root_cell), acl("system:anyuser 9"))
         mode_0644 = AFSStoreStatus(Mask=AFS_SETMODE, UnixModeBits=0o644)
         await admin(
             m, root_cell, FS.Symlink, afs(root_cell), "test", f"#{cell.name}:test.", mode_0644
         )
         test = await m.volume_root(cell.name, "test", "rw", ADMIN)
-        await admin(m, test, FS.OldStoreACL, afs(test), _acl("system:anyuser 9"))
+        await admin(m, test, FS.OldStoreACL, afs(test), acl("system:anyuser 9"))
 
         async def new_file(parent: AfsFid, name: str, data: bytes) -> AfsFid:
             reply = await admin(m, parent, FS.CreateFile, afs(parent), name, mode_0644)
@@ -89,7 +78,7 @@ async def _populate(cell: Cell, cache: Path, token: Token, big_source: Path) -> 
         await new_file(test, "medium.bin", big_source.read_bytes()[:MEDIUM_SIZE])
         sys_dir = await new_dir(test, SYSNAME)
         await new_file(sys_dir, "marker", b"sys\n")
-        private = await new_dir(test, "private", _acl("alice 9"))
+        private = await new_dir(test, "private", acl("alice 9"))
         await new_file(private, "secret.txt", SECRET)
         return await new_file(test, "big.bin", b"")
 
@@ -127,48 +116,6 @@ def tree(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPath
     return Tree(medium, digest.hexdigest(), big_fid, 5000)
 
 
-@dataclass
-class Mount:
-    path: Path
-    pid: int
-    cell: str
-    user_env: dict[str, dict[str, str]]
-    python: UserPython
-    local: dict[str, User]
-
-    def run(self, *argv: str, user: str | None = None, check: bool = True, timeout: float = 120):
-        """A program, as root or as a local user (with that user's Kerberos environment)."""
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
-        command = list(argv)
-        if user is not None:
-            env.update(self.user_env[user])
-            command = [*as_user(self.local[user]), *command]
-        return subprocess.run(command, env=env, capture_output=True, timeout=timeout, check=check)
-
-    def ctl(self, user: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-        env = {"PATH": "/usr/bin:/bin", **self.python.env, **self.user_env[user]}
-        argv = [self.python.interpreter, "-m", "afsfuse.ctl.cli", "--mount", str(self.path), *args]
-        return subprocess.run(
-            [*as_user(self.local[user]), *argv], env=env, capture_output=True, timeout=60
-        )
-
-
-def _daemon_pid(mountpoint: Path) -> int:
-    registry = SYSTEM_DIR / f"{mount_key(mountpoint)}.json"
-    return int(json.loads(registry.read_text())["pid"])
-
-
-def _gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture(scope="module")
 def mounted(
     cell: Cell,
@@ -177,42 +124,8 @@ def mounted(
     user_python: UserPython,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
-    public = Path(tempfile.mkdtemp(prefix="afsfuse-mount-"))
-    public.chmod(0o755)
-    mountpoint = public / "afs"
-    mountpoint.mkdir()
-    mountpoint.chmod(0o755)
-    cache = tmp_path_factory.mktemp("mount-cache")
-    log_file = Path(tempfile.mkdtemp(prefix="afsfuse-mount-log-")) / "afsfuse.log"
-    subprocess.run(
-        [BIN / "afsfuse", "mount", str(mountpoint), "--cellservdb", str(cell.cellservdb),
-         "--thiscell", cell.name, "--cache-dir", str(cache), "--sysname", SYSNAME,
-         "--log-file", str(log_file), "--debug"],
-        check=True, timeout=60,
-    )  # fmt: skip
-    pid = _daemon_pid(mountpoint)
-    krb5_conf = public / "krb5.conf"
-    shutil.copy(cell.env()["KRB5_CONFIG"], krb5_conf)
-    krb5_conf.chmod(0o644)
-    user_env = {}
-    for short, user in users.items():
-        home = public / user.name
-        home.mkdir(mode=0o700)
-        kinit(cell, short, home / "krb5cc")
-        os.chown(home, user.uid, user.gid)
-        os.chown(home / "krb5cc", user.uid, user.gid)
-        user_env[short] = {"KRB5_CONFIG": str(krb5_conf), "KRB5CCNAME": f"FILE:{home}/krb5cc"}
-    mount = Mount(mountpoint, pid, cell.name, user_env, user_python, users)
-    try:
+    with afs_mount(cell, users, user_python, tmp_path_factory.mktemp("mount-cache")) as mount:
         yield mount
-    finally:
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False, timeout=30)
-        if not _gone(pid, 30):
-            os.kill(pid, 9)
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-        shutil.rmtree(public, ignore_errors=True)
-        print(f"daemon log: {log_file}")
 
 
 def test_root_lists_the_cell_and_its_rw_path(mounted: Mount) -> None:
@@ -310,6 +223,6 @@ def test_alice_reads_what_bob_cannot_even_after_her(mounted: Mount) -> None:
 
 def test_zz_clean_unmount_leaves_no_process_and_a_usable_mountpoint(mounted: Mount) -> None:
     subprocess.run(["fusermount3", "-u", str(mounted.path)], check=True, timeout=30)
-    assert _gone(mounted.pid, 30)
+    assert process_gone(mounted.pid, 30)
     assert not os.path.ismount(mounted.path)
     assert os.listdir(mounted.path) == []
