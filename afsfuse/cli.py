@@ -37,6 +37,7 @@ from afsfuse.config import (
     read_config_file,
 )
 from afsfuse.ctl.ops import StatsOps, SysnameOps, TokenOps
+from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path
 from afsfuse.ctl.server import Handlers, serve_control
 from afsfuse.fs.cell import CellDB
@@ -49,6 +50,7 @@ from afsfuse.rx.driver import open_endpoint
 from afsfuse.rx.interfaces.pt import PT
 from afsfuse.rx.security import RXNULL
 from afsfuse.vfs.operations import AfsOperations
+from afsfuse.vfs.paths import MountPaths
 from afsfuse.vl.dns import CellResolver
 
 log = logging.getLogger("afsfuse")
@@ -210,6 +212,7 @@ async def _serve(config: MountConfig, ready_fd: int | None) -> None:
                     lambda names: setattr(operations, "sysnames", [os.fsencode(n) for n in names]),
                 ),
                 StatsOps(stats.snapshot),
+                PathOps(manager, MountPaths(operations, config.mountpoint)),
             )
             mountpoint = os.fspath(config.mountpoint)
             unmounted = False

@@ -1,4 +1,5 @@
-"""`afsfuse-ctl`: talk to a running afsfuse mount (tokens, sysname, statistics).
+"""`afsfuse-ctl`: talk to a running afsfuse mount (tokens, sysname, statistics, ACLs,
+quotas, mount points).
 
 Output follows the OpenAFS commands of the same names; --json prints the daemon's replies
 for scripts.  Exit status: 0 on success, 1 when something was refused or failed, 2 for
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +21,9 @@ from afsfuse.ctl.protocol import token_to_wire
 from afsfuse.keyring import TokenError, token_from_ccache
 
 PROG = "afsfuse-ctl"
-_DESCRIPTION = "Talk to a running afsfuse mount: tokens, sysname, statistics."
+_DESCRIPTION = (
+    "Talk to a running afsfuse mount: tokens, sysname, statistics, ACLs, quotas, mount points."
+)
 
 
 class _Failed(Exception):
@@ -39,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{args.name}: {reason}{error.message}")
     except _Failed:
         return 1
+    except _Usage as error:
+        print(f"{PROG}: {args.name}: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         return _fail(f"{args.name}: lost the daemon: {error}")
     if args.json:
@@ -76,6 +83,27 @@ def _parser() -> argparse.ArgumentParser:
     sysname.add_argument("names", nargs="*", metavar="NAME")
     command("stats", _stats, "show the daemon's statistics")
     command("wscell", _wscell, "show the mount's own cell")
+    listacl = command("listacl", _listacl, "show the access control list of directories")
+    listacl.add_argument("paths", nargs="+", metavar="PATH")
+    setacl = command("setacl", _setacl, "change a directory's access control list")
+    setacl.add_argument("path", metavar="PATH")
+    setacl.add_argument(
+        "acl", nargs="+", metavar="WHO RIGHTS",
+        help="pairs: a user or group and rlidwka letters, or read, write, all, none",
+    )  # fmt: skip
+    setacl.add_argument("--clear", action="store_true", help="start from an empty list")
+    setacl.add_argument("--negative", action="store_true", help="edit the negative rights")
+    listquota = command("listquota", _listquota, "show the quota and usage of volumes")
+    listquota.add_argument("paths", nargs="+", metavar="PATH")
+    mkmount = command("mkmount", _mkmount, "make a mount point for a volume")
+    mkmount.add_argument("dir", metavar="DIR")
+    mkmount.add_argument("volume", metavar="VOLUME")
+    mkmount.add_argument("--cell", help="the volume's cell (default: the directory's)")
+    mkmount.add_argument("--rw", action="store_true", help="always the read/write volume")
+    lsmount = command("lsmount", _lsmount, "show which volume a mount point leads to")
+    lsmount.add_argument("dirs", nargs="+", metavar="DIR")
+    rmmount = command("rmmount", _rmmount, "remove a mount point")
+    rmmount.add_argument("dirs", nargs="+", metavar="DIR")
     return parser
 
 
@@ -174,6 +202,104 @@ def _wscell(client: ControlClient, args: argparse.Namespace) -> Any:
     if not args.json:
         print(f"This workstation belongs to cell '{result['cell']}'")
     return result
+
+
+def _object_path(path: str) -> str:
+    """The path the daemon should walk: resolved here, as the caller and with the caller's
+    rights (the daemon makes no syscalls on its own mount)."""
+    return os.path.realpath(path)
+
+
+def _entry_path(path: str) -> str:
+    """A path whose last name is itself the subject (a mount point, which the kernel shows
+    as a directory, or a name to make): only the directories above it are resolved."""
+    head, name = os.path.split(os.path.abspath(path))
+    if name in ("", ".", ".."):
+        raise _Usage(f"{path!r} does not end in a name")
+    return os.path.join(os.path.realpath(head), name)
+
+
+class _Usage(Exception):
+    """Arguments no daemon request can be made from."""
+
+
+def _each(
+    client: ControlClient, op: str, paths: Sequence[str], show: Any, path_of: Any, **args: Any
+) -> list[Any]:
+    """One request per path; every failure is reported, and the command then fails."""
+    results, failed = [], False
+    for path in paths:
+        try:
+            result = client.call(op, path=path_of(path), **args)
+        except ControlFailed as error:
+            print(f"{PROG}: {op}: {path}: {error.message}", file=sys.stderr)
+            failed = True
+            continue
+        results.append(result)
+        show(path, result)
+    if failed:
+        raise _Failed
+    return results
+
+
+def _listacl(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    def show(path: str, result: Any) -> None:
+        if args.json:
+            return
+        print(f"Access list for {path} is")
+        for title, key in (("Normal rights", "positive"), ("Negative rights", "negative")):
+            if result[key]:
+                print(f"{title}:")
+                for who, rights in result[key]:
+                    print(f"  {who} {rights}")
+
+    return _each(client, "listacl", args.paths, show, _object_path)
+
+
+def _setacl(client: ControlClient, args: argparse.Namespace) -> Any:
+    if len(args.acl) % 2:
+        print(f"{PROG}: setacl: WHO and RIGHTS come in pairs", file=sys.stderr)
+        raise _Failed
+    entries = [list(pair) for pair in zip(args.acl[::2], args.acl[1::2], strict=True)]
+    return client.call(
+        "setacl", path=_object_path(args.path), entries=entries,
+        clear=args.clear, negative=args.negative,
+    )  # fmt: skip
+
+
+def _listquota(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    if not args.json:
+        print(f"{'Volume Name':<25}{'Quota':>10}{'Used':>11}{'%Used':>6}{'Partition':>10}")
+
+    def show(path: str, result: Any) -> None:
+        if args.json:
+            return
+        quota, used = result["quota"], result["used"]
+        size = result["partition_size"] or 1
+        partition = 100 * (size - result["partition_free"]) // size
+        percent = f"{100 * used // quota}%" if quota else "-"
+        limit = quota if quota else "no limit"
+        print(f"{result['volume']:<25}{limit:>10}{used:>11}{percent:>6}{partition:>9}%")
+
+    return _each(client, "listquota", args.paths, show, _object_path)
+
+
+def _mkmount(client: ControlClient, args: argparse.Namespace) -> Any:
+    return client.call(
+        "mkmount", path=_entry_path(args.dir), volume=args.volume, cell=args.cell, rw=args.rw
+    )
+
+
+def _lsmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    def show(path: str, result: Any) -> None:
+        if not args.json:
+            print(f"'{path}' is a mount point for volume '{result['mountpoint']}'")
+
+    return _each(client, "lsmount", args.dirs, show, _entry_path)
+
+
+def _rmmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    return _each(client, "rmmount", args.dirs, lambda path, result: None, _entry_path)
 
 
 if __name__ == "__main__":

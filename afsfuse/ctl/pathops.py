@@ -1,0 +1,170 @@
+"""Control ops on paths inside the mount: ACLs, quotas and mount points (`fs listacl`,
+`fs setacl`, `fs listquota`, `fs mkmount`, `fs lsmount`, `fs rmmount`).
+
+The client sends an absolute path with every directory in it already resolved (it runs in
+the caller's process, so symlinks are followed with the caller's rights); the daemon walks
+the path through its own lookups, as the caller, and never makes a syscall on the mount it
+serves.  Every op acts with the requester's token.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Protocol
+
+from afsfuse.ctl.server import ControlError, Request, op
+from afsfuse.fs.acl import Acl, letters_to_rights, rights_to_letters
+from afsfuse.fs.errors import FsError
+from afsfuse.fs.mntpt import MountPointError, is_mount_point, parse_mount_point
+from afsfuse.fs.vnode import AfsFid
+from afsfuse.keyring.store import Identity
+
+#: At most this many `who rights` pairs in one setacl.
+MAX_ACL_ENTRIES = 64
+_NAME_LIMIT = 256
+
+
+class PathResolver(Protocol):
+    """What the FUSE face offers: paths inside the mount to AFS vnodes."""
+
+    async def fid(self, path: str, who: Identity) -> AfsFid:
+        """The vnode a path names (a mount point: its volume's root)."""
+        ...
+
+    async def parent(self, path: str, who: Identity) -> tuple[AfsFid, bytes]:
+        """The directory holding a path's last name, and that name."""
+        ...
+
+
+def _refuse(error: FsError) -> ControlError:
+    code = errno.errorcode.get(error.errno or errno.EIO, "EIO")
+    return ControlError(code, error.strerror or os.strerror(error.errno or errno.EIO))
+
+
+class PathOps:
+    """listacl, setacl, listquota, mkmount, lsmount, rmmount."""
+
+    def __init__(self, manager: Any, paths: PathResolver) -> None:
+        self._manager = manager
+        self._paths = paths
+
+    async def _fid(self, request: Request) -> AfsFid:
+        return await self._paths.fid(request.text("path", limit=4096), request.identity)
+
+    async def _parent(self, request: Request) -> tuple[AfsFid, bytes]:
+        return await self._paths.parent(request.text("path", limit=4096), request.identity)
+
+    @op("listacl")
+    async def listacl(self, request: Request) -> dict[str, Any]:
+        try:
+            fid = await self._fid(request)
+            acl = Acl.parse(await self._manager.get_acl(fid, request.identity))
+        except FsError as e:
+            raise _refuse(e) from None
+        except ValueError as e:
+            raise ControlError("EIO", f"the fileserver sent an unreadable ACL: {e}") from None
+        return {
+            "positive": [[name, rights_to_letters(r)] for name, r in acl.positive.items()],
+            "negative": [[name, rights_to_letters(r)] for name, r in acl.negative.items()],
+        }
+
+    @op("setacl")
+    async def setacl(self, request: Request) -> dict[str, Any]:
+        """`entries` [[who, rights], ...] ("none" removes who); `clear` starts from an empty
+        list, `negative` edits the negative entries."""
+        entries = request.args.get("entries")
+        if (
+            not isinstance(entries, list)
+            or not 0 < len(entries) <= MAX_ACL_ENTRIES
+            or not all(
+                isinstance(e, list)
+                and len(e) == 2
+                and all(isinstance(part, str) and 0 < len(part) <= _NAME_LIMIT for part in e)
+                for e in entries
+            )
+        ):
+            raise ControlError("EINVAL", "'entries' must be a list of [who, rights] pairs")
+        try:
+            changes = {who: letters_to_rights(rights) for who, rights in entries}
+        except ValueError as e:
+            raise ControlError("EINVAL", str(e)) from None
+        try:
+            fid = await self._fid(request)
+            acl = (
+                Acl()
+                if request.args.get("clear")
+                else Acl.parse(await self._manager.get_acl(fid, request.identity))
+            )
+            side = acl.negative if request.args.get("negative") else acl.positive
+            side.update(changes)
+            await self._manager.set_acl(fid, acl.format(), request.identity)
+        except FsError as e:
+            raise _refuse(e) from None
+        except ValueError as e:
+            raise ControlError("EINVAL", str(e)) from None
+        return await self.listacl(request)
+
+    @op("listquota")
+    async def listquota(self, request: Request) -> dict[str, Any]:
+        try:
+            status = await self._manager.get_volume_status(
+                await self._fid(request), request.identity
+            )
+        except FsError as e:
+            raise _refuse(e) from None
+        return {
+            "volume": status.name,
+            "quota": status.max_quota,
+            "used": status.blocks_in_use,
+            "partition_free": status.partition_blocks_available,
+            "partition_size": status.partition_max_blocks,
+        }
+
+    @op("mkmount")
+    async def mkmount(self, request: Request) -> dict[str, Any]:
+        """A mount point for `volume` (in `cell`, default the directory's own): `#`, or `%`
+        with `rw`; needs the administer right on the directory, as in OpenAFS."""
+        volume = request.text("volume", limit=_NAME_LIMIT)
+        cell = request.text("cell", None, limit=64)
+        text = f"{'%' if request.args.get('rw') else '#'}{cell + ':' if cell else ''}{volume}."
+        try:
+            parse_mount_point(text.encode())
+        except (MountPointError, UnicodeEncodeError) as e:
+            raise ControlError("EINVAL", f"not a volume name: {volume!r}: {e}") from None
+        try:
+            if cell is not None and await self._manager.cell(cell) is None:
+                raise FsError(errno.ENOENT, f"unknown cell {cell}")
+            directory, name = await self._parent(request)
+            await self._manager.symlink(directory, name, text, request.identity)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {"mountpoint": text[:-1]}
+
+    async def _mount_point(self, request: Request) -> tuple[AfsFid, bytes, str]:
+        directory, name = await self._parent(request)
+        fid = await self._manager.lookup(directory, name, request.identity)
+        status = await self._manager.getattr(fid, request.identity)
+        contents = b""
+        if status.is_symlink:
+            contents = await self._manager.readlink(fid, request.identity)
+        if not is_mount_point(status.mode, contents):
+            raise ControlError("EINVAL", "not a mount point")
+        return directory, name, contents.decode("utf-8", "replace").removesuffix(".")
+
+    @op("lsmount")
+    async def lsmount(self, request: Request) -> dict[str, Any]:
+        try:
+            _, _, text = await self._mount_point(request)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {"mountpoint": text}
+
+    @op("rmmount")
+    async def rmmount(self, request: Request) -> dict[str, Any]:
+        try:
+            directory, name, text = await self._mount_point(request)
+            await self._manager.unlink(directory, name, request.identity)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {"removed": text}
