@@ -6,6 +6,10 @@ site for an RW one).  Then, per afs-protocol-facts.md 3.4:
 - VBUSY / VRESTARTING: pause `busy_wait` and ask the same server again (at most
   `max_busy_waits` times, then EWOULDBLOCK);
 - VMOVED / VNOVOL / VOFFLINE / VSALVAGE: re-read the VLDB entry and try a site not yet tried;
+  once every site said so, pause `missing_wait`, re-read the VLDB and ask them all again, at
+  most `max_missing_rounds` times: a volume is briefly offline or not yet attached while
+  `vos create`, `vos release` or a fileserver restart is under way (OpenAFS retries such a
+  site several times before it counts as offline);
 - the server did not answer (RX_CALL_DEAD): mark it down and try the next site;
   RX_CALL_TIMEOUT / VNOSERVICE: skip that server for this request only;
 - VICETOKENDEAD: drop the connection and retry once on a new one;
@@ -52,6 +56,8 @@ class RotationConfig:
     timeout: float = 120.0
     busy_wait: float = 5.0
     max_busy_waits: int = 12
+    missing_wait: float = 1.0
+    max_missing_rounds: int = 3
 
 
 class Rotator:
@@ -84,12 +90,23 @@ class Rotator:
         location = await self._locate(cell, volume)
         refreshed = False
         tried: set[FileServer] = set()
+        #: Sites that answered with a volume location error in this round.
+        missing: set[FileServer] = set()
+        missing_rounds = 0
         server_failed = False
         last_error = ""
         busy_waits = 0
         token_retried = False
         while True:
             server = await self._next_server(location.sites_for(volume), tried)
+            if server is None and missing and missing_rounds < self.config.max_missing_rounds:
+                missing_rounds += 1
+                log.info("%s: volume %d missing on every site; asking again", name, volume)
+                await trio.sleep(self.config.missing_wait)
+                tried -= missing
+                missing.clear()
+                location = await self._locate(cell, volume, fresh=True)
+                continue
             if server is None:
                 server_failed = server_failed or any(not s.up for s in tried)
                 break
@@ -112,6 +129,7 @@ class Rotator:
                 if is_volume_location_error(code):
                     log.info("%s: volume %d: %s", name, volume, last_error)
                     tried.add(server)
+                    missing.add(server)
                     self.stats.failovers += 1
                     if not refreshed:
                         refreshed = True

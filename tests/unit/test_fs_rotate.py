@@ -179,13 +179,31 @@ async def test_moved_volume_refreshes_location_and_moves_on() -> None:
 
 
 @pytest.mark.parametrize("code", [fsint.VNOVOL, fsint.VOFFLINE, fsint.VSALVAGE])
-async def test_volume_gone_everywhere_is_enodev(code: int) -> None:
-    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
-    op, calls = scripted({"10.0.0.1": [RxAbort(code)], "10.0.0.2": [RxAbort(code)]})
+async def test_volume_gone_everywhere_is_enodev_after_bounded_rounds(
+    code: int, autojump_clock
+) -> None:
+    r, looked_up = rotator([location("10.0.0.1", "10.0.0.2")], set(), max_missing_rounds=3)
+    op, calls = scripted({"10.0.0.1": [RxAbort(code)] * 4, "10.0.0.2": [RxAbort(code)] * 4})
+    started = trio.current_time()
     with pytest.raises(FsError) as caught:
         await r.call("c", RO, None, "FS.X", op)
     assert caught.value.errno == errno.ENODEV
-    assert calls == ["10.0.0.1", "10.0.0.2"]
+    assert calls == ["10.0.0.1", "10.0.0.2"] * 4
+    assert trio.current_time() - started == pytest.approx(3 * r.config.missing_wait)
+    assert len(looked_up) == 1 + 1 + 3  # the first look, one refresh, one per round
+
+
+@pytest.mark.parametrize("code", [fsint.VNOVOL, fsint.VOFFLINE])
+async def test_volume_missing_for_a_moment_is_waited_for(code: int, autojump_clock) -> None:
+    """Just after `vos create` or `vos release` (or a fileserver restart) the only site may
+    answer VNOVOL or VOFFLINE for a moment: that is a pause and a fresh VLDB entry, not ENODEV."""
+    r, _ = rotator([location("10.0.0.1")], set())
+    op, calls = scripted({"10.0.0.1": [RxAbort(code), RxAbort(code), "attached"]})
+    started = trio.current_time()
+    assert await r.call("c", RO, None, "FS.X", op) == "attached"
+    assert calls == ["10.0.0.1"] * 3
+    assert trio.current_time() - started == pytest.approx(2 * r.config.missing_wait)
+    assert r.stats.vldb_refreshes == 3
 
 
 async def test_ordinary_errors_are_final() -> None:
