@@ -51,7 +51,7 @@ from afsfuse.rx.interfaces.pt import PT
 from afsfuse.rx.security import RXNULL
 from afsfuse.vfs.operations import AfsOperations
 from afsfuse.vfs.paths import MountPaths
-from afsfuse.vl.dns import CellResolver
+from afsfuse.vl.dns import CellResolver, make_resolver
 
 log = logging.getLogger("afsfuse")
 
@@ -86,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument("--sysname", action="append", help="@sys name (repeatable)")
     mount.add_argument("--security", choices=("clear", "auth", "crypt"), help="rxkad level")
     mount.add_argument("--max-tasks", type=int, help="FUSE requests served at once")
+    mount.add_argument(
+        "--dns-server", action="append", metavar="ADDRESS[:PORT]",
+        help="nameserver for cell lookups (repeatable; default: the system's)",
+    )  # fmt: skip
+    mount.add_argument(
+        "--dead-time", type=float, metavar="SECONDS",
+        help="give up on a silent fileserver after this long and try another (default 12)",
+    )  # fmt: skip
+    mount.add_argument(
+        "--server-timeout", type=float, metavar="SECONDS",
+        help="an operation no fileserver answered fails with ETIMEDOUT after this long "
+        "(default 120)",
+    )  # fmt: skip
     mount.add_argument("--log-file", help="log here (background default: syslog-less stderr)")
     mount.add_argument("--foreground", "-f", action="store_const", const=True)
     mount.add_argument("--debug", action="store_const", const=True)
@@ -101,7 +114,8 @@ def _config(args: argparse.Namespace) -> MountConfig:
         key: getattr(args, key)
         for key in (
             "cellservdb", "thiscell", "cache_dir", "cache_size", "port", "sysname",
-            "security", "max_tasks", "log_file", "foreground", "debug",
+            "security", "max_tasks", "log_file", "foreground", "debug", "dns_server",
+            "dead_time", "server_timeout",
         )
     }  # fmt: skip
     return build_config(args.mountpoint, file_values, options)
@@ -187,10 +201,15 @@ def _mount_options(config: MountConfig) -> set[str]:
 
 async def _serve(config: MountConfig, ready_fd: int | None) -> None:
     cell_entries, this_cell, aliases = load_cells(config)
-    cells = CellDB(cell_entries, this_cell, aliases, CellResolver())
+    cells = CellDB(cell_entries, this_cell, aliases, CellResolver(make_resolver(config.dns_server)))
     tokens = TokenStore()
     stats = Stats()
-    manager_config = ManagerConfig(security=config.security)
+    manager_config = ManagerConfig(
+        security=config.security,
+        dead_time=config.dead_time,
+        probe_timeout=min(ManagerConfig.probe_timeout, config.dead_time),
+        rotation_timeout=config.server_timeout,
+    )
     with CacheStore(config.resolved_cache_dir(), config.cache_size) as store:
         async with open_endpoint(port=_callback_port(config.port)) as endpoint:
             manager = CacheManager(manager_config, endpoint, cells, store, tokens, stats)

@@ -8,10 +8,14 @@ The file takes the command line's long option names as keys (`cache-size` or
     cache-size = "4G"
     sysname = ["amd64_linux26", "amd64_linux"]
     security = "crypt"
+    dns-server = ["192.0.2.53:53"]   # cell lookups ask these, not the system resolver
+    dead-time = 12                   # a fileserver silent this long is given up
+    server-timeout = 120             # bound on one operation over every site: ETIMEDOUT
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -57,6 +61,13 @@ class MountConfig:
     max_tasks: int = 256
     log_file: Path | None = None
     debug: bool = False
+    #: Nameservers (address, port) asked for cells missing from CellServDB; None: the system's.
+    dns_server: list[tuple[str, int]] | None = None
+    #: Seconds of silence after which a fileserver or VL call is given up and the server
+    #: marked down, so rotation moves on to another site.
+    dead_time: float = 12.0
+    #: Bound on one fileserver operation over every site; past it, ETIMEDOUT.
+    server_timeout: float = 120.0
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -82,6 +93,14 @@ def _convert(key: str, value: Any) -> Any:
         if not 0 <= number < 65536 and key == "port":
             raise ValueError(f"port out of range: {number}")
         return number
+    if key == "dns_server":
+        texts = [value] if isinstance(value, str) else list(value)
+        return [_host_port(str(text)) for text in texts]
+    if key in ("dead_time", "server_timeout"):
+        seconds = float(value)
+        if not 0 < seconds < 86400:
+            raise ValueError(f"out of range: {seconds:g}")
+        return seconds
     if key == "sysname":
         names = [value] if isinstance(value, str) else list(value)
         return list(check_sysnames([os.fsencode(n) for n in names]))
@@ -94,6 +113,19 @@ def _convert(key: str, value: Any) -> Any:
             raise ValueError("must be true or false")
         return value
     return str(value)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """`ADDRESS[:PORT]` (port 53 when absent), the address an IPv4 literal."""
+    host, _, port_text = text.partition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        port = int(port_text) if port_text else 53
+    except ValueError:
+        raise ValueError(f"not ADDRESS[:PORT]: {text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {text!r}")
+    return host, port
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
