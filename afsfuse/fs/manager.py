@@ -1384,6 +1384,7 @@ class CacheManager:
             try:
                 self.stats.count_rpc("FS.GiveUpAllCallBacks")
                 await FS.GiveUpAllCallBacks(conn)
+                log.info("gave up callbacks at %s", server.addr)
                 return
             except RxAbort as e:
                 if e.code != RXGEN_OPCODE:
@@ -1400,3 +1401,4 @@ class CacheManager:
                 except RxAbort as e:
                     log.info("GiveUpCallBacks to %s: %s", server.addr, e)
                     return
+            log.info("gave up callbacks at %s, %d fids", server.addr, len(fids))
