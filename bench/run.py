@@ -261,7 +261,7 @@ def short_failure(error: str) -> str:
     program = exited.group(1) if exited else ""
     reason = next((text for text in _STRERRORS if text in error), None)
     if reason is None:
-        reason = error.split(": ", 1)[-1]
+        reason = error[exited.end() :] if exited else error.split(": ", 1)[-1]
         reason = reason if len(reason) <= 40 else reason[:37] + "..."
     return f"failed: {program}{': ' if program else ''}{reason}"
 

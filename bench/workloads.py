@@ -70,9 +70,11 @@ def run(argv: list[str], *, stdout: int | None = subprocess.DEVNULL) -> str:
     except subprocess.TimeoutExpired:
         raise WorkloadFailed(f"{argv[0]} timed out after {STEP_TIMEOUT:.0f} s") from None
     if done.returncode != 0:
-        # The last line: a program's final complaint, or the exception ending a traceback.
+        # The first complaint and the last line (a summary, or the exception that ended a
+        # traceback).
         err = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
-        raise WorkloadFailed(f"{os.path.basename(argv[0])} exit {done.returncode}: {err[-1]}")
+        said = err[0] if len(err) == 1 else f"{err[0]} ... {err[-1]}"
+        raise WorkloadFailed(f"{os.path.basename(argv[0])} exit {done.returncode}: {said}")
     return done.stdout.decode() if done.stdout is not None else ""
 
 

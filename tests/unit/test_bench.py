@@ -1,0 +1,84 @@
+"""The benchmark's bookkeeping: /proc readings, medians with failures, the printed table."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from clients import daemon_usage
+from run import Run, Series, render, short_failure
+
+
+def test_daemon_usage_reads_this_process() -> None:
+    sum(i * i for i in range(200_000))  # some CPU of our own
+    usage = daemon_usage(os.getpid())
+    times = os.times()
+    assert 0 < usage.cpu_seconds <= times.user + times.system + 0.02
+    assert usage.peak_rss_kib > 1024  # a Python process holds more than 1 MiB
+
+
+def test_one_failed_run_fails_the_series() -> None:
+    series = Series([Run(1.0), Run(3.0), Run(2.0)])
+    assert series.median() == 2.0 and series.failure is None
+    series.runs.append(Run(None, error="WorkloadFailed: ls exit 2: ls: x: Input/output error"))
+    assert series.median() is None
+    assert series.failure is not None and "Input/output error" in series.failure
+
+
+def test_short_failure_keeps_program_and_errno_text() -> None:
+    error = "WorkloadFailed: cp exit 1: cp: cannot create regular file '/m/x': Permission denied"
+    assert short_failure(error) == "failed: cp: Permission denied"
+    assert short_failure("WorkloadFailed: read 5 bytes of 7") == "failed: read 5 bytes of 7"
+
+
+def _entry(seconds: float | None, cpu: float | None = 0.5, failed: str | None = None) -> dict:
+    return {"median_seconds": seconds, "median_cpu_seconds": cpu, "failed": failed, "runs": []}
+
+
+def test_table_has_ratio_rate_failure_and_daemon_rows() -> None:
+    meta = {"afsd_fuse_version": "1.8.9", "afsfuse_commit": "abc", "mode": "quick",
+            "rounds": 1, "big_mb": 64}  # fmt: skip
+    result = {
+        "meta": meta,
+        "workloads": [
+            {
+                "key": "cold-read",
+                "title": "cold read",
+                "bytes": 100_000_000,
+                "clients": {
+                    "afsd.fuse": _entry(4.0),
+                    "afsfuse": _entry(2.0),
+                    "afsfuse crypt": _entry(2.5),
+                },
+            },
+            {
+                "key": "write",
+                "title": "write",
+                "bytes": None,
+                "clients": {
+                    "afsd.fuse": _entry(1.0),
+                    "afsfuse": _entry(
+                        None, None, "WorkloadFailed: cp exit 1: cp: x: Function not implemented"
+                    ),
+                    "afsfuse crypt": _entry(3.0),
+                },
+            },
+        ],
+        "daemons": {
+            "afsd.fuse": [{"cpu_seconds": 6.0, "peak_rss_kib": 25 * 1024}],
+            "afsfuse": [{"cpu_seconds": 14.0, "peak_rss_kib": 62 * 1024}],
+            "afsfuse crypt": [{"cpu_seconds": 15.0, "peak_rss_kib": None}],
+        },
+    }
+    lines = render(result).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    header, rows = cells[0], {row[0]: row for row in cells[2:]}
+    assert header[:5] == ["workload", "afsd.fuse", "afsfuse", "time ratio", "afsfuse crypt"]
+    assert rows["cold read"][1:5] == ["4.00 s (25 MB/s)", "2.00 s (50 MB/s)", "0.50",
+                                      "2.50 s (40 MB/s)"]  # fmt: skip
+    assert rows["write"][2:4] == ["failed: cp: Function not implemented", "failed"]
+    assert rows["daemon peak RSS"][1:5] == ["25.0 MiB", "62.0 MiB", "", "-"]
+    assert rows["daemon CPU per round"][1:3] == ["6.0 s", "14.0 s"]
