@@ -1,8 +1,11 @@
 """Inode numbers for what the kernel sees: AFS vnodes and the synthetic /afs tree.
 
-An inode stands for one node until the kernel forgets every lookup of it; numbers are never
-reused (a 64-bit counter), so no generation numbers are needed.  The same node key always
-maps to the same live inode, so hard links and repeated lookups agree.
+An inode stands for one node until the kernel forgets every lookup of it.  AFS vnodes (and
+mount points) get numbers derived from their fid, so a file keeps its number when the kernel
+forgets it and looks it up again (tar, find and rsync compare st_ino over time, and a fid is
+never reused); synthetic nodes, and the very rare fid whose number is taken, count from 2.
+The same node key always maps to the same live inode, so hard links and repeated lookups
+agree.
 
 The table also remembers which names the kernel was allowed to cache in a directory
 (entries handed out with a non-zero entry timeout), so that a callback break on that
@@ -11,6 +14,7 @@ directory can drop exactly those names from the kernel's dentry cache.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,6 +25,9 @@ from afsfuse.fs.mntpt import MountTarget, VolumeType
 from afsfuse.fs.vnode import AfsFid
 
 ROOT_INODE: int = pyfuse3.ROOT_INODE
+#: Fid-derived numbers lie in [2**32, 2**63), away from the counter's.
+_DERIVED_BASE = 1 << 32
+_DERIVED_MASK = (1 << 63) - 1
 
 
 @dataclass(eq=False)
@@ -131,14 +138,23 @@ class InodeTable:
         lookup until `referenced`."""
         node = self._by_key.get(key)
         if node is None:
-            node = make(self._next)
+            node = make(self._number_for(key))
             assert node.key == key, (node.key, key)
-            self._next += 1
             self._nodes[node.inode] = node
             self._by_key[key] = node
             if isinstance(node, MountNode):
                 self._mounts.add(node)
         return node  # type: ignore[return-value]
+
+    def _number_for(self, key: Hashable) -> int:
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], AfsFid):
+            digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+            number = int.from_bytes(digest, "little") & _DERIVED_MASK | _DERIVED_BASE
+            if number not in self._nodes:
+                return number
+        number = self._next
+        self._next += 1
+        return number
 
     def referenced(self, node: Node) -> None:
         """The kernel received an entry for `node` (lookup reply or readdirplus entry)."""

@@ -216,7 +216,9 @@ def test_inode_table_counts_lookups_and_forgets() -> None:
     table.forget(node.inode, 1)
     assert table.get(node.inode) is None
     again = table.intern(("fid", fid), lambda i: FileNode(i, fid=fid))
-    assert again.inode > node.inode  # numbers are never reused
+    assert again is not node and again.inode == node.inode  # a fid keeps its number
+    other = AfsFid(CELL, 1, 2, 4)
+    assert table.intern(("fid", other), lambda i: FileNode(i, fid=other)).inode != node.inode
     table.forget(ROOT_INODE, 5)
     assert table.get(ROOT_INODE) is table.root
 
