@@ -107,11 +107,14 @@ class Client:
     def mount(self, cache: Path) -> None:
         if _is_mounted(self.mountpoint):
             raise ClientError(f"{self.mountpoint} is already mounted")
+        argv = self.argv(cache)
+        if not os.access(argv[0], os.X_OK):
+            raise ClientError(f"not available: {argv[0]} is not installed")
         cache.mkdir(parents=True, exist_ok=True)
         self.cache = cache
         log = open(self.workdir / self.log_name, "ab")  # noqa: SIM115 - handed to the daemon
         self.process = subprocess.Popen(
-            self.argv(cache),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

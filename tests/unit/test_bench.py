@@ -32,6 +32,9 @@ def test_short_failure_keeps_program_and_errno_text() -> None:
     error = "WorkloadFailed: cp exit 1: cp: cannot create regular file '/m/x': Permission denied"
     assert short_failure(error) == "failed: cp: Permission denied"
     assert short_failure("WorkloadFailed: read 5 bytes of 7") == "failed: read 5 bytes of 7"
+    assert short_failure("not available: /usr/sbin/afsd.fuse is not installed") == (
+        "failed: not available"
+    )
 
 
 def _entry(seconds: float | None, cpu: float | None = 0.5, failed: str | None = None) -> dict:
