@@ -414,9 +414,11 @@ def test_stdlib_tar_extracts_and_diffs_clean(writer: Mount, volumes: Volumes) ->
             entries = len(tar.getmembers())
         where = fresh_dir(writer, volumes.work)
         d = volume_path(writer, volumes.work) / where
+        rpcs_before = writer.stats()["rpcs"]
         started = time.monotonic()
         ok(run(writer, "tar", "xf", str(archive), "-C", str(d), user="alice", timeout=900))
         extracted = time.monotonic() - started
+        rpcs = {k: n - rpcs_before.get(k, 0) for k, n in writer.stats()["rpcs"].items()}
         done = run(writer, "diff", "-r", "--no-dereference", "--exclude=__pycache__",
                    "--exclude=*-packages",
                    "/usr/lib/python3.11", str(d / "python3.11"), user="alice",
@@ -425,6 +427,7 @@ def test_stdlib_tar_extracts_and_diffs_clean(writer: Mount, volumes: Volumes) ->
     finally:
         shutil.rmtree(public)
     print(f"tar x of {entries} stdlib entries: {extracted:.1f} s; diff -r: {compared:.1f} s")
+    print("RPCs for tar x:", ", ".join(f"{k} {n}" for k, n in sorted(rpcs.items()) if n))
     assert done.returncode == 0, done.stdout[-2000:]
 
 
