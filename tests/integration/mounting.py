@@ -10,6 +10,7 @@ since pytest's tmp_path is closed to them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,9 +119,19 @@ def start_daemon(
 
 
 def stop_daemon(mountpoint: Path, pid: int) -> None:
-    """Unmount (or, failing that, kill and detach); safe to call on a stopped mount."""
+    """Unmount and wait for the daemon to exit; safe to call on a stopped mount.
+
+    `/` is a private mount here, so every process a cell starts in a namespace of its own
+    (`ip netns exec ... unshare --mount`) while a mount exists keeps a copy of it, and the
+    daemon goes on serving that copy after `fusermount3 -u`.  SIGTERM then stops it cleanly
+    (as an administrator would); failing that, it is killed and the mount detached.
+    """
     if os.path.ismount(mountpoint):
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False, timeout=30)
+    if process_gone(pid, 3):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     if not process_gone(pid, 30):
         os.kill(pid, signal.SIGKILL)
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
