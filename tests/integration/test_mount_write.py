@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import select
 import shutil
 import subprocess
 import tarfile
@@ -328,6 +329,7 @@ def test_fileserver_stopped_at_close(
 ) -> None:
     where = fresh_dir(writer, volumes.work)
     path = volume_path(writer, volumes.work) / where / "patient"
+    cached = path.with_name("cached")
     script = r"""
         import hashlib, os, sys, time
         data = os.urandom(64 << 20)
@@ -360,10 +362,17 @@ def test_fileserver_stopped_at_close(
     assert child.stdin is not None and child.stdout is not None
     try:
         assert child.stdout.readline() == b"written\n"
+        ok(feed(writer, cached, b"cached\n"))
+        assert ok(run(writer, "cat", str(cached), user="alice")).stdout == b"cached\n"
         cell.stop_fileserver(0)
         try:
             child.stdin.write(b"close\n")
             child.stdin.flush()
+            # The store waits for the server; a file whose callback holds is served meanwhile.
+            started = time.monotonic()
+            assert ok(run(writer, "cat", str(cached), user="alice")).stdout == b"cached\n"
+            assert time.monotonic() - started < 2
+            assert not select.select([child.stdout], [], [], 0)[0]  # close still storing
             result = child.stdout.readline().split()
             assert result[0] == b"failed", result
             assert int(result[1]) in (5, 110), result  # EIO or ETIMEDOUT

@@ -17,10 +17,12 @@ import trio
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.mntpt import VolumeType
 from afsfuse.fs.vnode import AfsFid, Status
+from afsfuse.keyring.store import Identity
 from afsfuse.rx.interfaces.fs import FILE_DIRECTORY, FILE_FILE, FILE_SYMLINK
 from afsfuse.vfs.inodes import ROOT_INODE, FileNode, InodeTable, MountNode
 from afsfuse.vfs.mounts import afs_mount, cell_mount, volume_mount
 from afsfuse.vfs.operations import AfsOperations, Invalidator
+from afsfuse.vfs.paths import MountPaths
 
 CELL = "example.test"
 RL = 9  # read + lookup
@@ -395,3 +397,23 @@ async def test_nothing_can_be_made_in_the_dynamic_root(ops) -> None:
         with pytest.raises(pyfuse3.FUSEError) as e:
             await call
         assert e.value.errno == errno.EACCES
+
+
+async def test_control_paths_are_walked_like_lookups(ops) -> None:
+    paths = MountPaths(ops, "/nonexistent-afs")
+    root = AfsFid(CELL, 11, 1, 1)
+    assert await paths.fid(f"/nonexistent-afs/{CELL}/pub", Identity(0)) == AfsFid(CELL, 11, 2, 2)
+    assert await paths.fid(f"/nonexistent-afs/{CELL}", Identity(0)) == root  # the volume root
+    assert await paths.parent(f"/nonexistent-afs/{CELL}/new", Identity(0)) == (root, b"new")
+    assert await paths.fid(f"/nonexistent-afs/{CELL}/mnt", Identity(0)) == AfsFid(CELL, 20, 1, 1)
+    for path, err in (
+        ("/elsewhere/x", errno.EXDEV),
+        ("relative", errno.EINVAL),
+        ("/nonexistent-afs", errno.EINVAL),  # the dynamic root is no AFS vnode
+        (f"/nonexistent-afs/{CELL}/private/secret", errno.EACCES),
+        (f"/nonexistent-afs/{CELL}/nothing/x", errno.ENOENT),
+    ):
+        with pytest.raises((FsError, pyfuse3.FUSEError)) as e:
+            await paths.fid(path, Identity(1002))
+        assert e.value.errno == err, path
+    assert len(ops.inodes) == 1  # nothing was handed to the kernel, so nothing was kept
