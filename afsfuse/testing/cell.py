@@ -93,10 +93,17 @@ class Server:
             f"mount --bind {shlex.quote(str(self.path(k)))} {target}"
             for k, target in BOUND_PATHS.items()
         )
+        # The new mount namespace starts as a copy of the host's.  A FUSE mount in that copy
+        # (an afsfuse or afsd.fuse mount made before the cell started) would keep its daemon
+        # serving after the host unmounts it, so the copy lets go of every FUSE mount first.
+        drop_fuse = (
+            "awk '$3 ~ /^fuse/ {print $2}' /proc/self/mounts"
+            ' | while read -r m; do umount -l "$(printf "$m")"; done'
+        )
         return [
             "ip", "netns", "exec", self.netns,
             "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", f'{binds} && exec "$@"', "afscell-exec", *argv,
+            "sh", "-c", f'{drop_fuse}; {binds} && exec "$@"', "afscell-exec", *argv,
         ]  # fmt: skip
 
 
