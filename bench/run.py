@@ -209,8 +209,7 @@ def main() -> int:
 
 def _round(number, order, plan, table, rounds, layout, scratch, members) -> None:
     """Each client in turn, alone on the host: mounted on an empty cache, every workload,
-    unmounted.  (Two afsfuse mounts side by side disturb each other's page cache; that is
-    worth its own test, not a hidden term in every figure.)"""
+    unmounted, so no client's background work or callback traffic weighs on another's."""
     print(f"bench: round {number + 1}: {', '.join(c.name for c in order)}", flush=True)
     for client in order:
         client.new_round()
