@@ -188,12 +188,14 @@ class Client:
         self.unmount()
         self.mount(cache)
 
-    def log_tail(self, lines: int = 5) -> str:
+    def log_tail(self) -> str:
+        """The daemon's last word: its final error, or the exception ending a traceback."""
         try:
             text = (self.workdir / self.log_name).read_text(errors="replace")
         except FileNotFoundError:
             return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:])
+        lines = text.strip().splitlines()
+        return lines[-1].strip() if lines else "(empty log)"
 
 
 class AfsdFuse(Client):
