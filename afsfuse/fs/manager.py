@@ -32,6 +32,7 @@ from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl import Acl
 from afsfuse.fs.callback import Break, CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
+from afsfuse.fs.chunkmem import ChunkKey, ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.fs.errors import FsError, fs_error
 from afsfuse.fs.mntpt import link_mode
@@ -94,8 +95,15 @@ class ManagerConfig:
     max_busy_waits: int = 12
     #: How long a VLDB entry is used before it is looked up again.
     volume_ttl: float = 600.0
-    #: Chunks fetched ahead of a sequential reader, in parallel.
-    readahead_chunks: int = 4
+    #: Chunks kept fetched (or loaded from the disk cache) ahead of a sequential reader.
+    readahead_chunks: int = 16
+    #: Most chunks one read-ahead FetchData64 carries; the window is refilled this many
+    #: chunks at a time, so up to readahead_chunks / readahead_call_chunks calls run at once.
+    readahead_call_chunks: int = 4
+    #: Bytes of recently used chunks kept in memory (fs/chunkmem.py).
+    chunk_memory: int = 64 << 20
+    #: Chunks fetched but not yet written to the disk cache, at most (write-behind).
+    write_behind_chunks: int = 32
     #: Directories kept parsed in memory.
     directory_memory: int = 1024
     #: Seconds taken off every callback promise, for clock skew and request time.
@@ -195,7 +203,10 @@ class CacheManager:
         self._dirs: OrderedDict[AfsFid, tuple[int, bytes, dict[bytes, afsdir.DirEntry]]] = (
             OrderedDict()
         )
-        self._inflight: dict[tuple[AfsFid, int, int], trio.Event] = {}
+        #: Chunks being fetched or loaded: readers of the same chunk wait for the event.
+        self._inflight: dict[ChunkKey, trio.Event] = {}
+        self._memory = ChunkMemory(config.chunk_memory)
+        self._write_behind = trio.Semaphore(max(1, config.write_behind_chunks))
         self._sequential: dict[AfsFid, int] = {}
         self._nursery: trio.Nursery | None = None
         #: Per-file locks that put writers, truncations and stores of one file in a row.
@@ -210,8 +221,9 @@ class CacheManager:
     # -- life cycle ------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Background work (probing down servers, read-ahead) until cancelled; start it
-        with `await nursery.start(manager.run)`."""
+        """Background work (probing down servers, read-ahead, write-behind) until
+        cancelled; start it with `await nursery.start(manager.run)`.  Chunks waiting to be
+        written to the disk cache are written before it returns."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
@@ -584,12 +596,16 @@ class CacheManager:
         first, last = offset // chunk, (offset + size - 1) // chunk
         version = status.data_version
         self._read_ahead(fid, vnode, token, offset, last, version)
-        pieces = []
-        for index in range(first, last + 1):
-            pieces.append(await self._chunk(fid, vnode, token, version, index, trusted))
-        data = b"".join(pieces)
         start = offset - first * chunk
-        out = data[start : start + size]
+        if first == last:
+            data = await self._chunk(fid, vnode, token, version, first, trusted)
+            out = data[start : start + size] if start or size < len(data) else data
+        else:
+            pieces = [
+                await self._chunk(fid, vnode, token, version, index, trusted)
+                for index in range(first, last + 1)
+            ]
+            out = b"".join(pieces)[start : start + size]
         self.stats.bytes_served += len(out)
         return out
 
@@ -604,10 +620,14 @@ class CacheManager:
     ) -> bytes:
         key = (fid, version, index)
         if trusted:
-            waiting = self._inflight.get(key)
-            if waiting is not None:
+            data = self._memory.get(key)
+            if data is None and (waiting := self._inflight.get(key)) is not None:
                 await waiting.wait()
-            data = await self.cache.get_chunk(fid, version, index)
+                data = self._memory.get(key)
+            if data is None:
+                data = await self.cache.get_chunk(fid, version, index)
+                if data is not None:
+                    self._memory.put(key, data)
             if data is not None:
                 self.stats.data_hits += 1
                 return data
@@ -621,77 +641,159 @@ class CacheManager:
         done = trio.Event()
         self._inflight.setdefault(key, done)
         try:
-            chunk = self.store.chunk_size
-            breaks = vnode.breaks
-
-            async def op(conn: Connection, server: FileServer) -> Any:
-                sent = trio.current_time()
-                data, reply = await FS.FetchData64(conn, _afs_fid(fid), index * chunk, chunk)
-                return server, sent, data, reply
-
-            server, sent, data, reply = await self.rotator.call(
-                fid.cell, fid.volume, token, "FS.FetchData64", op
-            )
-            self.stats.bytes_fetched += len(data)
-            status = await self._absorb(
-                vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
-            )
-            await self.cache.put_chunk(fid, status.data_version, index, data)
-            if status.data_version != version:
-                raise _DataVersionChanged
-            return data
+            chunks = await self._fetch_run(fid, vnode, token, version, index, 1)
+            return chunks[0]
         finally:
-            if self._inflight.get(key) is done:
-                del self._inflight[key]
-            done.set()
+            self._settle(key, done)
+
+    def _settle(self, key: ChunkKey, event: trio.Event) -> None:
+        if self._inflight.get(key) is event:
+            del self._inflight[key]
+        event.set()
+
+    async def _fetch_run(
+        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, first: int, count: int
+    ) -> list[bytes]:
+        """Chunks first..first+count-1 in one FetchData64, kept in memory and written to the
+        disk cache behind the reader; _DataVersionChanged if the file is no longer at
+        `version` (the chunks are kept under the version they are)."""
+        chunk = self.store.chunk_size
+        breaks = vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            pieces = []
+            async with FS.FetchData64.stream(
+                conn, _afs_fid(fid), first * chunk, count * chunk
+            ) as stream:
+                while stream.remaining:
+                    pieces.append(await stream.read(chunk))
+            return server, sent, pieces, stream.result
+
+        server, sent, pieces, reply = await self.rotator.call(
+            fid.cell, fid.volume, token, "FS.FetchData64", op
+        )
+        self.stats.bytes_fetched += sum(map(len, pieces))
+        status = await self._absorb(
+            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
+        )
+        if not pieces:
+            pieces.append(b"")  # at or past the end: an empty chunk
+        for offset, data in enumerate(pieces):
+            await self._keep_chunk(fid, status.data_version, first + offset, data)
+        if status.data_version != version:
+            raise _DataVersionChanged
+        return pieces
+
+    async def _keep_chunk(self, fid: AfsFid, version: int, index: int, data: bytes) -> None:
+        """Into memory now, into the disk cache in the background (a bounded number of
+        chunks wait for their turn: past that, fetching waits for the disk)."""
+        self._memory.put((fid, version, index), data)
+        await self._write_behind.acquire()
+        if self._nursery is None:
+            await self._write_chunk(fid, version, index, data)
+        else:
+            self._nursery.start_soon(self._write_chunk, fid, version, index, data)
+
+    async def _write_chunk(self, fid: AfsFid, version: int, index: int, data: bytes) -> None:
+        try:
+            with trio.CancelScope(shield=True):  # a shutdown still writes what it fetched
+                await self.cache.put_chunk(fid, version, index, data)
+        except Exception:
+            log.exception("writing chunk %d of %s to the disk cache failed", index, tuple(fid))
+        finally:
+            self._write_behind.release()
 
     def _read_ahead(
         self, fid: AfsFid, vnode: Vnode, token: Token | None, offset: int, last: int, version: int
     ) -> None:
-        """A reader that continues where it stopped gets the next chunks fetched in the
-        background, a few at a time."""
+        """A reader that continues where it stopped gets the chunks after `last` fetched
+        (or loaded from the disk cache) in the background.  The window is refilled a
+        call's worth of chunks at a time, so each read-ahead call carries several."""
         chunk = self.store.chunk_size
         expected = self._sequential.get(fid)
         self._sequential[fid] = (last + 1) * chunk
-        if self._nursery is None or not self.config.readahead_chunks:
+        window = self.config.readahead_chunks
+        if self._nursery is None or not window:
             return
         continues = expected is not None and expected - chunk <= offset <= expected
         if offset != 0 and not continues:
             return
         assert vnode.status is not None
-        end = (vnode.status.size + chunk - 1) // chunk
+        end = min(last + 1 + window, (vnode.status.size + chunk - 1) // chunk)
         wanted = [
             i
-            for i in range(last + 1, min(last + 1 + self.config.readahead_chunks, end))
-            if (fid, version, i) not in self._inflight
+            for i in range(last + 1, end)
+            if (fid, version, i) not in self._inflight and (fid, version, i) not in self._memory
         ]
-        if wanted:
-            self._nursery.start_soon(self._prefetch, fid, vnode, token, version, wanted)
+        batch = max(1, self.config.readahead_call_chunks)
+        if not wanted or (len(wanted) < batch and wanted[-1] != end - 1):
+            return
+        claimed = {i: trio.Event() for i in wanted}
+        for i, event in claimed.items():
+            self._inflight[(fid, version, i)] = event
+        self._nursery.start_soon(self._prefetch, fid, vnode, token, version, claimed)
 
     async def _prefetch(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, indexes: list[int]
+        self,
+        fid: AfsFid,
+        vnode: Vnode,
+        token: Token | None,
+        version: int,
+        claimed: dict[int, trio.Event],
     ) -> None:
-        record = await self.cache.get_record(fid)
-        cached = record.chunks if record is not None and record.data_version == version else ()
-        async with trio.open_nursery() as nursery:
-            for index in indexes:
-                if index not in cached and (fid, version, index) not in self._inflight:
-                    self._inflight[(fid, version, index)] = trio.Event()
-                    nursery.start_soon(self._prefetch_one, fid, vnode, token, version, index)
-
-    async def _prefetch_one(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, index: int
-    ) -> None:
-        key = (fid, version, index)
-        placeholder = self._inflight.pop(key)
+        """Chunks the disk cache holds are loaded into memory; runs of the others are
+        fetched, several chunks per call.  Every claimed chunk is settled at the end."""
         try:
-            await self._fetch_chunk(fid, vnode, token, version, index)
-        except (FsError, RxAbort, _DataVersionChanged) as e:
-            log.debug("read-ahead of %s chunk %d: %s", tuple(fid), index, e)
+            record = await self.cache.get_record(fid)
+            cached = record.chunks if record is not None and record.data_version == version else ()
+            missing = [i for i in claimed if i not in cached]
+            runs: list[list[int]] = []
+            for i in missing:
+                if (
+                    runs
+                    and runs[-1][-1] == i - 1
+                    and len(runs[-1]) < self.config.readahead_call_chunks
+                ):
+                    runs[-1].append(i)
+                else:
+                    runs.append([i])
+            async with trio.open_nursery() as nursery:
+                for i in claimed:
+                    if i in cached:
+                        nursery.start_soon(self._load_ahead, fid, version, i, claimed[i])
+                for run in runs:
+                    nursery.start_soon(self._fetch_ahead, fid, vnode, token, version, run, claimed)
         except Exception:
-            log.exception("read-ahead of %s chunk %d failed", tuple(fid), index)
+            log.exception("read-ahead of %s failed", tuple(fid))
         finally:
-            placeholder.set()
+            for i, event in claimed.items():
+                self._settle((fid, version, i), event)
+
+    async def _load_ahead(self, fid: AfsFid, version: int, index: int, event: trio.Event) -> None:
+        try:
+            data = await self.cache.get_chunk(fid, version, index)
+            if data is not None:
+                self._memory.put((fid, version, index), data)
+        finally:
+            self._settle((fid, version, index), event)
+
+    async def _fetch_ahead(
+        self,
+        fid: AfsFid,
+        vnode: Vnode,
+        token: Token | None,
+        version: int,
+        run: list[int],
+        claimed: dict[int, trio.Event],
+    ) -> None:
+        try:
+            await self._fetch_run(fid, vnode, token, version, run[0], len(run))
+        except (FsError, RxAbort, _DataVersionChanged) as e:
+            log.debug("read-ahead of %s chunks %d-%d: %s", tuple(fid), run[0], run[-1], e)
+        finally:
+            for i in run:
+                self._settle((fid, version, i), claimed[i])
 
     @_boundary
     async def readlink(self, fid: AfsFid, who: Identity) -> bytes:
@@ -1343,6 +1445,7 @@ class CacheManager:
             vnode.invalidate()
             vnode.status = None
         self._dirs.pop(fid, None)
+        self._memory.drop(lambda f: f == fid)
         await self.cache.drop_fid(fid)
         self._notify(fid)
 
@@ -1355,6 +1458,7 @@ class CacheManager:
                 vnode.invalidate()
             self.vnodes.clear()
             self._dirs.clear()
+            self._memory.clear()
             self.volumes.forget(cell)
             await self.cache.clear()
             self._notify(None)
@@ -1365,6 +1469,7 @@ class CacheManager:
                 self.vnodes.drop(vnode.fid)
                 self._dirs.pop(vnode.fid, None)
                 self._notify(vnode.fid)
+        self._memory.drop(lambda f: f.volume == volume and (cell is None or f.cell == cell))
         for name in [cell] if cell else self.known_cells():
             await self.cache.drop_volume(name, volume)
 
