@@ -94,8 +94,9 @@ def _ccache_token(cell_name: str, krb5_config: str, ccache: Path, user: str):
     return token_from_ccache(cell_name, f"FILE:{ccache}")
 
 
-def _scratch_files(scratch: Path, big_mb: int) -> int:
-    """The write source and a tarball of Python's standard library; its member count."""
+def _scratch_files(scratch: Path, big_mb: int, quick: bool) -> int:
+    """The write source and a tarball of Python's standard library (quick: without its
+    __pycache__ directories, half the entries); the tarball's member count."""
     with open(scratch / "write-source.bin", "wb") as out:
         for _ in range(big_mb):
             out.write(os.urandom(1 << 20))
@@ -106,9 +107,10 @@ def _scratch_files(scratch: Path, big_mb: int) -> int:
         ).stdout.strip()
     )  # fmt: skip
     tarball = scratch / "stdlib.tar"
+    excluded = ["site-packages", "dist-packages", *(["__pycache__"] if quick else [])]
     subprocess.run(
         ["tar", "cf", os.fspath(tarball), "-C", os.fspath(stdlib.parent),
-         "--exclude=site-packages", "--exclude=dist-packages", stdlib.name],
+         *(f"--exclude={name}" for name in excluded), stdlib.name],
         check=True,
     )  # fmt: skip
     listing = subprocess.run(["tar", "tf", os.fspath(tarball)], capture_output=True, check=True)
@@ -173,7 +175,7 @@ def main() -> int:
         admin = _ccache_token(cell.name, env["KRB5_CONFIG"], scratch / "cc_admin", "admin")
         layout = populate(cell.name, cell.db_server.addr, admin, args.big_mb, listing_sizes, 1000)
         cell.exec("vos", "release", "root.cell", "-localauth", timeout=180)
-        members = _scratch_files(scratch, args.big_mb)
+        members = _scratch_files(scratch, args.big_mb, args.quick)
         clients = [cls(info, scratch / cls.name.replace(" ", "-")) for cls in chosen]
         plan = workloads(listing_sizes)
         table = {w.key: {c.name: Series() for c in clients} for w in plan}
