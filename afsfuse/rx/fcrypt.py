@@ -1,9 +1,13 @@
-"""fcrypt, the 56-bit block cipher of rxkad, and the PCBC mode rxkad runs it in.
+"""fcrypt, the 56-bit block cipher of rxkad, PCBC mode, and rxkad's per-packet sealing.
 
 Two implementations share one interface: a pure-Python reference (always present, about
-1 MB/s) and the compiled ``afsfuse.rx._fcrypt`` accelerator (over 100 MB/s, built by
+1 MB/s) and the compiled ``afsfuse.rx._fcrypt`` accelerator (hundreds of MB/s, built by
 setup.py when a C compiler is available), which crypt-level bulk transfers need.  The
 accelerator is used when it was built; ``AFSFUSE_FCRYPT=python`` forces the reference.
+
+Sealing a DATA packet (header checksum, seal word, encryption) lives here rather than in
+rxkad.py because it is the part worth compiling: the accelerator does a whole packet in
+one call, and the reference below is its specification.
 
 The S-box contents are the cipher's published constants; everything else is derived here.
 """
@@ -14,6 +18,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable
+from enum import IntEnum
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -170,19 +175,129 @@ def _python_pcbc_decrypt(schedule: bytes, iv: bytes, data: bytes) -> bytes:
     return struct.pack(f">{len(out)}I", *out)
 
 
-class Backend(NamedTuple):
-    """One implementation of PCBC over a packed (big-endian, 64-byte) key schedule.
+#: Bytes of a packet context: the packed schedule, the IV (the session key), then preSeq.
+PACKET_CONTEXT_SIZE = 64 + 2 * BLOCK_SIZE
+#: Most user bytes one sealed packet carries (the seal word's length field is 16 bits).
+MAX_SEALED_DATA = 0xFFFF
+# rxkad levels (rxkad.Level), which this module cannot import.
+_CLEAR, _AUTH, _CRYPT = 0, 1, 2
+_ZERO_IV = bytes(BLOCK_SIZE)
 
-    ECB on a single block is PCBC with a zero IV, so these two functions are all a backend
-    provides.
+
+class PacketFault(IntEnum):
+    """Why a received DATA packet was refused (the accelerator returns the same numbers)."""
+
+    CHECKSUM = 1  # header checksum wrong
+    SHORT = 2  # payload shorter than one block
+    NOT_BLOCKS = 3  # crypt payload not a whole number of blocks
+    SEAL = 4  # seal word does not match this call and sequence number
+    LENGTH = 5  # seal word claims more user data than the packet holds
+
+
+def packet_context(key: bytes, pre_seq: bytes) -> bytes:
+    """What seal_packet and unseal_packet need to know about a connection's keys."""
+    if len(pre_seq) != BLOCK_SIZE:
+        raise ValueError("preSeq is 8 bytes")
+    return struct.pack(">16I", *key_schedule(key)) + key + pre_seq
+
+
+def _split_context(context: bytes, level: int) -> tuple[bytes, bytes, int, int]:
+    if len(context) != PACKET_CONTEXT_SIZE:
+        raise ValueError(f"an rxkad packet context is {PACKET_CONTEXT_SIZE} bytes")
+    if level not in (_CLEAR, _AUTH, _CRYPT):
+        raise ValueError("rxkad levels are 0 (clear), 1 (auth), 2 (crypt)")
+    pre0, pre1 = struct.unpack_from(">II", context, 72)
+    return context[:64], context[64:72], pre0, pre1
+
+
+def _header_checksum(
+    schedule: bytes, pre0: int, pre1: int, call: int, channel: int, seq: int
+) -> int:
+    w0 = (call & _MASK32) ^ pre0
+    w1 = (((channel & 3) << 30) | (seq & 0x3FFFFFFF)) ^ pre1
+    block = _python_pcbc_encrypt(schedule, _ZERO_IV, struct.pack(">II", w0, w1))
+    return ((block[4] << 8) | block[5]) or 1
+
+
+def _python_seal_packet(
+    context: bytes, level: int, call_number: int, channel: int, seq: int, data: bytes
+) -> tuple[int, bytes]:
+    schedule, iv, pre0, pre1 = _split_context(context, level)
+    cksum = _header_checksum(schedule, pre0, pre1, call_number, channel, seq)
+    if level == _CLEAR:
+        return cksum, bytes(data)
+    if len(data) > MAX_SEALED_DATA:
+        raise ValueError("rxkad seals at most 65535 user bytes per packet")
+    seal_word = struct.pack(">I", (((seq ^ call_number) & 0xFFFF) << 16) | len(data))
+    if level == _AUTH:
+        body = seal_word + data
+        if len(body) < BLOCK_SIZE:
+            body += bytes(BLOCK_SIZE - len(body))
+        return cksum, _python_pcbc_encrypt(schedule, _ZERO_IV, body[:BLOCK_SIZE]) + body[
+            BLOCK_SIZE:
+        ]
+    return cksum, _python_pcbc_encrypt(schedule, iv, seal_word + bytes(4) + data)
+
+
+def _python_unseal_packet(
+    context: bytes,
+    level: int,
+    call_number: int,
+    channel: int,
+    seq: int,
+    cksum: int,
+    check: bool,
+    payload: bytes,
+) -> bytes | int:
+    schedule, iv, pre0, pre1 = _split_context(context, level)
+    if check and cksum != _header_checksum(schedule, pre0, pre1, call_number, channel, seq):
+        return PacketFault.CHECKSUM
+    if level == _CLEAR:
+        return bytes(payload)
+    if len(payload) < BLOCK_SIZE:
+        return PacketFault.SHORT
+    if level == _AUTH:
+        header = 4
+        body = _python_pcbc_decrypt(schedule, _ZERO_IV, payload[:BLOCK_SIZE]) + payload[BLOCK_SIZE:]
+    else:
+        if len(payload) % BLOCK_SIZE:
+            return PacketFault.NOT_BLOCKS
+        header = BLOCK_SIZE
+        body = _python_pcbc_decrypt(schedule, iv, payload)
+    (seal_word,) = struct.unpack_from(">I", body)
+    if seal_word >> 16 != (seq ^ call_number) & 0xFFFF:
+        return PacketFault.SEAL
+    length = seal_word & 0xFFFF
+    # Stricter than OpenAFS (which compares with the length including this header).
+    if length > len(body) - header:
+        return PacketFault.LENGTH
+    return body[header : header + length]
+
+
+class Backend(NamedTuple):
+    """One implementation of PCBC over a packed (big-endian, 64-byte) key schedule, and of
+    rxkad DATA packet sealing over a packet context.
+
+    ECB on a single block is PCBC with a zero IV.  seal_packet(context, level, call_number,
+    channel, seq, data) returns (header checksum, wire payload); unseal_packet(context,
+    level, call_number, channel, seq, cksum, check, payload) returns the user data, or the
+    PacketFault that refuses the packet (the checksum is compared only when check is true).
     """
 
     name: str
     pcbc_encrypt: Callable[[bytes, bytes, bytes], bytes]
     pcbc_decrypt: Callable[[bytes, bytes, bytes], bytes]
+    seal_packet: Callable[[bytes, int, int, int, int, bytes], tuple[int, bytes]]
+    unseal_packet: Callable[[bytes, int, int, int, int, int, bool, bytes], bytes | int]
 
 
-REFERENCE = Backend("python", _python_pcbc_encrypt, _python_pcbc_decrypt)
+REFERENCE = Backend(
+    "python",
+    _python_pcbc_encrypt,
+    _python_pcbc_decrypt,
+    _python_seal_packet,
+    _python_unseal_packet,
+)
 
 
 def _load_accelerator() -> Backend | None:
@@ -191,7 +306,9 @@ def _load_accelerator() -> Backend | None:
     except ImportError:
         return None
     _fcrypt.init(*(struct.pack(">256I", *table) for table in round_tables()))
-    return Backend("c", _fcrypt.pcbc_encrypt, _fcrypt.pcbc_decrypt)
+    return Backend(
+        "c", _fcrypt.pcbc_encrypt, _fcrypt.pcbc_decrypt, _fcrypt.seal_packet, _fcrypt.unseal_packet
+    )
 
 
 #: The compiled implementation, or None when it was not built.
@@ -211,9 +328,6 @@ def default_backend() -> Backend:
         _warned_slow = True
         log.warning("fcrypt accelerator not built; crypt-level transfers will be slow")
     return REFERENCE
-
-
-_ZERO_IV = bytes(BLOCK_SIZE)
 
 
 class Fcrypt:

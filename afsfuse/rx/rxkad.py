@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from afsfuse.rx.errors import RxSecurityError, register_error_names
-from afsfuse.rx.fcrypt import BLOCK_SIZE, Fcrypt
+from afsfuse.rx.fcrypt import BLOCK_SIZE, Fcrypt, PacketFault, default_backend, packet_context
 from afsfuse.rx.security import (
     ClientConnectionSecurity,
     ClientSecurity,
@@ -93,6 +93,16 @@ _CKSUM_OFFSET = 16
 _MASK32 = 0xFFFFFFFF
 
 
+#: What each refusal of a received DATA packet is reported as.
+_PACKET_FAULTS = {
+    PacketFault.CHECKSUM: (RXKADSEALEDINCON, "rxkad: bad packet header checksum"),
+    PacketFault.SHORT: (RXKADPACKETSHORT, "rxkad: payload shorter than one block"),
+    PacketFault.NOT_BLOCKS: (RXKADDATALEN, "rxkad: crypt payload not whole blocks"),
+    PacketFault.SEAL: (RXKADSEALEDINCON, "rxkad: seal word names another packet"),
+    PacketFault.LENGTH: (RXKADDATALEN, "rxkad: seal word claims more data than sent"),
+}
+
+
 def response_checksum(body: bytes) -> int:
     """The checksum over the 56 cleartext RESPONSE bytes (its own field zeroed)."""
     h = 1000003
@@ -117,72 +127,57 @@ class _RxkadConnection:
         self.level = Level.CLEAR
         self._cipher: Fcrypt | None = None
         self._session_key = b""
-        self._pre_seq = (0, 0)
+        # Keys and preSeq as the per-packet functions take them; empty until keyed.
+        self._context = b""
+        self._backend = default_backend()
+        self._seal_packet = self._backend.seal_packet
+        self._unseal_packet = self._backend.unseal_packet
         # Like OpenAFS, only check checksums once the peer has shown it sends them.
         self._cksum_seen = False
 
     def _set_key(self, session_key: bytes, level: Level) -> None:
-        self._cipher = Fcrypt(session_key)
+        cipher = Fcrypt(session_key, self._backend)
+        endpoint = struct.pack(">IIII", self.epoch, self.cid & ~3 & _MASK32, 0, self.index)
+        pre_seq = cipher.pcbc_encrypt(endpoint, session_key)[BLOCK_SIZE:]
+        self._cipher = cipher
         self._session_key = session_key
+        self._context = packet_context(session_key, pre_seq)
         self.level = level
         self.header_size = _HEADER_SIZE[level]
         self.max_trailer = _MAX_TRAILER[level]
-        endpoint = struct.pack(">IIII", self.epoch, self.cid & ~3 & _MASK32, 0, self.index)
-        self._pre_seq = struct.unpack(">II", self._cipher.pcbc_encrypt(endpoint, session_key)[8:])
 
     def _keyed_cipher(self) -> Fcrypt:
-        """The connection's cipher; raises if the connection may not carry data yet."""
+        """The connection's cipher; raises if it has no key yet."""
         if self._cipher is None:
             raise RxSecurityError(RXKADNOAUTH)
         return self._cipher
 
+    def _usable_context(self) -> bytes:
+        """The packet context; raises if the connection may not carry data yet."""
+        if not self._context:
+            raise RxSecurityError(RXKADNOAUTH)
+        return self._context
+
     def packet_checksum(self, call_number: int, channel: int, seq: int) -> int:
         """The 16-bit header checksum of a DATA packet (never 0)."""
-        cipher = self._keyed_cipher()
-        w0 = (call_number & _MASK32) ^ self._pre_seq[0]
-        w1 = (((channel & 3) << 30) | (seq & 0x3FFFFFFF)) ^ self._pre_seq[1]
-        block = cipher.encrypt_block(struct.pack(">II", w0, w1))
-        return ((block[4] << 8) | block[5]) or 1
+        # Sealing at level clear computes exactly the checksum and leaves the data alone.
+        context = self._usable_context()
+        return self._seal_packet(context, Level.CLEAR, call_number, channel, seq, b"")[0]
 
     def seal(self, call_number: int, channel: int, seq: int, data: bytes) -> tuple[int, bytes]:
-        cipher = self._keyed_cipher()
-        cksum = self.packet_checksum(call_number, channel, seq)
-        if self.level == Level.CLEAR:
-            return cksum, data
-        if len(data) > 0xFFFF:
-            raise ValueError("rxkad seals at most 65535 user bytes per packet")
-        seal_word = struct.pack(">I", (((seq ^ call_number) & 0xFFFF) << 16) | len(data))
-        if self.level == Level.AUTH:
-            body = seal_word + data
-            if len(body) < BLOCK_SIZE:
-                body += bytes(BLOCK_SIZE - len(body))
-            return cksum, cipher.encrypt_block(body[:BLOCK_SIZE]) + body[BLOCK_SIZE:]
-        return cksum, cipher.pcbc_encrypt(seal_word + bytes(4) + data, self._session_key)
+        context = self._usable_context()
+        return self._seal_packet(context, self.level, call_number, channel, seq, data)
 
     def unseal(self, call_number: int, channel: int, seq: int, cksum: int, payload: bytes) -> bytes:
-        cipher = self._keyed_cipher()
-        if cksum or self._cksum_seen:
+        context = self._usable_context()
+        if cksum:
             self._cksum_seen = True
-            if cksum != self.packet_checksum(call_number, channel, seq):
-                raise RxSecurityError(RXKADSEALEDINCON, "rxkad: bad packet header checksum")
-        if self.level == Level.CLEAR:
-            return payload
-        if len(payload) < BLOCK_SIZE:
-            raise RxSecurityError(RXKADPACKETSHORT)
-        if self.level == Level.AUTH:
-            body = cipher.decrypt_block(payload[:BLOCK_SIZE]) + payload[BLOCK_SIZE:]
-        else:
-            if len(payload) % BLOCK_SIZE:
-                raise RxSecurityError(RXKADDATALEN, "rxkad: crypt payload not whole blocks")
-            body = cipher.pcbc_decrypt(payload, self._session_key)
-        (seal_word,) = struct.unpack_from(">I", body)
-        if seal_word >> 16 != (seq ^ call_number) & 0xFFFF:
-            raise RxSecurityError(RXKADSEALEDINCON)
-        length = seal_word & 0xFFFF
-        # Stricter than OpenAFS (which compares with the length including this header).
-        if length > len(body) - self.header_size:
-            raise RxSecurityError(RXKADDATALEN)
-        return body[self.header_size : self.header_size + length]
+        opened = self._unseal_packet(
+            context, self.level, call_number, channel, seq, cksum, self._cksum_seen, payload
+        )
+        if isinstance(opened, int):
+            raise RxSecurityError(*_PACKET_FAULTS[PacketFault(opened)])
+        return opened
 
 
 class RxkadClientConnection(_RxkadConnection, ClientConnectionSecurity):
@@ -292,10 +287,10 @@ class RxkadServerConnection(_RxkadConnection, ServerConnectionSecurity):
     def identity(self) -> str | None:
         return self._identity if self.authenticated else None
 
-    def _keyed_cipher(self) -> Fcrypt:
+    def _usable_context(self) -> bytes:
         if not self.authenticated:
             raise RxSecurityError(RXKADNOAUTH)
-        return super()._keyed_cipher()
+        return super()._usable_context()
 
     def challenge(self) -> bytes:
         return _V2_CHALLENGE.pack(_CHALLENGE_VERSION, self._nonce, self._server.min_level, 0)

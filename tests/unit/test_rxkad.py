@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from afsfuse.rx.errors import RxSecurityError, error_name
-from afsfuse.rx.fcrypt import Fcrypt
+from afsfuse.rx.fcrypt import ACCELERATOR, REFERENCE, Fcrypt
 from afsfuse.rx.rxkad import (
     _WEAK_DES_KEYS,
     RXKAD_INDEX,
@@ -87,7 +87,7 @@ def handshake(
 def test_pre_seq_and_checksum_example() -> None:
     """The worked example of the fact sheet (section 2.4)."""
     conn = RxkadClient(SESSION_KEY, bytes(32), 0, Level.CLEAR).new_connection(EPOCH, CID)
-    assert struct.pack(">II", *conn._pre_seq).hex() == "3414dfc77587be29"
+    assert conn._context[-8:].hex() == "3414dfc77587be29"  # preSeq ends the context
     assert conn.packet_checksum(call_number=1, channel=0, seq=1) == 0xB793
 
 
@@ -95,7 +95,7 @@ def test_checksum_ignores_channel_bits_of_cid_but_not_channel() -> None:
     token = client_for(Level.CLEAR)
     a = token.new_connection(EPOCH, CID)
     b = token.new_connection(EPOCH, CID | 2)  # same connection, other channel's cid
-    assert a._pre_seq == b._pre_seq
+    assert a._context == b._context
     sums = {a.packet_checksum(5, channel, 7) for channel in range(4)}
     assert len(sums) == 4
     assert all(0 < s <= 0xFFFF for s in sums)
@@ -121,6 +121,35 @@ def test_seal_round_trip_both_directions(level: Level, size: int) -> None:
     assert srv.unseal(3, 1, 9, cksum, wire) == data
     cksum, wire = srv.seal(3, 1, 10, data)
     assert client.unseal(3, 1, 10, cksum, wire) == data
+
+
+@pytest.mark.parametrize("level", list(Level))
+@pytest.mark.parametrize(("client_side", "server_side"), [("c", "python"), ("python", "c")])
+def test_compiled_and_python_connections_interoperate(
+    monkeypatch: pytest.MonkeyPatch, level: Level, client_side: str, server_side: str
+) -> None:
+    """AFSFUSE_FCRYPT picks the packet code per connection; both speak the same wire."""
+    monkeypatch.setenv("AFSFUSE_FCRYPT", client_side)
+    client = client_for(level).new_connection(EPOCH, CID)
+    monkeypatch.setenv("AFSFUSE_FCRYPT", server_side)
+    srv = server().new_connection(EPOCH, CID)
+    srv.check_response(client.respond(srv.challenge(), [0, 0, 0, 0]))
+    backends = {client._unseal_packet, srv._unseal_packet}
+    assert backends == {REFERENCE.unseal_packet, ACCELERATOR.unseal_packet}
+    for size in (0, 5, 1400):
+        data = bytes(i % 251 for i in range(size))
+        cksum, wire = client.seal(6, 2, size + 1, data)
+        assert srv.unseal(6, 2, size + 1, cksum, wire) == data
+        cksum, wire = srv.seal(6, 2, size + 2, data)
+        assert client.unseal(6, 2, size + 2, cksum, wire) == data
+
+
+def test_data_length_beyond_the_packet_is_rejected() -> None:
+    client, srv = handshake(Level.CRYPT)
+    cksum, wire = client.seal(4, 0, 1, b"twenty bytes of data")
+    with pytest.raises(RxSecurityError) as err:
+        srv.unseal(4, 0, 1, cksum, wire[:24])  # the seal word still claims 20 bytes
+    assert err.value.code == RXKADDATALEN
 
 
 def test_wire_shape_per_level() -> None:
