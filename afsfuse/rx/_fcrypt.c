@@ -108,8 +108,14 @@ static inline void decrypt_4_blocks(const uint32_t *ks, uint32_t l[LANES], uint3
         l2 ^= round_function(r2 ^ k);
         l3 ^= round_function(r3 ^ k);
     }
-    l[0] = l0, l[1] = l1, l[2] = l2, l[3] = l3;
-    r[0] = r0, r[1] = r1, r[2] = r2, r[3] = r3;
+    l[0] = l0;
+    l[1] = l1;
+    l[2] = l2;
+    l[3] = l3;
+    r[0] = r0;
+    r[1] = r1;
+    r[2] = r2;
+    r[3] = r3;
 }
 
 /* PCBC-encrypt nblocks whole blocks; v is the chaining value, updated. */
