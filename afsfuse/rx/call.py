@@ -24,14 +24,21 @@ HARD_ACK_RATE = 2  # ack once 2 packets were consumed by the reader
 #: moves the hard-ack point (flow control against a stalled reader).
 RX_BUFFER_PACKETS = 2 * MAX_WINDOW
 ACK_DELAY = 0.1
-NACK_THRESHOLD = 3
-CLIENT_LAST_PACKET_ALLOWANCE = 0.4  # the server may delay its ack of our last request packet
+#: A sent packet still unacknowledged when this many packets sent after it are acked is
+#: lost (reordering rarely moves a packet further), and is resent at once.
+DUP_THRESHOLD = 3
+#: The congestion window never drops below this on a loss the acks revealed: on a lossy
+#: path the window, not the loss, would set the pace.
+MIN_RECOVERY_WINDOW = 8
 MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP fragments
 MIN_PACKET = 520
 #: How many not-yet-acknowledged packets a writer may queue before it has to wait.
 SEND_BACKLOG = 2 * MAX_WINDOW
 MAX_PROBE = 10.0  # longest wait between pings to a receiver whose reader is stalled
-STALL_PROBE_MIN = 0.05  # first ping to a server whose reply stream went quiet
+#: Bounds of the first wait before pinging a server whose reply stream went quiet (two
+#: round trips in between); the wait doubles while nothing comes.
+STALL_PROBE_MIN = 0.005
+STALL_PROBE_MAX = 0.05
 
 
 class CallState(IntEnum):
@@ -46,7 +53,17 @@ _LIVE_STATES = (CallState.PRECALL, CallState.ACTIVE, CallState.HOLD)
 
 
 class _TxPacket:
-    __slots__ = ("acked", "cksum", "flags", "payload", "resend", "sent_at", "seq", "serial")
+    __slots__ = (
+        "acked",
+        "cksum",
+        "flags",
+        "in_flight",
+        "payload",
+        "resend",
+        "sent_at",
+        "seq",
+        "serial",
+    )
 
     def __init__(self, seq: int, flags: int, cksum: int, payload: bytes) -> None:
         self.seq = seq
@@ -56,7 +73,8 @@ class _TxPacket:
         self.serial = 0
         self.sent_at: float | None = None
         self.acked = False  # soft-acked: the receiver holds it but may still drop it
-        self.resend = False
+        self.resend = False  # deemed lost: goes out again as soon as the window allows
+        self.in_flight = False  # sent, and neither acked nor deemed lost since
 
 
 class Call:
@@ -93,11 +111,10 @@ class Call:
         self.ssthresh = MAX_WINDOW
         self.twind = INITIAL_WINDOW
         self.ca_acked = 0
-        self.nack_events = 0
-        self.recover_until = 0  # in recovery while tfirst <= this
+        self.pipe = 0  # packets in flight: what cwind limits
+        self.recover_until = 0  # in recovery until every packet up to this one is acked
         self.resend_at: float | None = None
         self.probe_interval = 0.0
-        self.peer_slow_start_ok = False
         self.last_ack_first = 0
         self.last_ack_previous = 0
         self.ping_serial = 0
@@ -113,13 +130,14 @@ class Call:
         self.rnext = 1  # next in-order seq expected from the wire
         self.rconsumed = 1  # lowest seq the reader has not finished: the hard-ack point
         self.rx_highest = 0
-        self.rx_previous = 0
         self.rx_last_seq = 0  # seq of the peer's LAST_PACKET once seen
         self.rwind = INITIAL_WINDOW
         self.unacked = 0
         self.consumed_since_ack = 0
         self.ack_reason = 0
         self.ack_serial = 0
+        self.ack_twice = False
+        self.hole_acks = 0  # ACKs sent that show the current first hole
         self.ack_at: float | None = None
 
     # ----- what the application side sees -------------------------------------------------
@@ -291,13 +309,19 @@ class Call:
     def on_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         self.last_receive = now
         self.last_data_at = now
-        if self.is_client:
-            peer = self.conn.peer
-            self.stall_probe_wait = max(STALL_PROBE_MIN, 2 * (peer.srtt + 4 * peer.rttvar))
-            self.stall_probe_at = now + self.stall_probe_wait
         if self.is_client and self.tx_last_sent and self.tx:
             # Any reply data acknowledges the whole request.
             self._hard_ack_all()
+        self._take_data(seq, serial, flags, payload, now)
+        if self.is_client:
+            self._arm_stall_probe(now)
+
+    def _arm_stall_probe(self, now: float) -> None:
+        wait = min(max(STALL_PROBE_MIN, 2 * self.conn.peer.srtt), STALL_PROBE_MAX)
+        self.stall_probe_wait = wait
+        self.stall_probe_at = now + wait
+
+    def _take_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         if seq < self.rnext or seq in self.rx_ooo:
             self._want_ack(P.ACK_DUPLICATE, serial)
             return
@@ -308,20 +332,27 @@ class Call:
             self.rx_last_seq = seq
         elif self.rx_last_seq and seq > self.rx_last_seq:
             return  # beyond the end the peer already announced
-        self.rx_previous = seq
         if seq > self.rx_highest:
             self.rx_highest = seq
+        # The sender's burst ends here: it sends no more until our ACK opens its window,
+        # so one lost ACK would stall it until a probe or its timer.  A second copy makes
+        # that unlikely.  (The last packet of the stream gets its ACK when the call ends.)
+        burst_end = not flags & (P.MORE_PACKETS | P.LAST_PACKET)
         if seq != self.rnext:
             self.rx_ooo[seq] = (payload, flags)
-            # One ACK per packet past a hole, never coalesced: an OpenAFS sender counts
-            # such ACKs (not the packets they cover) towards its fast-retransmit threshold,
-            # and left below it, waits a whole retransmit timeout for each lost packet.
+            # One ACK per packet past a hole, never coalesced: an OpenAFS sender resends
+            # the hole once three ACKs in a row showed it (or one showed three packets
+            # past it); short of that, it waits out a retransmit timeout.
             self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
+            if burst_end:
+                self._top_up_hole_acks(serial, now)
             return
         self.rx_ready.append(payload)
         self.rx_avail += len(payload)
         self.rnext = seq + 1
+        self.hole_acks = 0
         ooo = self.rx_ooo
+        filled_hole = bool(ooo)
         while ooo:
             nxt = ooo.pop(self.rnext, None)
             if nxt is None:
@@ -333,18 +364,33 @@ class Call:
         self.unacked += 1
         if flags & P.REQUEST_ACK:
             self._want_ack(P.ACK_REQUESTED, serial)
-        elif ooo:
+        elif filled_hole:
+            # The sender's window is stuck at the hole until it hears it was filled.
             self._want_ack(P.ACK_OUT_OF_SEQUENCE, serial)
-        elif self.unacked >= SOFT_ACK_RATE:
+        elif self.unacked >= SOFT_ACK_RATE or burst_end:
             self._want_ack(P.ACK_IDLE, serial)
         elif self.ack_at is None:
             self.ack_at = now + ACK_DELAY
+        if burst_end:
+            if ooo:
+                self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
+                self._top_up_hole_acks(serial, now)
+            else:
+                self.ack_twice = True
         self.core._notify(self)
+
+    def _top_up_hole_acks(self, serial: int, now: float) -> None:
+        """The sender's burst ended with a hole showing: send the ACKs it needs to resend.
+
+        Three in a row make an OpenAFS sender resend at once; short of them it would wait
+        for its retransmit timer (220 ms or more, its window back to one packet).  A
+        reordered packet costs a needless resend at worst.
+        """
+        for _ in range(max(1, DUP_THRESHOLD - self.hole_acks)):
+            self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
 
     def on_ack(self, ack: P.AckBody, flags: int, now: float) -> None:
         self.last_receive = now
-        if flags & P.SLOW_START_OK:
-            self.peer_slow_start_ok = True
         if self.state in (CallState.DALLY, CallState.ERROR):
             return
         if ack.rwind:
@@ -380,12 +426,10 @@ class Call:
                 newly += 1
                 if pkt.serial == ack.serial:
                     rtt_packet = pkt
-            if pkt.resend:
-                self.resend_pending -= 1
+            self._settle(pkt)
         if first > self.tfirst:
             self.tfirst = first
         acks = ack.acks
-        nack_event = False
         highest_acked = -1
         for i in range(min(len(acks), len(tx))):
             pkt = tx[i]
@@ -396,23 +440,17 @@ class Call:
                     newly += 1
                     if pkt.serial == ack.serial:
                         rtt_packet = pkt
-                    if pkt.resend:
-                        pkt.resend = False
-                        self.resend_pending -= 1
+                    self._settle(pkt)
             elif pkt.acked:
                 pkt.acked = False  # the receiver dropped a packet it had soft-acked
-        if highest_acked > 0:
-            nack_event = any(not acks[i] for i in range(highest_acked))
         if rtt_packet is not None and ack.reason != P.ACK_DELAY and rtt_packet.sent_at is not None:
             peer.rtt_sample(now - rtt_packet.sent_at)
-        if nack_event:
-            self._on_nack_event(highest_acked, now)
-        else:
-            self.nack_events = 0
+        if highest_acked > 0:
+            self._detect_losses(highest_acked)
         if newly:
-            if self.recover_until and self.tfirst > self.recover_until:
+            if self.recover_until and self._recovered():
                 self.recover_until = 0
-            if not self.recover_until:
+            if not self.recover_until or self.cwind < self.ssthresh:
                 self._grow_window(newly)
             self.probe_interval = 0.0
             self.resend_at = now + peer.rto if self.tnext_send > self.tfirst else None
@@ -440,6 +478,7 @@ class Call:
         self.tx.clear()
         self.tfirst = self.tnext_send = self.tnext
         self.resend_pending = 0
+        self.pipe = 0
         self.resend_at = None
         self._tx_drained()
 
@@ -469,28 +508,56 @@ class Call:
         if self.cwind > MAX_WINDOW:
             self.cwind = MAX_WINDOW
 
-    def _on_nack_event(self, highest_acked: int, now: float) -> None:
-        self.nack_events += 1
-        if not self.recover_until:
-            if self.nack_events < NACK_THRESHOLD:
-                return
-            self.ssthresh = max(4, min(self.cwind, self.twind)) // 2
-            self.cwind = min(self.ssthresh + 3, MAX_WINDOW)
-            self.recover_until = self.tnext_send - 1
-            recent = now  # everything NACKed now is resent once
-        else:
-            # Already recovering: resend a hole again only if its last copy is an RTT old.
-            recent = now - self.conn.peer.srtt
+    def _settle(self, pkt: _TxPacket) -> None:
+        """pkt was acknowledged: it no longer occupies the network, nor awaits a resend."""
+        if pkt.in_flight:
+            pkt.in_flight = False
+            self.pipe -= 1
+        if pkt.resend:
+            pkt.resend = False
+            self.resend_pending -= 1
+
+    def _mark_lost(self, pkt: _TxPacket) -> None:
+        if pkt.in_flight:
+            pkt.in_flight = False
+            self.pipe -= 1
+        pkt.resend = True
+        self.resend_pending += 1
+
+    def _detect_losses(self, highest_acked: int) -> None:
+        """Resend holes that DUP_THRESHOLD packets sent after them overtook.
+
+        Serials order transmissions, so a resent packet that is lost again is found the
+        same way as a first loss, without waiting for the retransmit timer.
+        """
+        tx = self.tx
+        serials = sorted(
+            (tx[i].serial for i in range(highest_acked + 1) if tx[i].acked), reverse=True
+        )
+        if len(serials) < DUP_THRESHOLD:
+            return
+        proof = serials[DUP_THRESHOLD - 1]
+        lost = False
         for i in range(highest_acked):
-            pkt = self.tx[i]
-            if (
-                not pkt.acked
-                and not pkt.resend
-                and pkt.sent_at is not None
-                and pkt.sent_at <= recent
-            ):
-                pkt.resend = True
-                self.resend_pending += 1
+            pkt = tx[i]
+            if not pkt.acked and not pkt.resend and pkt.sent_at is not None and pkt.serial < proof:
+                self._mark_lost(pkt)
+                lost = True
+        if lost and not self.recover_until:
+            # One reduction per loss episode: the episode ends once everything sent before
+            # it is acknowledged.
+            self.ssthresh = max(MIN_RECOVERY_WINDOW, min(self.cwind, self.twind) // 2)
+            self.cwind = self.ssthresh
+            self.ca_acked = 0
+            self.recover_until = self.tnext_send - 1
+
+    def _recovered(self) -> bool:
+        for pkt in self.tx:
+            if pkt.seq > self.recover_until:
+                return True
+            if not pkt.acked:
+                return False
+        return True
 
     # ----- timers -------------------------------------------------------------------------
 
@@ -548,11 +615,16 @@ class Call:
             self.fail(RX_CALL_DEAD, now, send_abort=False)
             return
         if self.stall_probe_at is not None and now >= self.stall_probe_at:
-            # The reply stopped mid-stream.  Our ACK that opened the sender's window may
-            # be lost, and an OpenAFS sender whose timer has backed off can sit for
-            # seconds: a ping makes it read our window again.  Back off while nothing comes.
+            # The reply stopped mid-stream.  The ACK that opened the sender's window may be
+            # lost, and an OpenAFS sender waits at least 220 ms before it resends (then with
+            # its window back to one packet): a ping makes it read our window again.  With a
+            # hole, it resends at once after three ACKs in a row show the hole, which a
+            # window too small for three packets to follow the lost one never yields: an
+            # extra ACK and the ping make up the count.  Back off while nothing comes.
             self.stall_probe_wait = min(2 * self.stall_probe_wait, conn.dead_time / 6)
             self.stall_probe_at = now + self.stall_probe_wait
+            if self.rx_ooo:
+                self._send_ack(P.ACK_OUT_OF_SEQUENCE, 0, now)
             self.send_ping(now)
         elif now >= self.last_send + conn.dead_time / 6:
             self.send_ping(now)
@@ -567,17 +639,15 @@ class Call:
             self.resend_at = now + self.probe_interval
             return
         self.conn.peer.back_off()
-        self.ssthresh = max(4, min(self.cwind, self.twind)) // 2
+        self.ssthresh = max(MIN_RECOVERY_WINDOW, min(self.cwind, self.twind) // 2)
         self.cwind = 1
         self.ca_acked = 0
-        self.nack_events = 0
         self.recover_until = self.tnext_send - 1
         for pkt in self.tx:
             if pkt.seq >= self.tnext_send:
                 break
             if not pkt.acked and not pkt.resend:
-                pkt.resend = True
-                self.resend_pending += 1
+                self._mark_lost(pkt)
         self.resend_at = None
         self.core._tx_calls.add(self)
 
@@ -591,30 +661,34 @@ class Call:
         self.core._tx_calls.add(self)
 
     def transmit(self, now: float) -> None:
-        """Send what the windows allow: pending retransmissions first, then new packets."""
+        """Send what the windows allow: pending retransmissions first, then new packets.
+
+        The congestion window limits packets in flight; the peer's window limits how far
+        past its hard-ack point we may go.
+        """
         if self.state not in (CallState.ACTIVE, CallState.HOLD) or not self.tx:
             return
-        limit = self.tfirst + min(self.cwind, self.twind)
+        budget = self.cwind - self.pipe
+        window_end = self.tfirst + self.twind
+        tx = self.tx
         batch = []
-        retransmit = False
         if self.resend_pending:
-            # Holes may sit above soft-acked packets: look across the whole peer window, but
-            # resend no more than the congestion window allows.
-            resend_limit = self.tfirst + self.twind
-            for pkt in self.tx:
+            # A lost packet holds back the peer's window: one goes out per call even when
+            # the packets still counted in flight fill the congestion window.
+            resend_budget = max(budget, 1)
+            for pkt in tx:
                 if (
-                    pkt.seq >= resend_limit
-                    or pkt.seq >= self.tnext_send
-                    or len(batch) >= self.cwind
+                    pkt.seq >= self.tnext_send
+                    or pkt.seq >= window_end
+                    or len(batch) >= resend_budget
                 ):
                     break
                 if pkt.resend:
                     batch.append(pkt)
-            retransmit = bool(batch)
-        if self.tnext_send < limit:
+        if len(batch) < budget and self.tnext_send < window_end:
             start = self.tnext_send - self.tfirst
-            tx = self.tx
-            for i in range(start, min(len(tx), limit - self.tfirst)):
+            stop = min(len(tx), window_end - self.tfirst, start + budget - len(batch))
+            for i in range(start, stop):
                 batch.append(tx[i])
         if not batch:
             if self.resend_at is None and self.tnext_send > self.tfirst:
@@ -623,15 +697,14 @@ class Call:
         conn = self.conn
         base_flags = conn.direction_flag
         last = batch[-1]
-        request_ack = (
-            retransmit
-            or self.cwind <= SOFT_ACK_RATE
-            or (not self.peer_slow_start_ok and last.seq & 1)
-        )
         for pkt in batch:
             flags = pkt.flags | base_flags
-            if pkt is last and request_ack:
+            if pkt is last:
+                # An immediate ack of every burst keeps the retransmit timer free of any
+                # allowance for delayed acks.
                 flags |= P.REQUEST_ACK
+            else:
+                flags |= P.MORE_PACKETS
             pkt.serial = conn.send_packet(
                 P.DATA, flags, self.call_number, self.channel, pkt.seq, pkt.payload, now, pkt.cksum
             )
@@ -639,6 +712,9 @@ class Call:
             if pkt.resend:
                 pkt.resend = False
                 self.resend_pending -= 1
+            if not pkt.in_flight:
+                pkt.in_flight = True
+                self.pipe += 1
             if pkt.seq >= self.tnext_send:
                 self.tnext_send = pkt.seq + 1
             if pkt.flags & P.LAST_PACKET:
@@ -647,8 +723,7 @@ class Call:
             self.first_sent_at = now
             self.last_receive = now
         if self.resend_at is None:
-            allowance = CLIENT_LAST_PACKET_ALLOWANCE if self.is_client and self.tx_last_sent else 0
-            self.resend_at = now + conn.peer.rto + allowance
+            self.resend_at = now + conn.peer.rto
 
     def _want_ack(self, reason: int, serial: int) -> None:
         if reason == P.ACK_REQUESTED or self.ack_reason != P.ACK_REQUESTED:
@@ -658,7 +733,11 @@ class Call:
 
     def flush_ack(self, now: float) -> None:
         if self.ack_reason and self.state != CallState.ERROR:
-            self._send_ack(self.ack_reason, self.ack_serial, now)
+            twice = self.ack_twice
+            reason, serial = self.ack_reason, self.ack_serial
+            self._send_ack(reason, serial, now)
+            if twice:
+                self._send_ack(reason, serial, now)
 
     def ack_body(self, reason: int, serial: int) -> bytes:
         n_held = self.rnext - self.rconsumed
@@ -675,7 +754,9 @@ class Call:
             acks = b"\x01" * n_held + bytes(tail)
         return P.encode_ack(
             self.rconsumed,
-            self.rx_previous,
+            # The highest seq, not the latest: an OpenAFS sender ignores an ACK whose
+            # previousPacket went backwards, as one for a resent hole would.
+            self.rx_highest,
             serial,
             reason,
             acks,
@@ -689,7 +770,10 @@ class Call:
         self.unacked = 0
         self.consumed_since_ack = 0
         self.ack_reason = 0
+        self.ack_twice = False
         self.ack_at = None
+        if self.rx_ooo:
+            self.hole_acks += 1
         conn = self.conn
         return conn.send_packet(
             P.ACK,

@@ -37,8 +37,8 @@ _ERROR = CallState.ERROR
 Address = tuple[str, int]
 
 INITIAL_RTO = 2.0
+#: Our sender asks for an immediate ack of each burst, so no delayed-ack allowance is added.
 MIN_RTO = 0.02
-RTO_ACK_ALLOWANCE = 0.2  # the peer may hold an ACK this long
 MAX_RTO = 60.0
 CHALLENGE_INTERVAL = 2.0
 MAX_CHALLENGES = 50
@@ -88,7 +88,7 @@ class Peer:
             err = sample - self.srtt
             self.srtt += err / 8
             self.rttvar += (abs(err) - self.rttvar) / 4
-        self.rto = min(max(self.srtt + 4 * self.rttvar, MIN_RTO) + RTO_ACK_ALLOWANCE, MAX_RTO)
+        self.rto = min(max(self.srtt + 4 * self.rttvar, MIN_RTO), MAX_RTO)
 
     def back_off(self) -> None:
         self.rto = min(self.rto * 2, MAX_RTO)

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from afsfuse.rx import packet as P
-from afsfuse.rx.call import MAX_WINDOW, RX_BUFFER_PACKETS, STALL_PROBE_MIN, Call, CallState
+from afsfuse.rx.call import (
+    MAX_WINDOW,
+    MIN_RECOVERY_WINDOW,
+    RX_BUFFER_PACKETS,
+    STALL_PROBE_MAX,
+    STALL_PROBE_MIN,
+    Call,
+    CallState,
+)
 from afsfuse.rx.core import IncomingCall, RxCore
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from afsfuse.rx.security import (
@@ -26,6 +34,7 @@ from afsfuse.rx.security import (
 CLIENT = ("10.0.0.2", 7001)
 SERVER = ("10.0.0.1", 7000)
 SERVICE = 52
+MORE = P.MORE_PACKETS  # the sender's burst goes on: no ACK needed for this packet alone
 
 
 def decode(datagram: bytes) -> tuple[P.Header, bytes]:
@@ -130,7 +139,7 @@ def test_four_channels_then_none_and_call_numbers_grow_per_channel() -> None:
 
 def test_single_packet_gets_a_delayed_ack_and_the_second_an_immediate_one() -> None:
     core = serving_core()
-    core.receive_datagram(client_packet(P.DATA, 1, 1, b"x" * 100), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"x" * 100, flags=MORE), CLIENT, 0.0)
     assert acks_in(sent(core, 0.0)) == []
     assert core.next_deadline() == pytest.approx(0.1)
     core.handle_timer(0.1)
@@ -138,22 +147,24 @@ def test_single_packet_gets_a_delayed_ack_and_the_second_an_immediate_one() -> N
     # In-order packets are hard-acked on arrival (held for the reader, within its buffer).
     assert ack.reason == P.ACK_DELAY and ack.first_packet == 2 and ack.acks == b""
     assert ack.max_dgram_packets == 1 and ack.rwind == 16
-    core.receive_datagram(client_packet(P.DATA, 2, 2, b"y"), CLIENT, 0.2)
+    core.receive_datagram(client_packet(P.DATA, 2, 2, b"y", flags=MORE), CLIENT, 0.2)
     assert acks_in(sent(core, 0.2)) == []
-    core.receive_datagram(client_packet(P.DATA, 3, 3, b"z"), CLIENT, 0.21)
+    core.receive_datagram(client_packet(P.DATA, 3, 3, b"z", flags=MORE), CLIENT, 0.21)
     (ack,) = acks_in(sent(core, 0.21))
     assert ack.reason == P.ACK_IDLE and ack.serial == 3 and ack.first_packet == 4
 
 
 def test_request_ack_duplicate_and_out_of_sequence_are_acked_at_once() -> None:
     core = serving_core()
-    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a", flags=P.REQUEST_ACK), CLIENT, 0.0)
+    core.receive_datagram(
+        client_packet(P.DATA, 1, 1, b"a", flags=P.REQUEST_ACK | MORE), CLIENT, 0.0
+    )
     (ack,) = acks_in(sent(core, 0.0))
     assert ack.reason == P.ACK_REQUESTED and ack.serial == 1
-    core.receive_datagram(client_packet(P.DATA, 1, 2, b"a"), CLIENT, 0.01)
+    core.receive_datagram(client_packet(P.DATA, 1, 2, b"a", flags=MORE), CLIENT, 0.01)
     (ack,) = acks_in(sent(core, 0.01))
     assert ack.reason == P.ACK_DUPLICATE and ack.serial == 2
-    core.receive_datagram(client_packet(P.DATA, 4, 3, b"d"), CLIENT, 0.02)
+    core.receive_datagram(client_packet(P.DATA, 4, 3, b"d", flags=MORE), CLIENT, 0.02)
     (ack,) = acks_in(sent(core, 0.02))
     assert ack.reason == P.ACK_OUT_OF_SEQUENCE
     assert ack.first_packet == 2 and ack.acks == b"\x00\x00\x01"
@@ -164,9 +175,9 @@ def test_every_packet_past_a_hole_gets_its_own_ack() -> None:
     # arriving together past a lost one must yield three ACKs, or the fileserver waits a
     # retransmit timeout instead of resending the hole at once.
     core = serving_core()
-    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a"), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a", flags=MORE), CLIENT, 0.0)
     for seq in (3, 4, 5):
-        core.receive_datagram(client_packet(P.DATA, seq, seq, b"x"), CLIENT, 0.01)
+        core.receive_datagram(client_packet(P.DATA, seq, seq, b"x", flags=MORE), CLIENT, 0.01)
     acks = acks_in(sent(core, 0.01))
     assert [a.reason for a in acks] == [P.ACK_OUT_OF_SEQUENCE] * 3
     assert [a.serial for a in acks] == [3, 4, 5]
@@ -175,18 +186,18 @@ def test_every_packet_past_a_hole_gets_its_own_ack() -> None:
 
 def test_receive_window_opens_from_16_to_32_once_the_reader_consumed() -> None:
     core = serving_core()
-    core.receive_datagram(client_packet(P.DATA, 33, 1, b"late"), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 33, 1, b"late", flags=MORE), CLIENT, 0.0)
     assert core.pop_events() == []  # beyond any window: no call is created
-    core.receive_datagram(client_packet(P.DATA, 1, 2, b"first"), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 1, 2, b"first", flags=MORE), CLIENT, 0.0)
     (event,) = core.pop_events()
     assert isinstance(event, IncomingCall)
     call = event.call
     # Packet 1 is hard-acked on arrival, so the window of 16 runs from 2 to 17.
-    core.receive_datagram(client_packet(P.DATA, 18, 3, b"x"), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 18, 3, b"x", flags=MORE), CLIENT, 0.0)
     (ack,) = acks_in(sent(core, 0.0))
     assert ack.reason == P.ACK_EXCEEDS_WINDOW and ack.rwind == 16
     assert call.read(100, 0.0) == b"first"
-    core.receive_datagram(client_packet(P.DATA, 18, 4, b"x"), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 18, 4, b"x", flags=MORE), CLIENT, 0.0)
     (ack,) = acks_in(sent(core, 0.0))
     assert ack.reason == P.ACK_OUT_OF_SEQUENCE and ack.rwind == MAX_WINDOW
     assert ack.first_packet == 2 and len(ack.acks) == 17 and ack.acks[-1] == 1
@@ -208,6 +219,81 @@ def test_hard_acks_run_ahead_of_the_reader_only_as_far_as_its_buffer() -> None:
     assert call.read(4, 0.0) == b"dddd"  # four packets read: the hard-ack point moves on
     (ack,) = acks_in(sent(core, 0.0))
     assert ack.reason == P.ACK_DELAY and ack.first_packet == seq - 6
+
+
+def test_the_ack_that_ends_a_senders_burst_goes_out_twice() -> None:
+    # The sender waits for it to send more: one lost copy would stall the stream.
+    core = serving_core()
+    core.receive_datagram(client_packet(P.DATA, 1, 1, b"a", flags=MORE), CLIENT, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 2, 2, b"b"), CLIENT, 0.0)
+    acks = acks_in(sent(core, 0.0))
+    assert len(acks) == 2 and acks[0] == acks[1] and acks[0].first_packet == 3
+    # A stream's last packet is acked once, when the reader is done with it.
+    core.receive_datagram(client_packet(P.DATA, 3, 3, b"c", flags=P.LAST_PACKET), CLIENT, 0.01)
+    assert acks_in(sent(core, 0.01)) == []
+
+
+def test_a_burst_ending_past_a_hole_gets_three_acks_showing_it() -> None:
+    # Three ACKs in a row showing a hole make an OpenAFS sender resend it at once.
+    for later in ([3], [3, 4], [3, 4, 5, 6]):
+        core = serving_core()
+        core.receive_datagram(client_packet(P.DATA, 1, 1, b"a", flags=MORE), CLIENT, 0.0)
+        sent(core, 0.0)
+        for seq in later:
+            flags = MORE if seq != later[-1] else 0
+            core.receive_datagram(client_packet(P.DATA, seq, seq, b"x", flags=flags), CLIENT, 0.0)
+        acks = acks_in(sent(core, 0.0))
+        assert len(acks) == max(3, len(later) + 1)
+        assert all(a.first_packet == 2 and a.acks[0] == 0 for a in acks)
+
+
+def test_previous_packet_is_the_highest_seq_received() -> None:
+    # An OpenAFS sender drops an ACK whose previousPacket went backwards: the ACK for a
+    # late packet must not.
+    core = serving_core()
+    for seq in (1, 4, 3):
+        core.receive_datagram(client_packet(P.DATA, seq, seq, b"x", flags=MORE), CLIENT, 0.0)
+    acks = acks_in(sent(core, 0.0))
+    assert [a.previous_packet for a in acks] == [4, 4]
+
+
+def test_a_packet_that_fills_a_hole_is_acked_at_once() -> None:
+    core = serving_core()
+    for seq in (1, 3):
+        core.receive_datagram(client_packet(P.DATA, seq, seq, b"x", flags=MORE), CLIENT, 0.0)
+    sent(core, 0.0)
+    core.receive_datagram(client_packet(P.DATA, 2, 9, b"x", flags=MORE), CLIENT, 0.01)
+    (ack,) = acks_in(sent(core, 0.01))
+    assert ack.first_packet == 4 and ack.acks == b"" and ack.serial == 9
+
+
+def test_a_quiet_reply_with_a_hole_is_nudged_with_an_ack_and_a_ping() -> None:
+    core, call = client_call(dead_time=12.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    call.conn.peer.srtt = 0.01
+    for seq in (1, 3):
+        packet = server_packet(call, P.DATA, seq, seq, b"x", P.MORE_PACKETS)
+        core.receive_datagram(packet, SERVER, 0.1)
+    sent(core, 0.1)
+    # Two round trips of quiet: an ACK and a ping, both showing the hole, so that with
+    # the ACK already sent the sender has seen it three times.
+    now = core.next_deadline()
+    assert now == pytest.approx(0.12)
+    core.handle_timer(now)
+    acks = acks_in(sent(core, now))
+    assert [a.reason for a in acks] == [P.ACK_OUT_OF_SEQUENCE, P.ACK_PING]
+    assert all(a.first_packet == 2 and a.acks == b"\x00\x01" for a in acks)
+
+
+def test_the_first_stall_probe_waits_two_round_trips_within_bounds() -> None:
+    for srtt, wait in ((0.0, STALL_PROBE_MIN), (0.01, 0.02), (1.0, STALL_PROBE_MAX)):
+        core, call = client_call(dead_time=12.0)
+        call.close_send(0.0)
+        sent(core, 0.0)
+        call.conn.peer.srtt = srtt
+        core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"x", P.MORE_PACKETS), SERVER, 1)
+        assert call.stall_probe_at == pytest.approx(1 + wait)
 
 
 def test_ping_is_answered_at_once_with_ping_response() -> None:
@@ -252,23 +338,81 @@ def test_send_window_is_capped_by_the_peers_receive_window() -> None:
     assert [h.seq for h in data_in(sent(core, 0.01))] == list(range(2, 10))
 
 
-def test_three_nack_events_start_fast_recovery() -> None:
+def ack_of(call: Call, serial: int, soft: str, now: float) -> None:
+    """Feed call an ACK from the server: firstPacket 1, soft acks given as "01101..."."""
+    body = ack_body(1, bytes(int(c) for c in soft), serial=serial)
+    call.core.receive_datagram(server_packet(call, P.ACK, 0, serial, body), SERVER, now)
+
+
+def test_a_burst_asks_for_an_ack_on_its_last_packet_and_flags_the_others() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 10, 0.0)
+    call.cwind = 4
+    out = data_in(sent(core, 0.0))
+    assert [h.flags & (P.MORE_PACKETS | P.REQUEST_ACK) for h in out] == [P.MORE_PACKETS] * 3 + [
+        P.REQUEST_ACK
+    ]
+
+
+def test_a_loss_never_shrinks_the_window_below_its_floor() -> None:
     core, call = client_call()
     call.write(b"x" * 1412 * 100, 0.0)
-    call.cwind = 20
-    assert len(data_in(sent(core, 0.0))) == 16
-    # Packet 1 is lost; 2.. arrive and are soft-acked, NACKing 1 each time.
-    for i, n in enumerate((3, 4, 5)):
-        cwind_before = call.cwind
-        body = ack_body(1, b"\x00" + b"\x01" * n)
-        core.receive_datagram(server_packet(call, P.ACK, 0, 10 + i, body), SERVER, 0.01 * (i + 1))
-        out = data_in(sent(core, 0.01 * (i + 1)))
-        if i < 2:
-            assert 1 not in [h.seq for h in out]
-    assert [h.seq for h in out][:1] == [1]
-    assert out[0].flags & P.REQUEST_ACK or out[-1].flags & P.REQUEST_ACK
-    assert call.ssthresh == min(cwind_before + 1, 32) // 2
-    assert call.cwind == call.ssthresh + 3
+    call.cwind = call.ssthresh = MIN_RECOVERY_WINDOW + 2
+    sent(core, 0.0)
+    ack_of(call, 11, "0111", 0.001)
+    assert call.cwind == call.ssthresh == MIN_RECOVERY_WINDOW
+
+
+def test_a_hole_three_later_packets_overtook_is_resent_at_once_and_halves_the_window() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 100, 0.0)
+    call.cwind = call.ssthresh = 16
+    assert [h.seq for h in data_in(sent(core, 0.0))] == list(range(1, 17))
+    # Packets 2 and 3 arrived, 1 did not: reordering, maybe; nothing is resent yet.
+    ack_of(call, 10, "011", 0.001)
+    assert 1 not in [h.seq for h in data_in(sent(core, 0.001))]
+    # A third packet sent after 1 arrived: 1 is lost, and goes out at once with REQUEST_ACK.
+    ack_of(call, 11, "0111", 0.002)
+    out = data_in(sent(core, 0.002))
+    assert [h.seq for h in out][:1] == [1] and out[-1].flags & P.REQUEST_ACK
+    assert call.cwind == call.ssthresh == 8
+    # More ACKs of the same episode neither resend 1 again nor shrink the window again.
+    ack_of(call, 12, "01111", 0.003)
+    assert 1 not in [h.seq for h in data_in(sent(core, 0.003))]
+    assert call.cwind == 8
+
+
+def test_a_lost_retransmission_is_found_by_later_acks_without_the_timer() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 100, 0.0)
+    call.cwind = call.ssthresh = 16
+    sent(core, 0.0)
+    ack_of(call, 11, "0111", 0.001)
+    (resent,) = data_in(sent(core, 0.001))
+    assert resent.seq == 1
+    # The resent copy is lost too.  Acks of packets sent before it prove nothing ...
+    ack_of(call, 12, "0" + "1" * 15, 0.002)
+    assert [h.seq for h in data_in(sent(core, 0.002))][:1] == [17]
+    # ... nor do two packets sent after it ...
+    ack_of(call, 13, "0" + "1" * 17, 0.003)
+    assert 1 not in [h.seq for h in data_in(sent(core, 0.003))]
+    # ... but the third does: 1 goes out again long before any retransmit timeout.
+    ack_of(call, 14, "0" + "1" * 18, 0.004)
+    (again,) = [h for h in data_in(sent(core, 0.004)) if h.seq == 1]
+    assert again.serial > resent.serial and call.resend_at is not None
+
+
+def test_in_recovery_the_window_counts_packets_in_flight_not_holes() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 100, 0.0)
+    call.cwind = call.ssthresh = 16
+    sent(core, 0.0)
+    # 1 and 2 are lost, 3..16 arrived: both are resent; 14 packets left the network, so
+    # new packets go out too, up to the peer's window of 32 from its hard-ack point.
+    ack_of(call, 30, "00" + "1" * 14, 0.001)
+    seqs = [h.seq for h in data_in(sent(core, 0.001))]
+    assert seqs[:2] == [1, 2]
+    assert call.pipe <= call.cwind == 8 and seqs[2:] == list(range(17, 17 + call.cwind - 2))
 
 
 def test_retransmit_timer_backs_off() -> None:
@@ -276,14 +420,31 @@ def test_retransmit_timer_backs_off() -> None:
     call.write(b"hello", 0.0)
     call.close_send(0.0)
     (first,) = data_in(sent(core, 0.0))
+    assert first.flags & P.REQUEST_ACK  # the last packet of every burst asks for an ack
     rto = call.conn.peer.rto
     deadline = call.resend_at
-    assert deadline == pytest.approx(rto + 0.4)  # our last request packet: extra allowance
+    assert deadline == pytest.approx(rto)  # no allowance for a delayed ack
     core.handle_timer(deadline)
     (again,) = data_in(sent(core, deadline))
     assert again.seq == 1 and again.serial > first.serial and again.flags & P.REQUEST_ACK
     assert call.conn.peer.rto == pytest.approx(2 * rto)
-    assert call.resend_at - deadline == pytest.approx(2 * rto + 0.4)
+    assert call.resend_at - deadline == pytest.approx(2 * rto)
+
+
+def test_rto_follows_the_measured_round_trip_with_a_20ms_floor() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 10, 0.0)
+    (first,) = data_in(sent(core, 0.0))
+    core.receive_datagram(
+        server_packet(call, P.ACK, 0, 1, ack_body(2, serial=first.serial)), SERVER, 0.001
+    )
+    assert call.conn.peer.rto == pytest.approx(0.02)
+    out = data_in(sent(core, 0.001))
+    assert call.resend_at == pytest.approx(0.001 + 0.02)
+    core.receive_datagram(
+        server_packet(call, P.ACK, 0, 2, ack_body(4, serial=out[-1].serial)), SERVER, 0.051
+    )
+    assert 0.05 < call.conn.peer.rto < 0.2
 
 
 def test_reply_data_implicitly_acks_the_request() -> None:
