@@ -27,6 +27,8 @@ ACK_DELAY = 0.1
 #: A sent packet still unacknowledged when this many packets sent after it are acked is
 #: lost (reordering rarely moves a packet further), and is resent at once.
 DUP_THRESHOLD = 3
+#: ACKs in a row showing a hole that make an OpenAFS sender resend it (rx_nackThreshold).
+NACK_THRESHOLD = 3
 #: The congestion window never drops below this on a loss the acks revealed: on a lossy
 #: path the window, not the loss, would set the pace.
 MIN_RECOVERY_WINDOW = 8
@@ -317,6 +319,7 @@ class Call:
             self._arm_stall_probe(now)
 
     def _arm_stall_probe(self, now: float) -> None:
+        """Two round trips without data after this packet: the sender is waiting on us."""
         wait = min(max(STALL_PROBE_MIN, 2 * self.conn.peer.srtt), STALL_PROBE_MAX)
         self.stall_probe_wait = wait
         self.stall_probe_at = now + wait
@@ -373,7 +376,6 @@ class Call:
             self.ack_at = now + ACK_DELAY
         if burst_end:
             if ooo:
-                self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
                 self._top_up_hole_acks(serial, now)
             else:
                 self.ack_twice = True
@@ -386,7 +388,7 @@ class Call:
         for its retransmit timer (220 ms or more, its window back to one packet).  A
         reordered packet costs a needless resend at worst.
         """
-        for _ in range(max(1, DUP_THRESHOLD - self.hole_acks)):
+        for _ in range(max(1, NACK_THRESHOLD - self.hole_acks)):
             self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
 
     def on_ack(self, ack: P.AckBody, flags: int, now: float) -> None:

@@ -431,6 +431,21 @@ def test_retransmit_timer_backs_off() -> None:
     assert call.resend_at - deadline == pytest.approx(2 * rto)
 
 
+def test_after_a_timeout_the_window_restarts_at_one_and_grows_while_holes_are_resent() -> None:
+    core, call = client_call()
+    call.write(b"x" * 1412 * 100, 0.0)
+    call.cwind = call.ssthresh = 16
+    sent(core, 0.0)
+    deadline = call.resend_at
+    core.handle_timer(deadline)
+    assert [h.seq for h in data_in(sent(core, deadline))] == [1]
+    assert call.cwind == 1 and call.ssthresh == 8
+    # 1 arrives: slow start goes on although 2..16 still wait for their resend.
+    core.receive_datagram(server_packet(call, P.ACK, 0, 1, ack_body(2)), SERVER, deadline + 0.01)
+    assert [h.seq for h in data_in(sent(core, deadline + 0.01))] == [2, 3]
+    assert call.cwind == 2
+
+
 def test_rto_follows_the_measured_round_trip_with_a_20ms_floor() -> None:
     core, call = client_call()
     call.write(b"x" * 1412 * 10, 0.0)
