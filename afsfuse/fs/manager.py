@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 VolumeKind = Literal["rw", "ro", "bk", "auto"]
 Listener = Callable[[AfsFid | None], None]
+#: A change made to a parsed directory listing: our own change, as the fileserver made it.
+Listing = dict[bytes, afsdir.DirEntry]
+ListingEdit = Callable[[Listing], None]
 
 #: A directory blob is at most this big (1023 pages of 2 KiB).
 MAX_DIRECTORY = afsdir.MAX_PAGES * afsdir.PAGE_SIZE
@@ -166,6 +169,27 @@ def _entry_name(name: str | bytes) -> bytes:
     return raw
 
 
+def _adding(name: bytes, vnode: int, unique: int) -> ListingEdit:
+    def add(entries: Listing) -> None:
+        entries[name] = afsdir.DirEntry(vnode, unique)
+
+    return add
+
+
+def _removing(name: bytes) -> ListingEdit:
+    def remove(entries: Listing) -> None:
+        del entries[name]
+
+    return remove
+
+
+def _renaming(old: bytes, new: bytes) -> ListingEdit:
+    def rename(entries: Listing) -> None:
+        entries[new] = entries.pop(old)
+
+    return rename
+
+
 #: What a reply without a callback promise (StoreData, StoreStatus, Symlink...) stands with.
 _NO_CALLBACK = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
 
@@ -200,9 +224,9 @@ class CacheManager:
         self.vnodes = VnodeTable()
         self._vl: dict[str, VLClient] = {}
         self._listeners: list[Listener] = []
-        self._dirs: OrderedDict[AfsFid, tuple[int, bytes, dict[bytes, afsdir.DirEntry]]] = (
-            OrderedDict()
-        )
+        #: Parsed directories by fid: (data version, entries).  Our own changes are made to
+        #: these in memory (see _take_dir_status), so an entry may be ahead of the disk cache.
+        self._dirs: OrderedDict[AfsFid, tuple[int, Listing]] = OrderedDict()
         #: Chunks being fetched or loaded: readers of the same chunk wait for the event.
         self._inflight: dict[ChunkKey, trio.Event] = {}
         self._memory = ChunkMemory(config.chunk_memory)
@@ -356,9 +380,13 @@ class CacheManager:
         server: FileServer,
         sent: float,
         breaks: int,
+        *,
+        ours: int | None = None,
     ) -> Status:
         """Take a status (and the callback that came with it) from a reply made with
-        `token`, sent at `sent` while `vnode.breaks` was `breaks`."""
+        `token`, sent at `sent` while `vnode.breaks` was `breaks`.  A new data version drops
+        the parsed directory and tells the listeners, unless it is `ours`: the version our
+        own change made, which the caller has already applied."""
         status = Status.from_afs(afs_status)
         previous = vnode.status
         vnode.status = status
@@ -378,7 +406,7 @@ class CacheManager:
                 self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
         if previous is None or previous.data_version != status.data_version:
             await self.cache.put_status(vnode.fid, status.data_version, status.to_record())
-            if previous is not None:
+            if previous is not None and status.data_version != ours:
                 self._dirs.pop(vnode.fid, None)
                 self._notify(vnode.fid)
         return status
@@ -485,7 +513,7 @@ class CacheManager:
 
     # -- directories -------------------------------------------------------------------
 
-    async def _directory(self, fid: AfsFid, who: Identity) -> dict[bytes, afsdir.DirEntry]:
+    async def _directory(self, fid: AfsFid, who: Identity) -> Listing:
         token = self._token(fid.cell, who)
         vnode, trusted = await self._status_for(fid, token, PRSFS_LOOKUP)
         assert vnode.status is not None
@@ -502,7 +530,7 @@ class CacheManager:
             if trusted and held is not None and held[0] == version:
                 self._dirs.move_to_end(fid)
                 self.stats.data_hits += 1
-                return held[2]
+                return held[1]
             blob = None
             if trusted:
                 blob = await self.cache.get_dir(fid, version)
@@ -515,11 +543,15 @@ class CacheManager:
                     continue  # changed under us: go again with the new version
                 await self.cache.put_dir(fid, version, blob)
             parsed = afsdir.parse_directory(blob)
-            self._dirs[fid] = (version, blob, parsed)
-            while len(self._dirs) > self.config.directory_memory:
-                self._dirs.popitem(last=False)
+            self._keep_listing(fid, version, parsed)
             return parsed
         raise FsError(errno.EIO, "directory keeps changing while being read")
+
+    def _keep_listing(self, fid: AfsFid, version: int, entries: Listing) -> None:
+        self._dirs[fid] = (version, entries)
+        self._dirs.move_to_end(fid)
+        while len(self._dirs) > self.config.directory_memory:
+            self._dirs.popitem(last=False)
 
     async def _fetch_whole(
         self, fid: AfsFid, token: Token | None, vnode: Vnode
@@ -1110,11 +1142,11 @@ class CacheManager:
         token: Token | None,
         name: str,
         call: Callable[[Connection], Any],
+        edit: Callable[[Any], ListingEdit | None],
         status_field: str = "OutDirStatus",
     ) -> tuple[FileServer, float, Any]:
         """A call that changes directory `dir_fid` and answers with its new status in
-        `status_field`: that status is taken, which drops the listing of the old version
-        (the next lookup fetches the new one)."""
+        `status_field`; `edit(reply)` says what the call did to the listing."""
         vnode = self.vnodes.get(dir_fid)
         breaks = vnode.breaks
 
@@ -1124,8 +1156,39 @@ class CacheManager:
 
         server, sent, reply = await self.rotator.call(dir_fid.cell, dir_fid.volume, token, name, op)
         dir_status = getattr(reply, status_field)
-        await self._absorb(vnode, token, dir_status, _NO_CALLBACK, server, sent, breaks)
+        await self._take_dir_status(vnode, token, dir_status, server, sent, breaks, edit(reply))
         return server, sent, reply
+
+    async def _take_dir_status(
+        self,
+        vnode: Vnode,
+        token: Token | None,
+        afs_status: Any,
+        server: FileServer,
+        sent: float,
+        breaks: int,
+        edit: ListingEdit | None,
+    ) -> None:
+        """The new status of a directory we changed.  When its data version is exactly one
+        past the listing we hold, the fileserver made our change and nothing else: the same
+        edit to our listing gives its new contents, where fetching it again would make n
+        creates in one directory cost n whole-directory fetches (OpenAFS edits its cached
+        copy on the same condition).  The edited listing lives in memory only: writing the
+        whole blob back to the disk cache would cost as much as the fetch it saves.  Any
+        other version means someone else changed the directory too: the listing is dropped
+        and fetched when next needed."""
+        held = self._dirs.get(vnode.fid)
+        version = Status.from_afs(afs_status).data_version
+        ours = None
+        if edit is not None and held is not None and held[0] == version - 1:
+            try:
+                edit(held[1])
+            except KeyError:
+                pass  # the listing lacks what the server changed: fetch it again
+            else:
+                self._keep_listing(vnode.fid, version, held[1])
+                ours = version
+        await self._absorb(vnode, token, afs_status, _NO_CALLBACK, server, sent, breaks, ours=ours)
 
     async def _absorb_new(
         self,
@@ -1183,6 +1246,7 @@ class CacheManager:
             token,
             "FS.CreateFile",
             lambda conn: FS.CreateFile(conn, _afs_fid(dir_fid), raw, in_status),
+            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
         return await self._absorb_new(dir_fid, token, reply, server, sent)
 
@@ -1203,6 +1267,7 @@ class CacheManager:
             token,
             "FS.MakeDir",
             lambda conn: FS.MakeDir(conn, _afs_fid(dir_fid), raw, in_status),
+            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
         return await self._absorb_new(dir_fid, token, reply, server, sent)
 
@@ -1226,6 +1291,7 @@ class CacheManager:
             token,
             "FS.Symlink",
             lambda conn: FS.Symlink(conn, _afs_fid(dir_fid), raw, contents, in_status),
+            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
         return await self._absorb_new(dir_fid, token, reply, server, sent)
 
@@ -1244,6 +1310,7 @@ class CacheManager:
             token,
             "FS.Link",
             lambda conn: FS.Link(conn, _afs_fid(dir_fid), raw, _afs_fid(target)),
+            lambda reply: _adding(raw, target.vnode, target.unique),
         )
         vnode = self.vnodes.get(target)
         status = await self._absorb(
@@ -1261,6 +1328,7 @@ class CacheManager:
             token,
             "FS.RemoveFile",
             lambda conn: FS.RemoveFile(conn, _afs_fid(dir_fid), raw),
+            lambda reply: _removing(raw),
             "OutStatus",
         )
         self._changed(victim)
@@ -1291,6 +1359,7 @@ class CacheManager:
                 token,
                 "FS.RemoveDir",
                 lambda conn: FS.RemoveDir(conn, _afs_fid(dir_fid), raw),
+                lambda reply: _removing(raw),
             )
         except FsError as e:
             # The fileserver says EEXIST (POSIX allows both); Linux programs expect this.
@@ -1316,17 +1385,37 @@ class CacheManager:
         token = self._token(src_dir.cell, who)
         moved = await self._entry(src_dir, old, who)
         replaced = await self._entry(dst_dir, new, who)
-        server, sent, reply = await self._dir_call(
-            dst_dir,
-            token,
-            "FS.Rename",
-            lambda conn: FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new),
-            "OutNewDirStatus",
+        src_vnode, dst_vnode = self.vnodes.get(src_dir), self.vnodes.get(dst_dir)
+        src_breaks, dst_breaks = src_vnode.breaks, dst_vnode.breaks
+
+        async def op(conn: Connection, server: FileServer) -> Any:
+            sent = trio.current_time()
+            reply = await FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new)
+            return server, sent, reply
+
+        server, sent, reply = await self.rotator.call(
+            dst_dir.cell, dst_dir.volume, token, "FS.Rename", op
         )
-        if src_dir != dst_dir:
-            vnode = self.vnodes.get(src_dir)
-            await self._absorb(
-                vnode, token, reply.OutOldDirStatus, _NO_CALLBACK, server, sent, vnode.breaks
+        new_status = reply.OutNewDirStatus
+        if src_dir == dst_dir:
+            await self._take_dir_status(
+                dst_vnode, token, new_status, server, sent, dst_breaks, _renaming(old, new)
+            )
+        else:
+            # What left the source listing is what the target gets, if we saw it leave.
+            moving: list[afsdir.DirEntry] = []
+            await self._take_dir_status(
+                src_vnode,
+                token,
+                reply.OutOldDirStatus,
+                server,
+                sent,
+                src_breaks,
+                lambda entries: moving.append(entries.pop(old)),
+            )
+            adding = _adding(new, *moving[0]) if moving else None
+            await self._take_dir_status(
+                dst_vnode, token, new_status, server, sent, dst_breaks, adding
             )
             self._changed(moved)  # a directory's '..' changed with it
         if replaced != moved:

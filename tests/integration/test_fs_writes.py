@@ -340,3 +340,45 @@ async def test_acl_round_trip(cell: Cell, token_db: TokenStore, tmp_path: Path) 
         assert await errno_of(m.readdir(top, BOB)) == errno.EACCES
         assert await errno_of(m.set_acl(top, "1\n0\n", ADMIN)) == errno.EINVAL
         assert await errno_of(m.set_acl(top, acl.format(), BOB)) == errno.EACCES
+
+
+async def listing(m: CacheManager, directory: AfsFid, who: Identity = ALICE) -> dict[str, AfsFid]:
+    return dict(await m.readdir(directory, who))
+
+
+async def test_own_namespace_changes_edit_the_listing_without_fetching_it(
+    cell: Cell, token_db: TokenStore, tmp_path: Path
+) -> None:
+    async with (
+        manager(cell, tmp_path / "c1", token_db) as m,
+        manager(cell, tmp_path / "c2", token_db) as other,
+    ):
+        top = await alice_dir(m)
+        sub, _ = await m.mkdir(top, "sub", 0o755, ALICE)
+        await listing(m, top)
+        await listing(m, sub)
+        before = fetches(m)
+        files = [(await m.create(top, f"f{i}", 0o644, ALICE))[0] for i in range(30)]
+        await m.mkdir(top, "d", 0o755, ALICE)
+        await m.symlink(top, "ln", "f0", ALICE)
+        await m.link(top, "hard", files[1], ALICE)
+        await m.unlink(top, "f2", ALICE)
+        await m.rmdir(top, "d", ALICE)
+        await m.rename(top, "f3", top, "f4", ALICE)  # replaces f4
+        await m.rename(top, "f5", sub, "moved", ALICE)
+        mine_top, mine_sub = await listing(m, top), await listing(m, sub)
+        assert fetches(m) == before  # every change made to the listing in memory
+        assert mine_top["f4"] == files[3] and mine_sub["moved"] == files[5]
+        assert "f2" not in mine_top and "d" not in mine_top
+        # What the fileserver holds, seen by a client that fetches it.
+        assert mine_top == await listing(other, top)
+        assert mine_sub == await listing(other, sub)
+
+        # Another client's change in between: our next change's version is 2 ahead of
+        # our listing, so it is fetched again, with both changes.
+        await other.create(top, "theirs", 0o644, ALICE)
+        await m.create(top, "ours", 0o644, ALICE)
+        after = await listing(m, top)
+        assert {"theirs", "ours"} <= after.keys()
+        assert fetches(m) == before + 1
+        assert after == await listing(other, top)
