@@ -23,6 +23,7 @@ all: test
 
 deps:
 	@scripts/install-debian-packages $(DEBIAN_PACKAGES)
+	@scripts/fuse-device
 
 $(STAMPS)/venv: pyproject.toml setup.py | deps
 	@mkdir -p $(STAMPS)

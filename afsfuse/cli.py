@@ -146,11 +146,18 @@ def _daemonize(config: MountConfig) -> int:
         return 1
     os.close(read_end)
     os.setsid()
+    # Let go of the caller's terminal or pipes (a caller reading our output would otherwise
+    # wait for the daemon's end); libfuse's own messages to fd 2 go to the log file.
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
         os.dup2(devnull, fd)
     if config.log_file is None:
         os.dup2(devnull, 2)
+    else:
+        log_fd = os.open(config.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+    os.close(devnull)
     _setup_logging(config, sys.stderr)
     os._exit(_run(config, write_end))
 
