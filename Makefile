@@ -35,8 +35,8 @@ $(STAMPS)/venv: pyproject.toml setup.py | deps
 venv: deps $(STAMPS)/venv
 
 lint: venv
-	$(VENV)/bin/ruff check afsfuse tests
-	$(VENV)/bin/ruff format --check afsfuse tests
+	$(VENV)/bin/ruff check afsfuse tests bench
+	$(VENV)/bin/ruff format --check afsfuse tests bench
 
 # The whole suite, integration tests against a real cell included (needs root).
 test: venv lint
