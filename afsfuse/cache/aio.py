@@ -72,6 +72,9 @@ class AsyncCacheStore(_Offloaded):
     async def put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
         return await self._run(self.sync_store.put_status, fid, data_version, status)
 
+    async def put_statuses(self, statuses: list[tuple[FidKey, int, object]]) -> None:
+        await self._run(self.sync_store.put_statuses, statuses)
+
     async def get_chunk(self, fid: FidKey, data_version: int, index: int) -> bytes | None:
         return await self._run(self.sync_store.get_chunk, fid, data_version, index)
 

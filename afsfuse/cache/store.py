@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
@@ -178,16 +179,26 @@ class CacheStore:
     def put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
         """Record the latest status of `fid`.  A different data version makes it the
         current one: chunks and directory of the previous version are deleted."""
-        prefix = _fid_prefix(fid)
         with self._record_lock, self._clean.transact():
-            old = self._clean.get(prefix + "r")
-            if old is not None and old.data_version == data_version:
-                record = replace(old, status=status)
-            else:
-                record = FileRecord(data_version, status)
-                if old is not None:
-                    self._delete_version(prefix, old)
-            self._clean.set(prefix + "r", record, tag=prefix)
+            return self._put_status(fid, data_version, status)
+
+    def put_statuses(self, statuses: Iterable[tuple[FidKey, int, object]]) -> None:
+        """put_status of many (fid, data_version, status) in one transaction: a bulk status
+        reply's worth costs one commit, not one each."""
+        with self._record_lock, self._clean.transact():
+            for fid, data_version, status in statuses:
+                self._put_status(fid, data_version, status)
+
+    def _put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
+        prefix = _fid_prefix(fid)
+        old = self._clean.get(prefix + "r")
+        if old is not None and old.data_version == data_version:
+            record = replace(old, status=status)
+        else:
+            record = FileRecord(data_version, status)
+            if old is not None:
+                self._delete_version(prefix, old)
+        self._clean.set(prefix + "r", record, tag=prefix)
         return record
 
     def _delete_version(self, prefix: str, record: FileRecord) -> None:

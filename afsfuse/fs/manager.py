@@ -387,6 +387,26 @@ class CacheManager:
         `token`, sent at `sent` while `vnode.breaks` was `breaks`.  A new data version drops
         the parsed directory and tells the listeners, unless it is `ours`: the version our
         own change made, which the caller has already applied."""
+        status, new_version = self._take_status(
+            vnode, token, afs_status, callback, server, sent, breaks, ours
+        )
+        if new_version:
+            await self.cache.put_status(vnode.fid, status.data_version, status.to_record())
+        return status
+
+    def _take_status(
+        self,
+        vnode: Vnode,
+        token: Token | None,
+        afs_status: Any,
+        callback: Any,
+        server: FileServer,
+        sent: float,
+        breaks: int,
+        ours: int | None,
+    ) -> tuple[Status, bool]:
+        """_absorb but for the disk cache's record, which the caller must write when the
+        second value (a new data version) is True."""
         status = Status.from_afs(afs_status)
         previous = vnode.status
         vnode.status = status
@@ -404,12 +424,12 @@ class CacheManager:
                 vnode.access[token] = status.caller_access
                 fid = vnode.fid
                 self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
-        if previous is None or previous.data_version != status.data_version:
-            await self.cache.put_status(vnode.fid, status.data_version, status.to_record())
-            if previous is not None and status.data_version != ours:
-                self._dirs.pop(vnode.fid, None)
-                self._notify(vnode.fid)
-        return status
+        if previous is not None and previous.data_version == status.data_version:
+            return status, False
+        if previous is not None and status.data_version != ours:
+            self._dirs.pop(vnode.fid, None)
+            self._notify(vnode.fid)
+        return status, True
 
     async def _status_for(
         self, fid: AfsFid, token: Token | None, wanted: int
@@ -481,16 +501,21 @@ class CacheManager:
             raise FsError(errno.EIO, "InlineBulkStatus reply does not match the request")
         callbacks = list(reply.CBArray) + [None] * (len(fids) - len(reply.CBArray))
         out: list[Status | FsError] = []
+        records = []
         for vnode, before, afs_status, callback in zip(
             vnodes, breaks, reply.StatArray, callbacks, strict=True
         ):
             if afs_status.errorCode:
                 out.append(fs_error(afs_status.errorCode, f"status of {tuple(vnode.fid)}"))
                 continue
-            if callback is None:
-                callback = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
-            status = await self._absorb(vnode, token, afs_status, callback, server, sent, before)
+            status, new_version = self._take_status(
+                vnode, token, afs_status, callback or _NO_CALLBACK, server, sent, before, None
+            )
+            if new_version:
+                records.append((vnode.fid, status.data_version, status.to_record()))
             out.append(status)
+        if records:
+            await self.cache.put_statuses(records)
         return out
 
     async def _status_one_by_one(

@@ -457,3 +457,12 @@ def test_hot_path_reads_a_cached_mib_quickly(tmp_path: Path) -> None:
             timings.append(time.perf_counter() - start)
         # Typically ~0.25 ms here; the bound leaves room for a busy test machine.
         assert sorted(timings)[15] < 0.003
+
+
+def test_many_statuses_in_one_transaction_as_one_by_one(store: CacheStore) -> None:
+    store.put_status(FID, 5, None)
+    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
+    store.put_statuses([(FID, 6, {"n": 1}), (OTHER, 2, {"n": 2})])
+    assert store.get_chunk(FID, 5, 0) is None  # the new version purged the old bytes
+    assert store.get_record(FID) == FileRecord(6, {"n": 1})
+    assert store.get_record(OTHER) == FileRecord(2, {"n": 2})
