@@ -19,9 +19,12 @@ ETIMEDOUT...).  Only flush can fail a close: release errors reach no one, so rel
 stores what an mmap or a failed flush left, and logs.  A file unlinked while open is renamed
 to a hidden name first and removed at its last release, as the OpenAFS cache manager does,
 so the open descriptors keep working.
-* Mount points (and names found through @sys) always get timeouts of 0: crossing one is a
-  cheap local lookup, @sys follows a changed sysname list at once, and statfs learns which
-  volume a process is looking at (see `statfs`).
+* Names found through @sys always get timeouts of 0, so @sys follows a changed sysname
+  list at once.  Mount points get attribute timeouts of 0, so a stat (df's first step)
+  reaches us and statfs learns which volume a process is looking at (see `statfs`); their
+  names are cached like any other, because `ls -l dir` walks the whole path again for each
+  entry (statx and two xattr calls), and a lookup per mount point per walk made it ten
+  times slower.
 
 Every handler turns FsError into its errno and anything unexpected into a logged EIO:
 pyfuse3 catches only FUSEError.
@@ -261,7 +264,7 @@ class AfsOperations(pyfuse3.Operations):
                     ("mount", fid),
                     lambda i: MountNode(i, spec=spec, source=fid),
                     _mount_attrs(status),
-                    0.0,
+                    timeout,
                 )
         attrs = self._file_attrs(status)
         return _Child(name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout)
@@ -274,9 +277,7 @@ class AfsOperations(pyfuse3.Operations):
     def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
         probe = entry.make(0)
         attrs = _synthetic_attrs(probe)
-        if isinstance(probe, MountNode):
-            timeout = 0.0
-        else:
+        if not isinstance(probe, MountNode):
             attrs.attr_timeout = self.shared_timeout
         return _Child(os.fsencode(entry.name), entry.key, entry.make, attrs, timeout)
 
@@ -332,7 +333,10 @@ class AfsOperations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         who = identity(ctx)
-        self._touched(ctx, node)
+        if not isinstance(node, RootNode):
+            # df stats the root of the mount after its argument, to find the mount point:
+            # that must not become the node its statfs is about.
+            self._touched(ctx, node)
         if isinstance(node, FileNode):
             attrs = self._file_attrs(await self.manager.getattr(node.fid, who))
         elif isinstance(node, MountNode) and node.source is not None:
