@@ -268,6 +268,7 @@ class Cell:
             "bridge": self.bridge,
             "netns": [s.netns for s in self.servers],
             "links": [s.host_if for s in self.servers],
+            "kdc": self.kdc.pid if self.kdc is not None else None,
         }
         (STATE_DIR / f"{self.run_id}.json").write_text(json.dumps(state))
 
@@ -276,6 +277,7 @@ class Cell:
     def _start_kdc(self) -> None:
         self.kdc = KDC(self.workdir / "kdc", self.realm, host=self.host_addr)
         self.kdc.start()
+        self._record_state()
         for user, password in USERS.items():
             self.kdc.add_principal(user, password)
         self.kdc.add_principal(self._afs_principal)
@@ -497,6 +499,9 @@ def collect_garbage() -> list[str]:
             _run(["ip", "netns", "del", netns], check=False)
         for link in [*state["links"], state["bridge"]]:
             _run(["ip", "link", "del", link], check=False)
+        if state.get("kdc"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state["kdc"], signal.SIGKILL)
         record.unlink()
         removed.append(record.stem)
     return removed
