@@ -4,10 +4,8 @@ The server runs in the test's trio loop (no FUSE mount needed); each client is a
 process, switched to a local user with setpriv, so SO_PEERCRED reports real other uids.
 Local users afsfuse-alice and afsfuse-bob are created if missing (useradd -M) and kept.
 Everything the users need (socket, ccache, krb5.conf) is in a 0755 directory of our own,
-since pytest's tmp_path (under /tmp/pytest-of-root, 0700) is closed to them.  When the
-virtualenv's interpreter is out of their reach too (a pyenv Python under /root, 0700), they
-run the same afsfuse-ctl script with the system Python of the same version, the checkout
-and the virtualenv's site-packages on PYTHONPATH.
+since pytest's tmp_path (under /tmp/pytest-of-root, 0700) is closed to them.  They run the
+virtualenv's interpreter, which `make` builds on Debian's Python so that every user can.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import os
 import pwd
 import re
 import shutil
-import site
 import subprocess
 import sys
 import tempfile
@@ -76,24 +73,17 @@ class UserPython:
 
 @pytest.fixture(scope="session")
 def user_python(users: dict[str, User]) -> UserPython:
-    def usable(interpreter: str, env: dict[str, str]) -> bool:
-        check = "import sys, afsfuse.ctl.cli; print(sys.version_info[:2])"
-        done = subprocess.run(
-            [*as_user(users["bob"]), interpreter, "-c", check],
-            env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
-            timeout=30, check=False,
-        )  # fmt: skip
-        return done.returncode == 0 and done.stdout.strip() == str(sys.version_info[:2])
-
-    if usable(sys.executable, {}):
-        return UserPython(sys.executable, {})
-    path = os.pathsep.join([str(Path(__file__).parents[2]), *site.getsitepackages()])
-    fallback = UserPython(
-        f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}", {"PYTHONPATH": path}
+    check = "import sys, afsfuse.ctl.cli; print(sys.version_info[:2])"
+    done = subprocess.run(
+        [*as_user(users["bob"]), sys.executable, "-c", check],
+        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (
+        f"local users cannot run {sys.executable} with afsfuse ({done.stderr.strip()}); "
+        "build the virtualenv on a Python every user can run: make clean venv"
     )
-    if not usable(fallback.interpreter, fallback.env):
-        pytest.skip(f"no Python {sys.version_info[:2]} with afsfuse that other users can run")
-    return fallback
+    return UserPython(sys.executable, {})
 
 
 def as_user(user: User) -> list[str]:
