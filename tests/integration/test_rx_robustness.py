@@ -185,13 +185,17 @@ async def test_a_fileserver_gone_mid_store_times_out(cm, cell: Cell, open_dir: A
             )
             async with stream_ as stream:
                 await stream.send(data[: 1 << 20])
+                # send() returns once the data is queued: cut the server off only when a
+                # good part of it is through, so the store is really under way.
+                while relay.stats.to_server.forwarded < 500:
+                    await trio.sleep(0.005)
                 relay.loss = 1.0
                 await stream.send(data[1 << 20 :])
 
         took = await timed_timeout(store())
     print(f"\nserver gone mid-store: RxTimeout after {took:.2f} s; {relay.stats}")
     assert took < DEAD_TIME + DEAD_SLACK
-    assert relay.stats.to_server.forwarded > 700 and relay.stats.to_server.dropped > 0
+    assert relay.stats.to_server.forwarded >= 500 and relay.stats.to_server.dropped > 0
 
 
 # ----- garbage ------------------------------------------------------------------------------
