@@ -17,9 +17,13 @@ from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import Token
 from afsfuse.rx.driver import Connection, open_endpoint
-from afsfuse.rx.interfaces.fs import AFS_SETMODE, FS, AFSFid, AFSStoreStatus
+from afsfuse.rx.errors import RX_RESTARTING, RxAbort
+from afsfuse.rx.interfaces.fs import AFS_SETMODE, FS, VBUSY, AFSFid, AFSStoreStatus
 from afsfuse.rx.rxkad import Level, RxkadClient
 from afsfuse.vl.vlclient import VLClient
+
+BUSY_RETRIES = 40
+BUSY_PAUSE = 0.5
 
 #: rights bits: r=1 l=8 i=2 d=4 w=16 k=32 a=64
 READ_LOOKUP = 1 | 8
@@ -83,13 +87,26 @@ async def _fill_dir(conns: list[Connection], parent: AFSFid, name: str, files: i
 
     async def worker(conn: Connection) -> None:
         for i in names:
-            created = await FS.CreateFile(conn, directory, f"f{i:05d}", mode)
+            created = await _patiently(FS.CreateFile, conn, directory, f"f{i:05d}", mode)
             if data:
-                await _store(conn, created.OutFid, len(data), lambda _: data)
+                await _patiently(_store, conn, created.OutFid, len(data), lambda _: data)
 
     async with trio.open_nursery() as nursery:
         for i in range(WORKERS):
             nursery.start_soon(worker, conns[i % len(conns)])
+
+
+async def _patiently(rpc, *args):
+    """A fileserver under a burst of creates may answer VBUSY before doing anything: wait and
+    ask again, as a cache manager would (bounded)."""
+    for _ in range(BUSY_RETRIES):
+        try:
+            return await rpc(*args)
+        except RxAbort as e:
+            if e.code not in (VBUSY, RX_RESTARTING):
+                raise
+            await trio.sleep(BUSY_PAUSE)
+    return await rpc(*args)
 
 
 async def _populate(cell: str, vlserver: str, admin: Token, layout: Layout, seed: bytes) -> None:
