@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 from collections import Counter
@@ -26,10 +25,7 @@ from afsfuse.rx.rxkad import Level, RxkadClient
 from afsfuse.rx.security import RXNULL
 from afsfuse.testing.cell import Cell
 
-pytestmark = [
-    pytest.mark.cell,
-    pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed"),
-]
+pytestmark = pytest.mark.cell
 
 SIZE = 1024 * 1024
 OPEN_ACL = b"2\n0\nsystem:administrators 127\nsystem:anyuser 63\n\0"
