@@ -1259,27 +1259,43 @@ class CacheManager:
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
         """A new empty file; EEXIST if the name is taken."""
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        in_status = AFSStoreStatus(
-            Mask=AFS_SETMODE | AFS_SETMODTIME,
-            ClientModTime=int(time.time()),
-            UnixModeBits=mode & 0o7777,
-        )
-        server, sent, reply = await self._dir_call(
-            dir_fid,
-            token,
-            "FS.CreateFile",
-            lambda conn: FS.CreateFile(conn, _afs_fid(dir_fid), raw, in_status),
-            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
-        )
-        return await self._absorb_new(dir_fid, token, reply, server, sent)
+        return await self._new_entry(dir_fid, name, mode, who, "FS.CreateFile", FS.CreateFile)
 
     @_boundary
     async def mkdir(
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
         """A new directory; it inherits the parent's ACL on the server."""
+        return await self._new_entry(dir_fid, name, mode, who, "FS.MakeDir", FS.MakeDir)
+
+    @_boundary
+    async def symlink(
+        self, dir_fid: AfsFid, name: str | bytes, target: str | bytes, who: Identity
+    ) -> tuple[AfsFid, Status]:
+        """A symlink; text like '#cell:volume.' makes a mount point (mode 0644, fs/mntpt.py)."""
+        contents = _encode_name(target)
+        if not contents:
+            raise FsError(errno.ENOENT, "empty symlink target")
+        return await self._new_entry(
+            dir_fid,
+            name,
+            link_mode(contents),
+            who,
+            "FS.Symlink",
+            lambda conn, fid, raw, status: FS.Symlink(conn, fid, raw, contents, status),
+        )
+
+    async def _new_entry(
+        self,
+        dir_fid: AfsFid,
+        name: str | bytes,
+        mode: int,
+        who: Identity,
+        what: str,
+        rpc: Callable[[Connection, AFSFid, bytes, Any], Awaitable[Any]],
+    ) -> tuple[AfsFid, Status]:
+        """One RPC that makes a new vnode and its name in `dir_fid` (CreateFile, MakeDir,
+        Symlink), with the name added to our copy of the directory."""
         raw = _entry_name(name)
         token = self._token(dir_fid.cell, who)
         in_status = AFSStoreStatus(
@@ -1290,32 +1306,8 @@ class CacheManager:
         server, sent, reply = await self._dir_call(
             dir_fid,
             token,
-            "FS.MakeDir",
-            lambda conn: FS.MakeDir(conn, _afs_fid(dir_fid), raw, in_status),
-            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
-        )
-        return await self._absorb_new(dir_fid, token, reply, server, sent)
-
-    @_boundary
-    async def symlink(
-        self, dir_fid: AfsFid, name: str | bytes, target: str | bytes, who: Identity
-    ) -> tuple[AfsFid, Status]:
-        """A symlink; text like '#cell:volume.' makes a mount point (mode 0644, fs/mntpt.py)."""
-        raw = _entry_name(name)
-        contents = _encode_name(target)
-        if not contents:
-            raise FsError(errno.ENOENT, "empty symlink target")
-        token = self._token(dir_fid.cell, who)
-        in_status = AFSStoreStatus(
-            Mask=AFS_SETMODE | AFS_SETMODTIME,
-            ClientModTime=int(time.time()),
-            UnixModeBits=link_mode(contents) & 0o7777,
-        )
-        server, sent, reply = await self._dir_call(
-            dir_fid,
-            token,
-            "FS.Symlink",
-            lambda conn: FS.Symlink(conn, _afs_fid(dir_fid), raw, contents, in_status),
+            what,
+            lambda conn: rpc(conn, _afs_fid(dir_fid), raw, in_status),
             lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
         return await self._absorb_new(dir_fid, token, reply, server, sent)
