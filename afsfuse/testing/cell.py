@@ -440,10 +440,19 @@ class Cell:
         )  # fmt: skip
 
     def start_fileserver(self, index: int) -> None:
+        """Start a stopped fileserver and volserver; return once both answer again."""
         server = self.servers[index]
         self.exec(
             "bos", "start", "-server", server.addr, "-instance", "fs", "-localauth", server=index
         )
+
+        def answering() -> None:
+            status = self.exec("bos", "status", server.addr, "fs", "-localauth", server=index)
+            if "file server running" not in status:
+                raise CellError(f"fileserver on {server.addr} not running yet: {status}")
+            self.exec("vos", "listpart", server.addr, "-localauth", timeout=30, server=index)
+
+        self._retry(answering, f"fileserver and volserver on {server.addr}")
 
     def logs(self) -> str:
         """The tails of every server log, for failure reports."""
