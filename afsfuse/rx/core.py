@@ -230,6 +230,7 @@ class RxCore:
         self._next_housekeeping: float | None = None
         self.calls_executed = 0
         self.packets_received = 0
+        self.packets_sent = 0
         self.packets_dropped = 0
 
     # ----- set-up -------------------------------------------------------------------------
@@ -316,6 +317,7 @@ class RxCore:
                 call.transmit(now)
         out = self._out
         self._out = []
+        self.packets_sent += len(out)
         return out
 
     def next_deadline(self) -> float | None:

@@ -261,6 +261,14 @@ class Endpoint:
         self._poked = False
         self.port: int = sock.getsockname()[1]
 
+    @property
+    def packets_received(self) -> int:
+        return self._core.packets_received
+
+    @property
+    def packets_sent(self) -> int:
+        return self._core.packets_sent
+
     def connect(
         self,
         addr: tuple[str, int],
