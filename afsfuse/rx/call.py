@@ -36,6 +36,9 @@ MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP f
 MIN_PACKET = 520
 #: How many not-yet-acknowledged packets a writer may queue before it has to wait.
 SEND_BACKLOG = 2 * MAX_WINDOW
+#: Added to the retransmit timeout of a burst that asked for no ack: an OpenAFS receiver
+#: acks it after 100 ms (rx_softAckDelay) if no reply has gone out by then.
+DELAYED_ACK_ALLOWANCE = 0.2
 MAX_PROBE = 10.0  # longest wait between pings to a receiver whose reader is stalled
 #: Bounds of the first wait before pinging a server whose reply stream went quiet (two
 #: round trips in between); the wait doubles while nothing comes.
@@ -116,6 +119,8 @@ class Call:
         self.pipe = 0  # packets in flight: what cwind limits
         self.recover_until = 0  # in recovery until every packet up to this one is acked
         self.resend_at: float | None = None
+        #: The last burst asked for no ack: the peer acks it late unless its reply comes.
+        self.ack_unrequested = False
         self.probe_interval = 0.0
         self.last_ack_first = 0
         self.last_ack_previous = 0
@@ -455,7 +460,7 @@ class Call:
             if not self.recover_until or self.cwind < self.ssthresh:
                 self._grow_window(newly)
             self.probe_interval = 0.0
-            self.resend_at = now + peer.rto if self.tnext_send > self.tfirst else None
+            self.resend_at = now + self._resend_timeout() if self.tnext_send > self.tfirst else None
             self.core._notify(self)
         if not tx:
             self.resend_at = None
@@ -694,19 +699,28 @@ class Call:
                 batch.append(tx[i])
         if not batch:
             if self.resend_at is None and self.tnext_send > self.tfirst:
-                self.resend_at = now + self.conn.peer.rto
+                self.resend_at = now + self._resend_timeout()
             return
         conn = self.conn
         base_flags = conn.direction_flag
         last = batch[-1]
+        # An immediate ack of every burst keeps the retransmit timer free of any allowance
+        # for delayed acks.  A client's request ends in a burst the reply acknowledges:
+        # asking for an ack there only makes the server send an ACK packet we must process
+        # (OpenAFS asks for none either), so the timer allows for the peer's delayed ack
+        # instead.  Resends and a peer whose round trip is not yet measured still ask.
+        self.ack_unrequested = (
+            self.is_client
+            and last.flags & P.LAST_PACKET != 0
+            and conn.peer.srtt > 0.0
+            and not any(pkt.sent_at is not None for pkt in batch)
+        )
         for pkt in batch:
             flags = pkt.flags | base_flags
-            if pkt is last:
-                # An immediate ack of every burst keeps the retransmit timer free of any
-                # allowance for delayed acks.
-                flags |= P.REQUEST_ACK
-            else:
+            if pkt is not last:
                 flags |= P.MORE_PACKETS
+            elif not self.ack_unrequested:
+                flags |= P.REQUEST_ACK
             pkt.serial = conn.send_packet(
                 P.DATA, flags, self.call_number, self.channel, pkt.seq, pkt.payload, now, pkt.cksum
             )
@@ -725,7 +739,13 @@ class Call:
             self.first_sent_at = now
             self.last_receive = now
         if self.resend_at is None:
-            self.resend_at = now + conn.peer.rto
+            self.resend_at = now + self._resend_timeout()
+
+    def _resend_timeout(self) -> float:
+        """How long sent packets may go unacknowledged before they count as lost."""
+        if self.ack_unrequested:
+            return self.conn.peer.rto + DELAYED_ACK_ALLOWANCE
+        return self.conn.peer.rto
 
     def _want_ack(self, reason: int, serial: int) -> None:
         if reason == P.ACK_REQUESTED or self.ack_reason != P.ACK_REQUESTED:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from afsfuse.rx import packet as P
 from afsfuse.rx.call import (
+    DELAYED_ACK_ALLOWANCE,
     MAX_WINDOW,
     MIN_RECOVERY_WINDOW,
     RX_BUFFER_PACKETS,
@@ -429,6 +430,41 @@ def test_retransmit_timer_backs_off() -> None:
     assert again.seq == 1 and again.serial > first.serial and again.flags & P.REQUEST_ACK
     assert call.conn.peer.rto == pytest.approx(2 * rto)
     assert call.resend_at - deadline == pytest.approx(2 * rto)
+
+
+def test_a_request_once_the_round_trip_is_known_asks_for_no_ack_and_its_timer_allows_one() -> None:
+    core, call = client_call()
+    call.conn.peer.rtt_sample(0.001)
+    rto = call.conn.peer.rto
+    call.write(b"request", 0.0)
+    call.close_send(0.0)
+    (first,) = data_in(sent(core, 0.0))
+    assert first.flags & P.LAST_PACKET and not first.flags & P.REQUEST_ACK  # the reply acks it
+    deadline = call.resend_at
+    assert deadline == pytest.approx(rto + DELAYED_ACK_ALLOWANCE)
+    core.handle_timer(deadline)
+    (again,) = data_in(sent(core, deadline))
+    assert again.seq == 1 and again.flags & P.REQUEST_ACK  # a resend asks
+    assert call.resend_at == pytest.approx(deadline + 2 * rto)
+
+
+def test_the_last_burst_of_a_longer_request_asks_for_no_ack_but_the_earlier_ones_do() -> None:
+    core, call = client_call()
+    call.conn.peer.rtt_sample(0.001)
+    call.write(b"x" * 1412 * 4, 0.0)
+    call.close_send(0.0)
+    call.cwind = 2
+    out = data_in(sent(core, 0.0))
+    assert [h.flags & (P.MORE_PACKETS | P.REQUEST_ACK) for h in out] == [
+        P.MORE_PACKETS,
+        P.REQUEST_ACK,
+    ]
+    core.receive_datagram(server_packet(call, P.ACK, 0, 1, ack_body(3)), SERVER, 0.001)
+    out = data_in(sent(core, 0.001))
+    assert [h.flags & (P.MORE_PACKETS | P.REQUEST_ACK | P.LAST_PACKET) for h in out] == [
+        P.MORE_PACKETS,
+        P.LAST_PACKET,
+    ]
 
 
 def test_after_a_timeout_the_window_restarts_at_one_and_grows_while_holes_are_resent() -> None:
