@@ -50,11 +50,16 @@ demo: venv
 	$(PY) -m afsfuse.testing.cell run -- scripts/demo-shell
 
 # afsfuse beside OpenAFS's afsd.fuse on a local cell (needs root; never part of `test`).
-# `make bench BENCH=quick` runs a short version.  afsd.fuse comes from openafs-fuse, needed
-# by this target only.
-bench: venv
+# `make bench BENCH=quick` runs a short version; BENCH_ARGS passes more options to bench/run.py
+# (e.g. BENCH_ARGS="--only create,tar-x --profile bench/results/profile").  afsd.fuse comes
+# from openafs-fuse and py-spy from the bench extra, needed by this target only.
+$(STAMPS)/bench: $(STAMPS)/venv
 	@scripts/install-debian-packages openafs-fuse
-	$(PY) bench/run.py $(if $(filter quick,$(BENCH)),--quick)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+bench: venv $(STAMPS)/bench
+	$(PY) bench/run.py $(if $(filter quick,$(BENCH)),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info

@@ -1,6 +1,7 @@
 """afsfuse side by side with OpenAFS's afsd.fuse on a throwaway test cell (`make bench`).
 
-    .venv/bin/python bench/run.py [--quick] [--rounds N] [--big-mb N]
+    .venv/bin/python bench/run.py [--quick] [--rounds N] [--big-mb N] [--clients A,B]
+                                  [--only W1,W2] [--profile DIR]
 
 Starts a cell, fills <cell>/test/bench as the cell admin (a big file, directories of 1000
 and 10 000 entries, 1000 small files), then runs rounds.  In each round each client in turn
@@ -11,11 +12,16 @@ once more with alice's token (rxkad crypt).
 Prints one table of medians and writes the same, every run included, as JSON under
 bench/results/.  A workload that fails on a client is reported as failed, with the reason.
 Needs root (the cell, drop_caches, FUSE mounts for every user).
+
+`--profile DIR` attaches py-spy to each afsfuse daemon for each timed workload and leaves
+collapsed stacks in DIR (`<client>-<workload>-<round>.txt`), plus a summary of the hottest
+functions by own and inclusive samples (`bench/profile_summary.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
 import json
@@ -23,12 +29,14 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,7 +75,7 @@ class Series:
         return statistics.median(values) if values and self.failure is None else None
 
 
-def measure(client: Client, workload: Workload, ctx: Context) -> Run:
+def measure(client: Client, workload: Workload, ctx: Context, profile: Path | None) -> Run:
     try:
         if client.process is None or client.process.poll() is not None:
             assert client.cache is not None
@@ -75,14 +83,40 @@ def measure(client: Client, workload: Workload, ctx: Context) -> Run:
             client.mount(client.cache)
         workload.prepare(ctx)
         before = client.usage()
-        started = time.monotonic()
-        workload.run(ctx)
-        seconds = time.monotonic() - started
+        with profiled(client, profile / f"{ctx.tag}-{workload.key}.txt" if profile else None):
+            started = time.monotonic()
+            workload.run(ctx)
+            seconds = time.monotonic() - started
         after = client.usage()
         workload.check(ctx)
     except (WorkloadFailed, ClientError, OSError, subprocess.SubprocessError) as e:
         return Run(None, error=f"{type(e).__name__}: {e}"[:300])
     return Run(seconds, after.cpu_seconds - before.cpu_seconds, after.peak_rss_kib)
+
+
+@contextlib.contextmanager
+def profiled(client: Client, out: Path | None) -> Iterator[None]:
+    """py-spy sampling the afsfuse daemon (all threads, idle ones left out) while the block
+    runs; collapsed stacks go to `out`.  afsd.fuse is C and is not profiled."""
+    if out is None or not client.name.startswith(CONTENDER):
+        yield
+        return
+    spy = subprocess.Popen(
+        [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(client.pid),
+         "--format", "raw", "--rate", "250", "--threads", "--nonblocking", "--output",
+         os.fspath(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # py-spy attaches before the workload starts
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
 
 
 def _ccache_token(cell_name: str, krb5_config: str, ccache: Path, user: str):
@@ -148,6 +182,10 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--clients", default=",".join(c.name for c in CLIENTS), help="comma-separated subset"
     )
+    parser.add_argument(
+        "--only", help="comma-separated workload keys (mind those that use an earlier one's files)"
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy afsfuse into this directory")
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.big_mb = args.big_mb or (64 if args.quick else 256)
@@ -178,12 +216,16 @@ def main() -> int:
         members = _scratch_files(scratch, args.big_mb, args.quick)
         clients = [cls(info, scratch / cls.name.replace(" ", "-")) for cls in chosen]
         plan = workloads(listing_sizes)
+        if args.only:
+            plan = [w for w in plan if w.key in args.only.split(",")]
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
         table = {w.key: {c.name: Series() for c in clients} for w in plan}
         rounds: dict[str, list[dict]] = {c.name: [] for c in clients}
         try:
             for number in range(args.rounds):
                 order = clients[number % len(clients) :] + clients[: number % len(clients)]
-                _round(number, order, plan, table, rounds, layout, scratch, members)
+                _round(number, order, plan, table, rounds, layout, scratch, members, args.profile)
         finally:
             for client in clients:
                 client.unmount()
@@ -209,7 +251,7 @@ def main() -> int:
     return 0
 
 
-def _round(number, order, plan, table, rounds, layout, scratch, members) -> None:
+def _round(number, order, plan, table, rounds, layout, scratch, members, profile) -> None:
     """Each client in turn, alone on the host: mounted on an empty cache, every workload,
     unmounted, so no client's background work or callback traffic weighs on another's."""
     print(f"bench: round {number + 1}: {', '.join(c.name for c in order)}", flush=True)
@@ -227,7 +269,8 @@ def _round(number, order, plan, table, rounds, layout, scratch, members) -> None
                 result = Run(None, error=mount_error)
             else:
                 tag = f"{client.name.replace(' ', '-')}-{number}"
-                result = measure(client, workload, Context(client, layout, tag, scratch, members))
+                ctx = Context(client, layout, tag, scratch, members)
+                result = measure(client, workload, ctx, profile)
             table[workload.key][client.name].runs.append(result)
             shown = f"{result.seconds:.2f} s" if result.error is None else result.error
             print(f"  {client.name:14s} {workload.key:14s} {shown}", flush=True)
