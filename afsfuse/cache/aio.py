@@ -3,18 +3,20 @@ I/O block.  A limiter bounds the threads (SQLite serialises writers anyway)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from afsfuse.cache.base import FidKey
-from afsfuse.cache.dirty import DirtyFile, DirtyStore
-from afsfuse.cache.store import CacheStore, FileRecord
+from afsfuse.cache.dirty import DirtyFile, DirtyStore, WouldBlock
+from afsfuse.cache.store import CacheStore, CleanItem, FileRecord
 
 DEFAULT_THREADS = 4
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _Offloaded:
@@ -26,9 +28,17 @@ class _Offloaded:
 
 
 class AsyncDirtyStore(_Offloaded):
+    """Each call is tried inline first: a small file kept in memory needs no thread."""
+
     def __init__(self, store: DirtyStore, limiter: trio.CapacityLimiter) -> None:
         super().__init__(limiter)
         self.sync_store = store
+
+    async def _inline_first(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return fn(*args, blocking=False)
+        except WouldBlock:
+            return await self._run(partial(fn, blocking=True), *args)
 
     def get(self, fid: FidKey) -> DirtyFile | None:
         """In memory: no thread needed."""
@@ -38,24 +48,24 @@ class AsyncDirtyStore(_Offloaded):
         return self.sync_store.list()
 
     async def begin(self, fid: FidKey, base_version: int, length: int) -> DirtyFile:
-        return await self._run(self.sync_store.begin, fid, base_version, length)
+        return await self._inline_first(self.sync_store.begin, fid, base_version, length)
 
     async def write(
         self, fid: FidKey, offset: int, data: bytes, bases: Mapping[int, bytes] | None = None
     ) -> DirtyFile:
-        return await self._run(self.sync_store.write, fid, offset, data, bases)
+        return await self._inline_first(self.sync_store.write, fid, offset, data, bases)
 
     async def read_chunk(self, fid: FidKey, index: int) -> bytes:
-        return await self._run(self.sync_store.read_chunk, fid, index)
+        return await self._inline_first(self.sync_store.read_chunk, fid, index)
 
     async def truncate(self, fid: FidKey, length: int) -> DirtyFile:
-        return await self._run(self.sync_store.truncate, fid, length)
+        return await self._inline_first(self.sync_store.truncate, fid, length)
 
     async def sync(self, fid: FidKey) -> None:
         await self._run(self.sync_store.sync, fid)
 
     async def discard(self, fid: FidKey) -> None:
-        await self._run(self.sync_store.discard, fid)
+        await self._inline_first(self.sync_store.discard, fid)
 
 
 class AsyncCacheStore(_Offloaded):
@@ -69,23 +79,14 @@ class AsyncCacheStore(_Offloaded):
     async def get_record(self, fid: FidKey) -> FileRecord | None:
         return await self._run(self.sync_store.get_record, fid)
 
-    async def put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
-        return await self._run(self.sync_store.put_status, fid, data_version, status)
-
-    async def put_statuses(self, statuses: list[tuple[FidKey, int, object]]) -> None:
-        await self._run(self.sync_store.put_statuses, statuses)
-
     async def get_chunk(self, fid: FidKey, data_version: int, index: int) -> bytes | None:
         return await self._run(self.sync_store.get_chunk, fid, data_version, index)
-
-    async def put_chunk(self, fid: FidKey, data_version: int, index: int, data: bytes) -> bool:
-        return await self._run(self.sync_store.put_chunk, fid, data_version, index, data)
 
     async def get_dir(self, fid: FidKey, data_version: int) -> bytes | None:
         return await self._run(self.sync_store.get_dir, fid, data_version)
 
-    async def put_dir(self, fid: FidKey, data_version: int, blob: bytes) -> bool:
-        return await self._run(self.sync_store.put_dir, fid, data_version, blob)
+    async def put_many(self, items: list[CleanItem]) -> None:
+        await self._run(self.sync_store.put_many, items)
 
     async def drop_fid(self, fid: FidKey) -> int:
         return await self._run(self.sync_store.drop_fid, fid)
@@ -95,3 +96,60 @@ class AsyncCacheStore(_Offloaded):
 
     async def clear(self) -> None:
         await self._run(self.sync_store.clear)
+
+
+class CleanWriter:
+    """Clean data on its way to the disk cache (the caller keeps it in memory meanwhile),
+    written in batches by one task: a batch costs one worker thread call and one
+    transaction, where an item each made a thousand small files cost a thousand of both.
+    At most `limit` items wait; past that, `put` waits for the disk.  Until `run` is
+    started, and after it ends, `put` writes at once."""
+
+    def __init__(self, cache: AsyncCacheStore, limit: int) -> None:
+        self._cache = cache
+        self._room = trio.Semaphore(max(1, limit))
+        self._pending: list[CleanItem] = []
+        self._more = trio.Event()
+        self._running = False
+
+    async def put(self, item: CleanItem) -> None:
+        if not self._running:
+            await self._write([item])
+            return
+        await self._room.acquire()
+        self._pending.append(item)
+        self._more.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Write batches until cancelled; what is still waiting then is written first."""
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                await self._more.wait()
+                await self._flush()
+        finally:
+            self._running = False
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._more = trio.Event()
+        batch, self._pending = self._pending, []
+        try:
+            # Shielded: a batch taken off the queue must not be lost to a cancellation
+            # while it waits for a worker thread.
+            with trio.CancelScope(shield=True):
+                await self._write(batch)
+        finally:
+            for _ in batch:
+                self._room.release()
+
+    async def _write(self, batch: list[CleanItem]) -> None:
+        if not batch:
+            return
+        try:
+            await self._cache.put_many(batch)
+        except Exception:
+            # The data is still served from memory or fetched again; only the disk copy
+            # is lost, so a full or failing cache disk does not fail the reader.
+            log.exception("writing %d items to the disk cache failed", len(batch))

@@ -1,7 +1,9 @@
 """Dirty data: bytes written locally and not yet stored on the fileserver.
 
-Dirty data must never be evicted and must survive the daemon dying between a write and its
-store, so it lives outside diskcache, in plain files: one directory per file,
+Dirty data is never evicted.  A file no bigger than one chunk is kept in memory while dirty
+(a budget bounds them all): creating a small file then costs no disk I/O and no worker
+thread at all, which is most of what `tar x` or a build does.  A file that grows past a
+chunk, or finds the budget spent, moves to plain files, one directory per file,
 
     dirty/<cell>/<volume>.<vnode>.<unique>/state.json   base data version, dirty chunks
     dirty/<cell>/<volume>.<vnode>.<unique>/data         dirty chunks at their file offsets
@@ -12,13 +14,18 @@ of `data` is the file's length, so an ordinary write costs one `pwrite` and noth
 the state file changes only when a chunk becomes dirty or on truncation, and is replaced
 atomically (write, rename) after the data it describes.  A write cut short by a crash
 leaves at most what a local filesystem would: part of the write, never bytes from
-elsewhere.
+elsewhere.  What was in memory is gone with the process, as unwritten pages are with a
+kernel; either way the program was never told its data was stored.
 
 What a byte of the file is while it is dirty: inside a dirty chunk, the byte in `data`;
 otherwise zero at or beyond `zero_from` (a truncation cut it off), else the clean byte at
 `base_version`; nothing exists at or beyond `length`.  A chunk becomes dirty whole: the
 first write into it needs its clean content (`needs_base`) unless it lies entirely past
 what the base version still contributes.
+
+Every method takes `blocking`: with False, an operation that would touch the disk raises
+`WouldBlock` before changing anything, so an event loop can try it inline first and hand
+it to a worker thread only when it must.
 """
 
 from __future__ import annotations
@@ -67,16 +74,31 @@ class BaseNeeded(LookupError):
         self.indexes = indexes
 
 
-class DirtyStore:
-    """All dirty files of one cache directory.  Thread-safe; state is kept in memory and
-    written through, so `get` and `list` never touch the disk."""
+class WouldBlock(Exception):
+    """The operation needs the disk and `blocking=False` was given; nothing was changed."""
 
-    def __init__(self, path: Path, chunk_size: int) -> None:
+
+#: Bytes of small dirty files kept in memory, all files together.
+DEFAULT_MEMORY_BUDGET = 32 << 20
+
+
+class DirtyStore:
+    """All dirty files of one cache directory.  Thread-safe; the state of every file is
+    kept in memory (written through for files on disk), so `get` and `list` never touch
+    the disk."""
+
+    def __init__(
+        self, path: Path, chunk_size: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
+    ) -> None:
         self.path = path
         self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
         make_private_dir(path)
         self._lock = threading.Lock()
         self._files: dict[FidKey, DirtyFile] = {}
+        #: Content of the files kept in memory: `length` bytes, zeros outside dirty chunks.
+        self._resident: dict[FidKey, bytearray] = {}
+        self._resident_bytes = 0
         self._load()
 
     def _load(self) -> None:
@@ -121,15 +143,59 @@ class DirtyStore:
         os.replace(tmp, directory / "state.json")
         self._files[dirty.fid] = dirty
 
+    def _fits(self, fid: FidKey, length: int) -> bool:
+        """May `fid` be kept in memory at `length` bytes?  (Never with a budget of 0.)"""
+        held = self._resident.get(fid)
+        more = length - (len(held) if held is not None else 0)
+        return (
+            0 < self.memory_budget
+            and length <= self.chunk_size
+            and self._resident_bytes + more <= self.memory_budget
+        )
+
+    def _resize(self, fid: FidKey, length: int) -> bytearray:
+        content = self._resident[fid]
+        self._resident_bytes += length - len(content)
+        if length < len(content):
+            del content[length:]
+        else:
+            content.extend(bytes(length - len(content)))
+        return content
+
+    def _spill(self, fid: FidKey) -> None:
+        """Move a file from memory to its directory on disk."""
+        content = self._resident[fid]
+        directory = self._dir(fid)
+        shutil.rmtree(directory, ignore_errors=True)
+        make_private_dir(directory.parent)
+        directory.mkdir(mode=0o700)
+        with open(directory / "data", "xb") as data:
+            data.write(content)
+        self._save(self._files[fid])
+        del self._resident[fid]
+        self._resident_bytes -= len(content)
+
+    def _on_disk(self, fid: FidKey, blocking: bool) -> None:
+        """Make sure `fid` is on disk before a disk operation (or refuse, not blocking)."""
+        if not blocking:
+            raise WouldBlock
+        if fid in self._resident:
+            self._spill(fid)
+
     def get(self, fid: FidKey) -> DirtyFile | None:
         return self._files.get(fid)
+
+    def in_memory(self, fid: FidKey) -> bool:
+        return fid in self._resident
 
     def list(self) -> list[DirtyFile]:
         """Every dirty file, e.g. to store what a previous run left behind."""
         with self._lock:
             return list(self._files.values())
 
-    def begin(self, fid: FidKey, base_version: int, length: int) -> DirtyFile:
+    def begin(
+        self, fid: FidKey, base_version: int, length: int, *, blocking: bool = True
+    ) -> DirtyFile:
         """Start tracking local changes to `fid`, whose clean content is `length` bytes at
         `base_version`.  If `fid` is dirty already, its existing state is returned unchanged
         (the caller compares `base_version`)."""
@@ -137,18 +203,31 @@ class DirtyStore:
             existing = self._files.get(fid)
             if existing is not None:
                 return existing
+            dirty = DirtyFile(fid, base_version, length, length, self.chunk_size, frozenset())
+            if self._fits(fid, length):
+                self._resident[fid] = bytearray(length)
+                self._resident_bytes += length
+                self._files[fid] = dirty
+                return dirty
+            if not blocking:
+                raise WouldBlock
             directory = self._dir(fid)
             shutil.rmtree(directory, ignore_errors=True)
             make_private_dir(directory.parent)
             directory.mkdir(mode=0o700)
             with open(directory / "data", "xb") as data:
                 os.ftruncate(data.fileno(), length)  # sparse: the base's bytes are not here
-            dirty = DirtyFile(fid, base_version, length, length, self.chunk_size, frozenset())
             self._save(dirty)
             return dirty
 
     def write(
-        self, fid: FidKey, offset: int, data: bytes, bases: Mapping[int, bytes] | None = None
+        self,
+        fid: FidKey,
+        offset: int,
+        data: bytes,
+        bases: Mapping[int, bytes] | None = None,
+        *,
+        blocking: bool = True,
     ) -> DirtyFile:
         """Write `data` at `offset`.  `bases` maps each index from `needs_base` to that
         chunk's clean content; without them `BaseNeeded` is raised and nothing is written."""
@@ -163,26 +242,21 @@ class DirtyStore:
             size = dirty.chunk_size
             end = offset + len(data)
             length = max(dirty.length, end)
-            known_end = min(dirty.length, dirty.zero_from)
             first, last = offset // size, (end - 1) // size
             new_chunks = [i for i in range(first, last + 1) if i not in dirty.chunks]
             updated = replace(dirty, length=length, chunks=dirty.chunks | set(new_chunks))
+            pieces = self._pieces(dirty, offset, data, bases, length, new_chunks)
+            if fid in self._resident and self._fits(fid, length):
+                content = self._resize(fid, length)
+                for position, piece in pieces:
+                    content[position : position + len(piece)] = piece
+                self._files[fid] = updated
+                return updated
+            self._on_disk(fid, blocking)
             fd = os.open(self._data_path(fid), os.O_WRONLY)
             try:
-                for index in new_chunks:
-                    # A newly dirty chunk is written whole: no stale byte survives in it.
-                    start = index * size
-                    content = bytearray(min(size, length - start))
-                    base = bases.get(index, b"")[: max(0, known_end - start)]
-                    content[: len(base)] = base
-                    lo, hi = max(offset, start), min(end, start + len(content))
-                    content[lo - start : hi - start] = data[lo - offset : hi - offset]
-                    os.pwrite(fd, content, start)
-                for index in range(first, last + 1):
-                    if index in dirty.chunks:
-                        start = index * size
-                        lo, hi = max(offset, start), min(end, start + size)
-                        os.pwrite(fd, data[lo - offset : hi - offset], lo)
+                for position, piece in pieces:
+                    os.pwrite(fd, piece, position)
             finally:
                 os.close(fd)
             if new_chunks:
@@ -191,7 +265,36 @@ class DirtyStore:
                 self._files[fid] = updated
             return updated
 
-    def read_chunk(self, fid: FidKey, index: int) -> bytes:
+    @staticmethod
+    def _pieces(
+        dirty: DirtyFile,
+        offset: int,
+        data: bytes,
+        bases: Mapping[int, bytes],
+        length: int,
+        new_chunks: list[int],
+    ) -> list[tuple[int, bytes | bytearray]]:
+        """What a write puts where: a newly dirty chunk whole (its base, then the new
+        bytes: no stale byte survives in it), into an already dirty chunk just the bytes."""
+        size = dirty.chunk_size
+        end = offset + len(data)
+        known_end = min(dirty.length, dirty.zero_from)
+        pieces: list[tuple[int, bytes | bytearray]] = []
+        for index in range(offset // size, (end - 1) // size + 1):
+            start = index * size
+            if index in new_chunks:
+                content = bytearray(min(size, length - start))
+                base = bases.get(index, b"")[: max(0, known_end - start)]
+                content[: len(base)] = base
+                lo, hi = max(offset, start), min(end, start + len(content))
+                content[lo - start : hi - start] = data[lo - offset : hi - offset]
+                pieces.append((start, content))
+            else:
+                lo, hi = max(offset, start), min(end, start + size)
+                pieces.append((lo, data[lo - offset : hi - offset]))
+        return pieces
+
+    def read_chunk(self, fid: FidKey, index: int, *, blocking: bool = True) -> bytes:
         """The content of dirty chunk `index` (short for the last chunk)."""
         with self._lock:
             dirty = self._current(fid)
@@ -199,14 +302,19 @@ class DirtyStore:
                 raise KeyError(f"chunk {index} of {fid} is not dirty")
             start = index * dirty.chunk_size
             want = min(dirty.chunk_size, dirty.length - start)
+            content = self._resident.get(fid)
+            if content is not None:
+                return bytes(content[start : start + want])
+            if not blocking:
+                raise WouldBlock
             fd = os.open(self._data_path(fid), os.O_RDONLY)
             try:
-                content = os.pread(fd, want, start)
+                read = os.pread(fd, want, start)
             finally:
                 os.close(fd)
-        return content.ljust(want, b"\0")  # a sparse tail reads short
+        return read.ljust(want, b"\0")  # a sparse tail reads short
 
-    def truncate(self, fid: FidKey, length: int) -> DirtyFile:
+    def truncate(self, fid: FidKey, length: int, *, blocking: bool = True) -> DirtyFile:
         """Set the length: dirty chunks past it go, and the clean bytes past it will not
         show through again if the file grows later (`zero_from`)."""
         with self._lock:
@@ -215,15 +323,22 @@ class DirtyStore:
             updated = replace(
                 dirty, length=length, zero_from=min(dirty.zero_from, length), chunks=chunks
             )
+            if fid in self._resident and self._fits(fid, length):
+                self._resize(fid, length)
+                self._files[fid] = updated
+                return updated
+            self._on_disk(fid, blocking)
             with open(self._dir(fid) / "data", "r+b") as file:
                 os.ftruncate(file.fileno(), length)
             self._save(updated)
             return updated
 
     def sync(self, fid: FidKey) -> None:
-        """Make `fid`'s dirty data durable across a power loss too (for fsync)."""
+        """Make `fid`'s dirty data durable across a power loss too (a file kept in memory
+        goes to disk first)."""
         with self._lock:
             self._current(fid)
+            self._on_disk(fid, True)
             directory = self._dir(fid)
             for name in ("data", "state.json"):
                 fd = os.open(directory / name, os.O_RDONLY)
@@ -237,11 +352,19 @@ class DirtyStore:
             finally:
                 os.close(fd)
 
-    def discard(self, fid: FidKey) -> None:
+    def discard(self, fid: FidKey, *, blocking: bool = True) -> None:
         """Forget `fid`'s dirty data: it is stored on the fileserver (or given up on)."""
         with self._lock:
-            if self._files.pop(fid, None) is None:
+            if fid not in self._files:
                 return
+            content = self._resident.pop(fid, None)
+            if content is not None:
+                self._resident_bytes -= len(content)
+                del self._files[fid]
+                return
+            if not blocking:
+                raise WouldBlock
+            del self._files[fid]
             directory = self._dir(fid)
             (directory / "state.json").unlink()  # from here on it is not dirty
             shutil.rmtree(directory)

@@ -4,12 +4,16 @@ Everything clean lives in one diskcache `Cache` under a size bound; diskcache cu
 set, so the bound is approximate.  Chunks and directory blobs are keyed by data version, so
 a file that changed on the server can never be served from older bytes.
 
-Each file has a record (its last FetchStatus, the data version it describes and which chunks
-at that version are complete).  The record is the only authority for what may be served:
+Each file with cached data has a record: the data version its data is at and which chunks
+at that version are complete.  The record is the only authority for what may be served:
 a chunk is written first and marked complete afterwards, so a chunk half-written when the
 process died is never served, and after a restart the cache manager re-validates a file with
 one FetchStatus and then serves what the record lists.  Records are evictable like data: a
-lost record only costs a re-fetch.
+lost record only costs a re-fetch.  A record is written with the data it describes, never
+for a status alone: statuses live in memory, and writing each one to SQLite made listing a
+large directory cost a transaction per entry.
+
+Writers hand over many items at once (`put_many`): one transaction commits them all.
 
 Why "least-recently-stored" eviction by default: diskcache's LRU turns every get into a
 SQLite write transaction that also holds the write lock while the value file is read, which
@@ -33,7 +37,7 @@ from typing import Self
 import diskcache
 
 from afsfuse.cache.base import FidKey, check_cell_name, make_private_dir
-from afsfuse.cache.dirty import DirtyStore
+from afsfuse.cache.dirty import DEFAULT_MEMORY_BUDGET, DirtyStore
 
 LAYOUT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -57,12 +61,20 @@ def parse_size(text: str) -> int:
 
 @dataclass(frozen=True)
 class FileRecord:
-    """What the cache knows about one file: its last status and, at `data_version`, which
-    chunks are complete.  `status` is opaque here (FetchStatus bytes or a small dict)."""
+    """Which chunks of one file are complete in the cache, all at `data_version`."""
 
     data_version: int
-    status: object
     chunks: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class CleanItem:
+    """Clean data for the cache: chunk `index` of a file, or (index None) a directory."""
+
+    fid: FidKey
+    data_version: int
+    index: int | None
+    data: bytes
 
 
 def _fid_prefix(fid: FidKey) -> str:
@@ -115,6 +127,7 @@ class CacheStore:
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         eviction_policy: str = DEFAULT_EVICTION,
+        dirty_memory: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         if chunk_size <= 0 or chunk_size & (chunk_size - 1):
             raise ValueError(f"chunk size must be a power of two: {chunk_size}")
@@ -137,7 +150,7 @@ class CacheStore:
         )
         self._check_layout()
         self._record_lock = threading.Lock()
-        self.dirty = DirtyStore(self.path / "dirty", chunk_size)
+        self.dirty = DirtyStore(self.path / "dirty", chunk_size, dirty_memory)
 
     def _check_layout(self) -> None:
         """Chunk indexes mean nothing under another chunk size: start clean data afresh."""
@@ -171,42 +184,10 @@ class CacheStore:
         """Disk used by clean data and its index (what the size bound is held against)."""
         return self._clean.volume()
 
-    # Records
+    # Records and data
 
     def get_record(self, fid: FidKey) -> FileRecord | None:
         return self._clean.get(_fid_prefix(fid) + "r")
-
-    def put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
-        """Record the latest status of `fid`.  A different data version makes it the
-        current one: chunks and directory of the previous version are deleted."""
-        with self._record_lock, self._clean.transact():
-            return self._put_status(fid, data_version, status)
-
-    def put_statuses(self, statuses: Iterable[tuple[FidKey, int, object]]) -> None:
-        """put_status of many (fid, data_version, status) in one transaction: a bulk status
-        reply's worth costs one commit, not one each."""
-        with self._record_lock, self._clean.transact():
-            for fid, data_version, status in statuses:
-                self._put_status(fid, data_version, status)
-
-    def _put_status(self, fid: FidKey, data_version: int, status: object) -> FileRecord:
-        prefix = _fid_prefix(fid)
-        old = self._clean.get(prefix + "r")
-        if old is not None and old.data_version == data_version:
-            record = replace(old, status=status)
-        else:
-            record = FileRecord(data_version, status)
-            if old is not None:
-                self._delete_version(prefix, old)
-        self._clean.set(prefix + "r", record, tag=prefix)
-        return record
-
-    def _delete_version(self, prefix: str, record: FileRecord) -> None:
-        for index in record.chunks:
-            self._clean.delete(_chunk_key(prefix, record.data_version, index))
-        self._clean.delete(_dir_key(prefix, record.data_version))
-
-    # File data
 
     def get_chunk(self, fid: FidKey, data_version: int, index: int) -> bytes | None:
         """Chunk `index` of `fid` at `data_version`, or None unless it is cached complete.
@@ -217,40 +198,51 @@ class CacheStore:
             return None
         return self._clean.get(_chunk_key(prefix, data_version, index))
 
-    def put_chunk(self, fid: FidKey, data_version: int, index: int, data: bytes) -> bool:
-        """Cache a complete chunk; False (and nothing kept) unless `data_version` is the one
-        the record holds, i.e. `put_status` must come first.  The chunk's file is written
-        before the one transaction that indexes it and marks it complete commits."""
-        if len(data) > self.chunk_size:
-            raise ValueError(f"chunk of {len(data)} bytes exceeds chunk size {self.chunk_size}")
-        prefix = _fid_prefix(fid)
-        with self._record_lock, self._clean.transact():
-            record = self._clean.get(prefix + "r")
-            if record is None or record.data_version != data_version:
-                return False
-            self._clean.set(_chunk_key(prefix, data_version, index), bytes(data), tag=prefix)
-            if index not in record.chunks:
-                record = replace(record, chunks=record.chunks | {index})
-                self._clean.set(prefix + "r", record, tag=prefix)
-        return True
-
-    def _record_holds(self, prefix: str, data_version: int) -> bool:
-        record = self._clean.get(prefix + "r")
-        return record is not None and record.data_version == data_version
-
-    # Directories
-
     def get_dir(self, fid: FidKey, data_version: int) -> bytes | None:
         return self._clean.get(_dir_key(_fid_prefix(fid), data_version))
 
-    def put_dir(self, fid: FidKey, data_version: int, blob: bytes) -> bool:
-        """Cache a whole directory; like `put_chunk`, only for the recorded data version."""
-        prefix = _fid_prefix(fid)
+    def put_chunk(self, fid: FidKey, data_version: int, index: int, data: bytes) -> None:
+        """Cache a complete chunk (the last one of a file may be short)."""
+        self.put_many([CleanItem(fid, data_version, index, data)])
+
+    def put_dir(self, fid: FidKey, data_version: int, blob: bytes) -> None:
+        """Cache a whole directory."""
+        self.put_many([CleanItem(fid, data_version, None, blob)])
+
+    def put_many(self, items: Iterable[CleanItem]) -> None:
+        """Cache chunks and directories in one transaction.  Data at a data version other
+        than the one a file's record holds replaces what the record lists: the older
+        version's chunks and directory are deleted.  Each value's file is written before
+        the transaction that indexes it and marks it complete commits."""
         with self._record_lock, self._clean.transact():
-            if not self._record_holds(prefix, data_version):
-                return False
-            self._clean.set(_dir_key(prefix, data_version), bytes(blob), tag=prefix)
-        return True
+            for item in items:
+                if item.index is not None and len(item.data) > self.chunk_size:
+                    raise ValueError(
+                        f"chunk of {len(item.data)} bytes exceeds chunk size {self.chunk_size}"
+                    )
+                self._put(item)
+
+    def _put(self, item: CleanItem) -> None:
+        prefix = _fid_prefix(item.fid)
+        version = item.data_version
+        old = self._clean.get(prefix + "r")
+        if old is not None and old.data_version != version:
+            self._delete_version(prefix, old)
+            old = None
+        record = old or FileRecord(version)
+        if item.index is None:
+            self._clean.set(_dir_key(prefix, version), bytes(item.data), tag=prefix)
+        else:
+            self._clean.set(_chunk_key(prefix, version, item.index), bytes(item.data), tag=prefix)
+            if item.index not in record.chunks:
+                record = replace(record, chunks=record.chunks | {item.index})
+        if record is not old:
+            self._clean.set(prefix + "r", record, tag=prefix)
+
+    def _delete_version(self, prefix: str, record: FileRecord) -> None:
+        for index in record.chunks:
+            self._clean.delete(_chunk_key(prefix, record.data_version, index))
+        self._clean.delete(_dir_key(prefix, record.data_version))
 
     # Invalidation (clean data only: dirty data is dropped by its store, never here)
 

@@ -25,9 +25,9 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
-from afsfuse.cache.aio import AsyncCacheStore
+from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
 from afsfuse.cache.dirty import DirtyFile
-from afsfuse.cache.store import CacheStore
+from afsfuse.cache.store import CacheStore, CleanItem
 from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl import Acl
 from afsfuse.fs.callback import Break, CallbackRegistry, Fid
@@ -105,7 +105,7 @@ class ManagerConfig:
     readahead_call_chunks: int = 4
     #: Bytes of recently used chunks kept in memory (fs/chunkmem.py).
     chunk_memory: int = 64 << 20
-    #: Chunks fetched but not yet written to the disk cache, at most (write-behind).
+    #: Chunks and directories fetched or stored but not yet in the disk cache, at most.
     write_behind_chunks: int = 32
     #: Directories kept parsed in memory.
     directory_memory: int = 1024
@@ -230,7 +230,8 @@ class CacheManager:
         #: Chunks being fetched or loaded: readers of the same chunk wait for the event.
         self._inflight: dict[ChunkKey, trio.Event] = {}
         self._memory = ChunkMemory(config.chunk_memory)
-        self._write_behind = trio.Semaphore(max(1, config.write_behind_chunks))
+        #: Fetched and stored data on its way to the disk cache, in batches.
+        self._clean_writer = CleanWriter(self.cache, config.write_behind_chunks)
         self._sequential: dict[AfsFid, int] = {}
         self._nursery: trio.Nursery | None = None
         #: Per-file locks that put writers, truncations and stores of one file in a row.
@@ -252,6 +253,7 @@ class CacheManager:
             self._nursery = nursery
             try:
                 nursery.start_soon(self.servers.run_prober)
+                await nursery.start(self._clean_writer.run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -367,11 +369,9 @@ class CacheManager:
         server, sent, reply = await self.rotator.call(
             fid.cell, fid.volume, token, "FS.FetchStatus", op
         )
-        return await self._absorb(
-            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
-        )
+        return self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
 
-    async def _absorb(
+    def _absorb(
         self,
         vnode: Vnode,
         token: Token | None,
@@ -380,33 +380,12 @@ class CacheManager:
         server: FileServer,
         sent: float,
         breaks: int,
-        *,
         ours: int | None = None,
     ) -> Status:
         """Take a status (and the callback that came with it) from a reply made with
         `token`, sent at `sent` while `vnode.breaks` was `breaks`.  A new data version drops
         the parsed directory and tells the listeners, unless it is `ours`: the version our
         own change made, which the caller has already applied."""
-        status, new_version = self._take_status(
-            vnode, token, afs_status, callback, server, sent, breaks, ours
-        )
-        if new_version:
-            await self.cache.put_status(vnode.fid, status.data_version, status.to_record())
-        return status
-
-    def _take_status(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-        ours: int | None,
-    ) -> tuple[Status, bool]:
-        """_absorb but for the disk cache's record, which the caller must write when the
-        second value (a new data version) is True."""
         status = Status.from_afs(afs_status)
         previous = vnode.status
         vnode.status = status
@@ -424,12 +403,14 @@ class CacheManager:
                 vnode.access[token] = status.caller_access
                 fid = vnode.fid
                 self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
-        if previous is not None and previous.data_version == status.data_version:
-            return status, False
-        if previous is not None and status.data_version != ours:
+        if (
+            previous is not None
+            and previous.data_version != status.data_version
+            and status.data_version != ours
+        ):
             self._dirs.pop(vnode.fid, None)
             self._notify(vnode.fid)
-        return status, True
+        return status
 
     async def _status_for(
         self, fid: AfsFid, token: Token | None, wanted: int
@@ -501,21 +482,17 @@ class CacheManager:
             raise FsError(errno.EIO, "InlineBulkStatus reply does not match the request")
         callbacks = list(reply.CBArray) + [None] * (len(fids) - len(reply.CBArray))
         out: list[Status | FsError] = []
-        records = []
         for vnode, before, afs_status, callback in zip(
             vnodes, breaks, reply.StatArray, callbacks, strict=True
         ):
             if afs_status.errorCode:
                 out.append(fs_error(afs_status.errorCode, f"status of {tuple(vnode.fid)}"))
                 continue
-            status, new_version = self._take_status(
-                vnode, token, afs_status, callback or _NO_CALLBACK, server, sent, before, None
+            out.append(
+                self._absorb(
+                    vnode, token, afs_status, callback or _NO_CALLBACK, server, sent, before
+                )
             )
-            if new_version:
-                records.append((vnode.fid, status.data_version, status.to_record()))
-            out.append(status)
-        if records:
-            await self.cache.put_statuses(records)
         return out
 
     async def _status_one_by_one(
@@ -566,7 +543,7 @@ class CacheManager:
                 fetched_version, blob = await self._fetch_whole(fid, token, vnode)
                 if fetched_version != version:
                     continue  # changed under us: go again with the new version
-                await self.cache.put_dir(fid, version, blob)
+                await self._clean_writer.put(CleanItem(fid, version, None, blob))
             parsed = afsdir.parse_directory(blob)
             self._keep_listing(fid, version, parsed)
             return parsed
@@ -593,9 +570,7 @@ class CacheManager:
             fid.cell, fid.volume, token, "FS.FetchData64", op
         )
         self.stats.bytes_fetched += len(data)
-        status = await self._absorb(
-            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
-        )
+        status = self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
         return status.data_version, data
 
     @_boundary
@@ -731,9 +706,7 @@ class CacheManager:
             fid.cell, fid.volume, token, "FS.FetchData64", op
         )
         self.stats.bytes_fetched += sum(map(len, pieces))
-        status = await self._absorb(
-            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
-        )
+        status = self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
         if not pieces:
             pieces.append(b"")  # at or past the end: an empty chunk
         for offset, data in enumerate(pieces):
@@ -743,23 +716,9 @@ class CacheManager:
         return pieces
 
     async def _keep_chunk(self, fid: AfsFid, version: int, index: int, data: bytes) -> None:
-        """Into memory now, into the disk cache in the background (a bounded number of
-        chunks wait for their turn: past that, fetching waits for the disk)."""
+        """Into memory now, into the disk cache behind the reader."""
         self._memory.put((fid, version, index), data)
-        await self._write_behind.acquire()
-        if self._nursery is None:
-            await self._write_chunk(fid, version, index, data)
-        else:
-            self._nursery.start_soon(self._write_chunk, fid, version, index, data)
-
-    async def _write_chunk(self, fid: AfsFid, version: int, index: int, data: bytes) -> None:
-        try:
-            with trio.CancelScope(shield=True):  # a shutdown still writes what it fetched
-                await self.cache.put_chunk(fid, version, index, data)
-        except Exception:
-            log.exception("writing chunk %d of %s to the disk cache failed", index, tuple(fid))
-        finally:
-            self._write_behind.release()
+        await self._clean_writer.put(CleanItem(fid, version, index, data))
 
     def _read_ahead(
         self, fid: AfsFid, vnode: Vnode, token: Token | None, offset: int, last: int, version: int
@@ -1073,7 +1032,7 @@ class CacheManager:
         if status.data_version == expected and status.size == dirty.length:
             for index in sorted(dirty.chunks):
                 data = await self.cache.dirty.read_chunk(fid, index)
-                await self.cache.put_chunk(fid, status.data_version, index, data)
+                await self._keep_chunk(fid, status.data_version, index, data)
         await self.cache.dirty.discard(fid)
         self._mtimes.pop(fid, None)
 
@@ -1101,7 +1060,7 @@ class CacheManager:
             fid.cell, fid.volume, token, "FS.StoreData64", op
         )
         self.stats.bytes_stored += piece.length
-        return await self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        return self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
 
     @_boundary
     async def setattr(
@@ -1157,7 +1116,7 @@ class CacheManager:
         server, sent, reply = await self.rotator.call(
             fid.cell, fid.volume, token, "FS.StoreStatus", op
         )
-        return await self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        return self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
 
     # -- names ---------------------------------------------------------------------------
 
@@ -1213,7 +1172,7 @@ class CacheManager:
             else:
                 self._keep_listing(vnode.fid, version, held[1])
                 ours = version
-        await self._absorb(vnode, token, afs_status, _NO_CALLBACK, server, sent, breaks, ours=ours)
+        self._absorb(vnode, token, afs_status, _NO_CALLBACK, server, sent, breaks, ours=ours)
 
     async def _absorb_new(
         self,
@@ -1227,7 +1186,7 @@ class CacheManager:
         fid = AfsFid(dir_fid.cell, out.Volume, out.Vnode, out.Unique)
         vnode = self.vnodes.get(fid)
         callback = getattr(reply, "CallBack", _NO_CALLBACK)
-        status = await self._absorb(
+        status = self._absorb(
             vnode, token, reply.OutFidStatus, callback, server, sent, vnode.breaks
         )
         return fid, status
@@ -1330,7 +1289,7 @@ class CacheManager:
             lambda reply: _adding(raw, target.vnode, target.unique),
         )
         vnode = self.vnodes.get(target)
-        status = await self._absorb(
+        status = self._absorb(
             vnode, token, reply.OutFidStatus, _NO_CALLBACK, server, sent, vnode.breaks
         )
         return self._local_view(status, target)
@@ -1510,7 +1469,7 @@ class CacheManager:
         server, sent, reply = await self.rotator.call(
             fid.cell, fid.volume, token, "FS.StoreACL", op
         )
-        await self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
         self._forget_rights_under(fid)
 
     def _forget_rights_under(self, dir_fid: AfsFid) -> None:

@@ -9,7 +9,7 @@ token's rights along with the promise, because an ACL change breaks callbacks to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from afsfuse.cache.store import FidKey
@@ -21,8 +21,6 @@ AfsFid = FidKey
 
 #: Whose rights: the token a request used, or None for anonymous (rxnull).
 RightsKey = Token | None
-
-_STATUS_RECORD_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -82,20 +80,6 @@ class Status:
 
     def with_access(self, rights: int) -> Status:
         return self if rights == self.caller_access else replace(self, caller_access=rights)
-
-    def to_record(self) -> dict[str, int]:
-        """What the disk cache keeps, to re-validate after a restart."""
-        return {"v": _STATUS_RECORD_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_record(cls, record: object) -> Status | None:
-        if not isinstance(record, dict) or record.get("v") != _STATUS_RECORD_VERSION:
-            return None
-        fields = {k: v for k, v in record.items() if k != "v"}
-        try:
-            return cls(**fields)
-        except TypeError:
-            return None
 
 
 @dataclass(eq=False)

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from afsfuse.cache import (
     AsyncCacheStore,
     BaseNeeded,
     CacheStore,
+    CleanItem,
+    CleanWriter,
     FidKey,
     FileRecord,
     parse_size,
 )
+from afsfuse.cache.dirty import DEFAULT_MEMORY_BUDGET, WouldBlock
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -35,9 +39,11 @@ def chunk(tag: int, size: int) -> bytes:
     return bytes([tag % 256]) * size
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with CacheStore(tmp_path / "cache", 64 * MiB, chunk_size=64 * KiB) as s:
+@pytest.fixture(params=[DEFAULT_MEMORY_BUDGET, 0], ids=["dirty-in-memory", "dirty-on-disk"])
+def store(tmp_path: Path, request: pytest.FixtureRequest):
+    with CacheStore(
+        tmp_path / "cache", 64 * MiB, chunk_size=64 * KiB, dirty_memory=request.param
+    ) as s:
         yield s
 
 
@@ -71,7 +77,7 @@ def test_cache_dir_is_private_even_if_it_existed(tmp_path: Path) -> None:
     path = tmp_path / "cache"
     path.mkdir(mode=0o755)
     os.chmod(path, 0o755)
-    with CacheStore(path, 10 * MiB) as s:
+    with CacheStore(path, 10 * MiB, dirty_memory=0) as s:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(path / "dirty").st_mode) == 0o700
         s.dirty.begin(FID, 1, 0)
@@ -93,66 +99,72 @@ def test_chunk_size_must_be_power_of_two(tmp_path: Path) -> None:
 
 
 def test_chunks_round_trip_including_a_short_last_chunk(store: CacheStore) -> None:
-    store.put_status(FID, 5, {"length": 64 * KiB + 100})
-    assert store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
-    assert store.put_chunk(FID, 5, 1, chunk(2, 100))
+    assert store.get_record(FID) is None
+    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
+    store.put_chunk(FID, 5, 1, chunk(2, 100))
     assert store.get_chunk(FID, 5, 0) == chunk(1, 64 * KiB)
     assert store.get_chunk(FID, 5, 1) == chunk(2, 100)
     assert store.get_chunk(FID, 5, 2) is None
     assert store.get_chunk(OTHER, 5, 0) is None
-    assert store.get_record(FID) == FileRecord(5, {"length": 64 * KiB + 100}, frozenset({0, 1}))
+    assert store.get_record(FID) == FileRecord(5, frozenset({0, 1}))
 
 
 def test_small_chunks_live_in_sqlite_and_work_too(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 10 * MiB, chunk_size=4 * KiB) as s:
-        s.put_status(FID, 1, None)
-        assert s.put_chunk(FID, 1, 3, chunk(9, 4 * KiB))
+        s.put_chunk(FID, 1, 3, chunk(9, 4 * KiB))
         assert s.get_chunk(FID, 1, 3) == chunk(9, 4 * KiB)
 
 
-def test_oversized_chunk_is_refused(store: CacheStore) -> None:
-    store.put_status(FID, 1, None)
+def test_oversized_chunk_is_refused_and_its_batch_with_it(store: CacheStore) -> None:
     with pytest.raises(ValueError):
-        store.put_chunk(FID, 1, 0, chunk(1, 64 * KiB + 1))
-
-
-def test_data_needs_a_record_of_the_same_version(store: CacheStore) -> None:
-    assert not store.put_chunk(FID, 5, 0, chunk(1, 10))
-    assert not store.put_dir(FID, 5, b"dir")
-    store.put_status(FID, 6, None)
-    assert not store.put_chunk(FID, 5, 0, chunk(1, 10))
-    assert not store.put_dir(FID, 5, b"dir")
-    assert store.get_chunk(FID, 5, 0) is None
-    assert len(store._clean) == 1  # only the record: refused data is not kept
+        store.put_many(
+            [CleanItem(OTHER, 1, 0, chunk(1, 10)), CleanItem(FID, 1, 0, chunk(1, 64 * KiB + 1))]
+        )
+    assert store.get_record(OTHER) is None and len(store._clean) == 0
 
 
 def test_new_data_version_never_serves_old_bytes_and_purges_them(store: CacheStore) -> None:
-    store.put_status(FID, 5, None)
     store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
     store.put_chunk(FID, 5, 1, chunk(1, 64 * KiB))
     store.put_dir(FID, 5, b"old directory")
     before = store.clean_bytes()
-    record = store.put_status(FID, 6, {"new": True})
-    assert record == FileRecord(6, {"new": True}, frozenset())
-    assert store.get_chunk(FID, 6, 0) is None
-    assert store.get_chunk(FID, 5, 0) is None
-    assert store.get_dir(FID, 5) is None
-    assert len(store._clean) == 1
-    assert store.clean_bytes() <= before - 128 * KiB
     store.put_chunk(FID, 6, 0, chunk(2, 10))
+    assert store.get_record(FID) == FileRecord(6, frozenset({0}))
     assert store.get_chunk(FID, 6, 0) == chunk(2, 10)
+    assert store.get_chunk(FID, 5, 0) is None
+    assert store.get_chunk(FID, 5, 1) is None
+    assert store.get_dir(FID, 5) is None
+    assert len(store._clean) == 2  # the record and the new chunk
+    assert store.clean_bytes() <= before - 128 * KiB
 
 
-def test_same_data_version_keeps_chunks_and_updates_status(store: CacheStore) -> None:
-    store.put_status(FID, 5, b"status one")
+def test_same_data_version_adds_to_the_record(store: CacheStore) -> None:
     store.put_chunk(FID, 5, 0, chunk(1, 10))
-    assert store.put_status(FID, 5, b"status two") == FileRecord(5, b"status two", frozenset({0}))
+    store.put_dir(FID, 5, b"dir")
+    store.put_chunk(FID, 5, 0, chunk(1, 10))
+    assert store.get_record(FID) == FileRecord(5, frozenset({0}))
     assert store.get_chunk(FID, 5, 0) == chunk(1, 10)
+    assert store.get_dir(FID, 5) == b"dir"
+
+
+def test_a_batch_is_one_transaction_and_later_versions_win(store: CacheStore) -> None:
+    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
+    store.put_many(
+        [
+            CleanItem(FID, 6, 1, chunk(2, 10)),
+            CleanItem(OTHER, 2, None, b"other dir"),
+            CleanItem(OTHER, 2, 0, chunk(3, 10)),
+        ]
+    )
+    assert store.get_chunk(FID, 5, 0) is None  # the new version purged the old bytes
+    assert store.get_record(FID) == FileRecord(6, frozenset({1}))
+    assert store.get_record(OTHER) == FileRecord(2, frozenset({0}))
+    assert store.get_dir(OTHER, 2) == b"other dir"
 
 
 def test_unmarked_chunk_is_never_served(store: CacheStore) -> None:
     """Death between writing a chunk and marking it leaves a chunk with no mark."""
-    store.put_status(FID, 5, None)
+    store.put_dir(FID, 5, b"dir")  # a record of version 5 without chunk 0
     store._clean.set("example.org/536870912/2.77/c5.0", chunk(1, 64 * KiB))
     assert store.get_chunk(FID, 5, 0) is None
 
@@ -163,11 +175,10 @@ def test_killed_mid_write_leaves_a_usable_cache(tmp_path: Path) -> None:
         """
         import sys
         from afsfuse.cache import CacheStore, FidKey
-        s = CacheStore(sys.argv[1], 1 << 30, chunk_size=1 << 20)
+        s = CacheStore(sys.argv[1], 1 << 30, chunk_size=1 << 20, dirty_memory=0)
         n = 0
         while True:
             fid = FidKey("example.org", 1, n, 1)
-            s.put_status(fid, 1, None)
             s.put_chunk(fid, 1, 0, bytes([n % 256]) * (1 << 20))
             s.dirty.begin(fid, 1, 0)
             s.dirty.write(fid, 0, bytes([n % 256]) * 200000)
@@ -199,20 +210,19 @@ def test_killed_mid_write_leaves_a_usable_cache(tmp_path: Path) -> None:
             assert dirty.length <= 200000
             if dirty.chunks:  # marked after the data: all of it is there
                 assert s.dirty.read_chunk(dirty.fid, 0) == bytes([dirty.fid.vnode % 256]) * 200000
-        s.put_status(FID, 1, None)  # still writable
-        assert s.put_chunk(FID, 1, 0, b"x")
+        s.put_chunk(FID, 1, 0, b"x")  # still writable
+        assert s.get_chunk(FID, 1, 0) == b"x"
 
 
 # Directories
 
 
 def test_directory_blobs_by_data_version(store: CacheStore) -> None:
-    store.put_status(FID, 3, None)
     blob = os.urandom(100 * KiB)
-    assert store.put_dir(FID, 3, blob)
+    store.put_dir(FID, 3, blob)
     assert store.get_dir(FID, 3) == blob
     assert store.get_dir(FID, 4) is None
-    store.put_status(FID, 4, None)
+    store.put_dir(FID, 4, b"newer")
     assert store.get_dir(FID, 3) is None
 
 
@@ -221,15 +231,13 @@ def test_directory_blobs_by_data_version(store: CacheStore) -> None:
 
 def test_restart_serves_cached_data_after_revalidation(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
-        s.put_status(FID, 9, b"fetchstatus bytes")
         s.put_chunk(FID, 9, 0, chunk(1, 64 * KiB))
         s.put_chunk(FID, 9, 2, chunk(3, 5))
         s.put_dir(FID, 9, b"dir")
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
         record = s.get_record(FID)
-        assert record == FileRecord(9, b"fetchstatus bytes", frozenset({0, 2}))
+        assert record == FileRecord(9, frozenset({0, 2}))
         # The cache manager's one FetchStatus says the data version is unchanged:
-        s.put_status(FID, 9, b"fresh status")
         assert s.get_chunk(FID, 9, 0) == chunk(1, 64 * KiB)
         assert s.get_chunk(FID, 9, 2) == chunk(3, 5)
         assert s.get_dir(FID, 9) == b"dir"
@@ -237,9 +245,8 @@ def test_restart_serves_cached_data_after_revalidation(tmp_path: Path) -> None:
 
 def test_restart_with_another_chunk_size_starts_clean(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
-        s.put_status(FID, 9, None)
         s.put_chunk(FID, 9, 0, chunk(1, 64 * KiB))
-        s.dirty.begin(FID, 9, 10)
+        s.dirty.begin(FID, 9, 10 * MiB)  # too big for memory: on disk
     with CacheStore(tmp_path, 64 * MiB, chunk_size=128 * KiB) as s:
         assert s.get_record(FID) is None
         assert s.get_chunk(FID, 9, 0) is None
@@ -250,12 +257,10 @@ def test_restart_with_another_chunk_size_starts_clean(tmp_path: Path) -> None:
 
 
 def test_drop_fid_removes_every_version(store: CacheStore) -> None:
-    store.put_status(FID, 1, None)
     store.put_chunk(FID, 1, 0, chunk(1, 10))
     store._clean.set(
         "example.org/536870912/2.77/c0.0", b"orphan", tag="example.org/536870912/2.77/"
     )
-    store.put_status(OTHER, 1, None)
     store.put_chunk(OTHER, 1, 0, chunk(2, 10))
     assert store.drop_fid(FID) == 3
     assert store.get_record(FID) is None
@@ -265,7 +270,6 @@ def test_drop_fid_removes_every_version(store: CacheStore) -> None:
 
 def test_drop_volume_removes_only_that_volume(store: CacheStore) -> None:
     for fid in (FID, OTHER, ELSEWHERE):
-        store.put_status(fid, 1, None)
         store.put_chunk(fid, 1, 0, chunk(1, 10))
         store.put_dir(fid, 1, b"d")
     assert store.drop_volume("example.org", 536870912) == 6
@@ -277,7 +281,7 @@ def test_drop_volume_removes_only_that_volume(store: CacheStore) -> None:
 def test_bad_cell_names_are_refused(store: CacheStore) -> None:
     for cell in ("", "../etc", "a/b", ".hidden"):
         with pytest.raises(ValueError):
-            store.put_status(FidKey(cell, 1, 1, 1), 1, None)
+            store.put_dir(FidKey(cell, 1, 1, 1), 1, b"d")
 
 
 # Size bound and eviction
@@ -292,7 +296,6 @@ def test_size_bound_holds_and_dirty_data_is_never_evicted(tmp_path: Path) -> Non
         n = 0
         while written < 3 * limit:
             fid = FidKey("example.org", 2, n, 1)
-            s.put_status(fid, 1, None)
             for index in range(4):
                 s.put_chunk(fid, 1, index, chunk(n, 64 * KiB))
             written += 4 * 64 * KiB
@@ -354,8 +357,8 @@ def test_dirty_truncate_hides_base_bytes_when_growing_again(store: CacheStore) -
     assert store.dirty.get(FID).chunks == frozenset()
 
 
-def test_dirty_survives_restart_and_is_listed(tmp_path: Path) -> None:
-    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+def test_dirty_on_disk_survives_restart_and_is_listed(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB, dirty_memory=0) as s:
         s.dirty.begin(FID, 7, 0)
         s.dirty.write(FID, 0, b"unsaved work")
         s.dirty.begin(ELSEWHERE, 2, 0)
@@ -395,7 +398,7 @@ def test_dirty_state_after_crashes_part_way(tmp_path: Path) -> None:
 
 
 def test_dirty_data_is_untouched_by_invalidation(store: CacheStore) -> None:
-    store.put_status(FID, 1, None)
+    store.put_chunk(FID, 1, 0, b"clean")
     store.dirty.begin(FID, 1, 0)
     store.dirty.write(FID, 0, b"keep")
     store.drop_fid(FID)
@@ -410,9 +413,7 @@ def test_dirty_data_is_untouched_by_invalidation(store: CacheStore) -> None:
 async def test_concurrent_trio_readers(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=MiB) as s:
         cache = AsyncCacheStore(s)
-        await cache.put_status(FID, 4, {"length": 8 * MiB})
-        for index in range(8):
-            assert await cache.put_chunk(FID, 4, index, chunk(index, MiB))
+        await cache.put_many([CleanItem(FID, 4, index, chunk(index, MiB)) for index in range(8)])
         results: dict[tuple[int, int], bytes | None] = {}
 
         async def reader(task: int) -> None:
@@ -431,8 +432,7 @@ async def test_async_wrapper_covers_the_store(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
         cache = AsyncCacheStore(s, trio.CapacityLimiter(2))
         assert await cache.get_record(FID) is None
-        await cache.put_status(FID, 1, b"st")
-        assert await cache.put_dir(FID, 1, b"dir")
+        await cache.put_many([CleanItem(FID, 1, None, b"dir")])
         assert await cache.get_dir(FID, 1) == b"dir"
         await cache.dirty.begin(FID, 1, 0)
         await cache.dirty.write(FID, 0, b"data")
@@ -446,23 +446,118 @@ async def test_async_wrapper_covers_the_store(tmp_path: Path) -> None:
         assert await cache.drop_volume(FID.cell, FID.volume) == 0
 
 
-def test_hot_path_reads_a_cached_mib_quickly(tmp_path: Path) -> None:
-    with CacheStore(tmp_path, 64 * MiB, chunk_size=MiB) as s:
-        s.put_status(FID, 1, None)
-        s.put_chunk(FID, 1, 0, chunk(1, MiB))
-        timings = []
-        for _ in range(30):
-            start = time.perf_counter()
-            s.get_chunk(FID, 1, 0)
-            timings.append(time.perf_counter() - start)
-        # Typically ~0.25 ms here; the bound leaves room for a busy test machine.
-        assert sorted(timings)[15] < 0.003
+# Small dirty files in memory
 
 
-def test_many_statuses_in_one_transaction_as_one_by_one(store: CacheStore) -> None:
-    store.put_status(FID, 5, None)
-    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
-    store.put_statuses([(FID, 6, {"n": 1}), (OTHER, 2, {"n": 2})])
-    assert store.get_chunk(FID, 5, 0) is None  # the new version purged the old bytes
-    assert store.get_record(FID) == FileRecord(6, {"n": 1})
-    assert store.get_record(OTHER) == FileRecord(2, {"n": 2})
+def test_small_dirty_file_stays_in_memory_until_it_outgrows_a_chunk(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        s.dirty.begin(FID, 3, 0)
+        s.dirty.write(FID, 0, b"small", blocking=False)
+        assert s.dirty.in_memory(FID) and not any((tmp_path / "dirty").iterdir())
+        assert s.dirty.read_chunk(FID, 0, blocking=False) == b"small"
+        s.dirty.truncate(FID, 3, blocking=False)
+        with pytest.raises(WouldBlock):  # past one chunk: needs the disk
+            s.dirty.write(FID, 64 * KiB, b"more", blocking=False)
+        assert s.dirty.get(FID).length == 3  # refused before anything changed
+        s.dirty.write(FID, 64 * KiB, b"more")
+        assert not s.dirty.in_memory(FID)
+        assert s.dirty.read_chunk(FID, 0) == b"sma" + bytes(64 * KiB - 3)
+        assert s.dirty.read_chunk(FID, 1) == b"more"
+        with pytest.raises(WouldBlock):
+            s.dirty.discard(FID, blocking=False)
+        s.dirty.discard(FID)
+        assert s.dirty.get(FID) is None
+        assert not any((tmp_path / "dirty" / "example.org").iterdir())
+
+
+def test_memory_budget_sends_further_files_to_disk(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB, dirty_memory=100 * KiB) as s:
+        s.dirty.begin(FID, 1, 0)
+        s.dirty.write(FID, 0, chunk(1, 60 * KiB))
+        s.dirty.begin(OTHER, 1, 0)
+        s.dirty.write(OTHER, 0, chunk(2, 30 * KiB))
+        assert s.dirty.in_memory(FID) and s.dirty.in_memory(OTHER)
+        s.dirty.write(OTHER, 30 * KiB, chunk(3, 20 * KiB))  # 110 KiB in all: OTHER spills
+        assert s.dirty.in_memory(FID) and not s.dirty.in_memory(OTHER)
+        assert s.dirty.read_chunk(OTHER, 0) == chunk(2, 30 * KiB) + chunk(3, 20 * KiB)
+        with pytest.raises(WouldBlock):
+            s.dirty.begin(ELSEWHERE, 1, 50 * KiB, blocking=False)
+        s.dirty.discard(FID)
+        s.dirty.begin(ELSEWHERE, 1, 50 * KiB, blocking=False)  # room again
+        assert s.dirty.in_memory(ELSEWHERE)
+        s.dirty.sync(ELSEWHERE)  # durable means on disk
+        assert not s.dirty.in_memory(ELSEWHERE)
+
+
+async def test_async_dirty_store_needs_no_thread_for_a_small_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        cache = AsyncCacheStore(s)
+        threads = []
+        real = trio.to_thread.run_sync
+
+        async def counted(fn, *args, **kwargs):
+            threads.append(fn)
+            return await real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+        await cache.dirty.begin(FID, 1, 0)
+        await cache.dirty.write(FID, 0, b"tiny")
+        assert await cache.dirty.read_chunk(FID, 0) == b"tiny"
+        await cache.dirty.discard(FID)
+        assert threads == []
+        await cache.dirty.begin(FID, 1, 0)
+        await cache.dirty.write(FID, 0, chunk(1, 65 * KiB))  # spills, in a thread
+        assert len(threads) == 1 and not s.dirty.in_memory(FID)
+
+
+# Write-behind
+
+
+async def test_clean_writer_batches_and_writes_what_waits_when_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        cache = AsyncCacheStore(s)
+        writer = CleanWriter(cache, limit=4)
+        batches: list[int] = []
+        real = cache.put_many
+
+        async def counted(items):
+            batches.append(len(items))
+            await real(items)
+
+        monkeypatch.setattr(cache, "put_many", counted)
+        await writer.put(CleanItem(FID, 1, 0, b"before run"))  # not running: written now
+        assert batches == [1] and s.get_chunk(FID, 1, 0) == b"before run"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for vnode in range(10):
+                await writer.put(CleanItem(FidKey("example.org", 1, vnode, 1), 1, 0, b"x"))
+            nursery.cancel_scope.cancel()
+        assert sum(batches) == 11 and len(batches) < 11  # at most `limit` wait at once
+        for vnode in range(10):
+            assert s.get_chunk(FidKey("example.org", 1, vnode, 1), 1, 0) == b"x"
+
+
+async def test_clean_writer_loses_nothing_cancelled_while_waiting_for_a_thread(
+    tmp_path: Path,
+) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        cache = AsyncCacheStore(s, trio.CapacityLimiter(1))
+        writer = CleanWriter(cache, limit=4)
+        holder = object()
+        await cache.limiter.acquire_on_behalf_of(holder)  # every worker thread busy
+
+        async def free_the_thread_later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            cache.limiter.release_on_behalf_of(holder)
+
+        async with trio.open_nursery() as outer, trio.open_nursery() as inner:
+            await inner.start(writer.run)
+            await writer.put(CleanItem(FID, 1, 0, b"taken off the queue"))
+            await trio.testing.wait_all_tasks_blocked()  # the batch waits for a thread
+            inner.cancel_scope.cancel()
+            outer.start_soon(free_the_thread_later)
+        assert s.get_chunk(FID, 1, 0) == b"taken off the queue"

@@ -67,7 +67,7 @@ def afs_status(**fields: int) -> SimpleNamespace:
     return SimpleNamespace(**base)
 
 
-def test_status_joins_split_words_and_round_trips() -> None:
+def test_status_joins_split_words() -> None:
     status = Status.from_afs(
         afs_status(Length=5, Length_hi=1, DataVersion=7, dataVersionHigh=2, lockCount=0xFFFFFFFF)
     )
@@ -75,8 +75,6 @@ def test_status_joins_split_words_and_round_trips() -> None:
     assert status.data_version == (2 << 32) + 7
     assert status.mode == 0o644
     assert status.lock_count == -1
-    assert Status.from_record(status.to_record()) == status
-    assert Status.from_record({"v": 99}) is None
 
 
 def token(name: str) -> Token:
