@@ -80,31 +80,37 @@ class Call:
             endpoint._poke()
             if pos >= len(view):
                 break
-        await trio.lowlevel.checkpoint()
+        # The bytes are queued and on their way: yielding here would only wake the socket
+        # task before the rest of the request is written.  Waiting for the reply yields.
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def close_send(self) -> None:
         call = self._check()
         call.close_send(trio.current_time())
         self._endpoint._poke()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def recv_into(self, buf: memoryview) -> int:
         buf = memoryview(buf).cast("B")
+        parked = False
         while True:
             call = self._reading()
             n = call.read_into(buf, trio.current_time())
             if n:
                 self._endpoint._poke()
-                await trio.lowlevel.checkpoint()
-                return n
+                break
             if call.at_eof or not buf:
-                await trio.lowlevel.checkpoint()
-                return 0
+                break
             await self._lot.park()
+            parked = True
+        if not parked:
+            await trio.lowlevel.checkpoint()
+        return n
 
     async def recv_exactly(self, n: int) -> bytes:
         chunks = []
         need = n
+        parked = False
         while need:
             call = self._reading()
             data = call.read(need, trio.current_time())
@@ -116,11 +122,14 @@ class Call:
             if call.at_eof:
                 raise RxAbort(RX_EOF)
             await self._lot.park()
-        await trio.lowlevel.checkpoint()
+            parked = True
+        if not parked:
+            await trio.lowlevel.checkpoint()
         return b"".join(chunks)
 
     async def recv_rest(self) -> bytes:
         chunks = []
+        parked = False
         while True:
             call = self._reading()
             data = call.read(1 << 62, trio.current_time())
@@ -130,7 +139,9 @@ class Call:
             if call.at_eof:
                 break
             await self._lot.park()
-        await trio.lowlevel.checkpoint()
+            parked = True
+        if not parked:
+            await trio.lowlevel.checkpoint()
         return b"".join(chunks)
 
 
@@ -259,6 +270,8 @@ class Endpoint:
         self._handlers: dict[int, Handler] = {}
         self._wait_scope: trio.CancelScope | None = None
         self._poked = False
+        #: Datagrams a poke could not send without blocking; the socket task sends them.
+        self._unsent: list[tuple[bytes, Address]] = []
         self.port: int = sock.getsockname()[1]
 
     @property
@@ -299,10 +312,38 @@ class Endpoint:
         self._core.add_service(service_id, securities)
 
     def _poke(self) -> None:
-        """A call queued work for the socket task: wake it if it sleeps."""
-        self._poked = True
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        """A call queued work for the socket task.
+
+        While that task waits for the socket, the datagrams go out from here at once and
+        only its deadline moves: waking it costs far more (its wait is cancelled, the
+        socket registered with epoll again) than the send itself.
+        """
+        scope = self._wait_scope
+        if scope is None:
+            self._poked = True
+            return
+        core = self._core
+        self._unsent = self._send_now(core.datagrams_to_send(trio.current_time()))
+        if self._unsent:
+            self._poked = True
+            scope.cancel()
+            return
+        self._dispatch_events()
+        deadline = core.next_deadline()
+        if deadline is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    def _send_now(self, datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        """Send what the socket takes without blocking; return what it would not take."""
+        sock = self._sock
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                sock.sendto(data, addr)
+            except BlockingIOError:
+                return datagrams[i:]
+            except OSError as exc:
+                log.debug("sendto %s: %s", addr, exc)
+        return []
 
     async def _run(self) -> None:
         sock = self._sock
@@ -334,7 +375,11 @@ class Endpoint:
             # Let the tasks just woken read and write, so their acks and data share one flush.
             await trio.lowlevel.checkpoint()
             self._poked = False
-            await self._send(core.datagrams_to_send(trio.current_time()))
+            datagrams = core.datagrams_to_send(trio.current_time())
+            if self._unsent:
+                datagrams[:0] = self._unsent
+                self._unsent = []
+            await self._send(datagrams)
             self._dispatch_events()
             if self._poked or received >= RECEIVE_BATCH:
                 continue
