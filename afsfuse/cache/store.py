@@ -1,7 +1,8 @@
 """The persistent cache of clean data: file chunks, directory blobs and per-file records.
 
-Everything clean lives in one diskcache `Cache` under a size bound; diskcache culls on every
-set, so the bound is approximate.  Chunks and directory blobs are keyed by data version, so
+Everything clean lives in one diskcache `Cache` under a size bound, culled after each batch
+of writes (diskcache's own culling costs several queries on every set), so the bound is
+approximate by a batch.  Chunks and directory blobs are keyed by data version, so
 a file that changed on the server can never be served from older bytes.
 
 Each file with cached data has a record: the data version its data is at and which chunks
@@ -147,6 +148,7 @@ class CacheStore:
             eviction_policy=eviction_policy,
             tag_index=True,
             statistics=False,
+            cull_limit=0,  # put_many culls once per batch
         )
         self._check_layout()
         self._record_lock = threading.Lock()
@@ -221,6 +223,7 @@ class CacheStore:
                         f"chunk of {len(item.data)} bytes exceeds chunk size {self.chunk_size}"
                     )
                 self._put(item)
+        self._clean.cull()
 
     def _put(self, item: CleanItem) -> None:
         prefix = _fid_prefix(item.fid)
