@@ -14,8 +14,8 @@ bench/results/.  A workload that fails on a client is reported as failed, with t
 Needs root (the cell, drop_caches, FUSE mounts for every user).
 
 `--profile DIR` attaches py-spy to each afsfuse daemon for each timed workload and leaves
-collapsed stacks in DIR (`<client>-<workload>-<round>.txt`), plus a summary of the hottest
-functions by own and inclusive samples (`bench/profile_summary.py`).
+collapsed stacks in DIR (`<client>-<round>-<workload>.txt`, summarised by
+`bench/profile_summary.py`) and the RPCs the daemon made meanwhile (`....rpcs.json`).
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def profiled(client: Client, out: Path | None) -> Iterator[None]:
     if out is None or not client.name.startswith(CONTENDER):
         yield
         return
+    rpcs_before = _rpc_counts(client)
     spy = subprocess.Popen(
         [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(client.pid),
          "--format", "raw", "--rate", "250", "--threads", "--nonblocking", "--output",
@@ -117,6 +118,20 @@ def profiled(client: Client, out: Path | None) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             spy.kill()
             spy.wait()
+        after = _rpc_counts(client)
+        made = {name: n - rpcs_before.get(name, 0) for name, n in after.items()}
+        made = {name: n for name, n in sorted(made.items()) if n}
+        out.with_suffix(".rpcs.json").write_text(json.dumps(made, indent=1) + "\n")
+
+
+def _rpc_counts(client: Client) -> dict[str, int]:
+    """The daemon's RPC counters (`afsfuse-ctl stats`), to go with a profile."""
+    done = subprocess.run(
+        [os.fspath(Path(sys.executable).parent / "afsfuse-ctl"), "--mount",
+         os.fspath(client.mountpoint), "--json", "stats"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return json.loads(done.stdout)["stats"]["rpcs"] if done.returncode == 0 else {}
 
 
 def _ccache_token(cell_name: str, krb5_config: str, ccache: Path, user: str):
