@@ -122,7 +122,13 @@ def _fail(err: int) -> pyfuse3.FUSEError:
 
 def identity(ctx: pyfuse3.RequestContext) -> Identity:
     """Who a request acts for.  PAGs are not tracked yet: the uid decides."""
-    return Identity(ctx.uid)
+    return _identity_of(ctx.uid)
+
+
+@functools.lru_cache(maxsize=256)
+def _identity_of(uid: int) -> Identity:
+    """One Identity per uid, made once: almost every request asks."""
+    return Identity(uid)
 
 
 def anyone_may_stat(status: Status) -> bool:
@@ -781,10 +787,12 @@ class AfsOperations(pyfuse3.Operations):
 
     @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name not in _XATTRS:
+            # First of all: ls -l asks every file for security.selinux and an ACL, and each
+            # write(2) for security.capability.
+            raise _fail(pyfuse3.ENOATTR)
         node = self._node(inode)
         who = identity(ctx)
-        if name not in _XATTRS:
-            raise _fail(pyfuse3.ENOATTR)  # before any RPC: ls -l asks every file for ACLs
         if isinstance(node, MountNode):
             if node.source is not None:
                 await self.manager.getattr(node.source, who)  # the caller may see it at all
