@@ -1224,8 +1224,15 @@ class CacheManager:
     async def mkdir(
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
-        """A new directory; it inherits the parent's ACL on the server."""
-        return await self._new_entry(dir_fid, name, mode, who, "FS.MakeDir", FS.MakeDir)
+        """A new directory; it inherits the parent's ACL on the server.  What it holds is
+        known without asking ('.' and '..'), so a `mkdir -p` or `tar x` does not fetch every
+        directory it has just made."""
+        fid, status = await self._new_entry(dir_fid, name, mode, who, "FS.MakeDir", FS.MakeDir)
+        if status.is_dir:
+            here = afsdir.DirEntry(fid.vnode, fid.unique)
+            parent = afsdir.DirEntry(dir_fid.vnode, dir_fid.unique)
+            self._keep_listing(fid, status.data_version, {b".": here, b"..": parent})
+        return fid, status
 
     @_boundary
     async def symlink(

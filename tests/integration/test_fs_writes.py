@@ -195,6 +195,22 @@ async def test_concurrent_writers_and_a_store_that_blocks_nobody(
         assert await m.read(fid, 0, len(big), ALICE) == big
 
 
+async def test_a_new_directory_is_known_without_a_fetch(
+    cell: Cell, token_db: TokenStore, tmp_path: Path
+) -> None:
+    async with manager(cell, tmp_path / "c", token_db) as m:
+        top = await alice_dir(m)
+        sub, _ = await m.mkdir(top, "fresh", 0o755, ALICE)
+        before = fetches(m)
+        await m.create(sub, "inside", 0o644, ALICE)  # edits the listing made at mkdir
+        ours = sorted(await m.readdir(sub, ALICE))
+        assert fetches(m) == before
+    async with manager(cell, tmp_path / "other", token_db) as fresh:
+        assert sorted(await fresh.readdir(sub, ALICE)) == ours
+    assert [name for name, _ in ours] == [".", "..", "inside"]
+    assert dict(ours)[".."] == top and dict(ours)["."] == sub
+
+
 async def test_namespace_operations(cell: Cell, token_db: TokenStore, tmp_path: Path) -> None:
     async with manager(cell, tmp_path / "c", token_db) as m:
         top = await alice_dir(m)
