@@ -96,15 +96,16 @@ def measure(client: Client, workload: Workload, ctx: Context, profile: Path | No
 
 @contextlib.contextmanager
 def profiled(client: Client, out: Path | None) -> Iterator[None]:
-    """py-spy sampling the afsfuse daemon (all threads, idle ones left out) while the block
-    runs; collapsed stacks go to `out`.  afsd.fuse is C and is not profiled."""
+    """py-spy sampling the afsfuse daemon while the block runs, only the thread holding the
+    GIL: where Python time goes, waits left out.  Collapsed stacks go to `out`.  afsd.fuse
+    is C and is not profiled."""
     if out is None or not client.name.startswith(CONTENDER):
         yield
         return
     rpcs_before = _rpc_counts(client)
     spy = subprocess.Popen(
         [os.fspath(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(client.pid),
-         "--format", "raw", "--rate", "250", "--threads", "--nonblocking", "--output",
+         "--format", "raw", "--rate", "250", "--threads", "--gil", "--nonblocking", "--output",
          os.fspath(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
