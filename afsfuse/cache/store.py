@@ -223,7 +223,8 @@ class CacheStore:
                         f"chunk of {len(item.data)} bytes exceeds chunk size {self.chunk_size}"
                     )
                 self._put(item)
-        self._clean.cull()
+        if self._clean.volume() > self.size_limit:  # cull() would first look for expiries
+            self._clean.cull()
 
     def _put(self, item: CleanItem) -> None:
         prefix = _fid_prefix(item.fid)
