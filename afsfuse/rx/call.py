@@ -569,19 +569,25 @@ class Call:
     # ----- timers -------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        """The earliest of the call's timers (computed for every call at every wait)."""
         deadline = self.resend_at
-        if self.ack_at is not None and (deadline is None or self.ack_at < deadline):
-            deadline = self.ack_at
-        if self._watched():
-            conn = self.conn
-            for when in (
-                self.last_send + conn.dead_time / 6,
-                self.last_receive + conn.dead_time + conn.peer.fudge(),
-                self._idle_deadline(),
-                self._hard_deadline(),
-                self.stall_probe_at,
-            ):
-                if when is not None and (deadline is None or when < deadline):
+        ack_at = self.ack_at
+        if ack_at is not None and (deadline is None or ack_at < deadline):
+            deadline = ack_at
+        if not self._watched():
+            return deadline
+        conn = self.conn
+        # Keepalive and dead-peer times come first: always set, they replace a None.
+        dead_time = conn.dead_time
+        keepalive = self.last_send + dead_time / 6
+        if deadline is None or keepalive < deadline:
+            deadline = keepalive
+        dead = self.last_receive + dead_time + conn.peer.fudge()
+        if dead < deadline:
+            deadline = dead
+        if self.is_client:
+            for when in (self._idle_deadline(), self._hard_deadline(), self.stall_probe_at):
+                if when is not None and when < deadline:
                     deadline = when
         return deadline
 

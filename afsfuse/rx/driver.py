@@ -75,9 +75,11 @@ class Call:
                 await self._lot.park()
                 continue
             take = room * call.conn.max_user_data()
+            queued = call.tnext
             call.write(view[pos : pos + take], trio.current_time())
             pos += take
-            endpoint._poke()
+            if call.tnext != queued:  # bytes short of a packet wait for more or close_send
+                endpoint._poke()
             if pos >= len(view):
                 break
         # The bytes are queued and on their way: yielding here would only wake the socket
