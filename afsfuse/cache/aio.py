@@ -111,6 +111,7 @@ class CleanWriter:
         self._pending: list[CleanItem] = []
         self._more = trio.Event()
         self._running = False
+        self._writing = trio.Lock()
 
     async def put(self, item: CleanItem) -> None:
         if not self._running:
@@ -132,6 +133,20 @@ class CleanWriter:
             self._running = False
             await self._flush()
 
+    def forget(self, matches: Callable[[FidKey], bool]) -> None:
+        """Drop the waiting items of the files `matches` picks (their cache is being
+        flushed: what waits here must not bring it back)."""
+        kept = [item for item in self._pending if not matches(item.fid)]
+        for _ in range(len(self._pending) - len(kept)):
+            self._room.release()
+        self._pending = kept
+
+    async def idle(self) -> None:
+        """Return once no batch is being written (after `forget`, before dropping what the
+        disk cache holds)."""
+        async with self._writing:
+            pass
+
     async def _flush(self) -> None:
         self._more = trio.Event()
         batch, self._pending = self._pending, []
@@ -148,7 +163,8 @@ class CleanWriter:
         if not batch:
             return
         try:
-            await self._cache.put_many(batch)
+            async with self._writing:
+                await self._cache.put_many(batch)
         except Exception:
             # The data is still served from memory or fetched again; only the disk copy
             # is lost, so a full or failing cache disk does not fail the reader.

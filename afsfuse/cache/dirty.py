@@ -148,7 +148,7 @@ class DirtyStore:
         held = self._resident.get(fid)
         more = length - (len(held) if held is not None else 0)
         return (
-            0 < self.memory_budget
+            self.memory_budget > 0
             and length <= self.chunk_size
             and self._resident_bytes + more <= self.memory_budget
         )

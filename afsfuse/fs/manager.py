@@ -1027,8 +1027,8 @@ class CacheManager:
         mtime = self._mtimes.get(fid) or int(time.time())
         in_status = AFSStoreStatus(Mask=mask, ClientModTime=mtime)
         for piece in store_plan(dirty, self.config.store_call_bytes):
-            status = await self._store_piece(fid, vnode, token, piece, in_status)
             expected += 1
+            status = await self._store_piece(fid, vnode, token, piece, in_status, expected)
         if status.data_version == expected and status.size == dirty.length:
             for index in sorted(dirty.chunks):
                 data = await self.cache.dirty.read_chunk(fid, index)
@@ -1043,7 +1043,10 @@ class CacheManager:
         token: Token | None,
         piece: StorePiece,
         in_status: Any,
+        ours: int,
     ) -> Status:
+        """One StoreData64.  `ours` is the data version it makes: that new version is our
+        own doing, and the kernel's copy of what we wrote must not be thrown away for it."""
         breaks = vnode.breaks
 
         async def op(conn: Connection, server: FileServer) -> Any:
@@ -1060,7 +1063,9 @@ class CacheManager:
             fid.cell, fid.volume, token, "FS.StoreData64", op
         )
         self.stats.bytes_stored += piece.length
-        return self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        return self._absorb(
+            vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks, ours=ours
+        )
 
     @_boundary
     async def setattr(
@@ -1518,6 +1523,8 @@ class CacheManager:
             vnode.status = None
         self._dirs.pop(fid, None)
         self._memory.drop(lambda f: f == fid)
+        self._clean_writer.forget(lambda f: f == fid)
+        await self._clean_writer.idle()
         await self.cache.drop_fid(fid)
         self._notify(fid)
 
@@ -1532,6 +1539,8 @@ class CacheManager:
             self._dirs.clear()
             self._memory.clear()
             self.volumes.forget(cell)
+            self._clean_writer.forget(lambda f: True)
+            await self._clean_writer.idle()
             await self.cache.clear()
             self._notify(None)
             return
@@ -1541,7 +1550,13 @@ class CacheManager:
                 self.vnodes.drop(vnode.fid)
                 self._dirs.pop(vnode.fid, None)
                 self._notify(vnode.fid)
-        self._memory.drop(lambda f: f.volume == volume and (cell is None or f.cell == cell))
+
+        def in_volume(f: AfsFid) -> bool:
+            return f.volume == volume and (cell is None or f.cell == cell)
+
+        self._memory.drop(in_volume)
+        self._clean_writer.forget(in_volume)
+        await self._clean_writer.idle()
         for name in [cell] if cell else self.known_cells():
             await self.cache.drop_volume(name, volume)
 

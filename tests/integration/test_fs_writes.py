@@ -97,9 +97,12 @@ async def test_write_on_close_with_read_your_writes(
         assert (await r.getattr(fid, ALICE)).size == 0
         assert await w.read(fid, 0, len(model) + 10, ALICE) == model
         assert (await w.getattr(fid, ALICE)).size == len(model)
+        told: list[AfsFid | None] = []
+        w.on_invalidate(told.append)
         stored = await w.store_data(fid, ALICE)
         assert stored.size == len(model)
         assert w.store.dirty.get(fid) is None
+        assert fid not in told  # our own store is no news: the kernel keeps what it wrote
         before = fetches(w)
         assert await w.read(fid, 0, len(model), ALICE) == model
         assert fetches(w) == before  # the stored data became the clean copy

@@ -561,3 +561,18 @@ async def test_clean_writer_loses_nothing_cancelled_while_waiting_for_a_thread(
             inner.cancel_scope.cancel()
             outer.start_soon(free_the_thread_later)
         assert s.get_chunk(FID, 1, 0) == b"taken off the queue"
+
+
+async def test_clean_writer_forgets_what_waits_for_a_flushed_file(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        writer = CleanWriter(AsyncCacheStore(s), limit=4)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await writer.put(CleanItem(FID, 1, 0, b"flushed"))
+            await writer.put(CleanItem(OTHER, 1, 0, b"kept"))
+            writer.forget(lambda fid: fid == FID)  # before the writer task runs again
+            await writer.idle()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        assert s.get_record(FID) is None
+        assert s.get_chunk(OTHER, 1, 0) == b"kept"
