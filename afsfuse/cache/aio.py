@@ -69,7 +69,8 @@ class AsyncDirtyStore(_Offloaded):
 
 
 class AsyncCacheStore(_Offloaded):
-    """`CacheStore` for trio code; `sync_store` is the store itself, for threads."""
+    """`CacheStore` for trio code; `sync_store` is the store itself, for threads.  A read
+    of a file with nothing cached answers None at once, without a thread."""
 
     def __init__(self, store: CacheStore, limiter: trio.CapacityLimiter | None = None) -> None:
         super().__init__(limiter or trio.CapacityLimiter(DEFAULT_THREADS))
@@ -77,12 +78,18 @@ class AsyncCacheStore(_Offloaded):
         self.dirty = AsyncDirtyStore(store.dirty, self.limiter)
 
     async def get_record(self, fid: FidKey) -> FileRecord | None:
+        if not self.sync_store.may_hold(fid):
+            return None
         return await self._run(self.sync_store.get_record, fid)
 
     async def get_chunk(self, fid: FidKey, data_version: int, index: int) -> bytes | None:
+        if not self.sync_store.may_hold(fid):
+            return None
         return await self._run(self.sync_store.get_chunk, fid, data_version, index)
 
     async def get_dir(self, fid: FidKey, data_version: int) -> bytes | None:
+        if not self.sync_store.may_hold(fid):
+            return None
         return await self._run(self.sync_store.get_dir, fid, data_version)
 
     async def put_many(self, items: list[CleanItem]) -> None:

@@ -152,6 +152,10 @@ class CacheStore:
         )
         self._check_layout()
         self._record_lock = threading.Lock()
+        #: Key prefixes of the files with a record: a file not here has nothing cached, which
+        #: the cache manager can know without a worker thread (every cold read asks).  May
+        #: name a file whose record was evicted since: that only costs a look.
+        self._recorded = {key[:-1] for key in self._clean.iterkeys() if key.endswith("/r")}
         self.dirty = DirtyStore(self.path / "dirty", chunk_size, dirty_memory)
 
     def _check_layout(self) -> None:
@@ -187,6 +191,10 @@ class CacheStore:
         return self._clean.volume()
 
     # Records and data
+
+    def may_hold(self, fid: FidKey) -> bool:
+        """False when nothing of `fid` is cached (no disk access: safe on an event loop)."""
+        return _fid_prefix(fid) in self._recorded
 
     def get_record(self, fid: FidKey) -> FileRecord | None:
         return self._clean.get(_fid_prefix(fid) + "r")
@@ -242,6 +250,7 @@ class CacheStore:
                 record = replace(record, chunks=record.chunks | {item.index})
         if record is not old:
             self._clean.set(prefix + "r", record, tag=prefix)
+            self._recorded.add(prefix)
 
     def _delete_version(self, prefix: str, record: FileRecord) -> None:
         for index in record.chunks:
@@ -254,6 +263,7 @@ class CacheStore:
         """Forget everything cached for `fid`, every data version; returns items removed."""
         prefix = _fid_prefix(fid)
         with self._record_lock:
+            self._recorded.discard(prefix)
             return self._clean.evict(prefix)
 
     def drop_volume(self, cell: str, volume: int) -> int:
@@ -261,6 +271,7 @@ class CacheStore:
         prefix = f"{check_cell_name(cell)}/{volume}/"
         removed = 0
         with self._record_lock:
+            self._recorded = {p for p in self._recorded if not p.startswith(prefix)}
             for key in self._clean.iterkeys():
                 if key.startswith(prefix) and self._clean.delete(key):
                     removed += 1
@@ -268,4 +279,5 @@ class CacheStore:
 
     def clear(self) -> None:
         with self._record_lock:
+            self._recorded = set()
             self._clean.clear()

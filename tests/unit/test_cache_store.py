@@ -576,3 +576,20 @@ async def test_clean_writer_forgets_what_waits_for_a_flushed_file(tmp_path: Path
             nursery.cancel_scope.cancel()
         assert s.get_record(FID) is None
         assert s.get_chunk(OTHER, 1, 0) == b"kept"
+
+
+def test_files_with_nothing_cached_are_known_without_the_disk(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        assert not s.may_hold(FID)
+        s.put_chunk(FID, 1, 0, b"x")
+        s.put_dir(ELSEWHERE, 1, b"d")
+        s.put_dir(OTHER, 1, b"d")
+        assert s.may_hold(FID) and s.may_hold(ELSEWHERE) and s.may_hold(OTHER)
+        s.drop_fid(OTHER)
+        assert not s.may_hold(OTHER)
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:  # found again at start
+        assert s.may_hold(FID) and s.may_hold(ELSEWHERE) and not s.may_hold(OTHER)
+        s.drop_volume(FID.cell, FID.volume)
+        assert not s.may_hold(FID) and s.may_hold(ELSEWHERE)
+        s.clear()
+        assert not s.may_hold(ELSEWHERE)
