@@ -109,12 +109,15 @@ class CleanWriter:
     """Clean data on its way to the disk cache (the caller keeps it in memory meanwhile),
     written in batches by one task: a batch costs one worker thread call and one
     transaction, where an item each made a thousand small files cost a thousand of both.
+    The task lingers a moment after the first item of a batch, for more to come.
     At most `limit` items wait; past that, `put` waits for the disk.  Until `run` is
     started, and after it ends, `put` writes at once."""
 
-    def __init__(self, cache: AsyncCacheStore, limit: int) -> None:
+    def __init__(self, cache: AsyncCacheStore, limit: int, linger: float = 0.02) -> None:
         self._cache = cache
-        self._room = trio.Semaphore(max(1, limit))
+        self._limit = max(1, limit)
+        self._linger = linger
+        self._room = trio.Semaphore(self._limit)
         self._pending: list[CleanItem] = []
         self._more = trio.Event()
         self._running = False
@@ -135,6 +138,10 @@ class CleanWriter:
         try:
             while True:
                 await self._more.wait()
+                if len(self._pending) < self._limit // 2:
+                    # Items come one per file from a tar x or a build: a moment's wait makes
+                    # a batch of them, and memory holds them meanwhile.
+                    await trio.sleep(self._linger)
                 await self._flush()
         finally:
             self._running = False

@@ -237,7 +237,7 @@ class CacheStore:
     def _put(self, item: CleanItem) -> None:
         prefix = _fid_prefix(item.fid)
         version = item.data_version
-        old = self._clean.get(prefix + "r")
+        old = self._clean.get(prefix + "r") if prefix in self._recorded else None
         if old is not None and old.data_version != version:
             self._delete_version(prefix, old)
             old = None
