@@ -55,6 +55,8 @@ class CallState(IntEnum):
 
 
 _LIVE_STATES = (CallState.PRECALL, CallState.ACTIVE, CallState.HOLD)
+#: DATA flags that take a received packet off on_data's fast path.
+_NOT_PLAIN = P.LAST_PACKET | P.REQUEST_ACK
 
 
 class _TxPacket:
@@ -299,6 +301,7 @@ class Call:
         self.rx_avail = 0
         self.resend_at = None
         self.ack_at = None
+        self.ack_reason = 0
         if send_abort:
             self.send_abort(now)
         self.core._call_finished(self)
@@ -314,20 +317,45 @@ class Call:
     # ----- received packets ---------------------------------------------------------------
 
     def on_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
-        self.last_receive = now
-        self.last_data_at = now
-        if self.is_client and self.tx_last_sent and self.tx:
-            # Any reply data acknowledges the whole request.
-            self._hard_ack_all()
-        self._take_data(seq, serial, flags, payload, now)
+        self.last_receive = self.last_data_at = now
         if self.is_client:
-            self._arm_stall_probe(now)
-
-    def _arm_stall_probe(self, now: float) -> None:
-        """Two round trips without data after this packet: the sender is waiting on us."""
-        wait = min(max(STALL_PROBE_MIN, 2 * self.conn.peer.srtt), STALL_PROBE_MAX)
-        self.stall_probe_wait = wait
-        self.stall_probe_at = now + wait
+            if self.tx_last_sent and self.tx:
+                # Any reply data acknowledges the whole request.
+                self._hard_ack_all()
+            # Two round trips without data after this packet: the sender is waiting on us.
+            self.stall_probe_wait = wait = self.conn.peer.stall_wait
+            self.stall_probe_at = now + wait
+        if (
+            seq != self.rnext
+            or self.rx_ooo
+            or self.rx_last_seq
+            or flags & _NOT_PLAIN
+            or seq >= self.rconsumed + self.rwind
+        ):
+            self._take_data(seq, serial, flags, payload, now)
+            return
+        # The next packet of a stream with no hole, neither the last nor asking for an ack
+        # (every DATA packet of a bulk transfer): what _take_data does, minus its cases.
+        ready = self.rx_ready
+        ready.append(payload)
+        self.rx_avail += len(payload)
+        self.rnext = seq + 1
+        self.rx_highest = seq
+        if len(ready) <= RX_BUFFER_PACKETS:
+            self.rconsumed = seq + 1
+        else:
+            self._release()
+        self.unacked += 1
+        if not flags & P.MORE_PACKETS:
+            # The sender's burst ends here: see _take_data.
+            self._want_ack(P.ACK_IDLE, serial)
+            self.ack_twice = True
+        elif self.unacked >= SOFT_ACK_RATE:
+            self._want_ack(P.ACK_IDLE, serial)
+        elif self.ack_at is None:
+            self.ack_at = now + ACK_DELAY
+        if not self.event_pending:
+            self.core._notify(self)
 
     def _take_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         if seq < self.rnext or seq in self.rx_ooo:
@@ -754,10 +782,12 @@ class Call:
         return self.conn.peer.rto
 
     def _want_ack(self, reason: int, serial: int) -> None:
-        if reason == P.ACK_REQUESTED or self.ack_reason != P.ACK_REQUESTED:
+        current = self.ack_reason
+        if not current:
+            self.core._ack_calls.add(self)  # a call with an ack_reason is already there
+        if reason == P.ACK_REQUESTED or current != P.ACK_REQUESTED:
             self.ack_reason = reason
             self.ack_serial = serial
-        self.core._ack_calls.add(self)
 
     def flush_ack(self, now: float) -> None:
         if self.ack_reason and self.state != CallState.ERROR:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import packet as P
-from .call import MAX_PACKET, MIN_PACKET, Call, CallState
+from .call import MAX_PACKET, MIN_PACKET, STALL_PROBE_MAX, STALL_PROBE_MIN, Call, CallState
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from .security import (
     ClientConnectionSecurity,
@@ -68,7 +68,7 @@ Event = IncomingCall | CallChanged
 class Peer:
     """What we know about one remote host:port: round-trip time and packet size."""
 
-    __slots__ = ("addr", "max_packet", "rto", "rttvar", "srtt")
+    __slots__ = ("addr", "max_packet", "rto", "rttvar", "srtt", "stall_wait")
 
     def __init__(self, addr: Address) -> None:
         self.addr = addr
@@ -76,6 +76,9 @@ class Peer:
         self.rttvar = 0.0
         self.rto = INITIAL_RTO
         self.max_packet = MAX_PACKET
+        #: How long a reply stream may go quiet before we probe the sender: two round
+        #: trips, bounded.  Kept here because every received DATA packet re-arms it.
+        self.stall_wait = STALL_PROBE_MIN
 
     def rtt_sample(self, sample: float) -> None:
         """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off."""
@@ -89,6 +92,7 @@ class Peer:
             self.srtt += err / 8
             self.rttvar += (abs(err) - self.rttvar) / 4
         self.rto = min(max(self.srtt + 4 * self.rttvar, MIN_RTO), MAX_RTO)
+        self.stall_wait = min(max(STALL_PROBE_MIN, 2 * self.srtt), STALL_PROBE_MAX)
 
     def back_off(self) -> None:
         self.rto = min(self.rto * 2, MAX_RTO)
@@ -423,12 +427,14 @@ class RxCore:
             if call.state is _ERROR:
                 call.send_abort(now)
                 return
-            try:
-                payload = conn.security.unseal(call_number, channel, seq, cksum, bytes(body))
-            except RxSecurityError as exc:
-                self.packets_dropped += 1
-                log.debug("DATA from %s failed its security check: %s", addr, exc)
-                return
+            payload = bytes(body)
+            if sec_index:  # rxnull (index 0) leaves the payload as it is
+                try:
+                    payload = conn.security.unseal(call_number, channel, seq, cksum, payload)
+                except RxSecurityError as exc:
+                    self.packets_dropped += 1
+                    log.debug("DATA from %s failed its security check: %s", addr, exc)
+                    return
             call.on_data(seq, serial, flags, payload, now)
         elif ptype == P.ACK:
             ack = P.decode_ack(body)

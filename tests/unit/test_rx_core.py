@@ -272,7 +272,7 @@ def test_a_quiet_reply_with_a_hole_is_nudged_with_an_ack_and_a_ping() -> None:
     core, call = client_call(dead_time=12.0)
     call.close_send(0.0)
     sent(core, 0.0)
-    call.conn.peer.srtt = 0.01
+    call.conn.peer.rtt_sample(0.01)
     for seq in (1, 3):
         packet = server_packet(call, P.DATA, seq, seq, b"x", P.MORE_PACKETS)
         core.receive_datagram(packet, SERVER, 0.1)
@@ -292,7 +292,7 @@ def test_the_first_stall_probe_waits_two_round_trips_within_bounds() -> None:
         core, call = client_call(dead_time=12.0)
         call.close_send(0.0)
         sent(core, 0.0)
-        call.conn.peer.srtt = srtt
+        call.conn.peer.rtt_sample(srtt)
         core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"x", P.MORE_PACKETS), SERVER, 1)
         assert call.stall_probe_at == pytest.approx(1 + wait)
 
