@@ -6,6 +6,11 @@ Creates a file in the cell's `test` volume (readable by system:anyuser), fills i
 `afsfuse-io fidwrite`, then times `afsfuse-io fidread -o /dev/null` a few times per level.
 Prints the rate (10^6 bytes per second, wall clock of the whole process) and the CPU seconds
 the process used (user + system, from its rusage).
+
+`--in-process` instead moves the data from this process, as the mount does (rxnull, which
+the anonymous mount uses): StoreData64 of the whole file in one call, then FetchData64 in
+4 MiB calls, 4 at a time, each read 1 MiB at a time.  It prints the rate, the CPU seconds
+per 64 MiB (Rx alone, no process start-up) and the packets received and sent.
 """
 
 from __future__ import annotations
@@ -27,13 +32,21 @@ from afsfuse.keyring import Token, token_from_ccache
 from afsfuse.rx.driver import open_endpoint
 from afsfuse.rx.interfaces.fs import FS, AFSFid, AFSStoreStatus
 from afsfuse.rx.rxkad import Level, RxkadClient
+from afsfuse.rx.security import RXNULL
 from afsfuse.testing.cell import USERS
 from afsfuse.vl.vlclient import VLClient
 
 ANYONE_READS = b"2\n0\nsystem:administrators 127\nsystem:anyuser 9\n\0"
+ANYONE_WRITES = b"2\n0\nsystem:administrators 127\nsystem:anyuser 127\n\0"
+#: --in-process: bytes per FetchData64 call and calls at a time (the mount's read-ahead).
+FETCH_CALL = 4 << 20
+FETCH_CALLS = 4
+FETCH_PIECE = 1 << 20
 
 
-async def create_file(cell: str, vl_hosts: list[str], admin: Token) -> AFSFid:
+async def create_file(
+    cell: str, vl_hosts: list[str], admin: Token, acl: bytes = ANYONE_READS
+) -> AFSFid:
     """A new empty file in a new directory of the test volume that anyone may read."""
     async with open_endpoint() as endpoint:
         CacheManagerService(CallbackRegistry()).install(endpoint)
@@ -43,11 +56,52 @@ async def create_file(cell: str, vl_hosts: list[str], admin: Token) -> AFSFid:
         conn = endpoint.connect((site.addresses[0], FS.port), FS.service_id, security)
         root = AFSFid(location.rw_id, 1, 1)
         made = await FS.MakeDir(conn, root, f"bench-{secrets.token_hex(4)}", AFSStoreStatus())
-        await FS.OldStoreACL(conn, made.OutFid, ANYONE_READS)
+        await FS.OldStoreACL(conn, made.OutFid, acl)
         created = await FS.CreateFile(
             conn, made.OutFid, "data", AFSStoreStatus(Mask=8, UnixModeBits=0o644)
         )
         return created.OutFid
+
+
+async def in_process(vl_hosts: list[str], fid: AFSFid, size_mb: int, runs: int) -> None:
+    """Store then fetch the file from this process over rxnull; print rate, CPU, packets."""
+    size = size_mb << 20
+    piece = bytes(FETCH_PIECE)
+    async with open_endpoint() as endpoint:
+        CacheManagerService(CallbackRegistry()).install(endpoint)
+        location = await VLClient.on_endpoint(endpoint, vl_hosts).locate("test")
+        address = location.sites[0][0].addresses[0]
+        conn = endpoint.connect((address, FS.port), FS.service_id, RXNULL)
+
+        async def store() -> None:
+            async with FS.StoreData64.stream(conn, fid, AFSStoreStatus(), 0, size, size) as s:
+                for pos in range(0, size, FETCH_PIECE):
+                    await s.send(piece[: size - pos])
+
+        async def fetch() -> None:
+            limit = trio.Semaphore(FETCH_CALLS)
+
+            async def one(pos: int) -> None:
+                async with limit, FS.FetchData64.stream(conn, fid, pos, FETCH_CALL) as stream:
+                    while stream.remaining:
+                        await stream.read(FETCH_PIECE)
+
+            async with trio.open_nursery() as nursery:
+                for pos in range(0, size, FETCH_CALL):
+                    nursery.start_soon(one, pos)
+
+        for run in range(1, runs + 1):
+            for name, transfer in (("store", store), ("fetch", fetch)):
+                received, sent = endpoint.packets_received, endpoint.packets_sent
+                wall, cpu = time.perf_counter(), time.process_time()
+                await transfer()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                print(
+                    f"{name} {size_mb} MiB rxnull run {run}: {size / wall / 1e6:7.1f} MB/s,"
+                    f" CPU {cpu * 64 / size_mb:.2f} s per 64 MiB, packets in"
+                    f" {endpoint.packets_received - received} out {endpoint.packets_sent - sent}",
+                    flush=True,
+                )
 
 
 def run_io(argv: list[str], env: dict[str, str], stdin: object = None) -> tuple[float, float]:
@@ -69,6 +123,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--levels", default="none,clear,crypt")
     parser.add_argument("--piece", type=int, default=None, help="passed to fidread --piece")
+    parser.add_argument("--in-process", action="store_true", help="see the description")
     args = parser.parse_args()
     cell = os.environ["AFSCELL_NAME"]
     vl_hosts = os.environ["AFSCELL_VLSERVERS"].split()
@@ -81,7 +136,12 @@ def main() -> None:
             capture_output=True, check=True, timeout=30,
         )  # fmt: skip
         os.environ["KRB5CCNAME"] = ccache
-        fid = trio.run(create_file, cell, vl_hosts, token_from_ccache(cell, ccache))
+        admin = token_from_ccache(cell, ccache)
+        if args.in_process:
+            fid = trio.run(create_file, cell, vl_hosts, admin, ANYONE_WRITES)
+            trio.run(in_process, vl_hosts, fid, args.size_mb, args.runs)
+            return
+        fid = trio.run(create_file, cell, vl_hosts, admin)
         fid_text = f"{fid.Volume}.{fid.Vnode}.{fid.Unique}"
         io = [sys.executable, "-m", "afsfuse.io_cli"]
         common = [
