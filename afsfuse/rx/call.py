@@ -55,6 +55,11 @@ class CallState(IntEnum):
 
 
 _LIVE_STATES = (CallState.PRECALL, CallState.ACTIVE, CallState.HOLD)
+# Hot-path states bound once: looking a member up on an Enum class costs ~90 ns (3.11).
+_ACTIVE = CallState.ACTIVE
+_ERROR = CallState.ERROR
+_SENDING_STATES = (CallState.ACTIVE, CallState.HOLD)
+_FINISHED_STATES = (CallState.DALLY, CallState.ERROR)
 #: DATA flags that take a received packet off on_data's fast path.
 _NOT_PLAIN = P.LAST_PACKET | P.REQUEST_ACK
 
@@ -107,6 +112,9 @@ class Call:
         self.first_sent_at: float | None = None
         # Transmit side.
         self.tx: deque[_TxPacket] = deque()
+        #: Leading packets of tx known to be soft-acked: a later ACK with no hole in its
+        #: soft acks need not look at them again.
+        self.tx_sacked = 0
         self.tx_partial = bytearray()
         self.tfirst = 1  # lowest seq not yet hard-acked
         self.tnext = 1  # seq of the next packet to build
@@ -426,13 +434,13 @@ class Call:
 
     def on_ack(self, ack: P.AckBody, flags: int, now: float) -> None:
         self.last_receive = now
-        if self.state in (CallState.DALLY, CallState.ERROR):
+        if self.state in _FINISHED_STATES:
             return
         if ack.rwind:
             self.twind = min(ack.rwind, MAX_WINDOW)
-        if ack.max_mtu:
-            self.conn.peer.set_max_packet(ack.max_mtu)
         peer = self.conn.peer
+        if ack.max_mtu and ack.max_mtu != peer.max_packet:
+            peer.set_max_packet(ack.max_mtu)
         if (
             ack.reason == P.ACK_PING_RESPONSE
             and self.ping_serial
@@ -455,33 +463,47 @@ class Call:
         tx = self.tx
         newly = 0
         rtt_packet = None
+        popped = 0
         while tx and tx[0].seq < first:
             pkt = tx.popleft()
-            if not pkt.acked:
+            popped += 1
+            if not pkt.acked:  # a soft-acked packet was settled then
                 newly += 1
                 if pkt.serial == ack.serial:
                     rtt_packet = pkt
-            self._settle(pkt)
+                self._settle(pkt)
         if first > self.tfirst:
             self.tfirst = first
         acks = ack.acks
-        highest_acked = -1
-        for i in range(min(len(acks), len(tx))):
-            pkt = tx[i]
-            if acks[i]:
-                highest_acked = i
-                if not pkt.acked:
-                    pkt.acked = True
-                    newly += 1
-                    if pkt.serial == ack.serial:
-                        rtt_packet = pkt
-                    self._settle(pkt)
-            elif pkt.acked:
-                pkt.acked = False  # the receiver dropped a packet it had soft-acked
+        count = min(len(acks), len(tx))
+        if count:
+            # Only what the ACK changes is looked at: with no hole in the soft acks, the
+            # packets past those known soft-acked; otherwise each one it lists.
+            hole = acks.find(0, 0, count)
+            start = max(0, self.tx_sacked - popped) if hole < 0 else 0
+            highest_acked = -1
+            for i in range(start, count):
+                pkt = tx[i]
+                if acks[i]:
+                    highest_acked = i
+                    if not pkt.acked:
+                        pkt.acked = True
+                        newly += 1
+                        if pkt.serial == ack.serial:
+                            rtt_packet = pkt
+                        self._settle(pkt)
+                elif pkt.acked:
+                    pkt.acked = False  # the receiver dropped a packet it had soft-acked
+            if hole < 0:
+                self.tx_sacked = count
+            else:
+                self.tx_sacked = hole
+                if highest_acked > hole:  # some packet the ACK misses was overtaken
+                    self._detect_losses(highest_acked)
+        else:
+            self.tx_sacked = max(0, self.tx_sacked - popped)
         if rtt_packet is not None and ack.reason != P.ACK_DELAY and rtt_packet.sent_at is not None:
             peer.rtt_sample(now - rtt_packet.sent_at)
-        if highest_acked > 0:
-            self._detect_losses(highest_acked)
         if newly:
             if self.recover_until and self._recovered():
                 self.recover_until = 0
@@ -489,7 +511,8 @@ class Call:
                 self._grow_window(newly)
             self.probe_interval = 0.0
             self.resend_at = now + self._resend_timeout() if self.tnext_send > self.tfirst else None
-            self.core._notify(self)
+            if not self.event_pending:
+                self.core._notify(self)
         if not tx:
             self.resend_at = None
             self._tx_drained()
@@ -511,6 +534,7 @@ class Call:
 
     def _hard_ack_all(self) -> None:
         self.tx.clear()
+        self.tx_sacked = 0
         self.tfirst = self.tnext_send = self.tnext
         self.resend_pending = 0
         self.pipe = 0
@@ -624,7 +648,7 @@ class Call:
         if self.first_sent_at is None and not self.rx_highest:
             return False
         if self.is_client:
-            return self.state == CallState.ACTIVE and not self.rx_complete
+            return self.state is _ACTIVE and not self.rx_complete
         return self.live
 
     def _idle_deadline(self) -> float | None:
@@ -707,7 +731,7 @@ class Call:
         The congestion window limits packets in flight; the peer's window limits how far
         past its hard-ack point we may go.
         """
-        if self.state not in (CallState.ACTIVE, CallState.HOLD) or not self.tx:
+        if self.state not in _SENDING_STATES or not self.tx:
             return
         budget = self.cwind - self.pipe
         window_end = self.tfirst + self.twind
@@ -790,7 +814,7 @@ class Call:
             self.ack_serial = serial
 
     def flush_ack(self, now: float) -> None:
-        if self.ack_reason and self.state != CallState.ERROR:
+        if self.ack_reason and self.state is not _ERROR:
             twice = self.ack_twice
             reason, serial = self.ack_reason, self.ack_serial
             self._send_ack(reason, serial, now)

@@ -33,6 +33,7 @@ JUMBO_PACKET = P.JUMBO_PACKET
 CLIENT_INITIATED = P.CLIENT_INITIATED
 CID_MASK = P.CID_MASK
 _ERROR = CallState.ERROR
+_PRECALL = CallState.PRECALL
 
 Address = tuple[str, int]
 
@@ -363,7 +364,7 @@ class RxCore:
     # ----- bookkeeping used by calls ------------------------------------------------------
 
     def _notify(self, call: Call) -> None:
-        if not call.event_pending and call.state != CallState.PRECALL:
+        if not call.event_pending and call.state is not _PRECALL:
             call.event_pending = True
             self._events.append(CallChanged(call))
 

@@ -29,6 +29,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 MAX_DATAGRAM = 65536
 #: Datagrams taken from the socket before the loop lets other tasks run.
 RECEIVE_BATCH = 256
+_FINISHED_STATES = (CallState.ERROR, CallState.DALLY)
 
 
 def _error(code: int) -> RxAbort:
@@ -417,7 +418,7 @@ class Endpoint:
                 app = core_call.app
                 if app is not None:
                     app._lot.unpark_all()
-                if core_call.is_client and core_call.state in (CallState.ERROR, CallState.DALLY):
+                if core_call.is_client and core_call.state in _FINISHED_STATES:
                     conn_app = core_call.conn.app
                     if isinstance(conn_app, Connection):
                         conn_app._lot.unpark_all()

@@ -156,17 +156,21 @@ def encode_ack(
 
 
 def decode_ack(body: bytes | memoryview) -> AckBody:
-    if len(body) < ACK_HEAD.size:
-        raise PacketDecodeError(f"ACK body of {len(body)} bytes is too short")
+    size = len(body)
+    if size < ACK_HEAD.size:
+        raise PacketDecodeError(f"ACK body of {size} bytes is too short")
     _space, _skew, first, previous, serial, reason, n_acks = ACK_HEAD.unpack_from(body)
     end = ACK_HEAD.size + n_acks
-    if len(body) < end:
-        raise PacketDecodeError(f"ACK claims {n_acks} acks but carries {len(body) - 18}")
-    ack = AckBody(first, previous, serial, reason, bytes(body[ACK_HEAD.size : end]))
-    # The trailer starts after 3 pad bytes and may be absent, partial or longer than 4 words.
+    if size < end:
+        raise PacketDecodeError(f"ACK claims {n_acks} acks but carries {size - 18}")
+    acks = bytes(body[ACK_HEAD.size : end])
+    if size >= end + ACK_TRAILER.size:  # the whole trailer, as every current peer sends it
+        return AckBody(first, previous, serial, reason, acks, *ACK_TRAILER.unpack_from(body, end))
+    # The trailer starts after 3 pad bytes and may be absent or partial.
+    ack = AckBody(first, previous, serial, reason, acks)
     words = []
     offset = end + 3
-    while len(words) < 4 and offset + 4 <= len(body):
+    while offset + 4 <= size:
         words.append(ACK_TRAILER_WORD.unpack_from(body, offset)[0])
         offset += 4
     fields = ("max_mtu", "if_mtu", "rwind", "max_dgram_packets")

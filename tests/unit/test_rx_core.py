@@ -888,3 +888,23 @@ def test_challenge_on_idle_client_connection_is_ignored() -> None:
     challenge = P.Header(core.epoch, conn.cid, 0, 0, 1, P.CHALLENGE, 0, 0, 5, 0, SERVICE)
     core.receive_datagram(challenge.encode() + b"nonce", SERVER, 0.0)
     assert sent(core, 0.0) == []
+
+
+def test_soft_acks_already_seen_are_skipped_and_a_dropped_one_is_resent() -> None:
+    core, call = client_call()
+    call.conn.peer.rtt_sample(0.001)
+    call.write(b"x" * (6 * 1416 + 10), 0.0)
+    call.close_send(0.0)
+    call.cwind = 8
+    assert len(data_in(sent(core, 0.0))) == 7
+    for n_acks in range(1, 7):  # soft acks grow one at a time, nothing hard-acked
+        body = ack_body(1, b"\x01" * n_acks, serial=n_acks)
+        core.receive_datagram(server_packet(call, P.ACK, 0, 10 + n_acks, body), SERVER, 0.01)
+    assert call.tx_sacked == 6 and [p.acked for p in call.tx] == [True] * 6 + [False]
+    assert call.pipe == 1
+    # The receiver dropped packet 2 it had soft-acked: it is no longer counted as acked,
+    # and, with three later packets acked, resent at once.
+    body = ack_body(1, b"\x01\x00\x01\x01\x01\x01\x01", serial=20)
+    core.receive_datagram(server_packet(call, P.ACK, 0, 30, body), SERVER, 0.02)
+    assert call.tx_sacked == 1 and not call.tx[1].acked
+    assert [h.seq for h in data_in(sent(core, 0.02))] == [2]
