@@ -106,29 +106,28 @@ class Call:
                 break
             await self._lot.park()
             parked = True
-        if not parked:
-            await trio.lowlevel.checkpoint()
+        await self._after_read(parked)
         return n
 
     async def recv_exactly(self, n: int) -> bytes:
-        chunks = []
-        need = n
+        """n bytes, read straight into one buffer however many packets they span."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
         parked = False
-        while need:
+        while got < n:
             call = self._reading()
-            data = call.read(need, trio.current_time())
-            if data:
-                chunks.append(data)
-                need -= len(data)
+            taken = call.read_into(view[got:], trio.current_time())
+            if taken:
+                got += taken
                 self._endpoint._poke()
                 continue
             if call.at_eof:
                 raise RxAbort(RX_EOF)
             await self._lot.park()
             parked = True
-        if not parked:
-            await trio.lowlevel.checkpoint()
-        return b"".join(chunks)
+        await self._after_read(parked)
+        return bytes(buf)
 
     async def recv_rest(self) -> bytes:
         chunks = []
@@ -143,9 +142,17 @@ class Call:
                 break
             await self._lot.park()
             parked = True
-        if not parked:
-            await trio.lowlevel.checkpoint()
+        await self._after_read(parked)
         return b"".join(chunks)
+
+    @staticmethod
+    async def _after_read(parked: bool) -> None:
+        """A read that waited has yielded; one served from what was already here stays a
+        cancel point without a schedule point, like send(): the next packets can only come
+        from the socket task, so a reader that keeps finding data soon waits anyway, and
+        the pieces of a split reply (length, data, OUT args) cost no trip through trio."""
+        if not parked:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
 
 class ClientCall(Call):
