@@ -245,14 +245,16 @@ class DirtyStore:
             first, last = offset // size, (end - 1) // size
             new_chunks = [i for i in range(first, last + 1) if i not in dirty.chunks]
             updated = replace(dirty, length=length, chunks=dirty.chunks | set(new_chunks))
+            in_memory = fid in self._resident and self._fits(fid, length)
+            if not in_memory:
+                self._on_disk(fid, blocking)  # before any work a thread would repeat
             pieces = self._pieces(dirty, offset, data, bases, length, new_chunks)
-            if fid in self._resident and self._fits(fid, length):
+            if in_memory:
                 content = self._resize(fid, length)
                 for position, piece in pieces:
                     content[position : position + len(piece)] = piece
                 self._files[fid] = updated
                 return updated
-            self._on_disk(fid, blocking)
             fd = os.open(self._data_path(fid), os.O_WRONLY)
             try:
                 for position, piece in pieces:
