@@ -80,7 +80,7 @@ class Call:
             call.write(view[pos : pos + take], trio.current_time())
             pos += take
             if call.tnext != queued:  # bytes short of a packet wait for more or close_send
-                endpoint._poke()
+                endpoint._poke(call)
             if pos >= len(view):
                 break
         # The bytes are queued and on their way: yielding here would only wake the socket
@@ -90,7 +90,7 @@ class Call:
     async def close_send(self) -> None:
         call = self._check()
         call.close_send(trio.current_time())
-        self._endpoint._poke()
+        self._endpoint._poke(call)
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def recv_into(self, buf: memoryview) -> int:
@@ -100,7 +100,7 @@ class Call:
             call = self._reading()
             n = call.read_into(buf, trio.current_time())
             if n:
-                self._endpoint._poke()
+                self._endpoint._poke(call)
                 break
             if call.at_eof or not buf:
                 break
@@ -120,7 +120,7 @@ class Call:
             taken = call.read_into(view[got:], trio.current_time())
             if taken:
                 got += taken
-                self._endpoint._poke()
+                self._endpoint._poke(call)
                 continue
             if call.at_eof:
                 raise RxAbort(RX_EOF)
@@ -137,7 +137,7 @@ class Call:
             data = call.read(1 << 62, trio.current_time())
             if data:
                 chunks.append(data)
-                self._endpoint._poke()
+                self._endpoint._poke(call)
             if call.at_eof:
                 break
             await self._lot.park()
@@ -167,7 +167,7 @@ class ClientCall(Call):
         call = self._check()
         if not call.tx_closed:
             call.close_send(trio.current_time())
-            self._endpoint._poke()
+            self._endpoint._poke(call)
         return call
 
     async def __aenter__(self) -> ClientCall:
@@ -196,7 +196,7 @@ class ClientCall(Call):
             elif call.live:
                 call.abort(RX_USER_ABORT, trio.current_time())
         finally:
-            self._endpoint._poke()
+            self._endpoint._poke(call)
             self._connection._lot.unpark_all()
 
     async def _finish(self, call: CoreCall) -> None:
@@ -204,7 +204,8 @@ class ClientCall(Call):
             await self.close_send()
         while True:
             self._check()
-            call.read(1 << 62, trio.current_time())  # unread reply bytes are discarded
+            if call.read(1 << 62, trio.current_time()):  # unread reply bytes are discarded
+                self._endpoint._poke(call)
             if call.at_eof:
                 break
             await self._lot.park()
@@ -224,7 +225,7 @@ class ServerCall(Call):
 
     async def abort(self, code: int) -> None:
         self._call.abort(code, trio.current_time())
-        self._endpoint._poke()
+        self._endpoint._poke(self._call)
         await trio.lowlevel.checkpoint()
 
 
@@ -321,12 +322,14 @@ class Endpoint:
         self._handlers[service_id] = handler
         self._core.add_service(service_id, securities)
 
-    def _poke(self) -> None:
-        """A call queued work for the socket task.
+    def _poke(self, call: CoreCall | None = None) -> None:
+        """A call (or a connection being closed) queued work for the socket task.
 
         While that task waits for the socket, the datagrams go out from here at once and
         only its deadline moves: waking it costs far more (its wait is cancelled, the
-        socket registered with epoll again) than the send itself.
+        socket registered with epoll again) than the send itself.  Only the poking call's
+        timers can have moved earlier: the task computed its deadline over every call
+        before it waited, and every change to a call since came with a poke of its own.
         """
         scope = self._wait_scope
         if scope is None:
@@ -339,9 +342,10 @@ class Endpoint:
             scope.cancel()
             return
         self._dispatch_events()
-        deadline = core.next_deadline()
-        if deadline is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        if call is not None and call.live:
+            deadline = call.next_deadline()
+            if deadline is not None and deadline < scope.deadline:
+                scope.deadline = deadline
 
     def _send_now(self, datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
         """Send what the socket takes without blocking; return what it would not take."""
@@ -445,7 +449,7 @@ class Endpoint:
             if core_call.state == CallState.ACTIVE and not core_call.tx_closed:
                 core_call.close_send(trio.current_time())
         finally:
-            self._poke()
+            self._poke(core_call)
 
 
 def _open_socket(host: str, port: int) -> socket.socket:
