@@ -890,8 +890,16 @@ class CacheManager:
         lock = lock or trio.Lock()
         self._file_locks[fid] = (lock, users + 1)
         try:
-            async with lock:
+            try:
+                # Nearly always free: taking it without the two checkpoints of acquire()
+                # saves ~10 us on every write, and writes come 10 KiB at a time from tar.
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._file_locks[fid]
             if users == 1:
