@@ -127,7 +127,10 @@ class CleanWriter:
         if not self._running:
             await self._write([item])
             return
-        await self._room.acquire()
+        try:
+            self._room.acquire_nowait()  # no checkpoints while there is room, as there is
+        except trio.WouldBlock:
+            await self._room.acquire()
         self._pending.append(item)
         self._more.set()
 
