@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/profile_summary.py DIR/afsfuse-0-create.txt [--top N]
 
-Own samples say where the CPU goes; inclusive samples say which caller to look at.  Samples
-whose innermost frame is an idle wait (epoll, a worker thread's queue) are counted apart.
+Own samples say where the CPU goes; inclusive samples say which caller to look at.  The
+profiles sample only the thread holding the GIL, so every sample is Python at work.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import argparse
 import collections
 import re
 from pathlib import Path
-
-#: Innermost frames that mean a thread waiting, not working.
-IDLE = re.compile(r"^(select|poll|epoll|wait|_wait_for_tstate_lock|get|acquire|sleep) \(")
 
 
 def frames(stack: str) -> list[str]:
@@ -28,25 +25,22 @@ def frames(stack: str) -> list[str]:
 def summarise(path: Path, top: int) -> str:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    busy = idle = 0
+    total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)
         chain = frames(stack)
-        if chain and IDLE.match(chain[-1]):
-            idle += n
-            continue
-        busy += n
+        total += n
         own[chain[-1]] += n
         for frame in set(chain):
             inclusive[frame] += n
-    lines = [f"{path.name}: {busy} busy samples, {idle} idle"]
+    lines = [f"{path.name}: {total} samples"]
     for title, counter in (("own", own), ("inclusive", inclusive)):
         lines.append(f"  top {top} by {title} samples:")
         for frame, n in counter.most_common(top):
-            lines.append(f"    {100 * n / max(busy, 1):5.1f}%  {frame}")
+            lines.append(f"    {100 * n / max(total, 1):5.1f}%  {frame}")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from clients import daemon_usage
+from profile_summary import summarise
 from run import Run, Series, render, short_failure
 
 
@@ -85,3 +86,19 @@ def test_table_has_ratio_rate_failure_and_daemon_rows() -> None:
     assert rows["write"][2:4] == ["failed: cp: Function not implemented", "failed"]
     assert rows["daemon peak RSS"][1:5] == ["25.0 MiB", "62.0 MiB", "", "-"]
     assert rows["daemon CPU per round"][1:3] == ["6.0 s", "14.0 s"]
+
+
+def test_profile_summary_ranks_own_and_inclusive_samples(tmp_path: Path) -> None:
+    stacks = tmp_path / "afsfuse-0-create.txt"
+    stacks.write_text(
+        "thread (1): MainThread;run (trio/_run.py:10);create (afsfuse/x.py:5) 6\n"
+        "thread (1): MainThread;run (trio/_run.py:10);create (afsfuse/x.py:7);send (rx.py:3) 3\n"
+        "thread (1): MainThread;run (trio/_run.py:12);epoll_wait (io.py:1) 1\n"
+    )
+    text = summarise(stacks, top=2)
+    lines = text.splitlines()
+    assert lines[0] == "afsfuse-0-create.txt: 10 samples"
+    own = lines[lines.index("  top 2 by own samples:") + 1 :][:2]
+    assert own == ["     60.0%  create (afsfuse/x.py)", "     30.0%  send (rx.py)"]
+    inclusive = lines[lines.index("  top 2 by inclusive samples:") + 1 :]
+    assert inclusive[0].endswith("thread (1): MainThread") and "100.0%" in inclusive[0]
