@@ -36,6 +36,10 @@ MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP f
 MIN_PACKET = 520
 #: How many not-yet-acknowledged packets a writer may queue before it has to wait.
 SEND_BACKLOG = 2 * MAX_WINDOW
+#: A writer waiting on a full backlog is told of acks only once they bring the backlog down
+#: to this: the window's worth still queued keeps the network busy while the writer refills
+#: the rest in one go, where a wake-up per ACK would queue two packets each time.
+SEND_LOW_WATER = MAX_WINDOW
 #: Added to the retransmit timeout of a burst that asked for no ack: an OpenAFS receiver
 #: acks it after 100 ms (rx_softAckDelay) if no reply has gone out by then.
 DELAYED_ACK_ALLOWANCE = 0.2
@@ -461,6 +465,7 @@ class Call:
         self.last_ack_previous = ack.previous_packet
         first = min(first, self.tnext_send)
         tx = self.tx
+        backlog = len(tx)
         newly = 0
         rtt_packet = None
         popped = 0
@@ -511,8 +516,8 @@ class Call:
                 self._grow_window(newly)
             self.probe_interval = 0.0
             self.resend_at = now + self._resend_timeout() if self.tnext_send > self.tfirst else None
-            if not self.event_pending:
-                self.core._notify(self)
+        if backlog > SEND_LOW_WATER >= len(tx) and not self.event_pending:
+            self.core._notify(self)
         if not tx:
             self.resend_at = None
             self._tx_drained()

@@ -17,6 +17,8 @@ from afsfuse.rx.call import (
     MAX_WINDOW,
     MIN_RECOVERY_WINDOW,
     RX_BUFFER_PACKETS,
+    SEND_BACKLOG,
+    SEND_LOW_WATER,
     STALL_PROBE_MAX,
     STALL_PROBE_MIN,
     Call,
@@ -496,6 +498,22 @@ def test_rto_follows_the_measured_round_trip_with_a_20ms_floor() -> None:
         server_packet(call, P.ACK, 0, 2, ack_body(4, serial=out[-1].serial)), SERVER, 0.051
     )
     assert 0.05 < call.conn.peer.rto < 0.2
+
+
+def test_a_writer_with_a_full_backlog_is_woken_once_acks_bring_it_to_the_low_water_mark() -> None:
+    core, call = client_call()
+    call.write(b"x" * call.conn.max_user_data() * (SEND_BACKLOG + 1), 0.0)
+    assert call.tx_backlog == SEND_BACKLOG
+    call.cwind = MAX_WINDOW
+    sent(core, 0.0)
+    woken_at = []
+    for first in range(3, SEND_BACKLOG + 2, 2):
+        now = first / 1000
+        core.receive_datagram(server_packet(call, P.ACK, 0, first, ack_body(first)), SERVER, now)
+        sent(core, now)
+        if core.pop_events():
+            woken_at.append(call.tx_backlog)
+    assert woken_at == [SEND_LOW_WATER]
 
 
 def test_reply_data_implicitly_acks_the_request() -> None:
