@@ -31,6 +31,13 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("afsfuse.rx._fcrypt", sources=["afsfuse/rx/_fcrypt.c"])],
+    ext_modules=[
+        Extension(
+            "afsfuse.rx._fcrypt",
+            sources=["afsfuse/rx/_fcrypt.c"],
+            # Python's own flags say -O2; -O3 decrypts about 10% faster (bench/fcrypt_speed.py).
+            extra_compile_args=["-O3"],
+        )
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

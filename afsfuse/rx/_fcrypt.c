@@ -29,8 +29,15 @@
 #define ROUND_KEYS 16
 #define CONTEXT_SIZE (ROUND_KEYS * 4 + 2 * BLOCK)
 #define MAX_SEALED_DATA 0xFFFF
-/* Blocks decrypt_4_blocks works on together. */
+/* Blocks rounds_4 works on together. */
 #define LANES 4
+
+/* rounds() is large, but must be inlined in each block loop to keep its keys in place. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
 
 enum level { LEVEL_CLEAR = 0, LEVEL_AUTH = 1, LEVEL_CRYPT = 2 };
 /* Same numbers as fcrypt.PacketFault. */
@@ -59,40 +66,71 @@ static inline void store_be32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)v;
 }
 
+/*
+ * The sixteen rounds with the round keys folded into the halves.  Write a block's halves as
+ * one sequence: y[-1] = the half the first round updates, y[0] = the other, and
+ * y[j+1] = y[j-1] ^ F(y[j] ^ K[j]) for the round keys K[0..15] in the order the rounds use
+ * them; the rounds' output is (y[15], y[16]).  Carrying s[j] = y[j] ^ K[j] instead (with
+ * K[-1] = K[16] = 0) turns a round into
+ *     s[j+1] = s[j-1] ^ (K[j-1] ^ K[j+1]) ^ F(s[j]),
+ * where everything but F(s[j]) is known a round early: the key XOR leaves the chain of
+ * dependent work that bounds PCBC encryption (each block needs the previous one).
+ */
+struct folded_keys {
+    uint32_t first;            /* K[0], XORed into y[0] */
+    uint32_t step[ROUND_KEYS]; /* K[j-1] ^ K[j+1], XORed in by round j */
+    uint32_t last;             /* K[15], XORed out of s[15] */
+};
+
+enum direction { ENCRYPT, DECRYPT };
+
+/* Encryption uses the schedule's keys first to last (left half updated first), decryption
+ * last to first (right half first). */
+static void fold_keys(const uint32_t *ks, enum direction direction, struct folded_keys *fk)
+{
+    uint32_t k[ROUND_KEYS + 2] = {0}; /* k[j + 1] = K[j] */
+    for (int j = 0; j < ROUND_KEYS; j++)
+        k[j + 1] = ks[direction == ENCRYPT ? j : ROUND_KEYS - 1 - j];
+    fk->first = k[1];
+    for (int j = 0; j < ROUND_KEYS; j++)
+        fk->step[j] = k[j] ^ k[j + 2];
+    fk->last = k[ROUND_KEYS];
+}
+
+/* s[j+1] from s[j-1] (known early) and s[j]. */
+static inline uint32_t folded_round(uint32_t early, uint32_t s, uint32_t step)
+{
+    uint32_t low = round_table[3][s & 0xff] ^ round_table[2][(s >> 8) & 0xff];
+    uint32_t high = round_table[0][s >> 24] ^ round_table[1][(s >> 16) & 0xff];
+    return (early ^ step ^ low) ^ high;
+}
+
+/* The rounds on one block: a = y[-1], b = y[0] in; a = y[15], b = y[16] out. */
+static ALWAYS_INLINE void rounds(const struct folded_keys *fk, uint32_t *a, uint32_t *b)
+{
+    uint32_t s_odd = *a, s_even = *b ^ fk->first;
+#pragma GCC unroll 8
+    for (int j = 0; j < ROUND_KEYS; j += 2) {
+        s_odd = folded_round(s_odd, s_even, fk->step[j]);
+        s_even = folded_round(s_even, s_odd, fk->step[j + 1]);
+    }
+    *a = s_odd ^ fk->last;
+    *b = s_even;
+}
+
 static inline uint32_t round_function(uint32_t x)
 {
     return (round_table[0][x >> 24] ^ round_table[1][(x >> 16) & 0xff]) ^
            (round_table[2][(x >> 8) & 0xff] ^ round_table[3][x & 0xff]);
 }
 
-static inline void encrypt_block(const uint32_t *ks, uint32_t *left, uint32_t *right)
-{
-    uint32_t l = *left, r = *right;
-    for (int i = 0; i < ROUND_KEYS; i += 2) {
-        l ^= round_function(r ^ ks[i]);
-        r ^= round_function(l ^ ks[i + 1]);
-    }
-    *left = l;
-    *right = r;
-}
-
-static inline void decrypt_block(const uint32_t *ks, uint32_t *left, uint32_t *right)
-{
-    uint32_t l = *left, r = *right;
-    for (int i = ROUND_KEYS - 1; i > 0; i -= 2) {
-        r ^= round_function(l ^ ks[i]);
-        l ^= round_function(r ^ ks[i - 1]);
-    }
-    *left = l;
-    *right = r;
-}
-
 /*
- * Four blocks at once: one block is a single chain of dependent table lookups, so the CPU
- * overlaps four.  Spelled out lane by lane because compilers at -O2 do not keep arrays of
- * lanes in registers.
+ * Decryption's rounds on LANES independent blocks at once: one block is a single chain of
+ * dependent lookups, so the CPU overlaps several.  Spelled out lane by lane because
+ * compilers do not keep arrays of lanes in registers.  Here the limit is instructions, not
+ * latency, so the keys are not folded (measured: folding, or unrolling the loop, is slower).
  */
-static inline void decrypt_4_blocks(const uint32_t *ks, uint32_t l[LANES], uint32_t r[LANES])
+static inline void rounds_4(const uint32_t *ks, uint32_t l[LANES], uint32_t r[LANES])
 {
     uint32_t l0 = l[0], l1 = l[1], l2 = l[2], l3 = l[3];
     uint32_t r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
@@ -118,16 +156,26 @@ static inline void decrypt_4_blocks(const uint32_t *ks, uint32_t l[LANES], uint3
     r[3] = r3;
 }
 
+/* ECB on one block, as the header checksum needs. */
+static void encrypt_block(const uint32_t *ks, uint32_t *left, uint32_t *right)
+{
+    struct folded_keys fk;
+    fold_keys(ks, ENCRYPT, &fk);
+    rounds(&fk, left, right);
+}
+
 /* PCBC-encrypt nblocks whole blocks; v is the chaining value, updated. */
 static void pcbc_encrypt_blocks(const uint32_t *ks, uint32_t v[2],
                                 const unsigned char *restrict in, unsigned char *restrict out,
                                 Py_ssize_t nblocks)
 {
+    struct folded_keys fk;
+    fold_keys(ks, ENCRYPT, &fk);
     uint32_t vl = v[0], vr = v[1];
     for (Py_ssize_t b = 0; b < nblocks; b++, in += BLOCK, out += BLOCK) {
         uint32_t pl = load_be32(in), pr = load_be32(in + 4);
         uint32_t l = pl ^ vl, r = pr ^ vr;
-        encrypt_block(ks, &l, &r);
+        rounds(&fk, &l, &r);
         store_be32(out, l);
         store_be32(out + 4, r);
         vl = pl ^ l;
@@ -146,11 +194,14 @@ static void pcbc_encrypt_tail(const uint32_t *ks, uint32_t v[2], const unsigned 
     pcbc_encrypt_blocks(ks, v, block, out, 1);
 }
 
-/* PCBC-decrypt nblocks whole blocks; in and out must not overlap. */
+/* PCBC-decrypt nblocks whole blocks; in and out must not overlap.  Unlike encryption, the
+ * block decryptions do not depend on each other (only the XORs after them do). */
 static void pcbc_decrypt_blocks(const uint32_t *ks, uint32_t v[2],
                                 const unsigned char *restrict in, unsigned char *restrict out,
                                 Py_ssize_t nblocks)
 {
+    struct folded_keys fk;
+    fold_keys(ks, DECRYPT, &fk);
     uint32_t vl = v[0], vr = v[1];
     Py_ssize_t b = 0;
     for (; b + LANES <= nblocks; b += LANES, in += LANES * BLOCK, out += LANES * BLOCK) {
@@ -159,7 +210,7 @@ static void pcbc_decrypt_blocks(const uint32_t *ks, uint32_t v[2],
             l[j] = load_be32(in + j * BLOCK);
             r[j] = load_be32(in + j * BLOCK + 4);
         }
-        decrypt_4_blocks(ks, l, r);
+        rounds_4(ks, l, r);
         for (int j = 0; j < LANES; j++) {
             uint32_t pl = l[j] ^ vl, pr = r[j] ^ vr;
             store_be32(out + j * BLOCK, pl);
@@ -171,7 +222,7 @@ static void pcbc_decrypt_blocks(const uint32_t *ks, uint32_t v[2],
     for (; b < nblocks; b++, in += BLOCK, out += BLOCK) {
         uint32_t cl = load_be32(in), cr = load_be32(in + 4);
         uint32_t l = cl, r = cr;
-        decrypt_block(ks, &l, &r);
+        rounds(&fk, &r, &l);
         l ^= vl;
         r ^= vr;
         store_be32(out, l);

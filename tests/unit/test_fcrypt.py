@@ -204,6 +204,24 @@ def test_accelerated_sealing_matches_reference(
         assert backend.unseal_packet(context, level, call, channel, seq, cksum, True, wire) == data
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    context=contexts,
+    call=u32,
+    seq=u32,
+    data=st.integers(1365, 1412).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+)
+def test_accelerated_crypt_packets_of_full_size_match_reference(
+    context: bytes, call: int, seq: int, data: bytes
+) -> None:
+    """Packet-sized payloads: every block loop, its lanes and its leftover blocks."""
+    sealed = ACCELERATOR.seal_packet(context, 2, call, 3, seq, data)
+    assert sealed == REFERENCE.seal_packet(context, 2, call, 3, seq, data)
+    cksum, wire = sealed
+    for backend in (ACCELERATOR, REFERENCE):
+        assert backend.unseal_packet(context, 2, call, 3, seq, cksum, True, wire) == data
+
+
 @st.composite
 def received_payloads(draw: st.DrawFn) -> tuple[int, int, bytes]:
     """(level, cksum, payload) as a hostile peer might send them for call 7, seq 11.
