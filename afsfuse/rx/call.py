@@ -5,7 +5,9 @@ Sans-I/O: methods take `now` and leave datagrams in the owning RxCore's output l
 
 from __future__ import annotations
 
+import struct
 from collections import deque
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -68,24 +70,35 @@ _FINISHED_STATES = (CallState.DALLY, CallState.ERROR)
 _NOT_PLAIN = P.LAST_PACKET | P.REQUEST_ACK
 
 
+# Offsets into a DATA packet's header (packet.HEADER) of what differs between packets: its
+# seq and checksum, set once, and its serial, type and flags, set at each transmission.
+_SEQ = struct.Struct(">I")
+_SEQ_AT = 12
+_SERIAL_TYPE_FLAGS = struct.Struct(">IBB")
+_SERIAL_AT = 16
+_CKSUM = struct.Struct(">H")
+_CKSUM_AT = 24
+
+
 class _TxPacket:
+    """A DATA packet built once: `datagram` holds its header and sealed payload, and a
+    transmission only writes its serial and flags there."""
+
     __slots__ = (
         "acked",
-        "cksum",
+        "datagram",
         "flags",
         "in_flight",
-        "payload",
         "resend",
         "sent_at",
         "seq",
         "serial",
     )
 
-    def __init__(self, seq: int, flags: int, cksum: int, payload: bytes) -> None:
+    def __init__(self, seq: int, flags: int, datagram: bytearray) -> None:
         self.seq = seq
         self.flags = flags
-        self.cksum = cksum
-        self.payload = payload
+        self.datagram = datagram
         self.serial = 0
         self.sent_at: float | None = None
         self.acked = False  # soft-acked: the receiver holds it but may still drop it
@@ -115,6 +128,22 @@ class Call:
         self.last_data_at = now
         self.first_sent_at: float | None = None
         # Transmit side.
+        #: The header every DATA packet of ours starts from (serial, flags, cksum zero).
+        self.data_header = bytearray(
+            P.HEADER.pack(
+                conn.epoch,
+                conn.cid | channel,
+                call_number,
+                0,
+                0,
+                P.DATA,
+                0,
+                0,
+                conn.security_index,
+                0,
+                conn.service_id,
+            )
+        )
         self.tx: deque[_TxPacket] = deque()
         #: Leading packets of tx known to be soft-acked: a later ACK with no hole in its
         #: soft acks need not look at them again.
@@ -203,13 +232,14 @@ class Call:
                 partial += view
                 return
             partial += view[:need]
-            self._queue_packet(bytes(partial), 0)
+            self._queue((bytes(partial),), 0)
             partial.clear()
             pos = need
         # Keep the last (possibly full) chunk back so close_send can mark it LAST_PACKET.
-        while len(view) - pos > max_data:
-            self._queue_packet(bytes(view[pos : pos + max_data]), 0)
-            pos += max_data
+        end = pos + (len(view) - pos - 1) // max_data * max_data
+        if end > pos:
+            self._queue((bytes(view[at : at + max_data]) for at in range(pos, end, max_data)), 0)
+            pos = end
         partial += view[pos:]
 
     def close_send(self, now: float) -> None:
@@ -217,7 +247,7 @@ class Call:
         self.check_error()
         if self.tx_closed:
             return
-        self._queue_packet(bytes(self.tx_partial), P.LAST_PACKET)
+        self._queue((bytes(self.tx_partial),), P.LAST_PACKET)
         self.tx_partial.clear()
         self.tx_closed = True
         if not self.is_client and self.state == CallState.ACTIVE:
@@ -723,11 +753,24 @@ class Call:
 
     # ----- sending ------------------------------------------------------------------------
 
-    def _queue_packet(self, data: bytes, flags: int) -> None:
+    def _queue(self, chunks: Iterable[bytes], flags: int) -> None:
+        """Seal each chunk into the next DATA packet, built whole now; flags go on each."""
+        seal = self.conn.security.seal
+        header = self.data_header
+        call_number = self.call_number
+        channel = self.channel
+        append = self.tx.append
+        pack_seq = _SEQ.pack_into
         seq = self.tnext
-        self.tnext += 1
-        cksum, wire = self.conn.security.seal(self.call_number, self.channel, seq, data)
-        self.tx.append(_TxPacket(seq, flags, cksum, wire))
+        for data in chunks:
+            cksum, wire = seal(call_number, channel, seq, data)
+            datagram = header + wire
+            pack_seq(datagram, _SEQ_AT, seq)
+            if cksum:
+                _CKSUM.pack_into(datagram, _CKSUM_AT, cksum)
+            append(_TxPacket(seq, flags, datagram))
+            seq += 1
+        self.tnext = seq
         self.core._tx_calls.add(self)
 
     def transmit(self, now: float) -> None:
@@ -739,65 +782,77 @@ class Call:
         if self.state not in _SENDING_STATES or not self.tx:
             return
         budget = self.cwind - self.pipe
-        window_end = self.tfirst + self.twind
+        tfirst = self.tfirst
+        tnext_send = self.tnext_send
+        window_end = tfirst + self.twind
         tx = self.tx
-        batch = []
+        resends = []
         if self.resend_pending:
             # A lost packet holds back the peer's window: one goes out per call even when
             # the packets still counted in flight fill the congestion window.
             resend_budget = max(budget, 1)
             for pkt in tx:
-                if (
-                    pkt.seq >= self.tnext_send
-                    or pkt.seq >= window_end
-                    or len(batch) >= resend_budget
-                ):
+                if pkt.seq >= tnext_send or pkt.seq >= window_end or len(resends) >= resend_budget:
                     break
                 if pkt.resend:
-                    batch.append(pkt)
-        if len(batch) < budget and self.tnext_send < window_end:
-            start = self.tnext_send - self.tfirst
-            stop = min(len(tx), window_end - self.tfirst, start + budget - len(batch))
-            for i in range(start, stop):
-                batch.append(tx[i])
-        if not batch:
-            if self.resend_at is None and self.tnext_send > self.tfirst:
+                    resends.append(pkt)
+        # New packets: tx[start:stop], never sent before.
+        start = stop = tnext_send - tfirst
+        if len(resends) < budget and tnext_send < window_end:
+            stop = min(len(tx), window_end - tfirst, start + budget - len(resends))
+        if stop <= start and not resends:
+            if self.resend_at is None and tnext_send > tfirst:
                 self.resend_at = now + self._resend_timeout()
             return
         conn = self.conn
-        base_flags = conn.direction_flag
-        last = batch[-1]
+        last = tx[stop - 1] if stop > start else resends[-1]
         # An immediate ack of every burst keeps the retransmit timer free of any allowance
         # for delayed acks.  A client's request ends in a burst the reply acknowledges:
         # asking for an ack there only makes the server send an ACK packet we must process
         # (OpenAFS asks for none either), so the timer allows for the peer's delayed ack
         # instead.  Resends and a peer whose round trip is not yet measured still ask.
-        self.ack_unrequested = (
+        self.ack_unrequested = unrequested = (
             self.is_client
             and last.flags & P.LAST_PACKET != 0
             and conn.peer.srtt > 0.0
-            and not any(pkt.sent_at is not None for pkt in batch)
+            and not resends
         )
-        for pkt in batch:
-            flags = pkt.flags | base_flags
-            if pkt is not last:
-                flags |= P.MORE_PACKETS
-            elif not self.ack_unrequested:
-                flags |= P.REQUEST_ACK
-            pkt.serial = conn.send_packet(
-                P.DATA, flags, self.call_number, self.channel, pkt.seq, pkt.payload, now, pkt.cksum
-            )
+        more = conn.direction_flag | P.MORE_PACKETS
+        last_flags = conn.direction_flag | (0 if unrequested else P.REQUEST_ACK)
+        serial = conn.serial
+        out = self.core._out
+        addr = conn.peer.addr
+        pack_header = _SERIAL_TYPE_FLAGS.pack_into
+        for pkt in resends:
+            serial = (serial + 1) & 0xFFFFFFFF or 1
+            # The datagram handed out before may still wait in the driver: write a copy.
+            pkt.datagram = datagram = bytearray(pkt.datagram)
+            flags = pkt.flags | (last_flags if pkt is last else more)
+            pack_header(datagram, _SERIAL_AT, serial, P.DATA, flags)
+            out.append((datagram, addr))
+            pkt.serial = serial
             pkt.sent_at = now
-            if pkt.resend:
-                pkt.resend = False
-                self.resend_pending -= 1
+            pkt.resend = False
+            self.resend_pending -= 1
             if not pkt.in_flight:
                 pkt.in_flight = True
                 self.pipe += 1
-            if pkt.seq >= self.tnext_send:
-                self.tnext_send = pkt.seq + 1
-            if pkt.flags & P.LAST_PACKET:
+        if stop > start:
+            for i in range(start, stop):
+                pkt = tx[i]
+                serial = (serial + 1) & 0xFFFFFFFF or 1
+                flags = pkt.flags | (last_flags if pkt is last else more)
+                pack_header(pkt.datagram, _SERIAL_AT, serial, P.DATA, flags)
+                out.append((pkt.datagram, addr))
+                pkt.serial = serial
+                pkt.sent_at = now
+                pkt.in_flight = True
+            self.pipe += stop - start
+            self.tnext_send = last.seq + 1
+            if last.flags & P.LAST_PACKET:
                 self.tx_last_sent = True
+        conn.serial = serial
+        conn.last_activity = self.last_send = now
         if self.first_sent_at is None:
             self.first_sent_at = now
             self.last_receive = now

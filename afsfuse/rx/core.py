@@ -36,6 +36,8 @@ _ERROR = CallState.ERROR
 _PRECALL = CallState.PRECALL
 
 Address = tuple[str, int]
+#: A datagram to send: a DATA packet's is the buffer it was built in, never changed after.
+Datagram = bytes | bytearray
 
 INITIAL_RTO = 2.0
 #: Our sender asks for an immediate ack of each burst, so no delayed-ack allowance is added.
@@ -226,7 +228,7 @@ class RxCore:
         self._server_conns: dict[tuple[int, int, Address | None], Connection] = {}
         self._services: dict[int, dict[int, ServerSecurity]] = {}
         self._peers: dict[Address, Peer] = {}
-        self._out: list[tuple[bytes, Address]] = []
+        self._out: list[tuple[Datagram, Address]] = []
         self._events: list[Event] = []
         self._live: set[Call] = set()
         self._tx_calls: set[Call] = set()
@@ -309,7 +311,7 @@ class RxCore:
             event.call.event_pending = False
         return events
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self, now: float) -> list[tuple[Datagram, Address]]:
         if self._ack_calls:
             calls = self._ack_calls
             self._ack_calls = set()

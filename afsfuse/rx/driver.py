@@ -18,7 +18,7 @@ import trio
 
 from .call import SEND_BACKLOG, CallState
 from .call import Call as CoreCall
-from .core import Address, CallChanged, IncomingCall, RxCore
+from .core import Address, CallChanged, Datagram, IncomingCall, RxCore
 from .core import Connection as CoreConnection
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_EOF, RX_USER_ABORT, RxAbort, RxTimeout
 from .security import RXNULL, ClientSecurity, ServerConnectionSecurity, ServerSecurity
@@ -282,7 +282,7 @@ class Endpoint:
         self._wait_scope: trio.CancelScope | None = None
         self._poked = False
         #: Datagrams a poke could not send without blocking; the socket task sends them.
-        self._unsent: list[tuple[bytes, Address]] = []
+        self._unsent: list[tuple[Datagram, Address]] = []
         self.port: int = sock.getsockname()[1]
 
     @property
@@ -347,7 +347,9 @@ class Endpoint:
             if deadline is not None and deadline < scope.deadline:
                 scope.deadline = deadline
 
-    def _send_now(self, datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+    def _send_now(
+        self, datagrams: list[tuple[Datagram, Address]]
+    ) -> list[tuple[Datagram, Address]]:
         """Send what the socket takes without blocking; return what it would not take."""
         sock = self._sock
         for i, (data, addr) in enumerate(datagrams):
@@ -403,7 +405,7 @@ class Endpoint:
                 await trio.lowlevel.wait_readable(sock)
             self._wait_scope = None
 
-    async def _send(self, datagrams: list[tuple[bytes, Address]]) -> None:
+    async def _send(self, datagrams: list[tuple[Datagram, Address]]) -> None:
         sock = self._sock
         for data, addr in datagrams:
             while True:

@@ -385,6 +385,22 @@ def test_a_hole_three_later_packets_overtook_is_resent_at_once_and_halves_the_wi
     assert call.cwind == 8
 
 
+def test_a_resend_leaves_the_datagram_handed_out_before_as_it_was() -> None:
+    core, call = client_call()
+    call.write(b"abc" * 1000, 0.0)
+    (first, _addr) = core.datagrams_to_send(0.0)[0]
+    before = bytes(first)
+    deadline = call.resend_at
+    core.handle_timer(deadline)
+    again = [decode(d) for d, _ in core.datagrams_to_send(deadline)]
+    assert bytes(first) == before
+    header, body = decode(before)
+    resent, resent_body = next((h, b) for h, b in again if h.type == P.DATA)
+    first_payload = (b"abc" * 1000)[: call.conn.max_user_data()]
+    assert (resent.seq, resent_body) == (header.seq, body) == (1, first_payload)
+    assert resent.serial > header.serial and resent.flags & P.REQUEST_ACK
+
+
 def test_a_lost_retransmission_is_found_by_later_acks_without_the_timer() -> None:
     core, call = client_call()
     call.write(b"x" * 1412 * 100, 0.0)
