@@ -66,6 +66,8 @@ _ACTIVE = CallState.ACTIVE
 _ERROR = CallState.ERROR
 _SENDING_STATES = (CallState.ACTIVE, CallState.HOLD)
 _FINISHED_STATES = (CallState.DALLY, CallState.ERROR)
+_ACK_PING_RESPONSE = P.ACK_PING_RESPONSE
+_ACK_DELAY = P.ACK_DELAY
 #: DATA flags that take a received packet off on_data's fast path.
 _NOT_PLAIN = P.LAST_PACKET | P.REQUEST_ACK
 
@@ -466,34 +468,41 @@ class Call:
         for _ in range(max(1, NACK_THRESHOLD - self.hole_acks)):
             self._send_ack(P.ACK_OUT_OF_SEQUENCE, serial, now)
 
-    def on_ack(self, ack: P.AckBody, flags: int, now: float) -> None:
+    def on_ack(
+        self,
+        first: int,
+        previous: int,
+        serial: int,
+        reason: int,
+        acks: bytes,
+        max_mtu: int | None,
+        rwind: int | None,
+        now: float,
+    ) -> None:
+        """An ACK's fields (packet.decode_ack_fields): what the peer holds of our stream."""
         self.last_receive = now
         if self.state in _FINISHED_STATES:
             return
-        if ack.rwind:
-            self.twind = min(ack.rwind, MAX_WINDOW)
+        if rwind:
+            self.twind = rwind if rwind < MAX_WINDOW else MAX_WINDOW
         peer = self.conn.peer
-        if ack.max_mtu and ack.max_mtu != peer.max_packet:
-            peer.set_max_packet(ack.max_mtu)
-        if (
-            ack.reason == P.ACK_PING_RESPONSE
-            and self.ping_serial
-            and ack.serial == self.ping_serial
-        ):
+        if max_mtu and max_mtu != peer.max_packet:
+            peer.set_max_packet(max_mtu)
+        if reason == _ACK_PING_RESPONSE and self.ping_serial and serial == self.ping_serial:
             peer.rtt_sample(now - self.ping_sent_at)
             self.ping_serial = 0
-        first = ack.first_packet
         if first < self.tfirst:
             return  # the window moved backwards: a stale ACK
         if (
             first == self.last_ack_first
-            and ack.previous_packet < self.last_ack_previous
-            and ack.previous_packet < self.tnext
+            and previous < self.last_ack_previous
+            and previous < self.tnext
         ):
             return  # reordered behind a newer ACK
         self.last_ack_first = first
-        self.last_ack_previous = ack.previous_packet
-        first = min(first, self.tnext_send)
+        self.last_ack_previous = previous
+        if first > self.tnext_send:
+            first = self.tnext_send
         tx = self.tx
         backlog = len(tx)
         newly = 0
@@ -504,12 +513,11 @@ class Call:
             popped += 1
             if not pkt.acked:  # a soft-acked packet was settled then
                 newly += 1
-                if pkt.serial == ack.serial:
+                if pkt.serial == serial:
                     rtt_packet = pkt
                 self._settle(pkt)
         if first > self.tfirst:
             self.tfirst = first
-        acks = ack.acks
         count = min(len(acks), len(tx))
         if count:
             # Only what the ACK changes is looked at: with no hole in the soft acks, the
@@ -524,7 +532,7 @@ class Call:
                     if not pkt.acked:
                         pkt.acked = True
                         newly += 1
-                        if pkt.serial == ack.serial:
+                        if pkt.serial == serial:
                             rtt_packet = pkt
                         self._settle(pkt)
                 elif pkt.acked:
@@ -535,9 +543,9 @@ class Call:
                 self.tx_sacked = hole
                 if highest_acked > hole:  # some packet the ACK misses was overtaken
                     self._detect_losses(highest_acked)
-        else:
+        elif popped:
             self.tx_sacked = max(0, self.tx_sacked - popped)
-        if rtt_packet is not None and ack.reason != P.ACK_DELAY and rtt_packet.sent_at is not None:
+        if rtt_packet is not None and reason != _ACK_DELAY and rtt_packet.sent_at is not None:
             peer.rtt_sample(now - rtt_packet.sent_at)
         if newly:
             if self.recover_until and self._recovered():

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # Hot-path names bound once.
 _unpack_header = P.HEADER.unpack_from
+_decode_ack_fields = P.decode_ack_fields
 HEADER_SIZE = P.HEADER_SIZE
 DATA = P.DATA
 JUMBO_PACKET = P.JUMBO_PACKET
@@ -87,15 +88,28 @@ class Peer:
         """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off."""
         if sample < 0:
             return
-        if self.srtt == 0.0:
-            self.srtt = sample
-            self.rttvar = sample / 2
+        # Every ACK of a bulk send brings a sample: comparisons, not min() and max() calls.
+        srtt = self.srtt
+        if srtt == 0.0:
+            srtt = sample
+            rttvar = sample / 2
         else:
-            err = sample - self.srtt
-            self.srtt += err / 8
-            self.rttvar += (abs(err) - self.rttvar) / 4
-        self.rto = min(max(self.srtt + 4 * self.rttvar, MIN_RTO), MAX_RTO)
-        self.stall_wait = min(max(STALL_PROBE_MIN, 2 * self.srtt), STALL_PROBE_MAX)
+            err = sample - srtt
+            srtt += err / 8
+            rttvar = self.rttvar
+            rttvar += ((err if err >= 0 else -err) - rttvar) / 4
+        self.srtt = srtt
+        self.rttvar = rttvar
+        rto = srtt + 4 * rttvar
+        self.rto = MIN_RTO if rto < MIN_RTO else MAX_RTO if rto > MAX_RTO else rto
+        stall = 2 * srtt
+        self.stall_wait = (
+            STALL_PROBE_MIN
+            if stall < STALL_PROBE_MIN
+            else STALL_PROBE_MAX
+            if stall > STALL_PROBE_MAX
+            else stall
+        )
 
     def back_off(self) -> None:
         self.rto = min(self.rto * 2, MAX_RTO)
@@ -440,13 +454,13 @@ class RxCore:
                     return
             call.on_data(seq, serial, flags, payload, now)
         elif ptype == P.ACK:
-            ack = P.decode_ack(body)
+            first, previous, ack_serial, reason, acks, max_mtu, rwind = _decode_ack_fields(body)
             if flags & P.REQUEST_ACK:
                 call.last_receive = now
                 call.answer_ping(serial, now)
-                if ack.reason == P.ACK_PING:
+                if reason == P.ACK_PING:
                     return
-            call.on_ack(ack, flags, now)
+            call.on_ack(first, previous, ack_serial, reason, acks, max_mtu, rwind, now)
         elif ptype == P.ABORT:
             call.on_abort(P.decode_abort(body), now)
         elif ptype == P.BUSY:

@@ -155,6 +155,33 @@ def encode_ack(
     )
 
 
+def decode_ack_fields(
+    body: bytes | memoryview,
+) -> tuple[int, int, int, int, bytes, int | None, int | None]:
+    """What a sender uses of an ACK, without building an AckBody (hot path).
+
+    (first_packet, previous_packet, serial, reason, acks, max_mtu, rwind); the trailer's
+    are None when the peer did not send them.
+    """
+    size = len(body)
+    if size >= ACK_HEAD.size:
+        _space, _skew, first, previous, serial, reason, n_acks = ACK_HEAD.unpack_from(body)
+        end = ACK_HEAD.size + n_acks
+        if size >= end + ACK_TRAILER.size:  # the whole trailer, as every current peer sends it
+            max_mtu, _if_mtu, rwind, _dgrams = ACK_TRAILER.unpack_from(body, end)
+            return first, previous, serial, reason, bytes(body[ACK_HEAD.size : end]), max_mtu, rwind
+    ack = decode_ack(body)
+    return (
+        ack.first_packet,
+        ack.previous_packet,
+        ack.serial,
+        ack.reason,
+        ack.acks,
+        ack.max_mtu,
+        ack.rwind,
+    )
+
+
 def decode_ack(body: bytes | memoryview) -> AckBody:
     size = len(body)
     if size < ACK_HEAD.size:

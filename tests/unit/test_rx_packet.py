@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -59,9 +60,30 @@ def test_ack_tolerates_missing_short_and_long_trailers(words: int, expected: tup
     assert ack.acks == b"\x01"
 
 
-def test_ack_with_more_acks_than_bytes_is_rejected() -> None:
+@pytest.mark.parametrize("words", [0, 2, 4, 5])
+def test_hot_path_ack_fields_agree_with_the_dataclass(words: int) -> None:
+    head = struct.pack(">HHIIIBB", 0, 0, 3, 9, 77, P.ACK_REQUESTED, 2) + b"\x01\x00"
+    trailer = b"\0\0\0" + struct.pack(">5I", 1444, 1400, 32, 6, 99)[: 4 * words] if words else b""
+    raw = memoryview(head + trailer)
+    ack = P.decode_ack(raw)
+    assert P.decode_ack_fields(raw) == (
+        ack.first_packet,
+        ack.previous_packet,
+        ack.serial,
+        ack.reason,
+        ack.acks,
+        ack.max_mtu,
+        ack.rwind,
+    )
+    assert type(P.decode_ack_fields(raw)[4]) is bytes
+
+
+@pytest.mark.parametrize("decoder", [P.decode_ack, P.decode_ack_fields])
+def test_ack_with_more_acks_than_bytes_is_rejected(decoder: Callable) -> None:
     with pytest.raises(P.PacketDecodeError):
-        P.decode_ack(struct.pack(">HHIIIBB", 0, 0, 1, 1, 1, 1, 10) + b"\x01")
+        decoder(struct.pack(">HHIIIBB", 0, 0, 1, 1, 1, 1, 10) + b"\x01")
+    with pytest.raises(P.PacketDecodeError):
+        decoder(b"\0" * 17)
 
 
 def test_jumbogram_splits_into_sub_packets() -> None:
@@ -110,7 +132,8 @@ def test_abort_round_trip() -> None:
 
 @given(st.binary(max_size=300))
 def test_decoders_raise_only_decode_errors(data: bytes) -> None:
-    for decoder in (P.decode_header, P.decode_ack, P.decode_abort, P.decode_debug_request):
+    decoders = (P.decode_header, P.decode_ack, P.decode_ack_fields, P.decode_abort)
+    for decoder in (*decoders, P.decode_debug_request):
         with contextlib.suppress(P.PacketDecodeError):
             decoder(data)
 
