@@ -387,9 +387,11 @@ class Endpoint:
             deadline = core.next_deadline()
             if deadline is not None and deadline <= now:
                 core.handle_timer(now)
-            self._dispatch_events()
-            # Let the tasks just woken read and write, so their acks and data share one flush.
-            await trio.lowlevel.checkpoint()
+            if self._dispatch_events():
+                # Let the tasks just woken read and write, so their acks and data share one
+                # flush.  With none woken (most ACKs of a bulk send wake nobody) the trip
+                # through trio's scheduler would only delay the flush.
+                await trio.lowlevel.checkpoint()
             self._poked = False
             datagrams = core.datagrams_to_send(trio.current_time())
             if self._unsent:
@@ -398,6 +400,7 @@ class Endpoint:
             await self._send(datagrams)
             self._dispatch_events()
             if self._poked or received >= RECEIVE_BATCH:
+                await trio.lowlevel.checkpoint()  # a busy socket must not starve the others
                 continue
             deadline = core.next_deadline()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
@@ -418,7 +421,9 @@ class Endpoint:
                     log.debug("sendto %s: %s", addr, exc)
                     break
 
-    def _dispatch_events(self) -> None:
+    def _dispatch_events(self) -> bool:
+        """Wake the tasks the core's events concern; True if any task was woken or started."""
+        woken = False
         for event in self._core.pop_events():
             core_call = event.call
             if isinstance(event, IncomingCall):
@@ -427,14 +432,16 @@ class Endpoint:
                     core_call.abort(RX_USER_ABORT, trio.current_time())
                     continue
                 self._nursery.start_soon(self._handle, handler, ServerCall(self, core_call))
+                woken = True
             elif isinstance(event, CallChanged):
                 app = core_call.app
-                if app is not None:
-                    app._lot.unpark_all()
+                if app is not None and app._lot.unpark_all():
+                    woken = True
                 if core_call.is_client and core_call.state in _FINISHED_STATES:
                     conn_app = core_call.conn.app
-                    if isinstance(conn_app, Connection):
-                        conn_app._lot.unpark_all()
+                    if isinstance(conn_app, Connection) and conn_app._lot.unpark_all():
+                        woken = True
+        return woken
 
     async def _handle(self, handler: Handler, call: ServerCall) -> None:
         core_call = call._call

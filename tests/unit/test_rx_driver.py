@@ -9,9 +9,10 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from afsfuse.rx import packet as P
-from afsfuse.rx.driver import ServerCall, open_endpoint
+from afsfuse.rx.driver import RECEIVE_BATCH, ServerCall, open_endpoint
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_USER_ABORT, RxAbort, RxTimeout
 
 SERVICE = 52
@@ -198,6 +199,21 @@ async def test_garbage_datagrams_do_not_kill_the_endpoint() -> None:
         conn = client.connect((LOCAL, server.port), SERVICE)
         with trio.fail_after(10):
             assert await conn.rpc(b"alive") == b"alive"
+
+
+async def test_a_flood_that_wakes_no_task_still_lets_other_tasks_run_between_batches() -> None:
+    total = 2 * RECEIVE_BATCH + 10
+    async with open_endpoint(LOCAL) as endpoint:
+        await trio.testing.wait_all_tasks_blocked()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder:
+            for _ in range(total):
+                flooder.sendto(b"junk", (LOCAL, endpoint.port))
+        seen = []
+        with trio.fail_after(10):
+            while endpoint.packets_received < total:
+                await trio.lowlevel.checkpoint()
+                seen.append(endpoint.packets_received)
+    assert any(0 < count < total for count in seen)
 
 
 async def test_version_request_is_answered() -> None:
