@@ -14,27 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable
+
+from rxkad_packets import per_call_us
 
 from afsfuse.rx import fcrypt
 
 _CRYPT = 2
 _MIB_64 = 64 * 1024 * 1024
-
-
-def per_call_us(action: Callable[[], object], seconds: float) -> float:
-    """Best of three rounds of CPU time per call, in microseconds."""
-    best = float("inf")
-    for _ in range(3):
-        calls = 0
-        started = time.process_time()
-        while (elapsed := time.process_time() - started) < seconds / 3:
-            for _ in range(100):
-                action()
-            calls += 100
-        best = min(best, elapsed / calls)
-    return best * 1e6
 
 
 def main() -> None:
