@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         help="an operation no fileserver answered fails with ETIMEDOUT after this long "
         "(default 120)",
     )  # fmt: skip
+    mount.add_argument(
+        "--no-xattrs", dest="xattrs", action="store_const", const=False,
+        help="no afs.* extended attributes: ls -l and small writes cost fewer FUSE requests",
+    )  # fmt: skip
     mount.add_argument("--log-file", help="log here (background default: syslog-less stderr)")
     mount.add_argument("--foreground", "-f", action="store_const", const=True)
     mount.add_argument("--debug", action="store_const", const=True)
@@ -115,7 +119,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         for key in (
             "cellservdb", "thiscell", "cache_dir", "cache_size", "port", "sysname",
             "security", "max_tasks", "log_file", "foreground", "debug", "dns_server",
-            "dead_time", "server_timeout",
+            "dead_time", "server_timeout", "xattrs",
         )
     }  # fmt: skip
     return build_config(args.mountpoint, file_values, options)
@@ -220,7 +224,7 @@ async def _serve(config: MountConfig, ready_fd: int | None) -> None:
     with CacheStore(config.resolved_cache_dir(), config.cache_size) as store:
         async with open_endpoint(port=_callback_port(config.port)) as endpoint:
             manager = CacheManager(manager_config, endpoint, cells, store, tokens, stats)
-            operations = AfsOperations(manager, config.sysname)
+            operations = AfsOperations(manager, config.sysname, xattrs=config.xattrs)
 
             async def fill_viceid(token: Token) -> Token:
                 cell = await manager.cell(token.cell)

@@ -182,9 +182,11 @@ class AfsOperations(pyfuse3.Operations):
         *,
         shared_timeout: float = SHARED_TIMEOUT,
         make_invalidator: Callable[[InodeTable], Invalidator] | None = None,
+        xattrs: bool = True,
     ) -> None:
         super().__init__()
         self.manager = manager
+        self.xattrs = xattrs
         self.inodes = InodeTable()
         self.dynroot = DynRoot(manager)
         self._sysnames = check_sysnames(list(sysnames))
@@ -778,6 +780,8 @@ class AfsOperations(pyfuse3.Operations):
 
     @_guard
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if not self.xattrs:
+            raise _fail(errno.ENOSYS)  # the kernel stops asking
         node = self._node(inode)
         if isinstance(node, MountNode):
             return [XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT]
@@ -787,6 +791,8 @@ class AfsOperations(pyfuse3.Operations):
 
     @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not self.xattrs:
+            raise _fail(errno.ENOSYS)  # the kernel stops asking, for the mount's lifetime
         if name not in _XATTRS:
             # First of all: ls -l asks every file for security.selinux and an ACL, and each
             # write(2) for security.capability.
@@ -820,6 +826,8 @@ class AfsOperations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         """Only afs.acl can be set: the ACL of the directory (a file's: its directory's)."""
+        if not self.xattrs:
+            raise _fail(errno.ENOSYS)
         if name != XATTR_ACL:
             raise _fail(errno.EOPNOTSUPP if name not in _XATTRS else errno.EPERM)
         who = identity(ctx)
@@ -828,6 +836,8 @@ class AfsOperations(pyfuse3.Operations):
 
     @_guard
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if not self.xattrs:
+            raise _fail(errno.ENOSYS)
         raise _fail(errno.EPERM if name in _XATTRS else pyfuse3.ENOATTR)
 
     def _volume_name(self, fid: AfsFid) -> str:

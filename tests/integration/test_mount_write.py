@@ -547,3 +547,25 @@ def test_rights_decide_who_may_write(writer: Mount, volumes: Volumes) -> None:
     done = writer.run("chown", "bob", str(d / "f"), user="alice", check=False)
     assert done.returncode != 0  # only the cell's administrators may chown
     assert (d / "f").read_bytes() == b"mine\n"
+
+
+def test_a_mount_without_xattrs(
+    cell: Cell,
+    volumes: Volumes,
+    reader: Mount,
+    users: dict[str, User],  # noqa: F811
+    user_python: UserPython,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with afs_mount(cell, users, user_python, tmp_path / "cache", extra_args=["--no-xattrs"]) as m:
+        assert m.ctl("alice", "aklog").returncode == 0
+        d = volume_path(m, volumes.work) / fresh_dir(m, volumes.work)
+        data = secrets.token_bytes(300_000)
+        ok(feed(m, d / "copy", data))  # write(2) after write(2), never asked for xattrs
+        listing = ok(run(m, "ls", "-l", str(d), user="alice")).stdout.decode()
+        assert "copy" in listing and "300000" in listing
+        refused = run(m, "getfattr", "-n", "afs.fid", str(d / "copy"), user="alice")
+        assert refused.returncode != 0 and b"Operation not supported" in refused.stderr
+        assert b"alice" in ok(m.ctl("alice", "listacl", str(d))).stdout  # ACLs still there
+    seen = volume_path(reader, volumes.work) / d.relative_to(volume_path(m, volumes.work))
+    assert ok(run(reader, "cat", str(seen / "copy"), user="alice")).stdout == data

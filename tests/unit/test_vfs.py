@@ -417,3 +417,18 @@ async def test_control_paths_are_walked_like_lookups(ops) -> None:
             await paths.fid(path, Identity(1002))
         assert e.value.errno == err, path
     assert len(ops.inodes) == 1  # nothing was handed to the kernel, so nothing was kept
+
+
+async def test_without_xattrs_the_kernel_is_told_to_stop_asking() -> None:
+    ops = AfsOperations(FakeManager(), [b"amd64"], xattrs=False)
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    for asking in (
+        ops.getxattr(top.st_ino, b"afs.volume", ctx()),
+        ops.getxattr(top.st_ino, b"security.capability", ctx()),
+        ops.listxattr(top.st_ino, ctx()),
+        ops.setxattr(top.st_ino, b"afs.acl", b"", ctx()),
+        ops.removexattr(top.st_ino, b"afs.acl", ctx()),
+    ):
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await asking
+        assert caught.value.errno == errno.ENOSYS
