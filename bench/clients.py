@@ -260,4 +260,14 @@ class AfsfuseCrypt(Afsfuse):
             raise ClientError(f"afsfuse-ctl aklog failed: {aklog.stderr.strip()}")
 
 
-CLIENTS: tuple[type[Client], ...] = (AfsdFuse, Afsfuse, AfsfuseCrypt)
+class AfsfuseNoXattrs(Afsfuse):
+    """afsfuse, anonymous, mounted with --no-xattrs: the kernel asks for no extended
+    attributes at all, as with afsd.fuse."""
+
+    name = "afsfuse no-xattrs"
+
+    def argv(self, cache: Path) -> list[str]:
+        return [*super().argv(cache), "--no-xattrs"]
+
+
+CLIENTS: tuple[type[Client], ...] = (AfsdFuse, Afsfuse, AfsfuseCrypt, AfsfuseNoXattrs)

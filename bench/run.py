@@ -6,8 +6,8 @@
 Starts a cell, fills <cell>/test/bench as the cell admin (a big file, directories of 1000
 and 10 000 entries, 1000 small files), then runs rounds.  In each round each client in turn
 is mounted alone on an empty cache and runs every workload; the order of the clients
-rotates from round to round.  afsd.fuse can only be anonymous; afsfuse runs anonymously and
-once more with alice's token (rxkad crypt).
+rotates from round to round.  afsd.fuse can only be anonymous; afsfuse runs anonymously, once
+more with alice's token (rxkad crypt), and once more anonymously with --no-xattrs.
 
 Prints one table of medians and writes the same, every run included, as JSON under
 bench/results/.  A workload that fails on a client is reported as failed, with the reason.
