@@ -34,7 +34,7 @@ def summarise(path: Path, top: int) -> str:
         chain = frames(stack)
         total += n
         own[chain[-1]] += n
-        for frame in set(chain):
+        for frame in dict.fromkeys(chain):  # once per sample, outermost first on ties
             inclusive[frame] += n
     lines = [f"{path.name}: {total} samples"]
     for title, counter in (("own", own), ("inclusive", inclusive)):
