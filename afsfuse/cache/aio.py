@@ -150,17 +150,14 @@ class CleanWriter:
             self._running = False
             await self._flush()
 
-    def forget(self, matches: Callable[[FidKey], bool]) -> None:
-        """Drop the waiting items of the files `matches` picks (their cache is being
-        flushed: what waits here must not bring it back)."""
+    async def discard(self, matches: Callable[[FidKey], bool]) -> None:
+        """Drop the waiting items of the files `matches` picks, and return once no batch is
+        being written: their cache is about to be flushed, and nothing on its way must
+        bring it back."""
         kept = [item for item in self._pending if not matches(item.fid)]
         for _ in range(len(self._pending) - len(kept)):
             self._room.release()
         self._pending = kept
-
-    async def idle(self) -> None:
-        """Return once no batch is being written (after `forget`, before dropping what the
-        disk cache holds)."""
         async with self._writing:
             pass
 

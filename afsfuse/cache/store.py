@@ -211,25 +211,20 @@ class CacheStore:
     def get_dir(self, fid: FidKey, data_version: int) -> bytes | None:
         return self._clean.get(_dir_key(_fid_prefix(fid), data_version))
 
-    def put_chunk(self, fid: FidKey, data_version: int, index: int, data: bytes) -> None:
-        """Cache a complete chunk (the last one of a file may be short)."""
-        self.put_many([CleanItem(fid, data_version, index, data)])
-
-    def put_dir(self, fid: FidKey, data_version: int, blob: bytes) -> None:
-        """Cache a whole directory."""
-        self.put_many([CleanItem(fid, data_version, None, blob)])
-
     def put_many(self, items: Iterable[CleanItem]) -> None:
-        """Cache chunks and directories in one transaction.  Data at a data version other
-        than the one a file's record holds replaces what the record lists: the older
-        version's chunks and directory are deleted.  Each value's file is written before
-        the transaction that indexes it and marks it complete commits."""
+        """Cache chunks (complete; a file's last may be short) and directories in one
+        transaction.  Data at a data version other than the one a file's record holds
+        replaces what the record lists: the older version's chunks and directory are
+        deleted.  Each value's file is written before the transaction that indexes it and
+        marks it complete commits."""
+        items = list(items)
+        for item in items:
+            if item.index is not None and len(item.data) > self.chunk_size:
+                raise ValueError(
+                    f"chunk of {len(item.data)} bytes exceeds chunk size {self.chunk_size}"
+                )
         with self._record_lock, self._clean.transact():
             for item in items:
-                if item.index is not None and len(item.data) > self.chunk_size:
-                    raise ValueError(
-                        f"chunk of {len(item.data)} bytes exceeds chunk size {self.chunk_size}"
-                    )
                 self._put(item)
         if self._clean.volume() > self.size_limit:  # cull() would first look for expiries
             self._clean.cull()
@@ -241,7 +236,7 @@ class CacheStore:
         if old is not None and old.data_version != version:
             self._delete_version(prefix, old)
             old = None
-        record = old or FileRecord(version)
+        record = old if old is not None else FileRecord(version)
         if item.index is None:
             self._clean.set(_dir_key(prefix, version), bytes(item.data), tag=prefix)
         else:

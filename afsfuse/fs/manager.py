@@ -1531,8 +1531,7 @@ class CacheManager:
             vnode.status = None
         self._dirs.pop(fid, None)
         self._memory.drop(lambda f: f == fid)
-        self._clean_writer.forget(lambda f: f == fid)
-        await self._clean_writer.idle()
+        await self._clean_writer.discard(lambda f: f == fid)
         await self.cache.drop_fid(fid)
         self._notify(fid)
 
@@ -1547,8 +1546,7 @@ class CacheManager:
             self._dirs.clear()
             self._memory.clear()
             self.volumes.forget(cell)
-            self._clean_writer.forget(lambda f: True)
-            await self._clean_writer.idle()
+            await self._clean_writer.discard(lambda f: True)
             await self.cache.clear()
             self._notify(None)
             return
@@ -1563,8 +1561,7 @@ class CacheManager:
             return f.volume == volume and (cell is None or f.cell == cell)
 
         self._memory.drop(in_volume)
-        self._clean_writer.forget(in_volume)
-        await self._clean_writer.idle()
+        await self._clean_writer.discard(in_volume)
         for name in [cell] if cell else self.known_cells():
             await self.cache.drop_volume(name, volume)
 

@@ -855,8 +855,8 @@ class Invalidator:
     The cache manager reports breaks synchronously on the trio thread (`queue`); the kernel
     calls can block until a related request finishes, so a thread of their own makes them,
     a batch at a time, fed through a queue.  The hand-off costs microseconds where a
-    `trio.to_thread` round trip costs ~100 us of CPU, and there is one batch per file
-    written (a store changes the file's data version).
+    `trio.to_thread` round trip costs ~100 us of CPU, and another client writing many files
+    means a batch for each.
     """
 
     def __init__(

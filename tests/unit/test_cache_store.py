@@ -39,6 +39,14 @@ def chunk(tag: int, size: int) -> bytes:
     return bytes([tag % 256]) * size
 
 
+def put_chunk(store: CacheStore, fid: FidKey, data_version: int, index: int, data: bytes):
+    store.put_many([CleanItem(fid, data_version, index, data)])
+
+
+def put_dir(store: CacheStore, fid: FidKey, data_version: int, blob: bytes):
+    store.put_many([CleanItem(fid, data_version, None, blob)])
+
+
 @pytest.fixture(params=[DEFAULT_MEMORY_BUDGET, 0], ids=["dirty-in-memory", "dirty-on-disk"])
 def store(tmp_path: Path, request: pytest.FixtureRequest):
     with CacheStore(
@@ -100,8 +108,8 @@ def test_chunk_size_must_be_power_of_two(tmp_path: Path) -> None:
 
 def test_chunks_round_trip_including_a_short_last_chunk(store: CacheStore) -> None:
     assert store.get_record(FID) is None
-    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
-    store.put_chunk(FID, 5, 1, chunk(2, 100))
+    put_chunk(store, FID, 5, 0, chunk(1, 64 * KiB))
+    put_chunk(store, FID, 5, 1, chunk(2, 100))
     assert store.get_chunk(FID, 5, 0) == chunk(1, 64 * KiB)
     assert store.get_chunk(FID, 5, 1) == chunk(2, 100)
     assert store.get_chunk(FID, 5, 2) is None
@@ -111,7 +119,7 @@ def test_chunks_round_trip_including_a_short_last_chunk(store: CacheStore) -> No
 
 def test_small_chunks_live_in_sqlite_and_work_too(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 10 * MiB, chunk_size=4 * KiB) as s:
-        s.put_chunk(FID, 1, 3, chunk(9, 4 * KiB))
+        put_chunk(s, FID, 1, 3, chunk(9, 4 * KiB))
         assert s.get_chunk(FID, 1, 3) == chunk(9, 4 * KiB)
 
 
@@ -124,11 +132,11 @@ def test_oversized_chunk_is_refused_and_its_batch_with_it(store: CacheStore) -> 
 
 
 def test_new_data_version_never_serves_old_bytes_and_purges_them(store: CacheStore) -> None:
-    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
-    store.put_chunk(FID, 5, 1, chunk(1, 64 * KiB))
-    store.put_dir(FID, 5, b"old directory")
+    put_chunk(store, FID, 5, 0, chunk(1, 64 * KiB))
+    put_chunk(store, FID, 5, 1, chunk(1, 64 * KiB))
+    put_dir(store, FID, 5, b"old directory")
     before = store.clean_bytes()
-    store.put_chunk(FID, 6, 0, chunk(2, 10))
+    put_chunk(store, FID, 6, 0, chunk(2, 10))
     assert store.get_record(FID) == FileRecord(6, frozenset({0}))
     assert store.get_chunk(FID, 6, 0) == chunk(2, 10)
     assert store.get_chunk(FID, 5, 0) is None
@@ -139,16 +147,16 @@ def test_new_data_version_never_serves_old_bytes_and_purges_them(store: CacheSto
 
 
 def test_same_data_version_adds_to_the_record(store: CacheStore) -> None:
-    store.put_chunk(FID, 5, 0, chunk(1, 10))
-    store.put_dir(FID, 5, b"dir")
-    store.put_chunk(FID, 5, 0, chunk(1, 10))
+    put_chunk(store, FID, 5, 0, chunk(1, 10))
+    put_dir(store, FID, 5, b"dir")
+    put_chunk(store, FID, 5, 0, chunk(1, 10))
     assert store.get_record(FID) == FileRecord(5, frozenset({0}))
     assert store.get_chunk(FID, 5, 0) == chunk(1, 10)
     assert store.get_dir(FID, 5) == b"dir"
 
 
 def test_a_batch_is_one_transaction_and_later_versions_win(store: CacheStore) -> None:
-    store.put_chunk(FID, 5, 0, chunk(1, 64 * KiB))
+    put_chunk(store, FID, 5, 0, chunk(1, 64 * KiB))
     store.put_many(
         [
             CleanItem(FID, 6, 1, chunk(2, 10)),
@@ -164,7 +172,7 @@ def test_a_batch_is_one_transaction_and_later_versions_win(store: CacheStore) ->
 
 def test_unmarked_chunk_is_never_served(store: CacheStore) -> None:
     """Death between writing a chunk and marking it leaves a chunk with no mark."""
-    store.put_dir(FID, 5, b"dir")  # a record of version 5 without chunk 0
+    put_dir(store, FID, 5, b"dir")  # a record of version 5 without chunk 0
     store._clean.set("example.org/536870912/2.77/c5.0", chunk(1, 64 * KiB))
     assert store.get_chunk(FID, 5, 0) is None
 
@@ -174,12 +182,12 @@ def test_killed_mid_write_leaves_a_usable_cache(tmp_path: Path) -> None:
     writer = textwrap.dedent(
         """
         import sys
-        from afsfuse.cache import CacheStore, FidKey
+        from afsfuse.cache import CacheStore, CleanItem, FidKey
         s = CacheStore(sys.argv[1], 1 << 30, chunk_size=1 << 20, dirty_memory=0)
         n = 0
         while True:
             fid = FidKey("example.org", 1, n, 1)
-            s.put_chunk(fid, 1, 0, bytes([n % 256]) * (1 << 20))
+            s.put_many([CleanItem(fid, 1, 0, bytes([n % 256]) * (1 << 20))])
             s.dirty.begin(fid, 1, 0)
             s.dirty.write(fid, 0, bytes([n % 256]) * 200000)
             n += 1
@@ -210,7 +218,7 @@ def test_killed_mid_write_leaves_a_usable_cache(tmp_path: Path) -> None:
             assert dirty.length <= 200000
             if dirty.chunks:  # marked after the data: all of it is there
                 assert s.dirty.read_chunk(dirty.fid, 0) == bytes([dirty.fid.vnode % 256]) * 200000
-        s.put_chunk(FID, 1, 0, b"x")  # still writable
+        put_chunk(s, FID, 1, 0, b"x")  # still writable
         assert s.get_chunk(FID, 1, 0) == b"x"
 
 
@@ -219,10 +227,10 @@ def test_killed_mid_write_leaves_a_usable_cache(tmp_path: Path) -> None:
 
 def test_directory_blobs_by_data_version(store: CacheStore) -> None:
     blob = os.urandom(100 * KiB)
-    store.put_dir(FID, 3, blob)
+    put_dir(store, FID, 3, blob)
     assert store.get_dir(FID, 3) == blob
     assert store.get_dir(FID, 4) is None
-    store.put_dir(FID, 4, b"newer")
+    put_dir(store, FID, 4, b"newer")
     assert store.get_dir(FID, 3) is None
 
 
@@ -231,9 +239,9 @@ def test_directory_blobs_by_data_version(store: CacheStore) -> None:
 
 def test_restart_serves_cached_data_after_revalidation(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
-        s.put_chunk(FID, 9, 0, chunk(1, 64 * KiB))
-        s.put_chunk(FID, 9, 2, chunk(3, 5))
-        s.put_dir(FID, 9, b"dir")
+        put_chunk(s, FID, 9, 0, chunk(1, 64 * KiB))
+        put_chunk(s, FID, 9, 2, chunk(3, 5))
+        put_dir(s, FID, 9, b"dir")
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
         record = s.get_record(FID)
         assert record == FileRecord(9, frozenset({0, 2}))
@@ -245,7 +253,7 @@ def test_restart_serves_cached_data_after_revalidation(tmp_path: Path) -> None:
 
 def test_restart_with_another_chunk_size_starts_clean(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
-        s.put_chunk(FID, 9, 0, chunk(1, 64 * KiB))
+        put_chunk(s, FID, 9, 0, chunk(1, 64 * KiB))
         s.dirty.begin(FID, 9, 10 * MiB)  # too big for memory: on disk
     with CacheStore(tmp_path, 64 * MiB, chunk_size=128 * KiB) as s:
         assert s.get_record(FID) is None
@@ -257,11 +265,11 @@ def test_restart_with_another_chunk_size_starts_clean(tmp_path: Path) -> None:
 
 
 def test_drop_fid_removes_every_version(store: CacheStore) -> None:
-    store.put_chunk(FID, 1, 0, chunk(1, 10))
+    put_chunk(store, FID, 1, 0, chunk(1, 10))
     store._clean.set(
         "example.org/536870912/2.77/c0.0", b"orphan", tag="example.org/536870912/2.77/"
     )
-    store.put_chunk(OTHER, 1, 0, chunk(2, 10))
+    put_chunk(store, OTHER, 1, 0, chunk(2, 10))
     assert store.drop_fid(FID) == 3
     assert store.get_record(FID) is None
     assert store.get_chunk(OTHER, 1, 0) == chunk(2, 10)
@@ -270,8 +278,8 @@ def test_drop_fid_removes_every_version(store: CacheStore) -> None:
 
 def test_drop_volume_removes_only_that_volume(store: CacheStore) -> None:
     for fid in (FID, OTHER, ELSEWHERE):
-        store.put_chunk(fid, 1, 0, chunk(1, 10))
-        store.put_dir(fid, 1, b"d")
+        put_chunk(store, fid, 1, 0, chunk(1, 10))
+        put_dir(store, fid, 1, b"d")
     assert store.drop_volume("example.org", 536870912) == 6
     assert store.get_record(FID) is None and store.get_record(OTHER) is None
     assert store.get_chunk(ELSEWHERE, 1, 0) == chunk(1, 10)
@@ -281,7 +289,7 @@ def test_drop_volume_removes_only_that_volume(store: CacheStore) -> None:
 def test_bad_cell_names_are_refused(store: CacheStore) -> None:
     for cell in ("", "../etc", "a/b", ".hidden"):
         with pytest.raises(ValueError):
-            store.put_dir(FidKey(cell, 1, 1, 1), 1, b"d")
+            put_dir(store, FidKey(cell, 1, 1, 1), 1, b"d")
 
 
 # Size bound and eviction
@@ -297,7 +305,7 @@ def test_size_bound_holds_and_dirty_data_is_never_evicted(tmp_path: Path) -> Non
         while written < 3 * limit:
             fid = FidKey("example.org", 2, n, 1)
             for index in range(4):
-                s.put_chunk(fid, 1, index, chunk(n, 64 * KiB))
+                put_chunk(s, fid, 1, index, chunk(n, 64 * KiB))
             written += 4 * 64 * KiB
             n += 1
         # Culled after every batch (here every chunk): the SQLite index may lag a page or so.
@@ -398,7 +406,7 @@ def test_dirty_state_after_crashes_part_way(tmp_path: Path) -> None:
 
 
 def test_dirty_data_is_untouched_by_invalidation(store: CacheStore) -> None:
-    store.put_chunk(FID, 1, 0, b"clean")
+    put_chunk(store, FID, 1, 0, b"clean")
     store.dirty.begin(FID, 1, 0)
     store.dirty.write(FID, 0, b"keep")
     store.drop_fid(FID)
@@ -570,8 +578,7 @@ async def test_clean_writer_forgets_what_waits_for_a_flushed_file(tmp_path: Path
             await nursery.start(writer.run)
             await writer.put(CleanItem(FID, 1, 0, b"flushed"))
             await writer.put(CleanItem(OTHER, 1, 0, b"kept"))
-            writer.forget(lambda fid: fid == FID)  # before the writer task runs again
-            await writer.idle()
+            await writer.discard(lambda fid: fid == FID)  # before the writer task runs again
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         assert s.get_record(FID) is None
@@ -581,9 +588,9 @@ async def test_clean_writer_forgets_what_waits_for_a_flushed_file(tmp_path: Path
 def test_files_with_nothing_cached_are_known_without_the_disk(tmp_path: Path) -> None:
     with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
         assert not s.may_hold(FID)
-        s.put_chunk(FID, 1, 0, b"x")
-        s.put_dir(ELSEWHERE, 1, b"d")
-        s.put_dir(OTHER, 1, b"d")
+        put_chunk(s, FID, 1, 0, b"x")
+        put_dir(s, ELSEWHERE, 1, b"d")
+        put_dir(s, OTHER, 1, b"d")
         assert s.may_hold(FID) and s.may_hold(ELSEWHERE) and s.may_hold(OTHER)
         s.drop_fid(OTHER)
         assert not s.may_hold(OTHER)
