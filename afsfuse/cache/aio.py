@@ -12,6 +12,7 @@ import trio
 
 from afsfuse.cache.base import FidKey
 from afsfuse.cache.dirty import DirtyFile, DirtyStore, WouldBlock
+from afsfuse.cache.leftovers import Leftover
 from afsfuse.cache.store import CacheStore, CleanItem, FileRecord
 
 DEFAULT_THREADS = 4
@@ -47,8 +48,14 @@ class AsyncDirtyStore(_Offloaded):
     def list(self) -> list[DirtyFile]:
         return self.sync_store.list()
 
-    async def begin(self, fid: FidKey, base_version: int, length: int) -> DirtyFile:
-        return await self._inline_first(self.sync_store.begin, fid, base_version, length)
+    async def begin(
+        self,
+        fid: FidKey,
+        base_version: int,
+        length: int,
+        writer: tuple[int, int | None] | None = None,
+    ) -> DirtyFile:
+        return await self._inline_first(self.sync_store.begin, fid, base_version, length, writer)
 
     async def write(
         self, fid: FidKey, offset: int, data: bytes, bases: Mapping[int, bytes] | None = None
@@ -66,6 +73,12 @@ class AsyncDirtyStore(_Offloaded):
 
     async def discard(self, fid: FidKey) -> None:
         await self._inline_first(self.sync_store.discard, fid)
+
+    async def persist(self, fid: FidKey) -> None:
+        await self._run(self.sync_store.persist, fid)
+
+    async def update(self, fid: FidKey, **changes: Any) -> DirtyFile:
+        return await self._inline_first(partial(self.sync_store.update, **changes), fid)
 
 
 class AsyncCacheStore(_Offloaded):
@@ -103,6 +116,24 @@ class AsyncCacheStore(_Offloaded):
 
     async def clear(self) -> None:
         await self._run(self.sync_store.clear)
+
+    async def set_aside(
+        self, fid: FidKey, *, reason: str, server_version: int | None, base_version: int
+    ) -> Leftover:
+        """Move `fid`'s dirty data to the leftovers, with what the clean cache still holds of
+        `base_version` for the bytes it did not change."""
+        store = self.sync_store
+
+        def set_aside() -> Leftover:
+            return store.leftovers.set_aside(
+                store.dirty,
+                fid,
+                reason=reason,
+                server_version=server_version,
+                clean_chunk=lambda index: store.get_chunk(fid, base_version, index),
+            )
+
+        return await self._run(set_aside)
 
 
 class CleanWriter:

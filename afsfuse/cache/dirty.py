@@ -5,7 +5,7 @@ Dirty data is never evicted.  A file no bigger than one chunk is kept in memory 
 thread at all, which is most of what `tar x` or a build does.  A file that grows past a
 chunk, or finds the budget spent, moves to plain files, one directory per file,
 
-    dirty/<cell>/<volume>.<vnode>.<unique>/state.json   base data version, dirty chunks
+    dirty/<cell>/<volume>.<vnode>.<unique>/state.json   base data version, dirty chunks, writer
     dirty/<cell>/<volume>.<vnode>.<unique>/data         dirty chunks at their file offsets
 
 Plain files because writes are partial: a FUSE write of a few KiB into a 1 MiB chunk is one
@@ -14,8 +14,16 @@ of `data` is the file's length, so an ordinary write costs one `pwrite` and noth
 the state file changes only when a chunk becomes dirty or on truncation, and is replaced
 atomically (write, rename) after the data it describes.  A write cut short by a crash
 leaves at most what a local filesystem would: part of the write, never bytes from
-elsewhere.  What was in memory is gone with the process, as unwritten pages are with a
-kernel; either way the program was never told its data was stored.
+elsewhere.  What is in memory is gone with the process, as unwritten pages are with a
+kernel: the cache manager moves a file to disk (`persist`) once it has been dirty for a
+moment, when its store fails, and at unmount, so only the writes of the last moment before a
+crash can be lost, and their program was never told they were stored.
+
+The state also says who wrote the file (`writer`, whose token stores it when no program
+does), whether a store failed (`unsent`: a background task retries it), and which data
+version a store in flight may have made (`pending`, with the modification time it sent), so
+that after a crash the cache manager can tell the fileserver's copy it made itself from one
+another client made.
 
 What a byte of the file is while it is dirty: inside a dirty chunk, the byte in `data`;
 otherwise zero at or beyond `zero_from` (a truncation cut it off), else the clean byte at
@@ -31,14 +39,19 @@ it to a worker thread only when it must.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from afsfuse.cache.base import FidKey, check_cell_name, make_private_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,14 @@ class DirtyFile:
     zero_from: int
     chunk_size: int
     chunks: frozenset[int]
+    #: Who wrote it: (uid, PAG or None); None when nobody is known.
+    writer: tuple[int, int | None] | None = None
+    #: A store failed (or a run before this one left it): stored in the background.
+    unsent: bool = False
+    #: (data version, modification time) a store in flight may have left on the server.
+    pending: tuple[int, int] | None = None
+    #: Monotonic time it became dirty in memory; None on disk.
+    since: float | None = None
 
     def needs_base(self, offset: int, size: int) -> list[int]:
         """Chunks a write of `size` bytes at `offset` touches that are not dirty yet and
@@ -106,14 +127,21 @@ class DirtyStore:
             for file_dir in cell_dir.iterdir():
                 try:
                     state = json.loads((file_dir / "state.json").read_text())
+                    volume, vnode, unique = (int(part) for part in file_dir.name.split("."))
                 except FileNotFoundError:
                     shutil.rmtree(file_dir)  # died before its first state was written
                     continue
-                volume, vnode, unique = (int(part) for part in file_dir.name.split("."))
+                except (OSError, ValueError) as e:
+                    log.error(
+                        "unsent data in %s cannot be read (%s); left where it is", file_dir, e
+                    )
+                    continue
                 fid = FidKey(cell_dir.name, volume, vnode, unique)
                 length = os.stat(file_dir / "data").st_size
                 chunk_size = state["chunk_size"]
                 # A truncation cut short between the data and the state: finish it here.
+                writer, pending = state.get("writer"), state.get("pending")
+                # Whatever a run before this one left is stored (or set aside) in the background.
                 self._files[fid] = DirtyFile(
                     fid,
                     state["base_version"],
@@ -121,6 +149,9 @@ class DirtyStore:
                     min(state["zero_from"], length),
                     chunk_size,
                     frozenset(i for i in state["chunks"] if i * chunk_size < length),
+                    writer=(writer[0], writer[1]) if writer else None,
+                    unsent=True,
+                    pending=(pending[0], pending[1]) if pending else None,
                 )
 
     def _dir(self, fid: FidKey) -> Path:
@@ -136,6 +167,8 @@ class DirtyStore:
             "zero_from": dirty.zero_from,
             "chunk_size": dirty.chunk_size,
             "chunks": sorted(dirty.chunks),
+            "writer": dirty.writer,
+            "pending": dirty.pending,
         }
         directory = self._dir(dirty.fid)
         tmp = directory / "state.tmp"
@@ -171,7 +204,7 @@ class DirtyStore:
         directory.mkdir(mode=0o700)
         with open(directory / "data", "xb") as data:
             data.write(content)
-        self._save(self._files[fid])
+        self._save(replace(self._files[fid], since=None))
         del self._resident[fid]
         self._resident_bytes -= len(content)
 
@@ -194,21 +227,29 @@ class DirtyStore:
             return list(self._files.values())
 
     def begin(
-        self, fid: FidKey, base_version: int, length: int, *, blocking: bool = True
+        self,
+        fid: FidKey,
+        base_version: int,
+        length: int,
+        writer: tuple[int, int | None] | None = None,
+        *,
+        blocking: bool = True,
     ) -> DirtyFile:
         """Start tracking local changes to `fid`, whose clean content is `length` bytes at
-        `base_version`.  If `fid` is dirty already, its existing state is returned unchanged
-        (the caller compares `base_version`)."""
+        `base_version`, written by `writer` (uid, PAG).  If `fid` is dirty already, its
+        existing state is returned unchanged (the caller compares `base_version`)."""
         with self._lock:
             existing = self._files.get(fid)
             if existing is not None:
                 return existing
-            dirty = DirtyFile(fid, base_version, length, length, self.chunk_size, frozenset())
+            dirty = DirtyFile(
+                fid, base_version, length, length, self.chunk_size, frozenset(), writer=writer
+            )
             if self._fits(fid, length):
                 self._resident[fid] = bytearray(length)
                 self._resident_bytes += length
-                self._files[fid] = dirty
-                return dirty
+                self._files[fid] = replace(dirty, since=time.monotonic())
+                return self._files[fid]
             if not blocking:
                 raise WouldBlock
             directory = self._dir(fid)
@@ -353,6 +394,70 @@ class DirtyStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def persist(self, fid: FidKey) -> None:
+        """Move `fid` to disk if it is in memory, and make it durable (a failed store, an
+        unmount, or a file that stayed dirty for a while: it must outlive the process)."""
+        with self._lock:
+            if fid in self._files:
+                self._on_disk(fid, True)
+        self.sync(fid)
+
+    def held_in_memory_since(self, before: float) -> list[FidKey]:
+        """Files kept in memory since before `before` (monotonic time)."""
+        with self._lock:
+            return [
+                fid
+                for fid in self._resident
+                if (since := self._files[fid].since) is not None and since < before
+            ]
+
+    def update(
+        self,
+        fid: FidKey,
+        *,
+        base_version: int | None = None,
+        unsent: bool | None = None,
+        pending: tuple[int, int] | Literal[False] | None = False,
+        blocking: bool = True,
+    ) -> DirtyFile:
+        """Change what the state says besides the data: the base version (a store made it
+        the server's), whether a store failed, the version a store in flight may make
+        (False: leave it as it is).  Written through for files on disk."""
+        with self._lock:
+            dirty = self._current(fid)
+            updated = replace(
+                dirty,
+                base_version=dirty.base_version if base_version is None else base_version,
+                unsent=dirty.unsent if unsent is None else unsent,
+                pending=dirty.pending if pending is False else pending,
+            )
+            if fid in self._resident:
+                self._files[fid] = updated
+            elif not blocking:
+                raise WouldBlock
+            else:
+                self._save(updated)
+            return updated
+
+    def set_aside(self, fid: FidKey, destination: Path) -> DirtyFile:
+        """Stop tracking `fid` and move its content to `destination/data` (a new directory
+        in the same filesystem): bytes of dirty chunks as written, zeros elsewhere."""
+        with self._lock:
+            dirty = self._current(fid)
+            destination.mkdir(mode=0o700)
+            content = self._resident.pop(fid, None)
+            if content is not None:
+                self._resident_bytes -= len(content)
+                with open(destination / "data", "xb") as data:
+                    data.write(content)
+            else:
+                directory = self._dir(fid)
+                os.replace(directory / "data", destination / "data")
+                (directory / "state.json").unlink()
+                shutil.rmtree(directory)
+            del self._files[fid]
+            return dirty
 
     def discard(self, fid: FidKey, *, blocking: bool = True) -> None:
         """Forget `fid`'s dirty data: it is stored on the fileserver (or given up on)."""

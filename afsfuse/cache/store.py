@@ -39,6 +39,7 @@ import diskcache
 
 from afsfuse.cache.base import FidKey, check_cell_name, make_private_dir
 from afsfuse.cache.dirty import DEFAULT_MEMORY_BUDGET, DirtyStore
+from afsfuse.cache.leftovers import LeftoverStore
 
 LAYOUT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -157,6 +158,7 @@ class CacheStore:
         #: name a file whose record was evicted since: that only costs a look.
         self._recorded = {key[:-1] for key in self._clean.iterkeys() if key.endswith("/r")}
         self.dirty = DirtyStore(self.path / "dirty", chunk_size, dirty_memory)
+        self.leftovers = LeftoverStore(self.path / "leftovers")
 
     def _check_layout(self) -> None:
         """Chunk indexes mean nothing under another chunk size: start clean data afresh."""
