@@ -36,7 +36,7 @@ from afsfuse.config import (
     load_cells,
     read_config_file,
 )
-from afsfuse.ctl.ops import StatsOps, SysnameOps, TokenOps
+from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
 from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path
 from afsfuse.ctl.server import Handlers, serve_control
@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         "(default 120)",
     )  # fmt: skip
     mount.add_argument(
+        "--store-retry", type=float, metavar="SECONDS",
+        help="how often data whose store failed is tried again (default 30, doubling "
+        "while it fails)",
+    )  # fmt: skip
+    mount.add_argument(
         "--no-xattrs", dest="xattrs", action="store_const", const=False,
         help="no afs.* extended attributes: ls -l and small writes cost fewer FUSE requests",
     )  # fmt: skip
@@ -119,7 +124,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         for key in (
             "cellservdb", "thiscell", "cache_dir", "cache_size", "port", "sysname",
             "security", "max_tasks", "log_file", "foreground", "debug", "dns_server",
-            "dead_time", "server_timeout", "xattrs",
+            "dead_time", "server_timeout", "store_retry", "xattrs",
         )
     }  # fmt: skip
     return build_config(args.mountpoint, file_values, options)
@@ -220,6 +225,7 @@ async def _serve(config: MountConfig, ready_fd: int | None) -> None:
         dead_time=config.dead_time,
         probe_timeout=min(ManagerConfig.probe_timeout, config.dead_time),
         rotation_timeout=config.server_timeout,
+        store_retry=config.store_retry,
     )
     with CacheStore(config.resolved_cache_dir(), config.cache_size) as store:
         async with open_endpoint(port=_callback_port(config.port)) as endpoint:
@@ -242,6 +248,7 @@ async def _serve(config: MountConfig, ready_fd: int | None) -> None:
                     lambda names: setattr(operations, "sysnames", [os.fsencode(n) for n in names]),
                 ),
                 StatsOps(stats.snapshot),
+                LeftoverOps(store.leftovers),
                 PathOps(manager, MountPaths(operations, config.mountpoint)),
             )
             mountpoint = os.fspath(config.mountpoint)
@@ -267,6 +274,7 @@ async def _serve(config: MountConfig, ready_fd: int | None) -> None:
                     unmounted = True
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(GIVE_UP_TIMEOUT):
+                        await manager.keep_unsent()
                         await manager.give_up_callbacks()
                     pyfuse3.close(unmount=True)
                     log.info("unmounted %s%s", mountpoint, "" if unmounted else " after an error")

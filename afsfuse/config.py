@@ -68,6 +68,8 @@ class MountConfig:
     dead_time: float = 12.0
     #: Bound on one fileserver operation over every site; past it, ETIMEDOUT.
     server_timeout: float = 120.0
+    #: Seconds between tries to store data whose store failed (doubling while it fails).
+    store_retry: float = 30.0
     #: The afs.* extended attributes.  Off, getxattr answers ENOSYS once and the kernel
     #: asks no more: `ls -l` stops asking two per file and each write(2) one, at ~50 us each.
     xattrs: bool = True
@@ -99,7 +101,7 @@ def _convert(key: str, value: Any) -> Any:
     if key == "dns_server":
         texts = [value] if isinstance(value, str) else list(value)
         return [_host_port(str(text)) for text in texts]
-    if key in ("dead_time", "server_timeout"):
+    if key in ("dead_time", "server_timeout", "store_retry"):
         seconds = float(value)
         if not 0 < seconds < 86400:
             raise ValueError(f"out of range: {seconds:g}")

@@ -13,6 +13,7 @@ nothing else: unexpected exceptions are logged and turned into EIO at the bounda
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -39,6 +40,7 @@ from afsfuse.fs.mntpt import link_mode
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
+from afsfuse.fs.unsent import UnsentData
 from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
 from afsfuse.fs.writeback import StorePiece, store_plan
@@ -113,6 +115,10 @@ class ManagerConfig:
     callback_margin: float = 5.0
     #: Most bytes one StoreData64 carries (each call must finish within rotation_timeout).
     store_call_bytes: int = 64 << 20
+    #: Seconds between tries to store data whose store failed (doubling while it fails).
+    store_retry: float = 30.0
+    #: Seconds a small dirty file stays in memory only, before it goes to the cache disk.
+    dirty_memory_age: float = 2.0
 
     def server_config(self) -> ServerConfig:
         return ServerConfig(
@@ -190,6 +196,19 @@ def _renaming(old: bytes, new: bytes) -> ListingEdit:
     return rename
 
 
+def _written_over(dirty: DirtyFile, server: Status) -> bool:
+    """May `dirty` be stored over the server's copy at `server`?  Only over the version it
+    was written over, or over the version a store of its own left when the daemon stopped
+    mid-store (known by the modification time that store sent)."""
+    if server.data_version == dirty.base_version:
+        return True
+    return dirty.pending is not None and dirty.pending == (server.data_version, server.mtime)
+
+
+def _fid_name(fid: AfsFid) -> str:
+    return f"{fid.cell} fid {fid.volume}.{fid.vnode}.{fid.unique}"
+
+
 #: What a reply without a callback promise (StoreData, StoreStatus, Symlink...) stands with.
 _NO_CALLBACK = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
 
@@ -238,6 +257,12 @@ class CacheManager:
         self._file_locks: dict[AfsFid, tuple[trio.Lock, int]] = {}
         #: Modification time of dirty files, sent with their store.
         self._mtimes: dict[AfsFid, int] = {}
+        self._unsent = UnsentData(
+            self.cache.dirty,
+            self._store_unsent,
+            interval=config.store_retry,
+            memory_age=config.dirty_memory_age,
+        )
 
     @property
     def this_cell(self) -> str:
@@ -254,6 +279,7 @@ class CacheManager:
             try:
                 nursery.start_soon(self.servers.run_prober)
                 await nursery.start(self._clean_writer.run)
+                await nursery.start(self._unsent.run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -618,7 +644,7 @@ class CacheManager:
         # The owner-read bit is checked by the server for ordinary users; a cached copy is
         # only handed out when the server would surely agree.
         trusted = trusted and bool(status.mode & 0o400)
-        dirty = self.store.dirty.get(fid)
+        dirty = self._shown_dirty(fid, status)
         if dirty is not None:
             return await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
         size = min(size, status.size - offset)
@@ -830,10 +856,21 @@ class CacheManager:
 
     def _local_view(self, status: Status, fid: AfsFid) -> Status:
         """`status` as seen here: the length and time of data not yet stored count."""
-        dirty = self.store.dirty.get(fid)
+        dirty = self._shown_dirty(fid, status)
         if dirty is None:
             return status
         return replace(status, size=dirty.length, mtime=self._mtimes.get(fid, status.mtime))
+
+    def _shown_dirty(self, fid: AfsFid, status: Status) -> DirtyFile | None:
+        """The dirty state this mount shows for `fid` with the server at `status`: none for
+        unsent data written over a version the server no longer has (it is set aside in the
+        background, and the server's copy is what the file is)."""
+        dirty = self.store.dirty.get(fid)
+        if dirty is not None and dirty.unsent and not _written_over(dirty, status):
+            if self._unsent is not None:
+                self._unsent.poke()
+            return None
+        return dirty
 
     async def _read_dirty(
         self,
@@ -920,12 +957,19 @@ class CacheManager:
             raise FsError(errno.EACCES)
         return vnode
 
-    async def _begin(self, fid: AfsFid, vnode: Vnode) -> DirtyFile:
+    async def _begin(self, fid: AfsFid, vnode: Vnode, who: Identity) -> DirtyFile:
+        """The dirty state a write goes into.  Unsent data left by a failed store or an
+        earlier run, written over a version the server no longer has, is set aside first:
+        the new write starts from the server's copy."""
+        assert vnode.status is not None
+        status = vnode.status
         dirty = self.store.dirty.get(fid)
+        if dirty is not None and dirty.unsent and not _written_over(dirty, status):
+            await self._set_aside(fid, dirty, status, "the file changed on the server")
+            dirty = None
         if dirty is None:
-            assert vnode.status is not None
-            status = vnode.status
-            dirty = await self.cache.dirty.begin(fid, status.data_version, status.size)
+            writer = (who.uid, who.pag)
+            dirty = await self.cache.dirty.begin(fid, status.data_version, status.size, writer)
         return dirty
 
     @_boundary
@@ -946,7 +990,7 @@ class CacheManager:
         async with self._file_lock(fid):
             for _ in range(3):
                 vnode = await self._writable(fid, token)
-                dirty = await self._begin(fid, vnode)
+                dirty = await self._begin(fid, vnode, who)
                 try:
                     bases = await self._bases(fid, vnode, token, dirty, offset, len(data))
                 except _DataVersionChanged:
@@ -987,12 +1031,13 @@ class CacheManager:
         """Set the length of the local copy (growing leaves a hole); stored with the rest at
         store_data/fsync.  For truncate(2) without an open file, see setattr(size=)."""
         async with self._file_lock(fid):
-            await self._truncate(fid, length, self._token(fid.cell, who))
+            await self._truncate(fid, length, who)
 
-    async def _truncate(self, fid: AfsFid, length: int, token: Token | None) -> DirtyFile:
+    async def _truncate(self, fid: AfsFid, length: int, who: Identity) -> DirtyFile:
         if length < 0:
             raise FsError(errno.EINVAL)
-        await self._begin(fid, await self._writable(fid, token))
+        token = self._token(fid.cell, who)
+        await self._begin(fid, await self._writable(fid, token), who)
         self._mtimes[fid] = int(time.time())
         return await self.cache.dirty.truncate(fid, length)
 
@@ -1022,27 +1067,116 @@ class CacheManager:
                 await self._store(fid, token, dirty, sync=sync)
         return await self.getattr(fid, who)
 
-    async def _store(self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool):
-        """StoreData64 calls per writeback.store_plan; then the dirty chunks become the clean
-        copy at the new data version, if nobody else changed the file in between."""
+    async def _store(
+        self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool
+    ) -> None:
+        """Store `dirty`, then forget it.  A failure leaves it unsent: on disk, retried in the
+        background (fs/unsent.py), and raised to the caller."""
+        try:
+            try:
+                await self._store_over(fid, token, dirty, sync=sync)
+            except RxAbort as e:
+                raise fs_error(e.code, "store") from None
+        except FsError as e:
+            if e.errno in (errno.ENOENT, errno.ESTALE):
+                vnode = self.vnodes.get(fid)
+                await self._set_aside(fid, dirty, None, "the file is gone from the server")
+                vnode.invalidate()
+                raise
+            if self.store.dirty.get(fid) is not None:
+                await self.cache.dirty.update(fid, unsent=True)
+                await self.cache.dirty.persist(fid)
+                log.warning(
+                    "store of %s (%d bytes) failed: %s; kept in the cache and tried again "
+                    "every %.0f s or at the next close",
+                    _fid_name(fid), dirty.length, e.strerror or e, self.config.store_retry,
+                )  # fmt: skip
+            raise
+
+    async def _store_over(
+        self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool
+    ) -> None:
+        """StoreData64 calls per writeback.store_plan, made only while the fileserver still
+        has the version the data was written over; then the dirty chunks become the clean
+        copy at the new data version.  Data written over a version another client has since
+        replaced is set aside (cache/leftovers.py), never stored over theirs."""
         vnode = self.vnodes.get(fid)
-        if vnode.status is None:
+        if not vnode.callback_valid(trio.current_time()):
             await self._fetch_status(fid, token)
-        assert vnode.status is not None
         status = vnode.status
+        assert status is not None
+        if not _written_over(dirty, status):
+            await self._set_aside(fid, dirty, status, "another client changed the file")
+            if dirty.unsent:
+                return  # not this caller's writes: its close has nothing to report
+            raise FsError(
+                errno.EIO, "the file changed on the server; this client's data was set aside"
+            )
         expected = status.data_version
         mask = AFS_SETMODTIME | (AFS_FSYNC if sync else 0)
         mtime = self._mtimes.get(fid) or int(time.time())
         in_status = AFSStoreStatus(Mask=mask, ClientModTime=mtime)
         for piece in store_plan(dirty, self.config.store_call_bytes):
-            expected += 1
-            status = await self._store_piece(fid, vnode, token, piece, in_status, expected)
-        if status.data_version == expected and status.size == dirty.length:
+            # Said before sending: after a crash, that version may be ours (fs/unsent.py).
+            await self.cache.dirty.update(fid, pending=(expected + 1, mtime))
+            status = await self._store_piece(fid, vnode, token, piece, in_status, expected + 1)
+            if status.data_version != expected + 1:
+                log.warning(
+                    "%s: another client stored the file during this client's store "
+                    "(data version %d, expected %d)",
+                    _fid_name(fid), status.data_version, expected + 1,
+                )  # fmt: skip
+            expected = status.data_version
+            await self.cache.dirty.update(fid, base_version=expected, pending=None)
+        if status.size == dirty.length:
             for index in sorted(dirty.chunks):
                 data = await self.cache.dirty.read_chunk(fid, index)
                 await self._keep_chunk(fid, status.data_version, index, data)
         await self.cache.dirty.discard(fid)
         self._mtimes.pop(fid, None)
+        if dirty.unsent:
+            log.info("unsent data of %s (%d bytes) is stored", _fid_name(fid), dirty.length)
+
+    async def _set_aside(
+        self, fid: AfsFid, dirty: DirtyFile, server: Status | None, why: str
+    ) -> None:
+        """Move unsent data out of the way of the server's copy, where its writer finds it."""
+        leftover = await self.cache.set_aside(
+            fid,
+            reason=why,
+            server_version=server.data_version if server else None,
+            base_version=dirty.base_version,
+        )
+        self._mtimes.pop(fid, None)
+        self.stats.leftovers += 1
+        log.warning(
+            "%s: %s since this client wrote it; its %d unsent bytes (written over data "
+            "version %d, the server has %s) are kept as leftover %s: see "
+            "'afsfuse-ctl leftovers'",
+            _fid_name(fid), why, dirty.length, dirty.base_version,
+            server.data_version if server else "none", leftover.id,
+        )  # fmt: skip
+        self._notify(fid)
+
+    async def _store_unsent(self, fid: AfsFid) -> None:
+        """Store unsent data with its writer's token (fs/unsent.py calls this); FsError if
+        it still cannot be."""
+        try:
+            async with self._file_lock(fid):
+                dirty = self.store.dirty.get(fid)
+                if dirty is None or not dirty.unsent:
+                    return
+                who = Identity(*dirty.writer) if dirty.writer else Identity(0)
+                await self._store(fid, self._token(fid.cell, who), dirty, sync=True)
+        except RxAbort as e:
+            raise fs_error(e.code, "store") from None
+
+    async def keep_unsent(self) -> None:
+        """Put every dirty file kept in memory on disk (at unmount): unsent data outlives the
+        daemon."""
+        for fid in self.store.dirty.held_in_memory_since(float("inf")):
+            with contextlib.suppress(KeyError):
+                await self.cache.dirty.persist(fid)
 
     async def _store_piece(
         self,
@@ -1092,7 +1226,7 @@ class CacheManager:
         token = self._token(fid.cell, who)
         async with self._file_lock(fid):
             if size is not None:
-                dirty = await self._truncate(fid, size, token)
+                dirty = await self._truncate(fid, size, who)
                 if mtime is not None:
                     self._mtimes[fid] = mtime
                 await self._store(fid, token, dirty, sync=False)

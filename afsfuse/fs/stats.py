@@ -24,6 +24,8 @@ class Stats:
     #: Bytes sent to fileservers by StoreData64.
     bytes_stored: int = 0
     callbacks_received: int = 0
+    #: Unsent data set aside because another client changed the file (cache/leftovers.py).
+    leftovers: int = 0
     #: Times rotation moved on to another site, waited on a busy volume, re-read the VLDB.
     failovers: int = 0
     busy_waits: int = 0
