@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -104,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     lsmount.add_argument("dirs", nargs="+", metavar="DIR")
     rmmount = command("rmmount", _rmmount, "remove a mount point")
     rmmount.add_argument("dirs", nargs="+", metavar="DIR")
+    leftovers = command(
+        "leftovers", _leftovers,
+        "unsent data set aside because the file changed on the server: list (default), "
+        "restore ID DEST (copy it to DEST, then forget it), discard ID",
+    )  # fmt: skip
+    leftovers.add_argument("action", nargs="?", default="list", choices=_LEFTOVER_ACTIONS)
+    leftovers.add_argument("id", nargs="?", metavar="ID")
+    leftovers.add_argument("dest", nargs="?", metavar="DEST", help="where restore writes")
+    leftovers.add_argument("--force", action="store_true", help="restore over an existing DEST")
+    leftovers.add_argument("--keep", action="store_true", help="keep it after a restore")
     return parser
 
 
@@ -177,6 +188,58 @@ def _sysname(client: ControlClient, args: argparse.Namespace) -> Any:
         quoted = " ".join(f"'{name}'" for name in names)
         print(f"Current sysname {'is' if len(names) == 1 else 'list is'} {quoted}")
     return result
+
+
+_LEFTOVER_ACTIONS = ("list", "restore", "discard")
+
+
+def _leftovers(client: ControlClient, args: argparse.Namespace) -> Any:
+    if args.action == "list":
+        result = client.call("leftovers")
+        if not args.json:
+            for item in result["leftovers"]:
+                print(_leftover_line(item))
+        return result
+    if args.id is None:
+        raise _Usage(f"{args.action} needs the leftover's ID")
+    if args.action == "discard":
+        return client.call("leftover_discard", id=args.id)
+    if args.dest is None:
+        raise _Usage("restore needs the leftover's ID and a DEST to write it to")
+    item, fd = client.call_with_fd("leftover_open", id=args.id)
+    try:
+        with os.fdopen(fd, "rb") as source:
+            fd = -1
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
+            with open(os.open(args.dest, flags, 0o600), "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+                target.flush()
+                os.fsync(target.fileno())
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if item["missing"]:
+        unknown = sum(end - start for start, end in item["missing"])
+        print(
+            f"{PROG}: leftovers: {unknown} bytes of {args.dest} are zeros: their old content "
+            "was no longer known",
+            file=sys.stderr,
+        )
+    if not args.keep:
+        with ControlClient(client.path) as again:
+            again.call("leftover_discard", id=args.id)
+    if not args.json:
+        print(f"{args.id}: {item['size']} bytes written to {args.dest}")
+    return item
+
+
+def _leftover_line(item: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created"]))
+    fid = f"{item['volume']}.{item['vnode']}.{item['unique']}"
+    return (
+        f"{item['id']}  {item['size']} bytes  {when}  {item['cell']} fid {fid}  "
+        f"uid {item['uid']}: {item['reason']}"
+    )
 
 
 def _stats(client: ControlClient, args: argparse.Namespace) -> Any:

@@ -112,14 +112,41 @@ class ControlClient:
 
     def call(self, op: str, uid: int | None = None, **args: Any) -> Any:
         """Send one request; return its result or raise ControlFailed."""
+        self._request(op, uid, args)
+        return _result(self._reader.readline(MAX_LINE + 1))
+
+    def call_with_fd(self, op: str, **args: Any) -> tuple[Any, int]:
+        """A request whose reply comes with a file descriptor (the caller closes it).  The
+        first request on this connection: the reply is read past the line reader."""
+        self._request(op, None, args)
+        line, fds = b"", []
+        while not line.endswith(b"\n") and len(line) <= MAX_LINE:
+            data, received, _flags, _addr = socket.recv_fds(self._sock, MAX_LINE + 1, 1)
+            fds += received
+            if not data:
+                break
+            line += data
+        try:
+            result = _result(line)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if len(fds) != 1:
+            raise ControlFailed("EPROTO", "the daemon's reply came without its file")
+        return result, fds[0]
+
+    def _request(self, op: str, uid: int | None, args: dict[str, Any]) -> None:
         request = {"op": op, **args}
         if uid is not None:
             request["uid"] = uid
         self._sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
-        line = self._reader.readline(MAX_LINE + 1)
-        if not line.endswith(b"\n"):
-            raise ControlFailed("EPROTO", "the daemon closed the connection without replying")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise ControlFailed(str(reply.get("error")), str(reply.get("message")))
-        return reply.get("result")
+
+
+def _result(line: bytes) -> Any:
+    if not line.endswith(b"\n"):
+        raise ControlFailed("EPROTO", "the daemon closed the connection without replying")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise ControlFailed(str(reply.get("error")), str(reply.get("message")))
+    return reply.get("result")

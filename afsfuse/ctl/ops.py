@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import trio
 
+from afsfuse.cache.leftovers import Leftover, LeftoverStore
 from afsfuse.ctl.protocol import token_from_wire, token_summary
-from afsfuse.ctl.server import ControlError, Request, op
+from afsfuse.ctl.server import ControlError, Request, WithFd, op
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
 
@@ -134,3 +135,45 @@ class StatsOps:
     @op("stats")
     async def stats(self, request: Request) -> dict[str, Any]:
         return {"stats": dict(self._snapshot())}
+
+
+class LeftoverOps:
+    """leftovers, leftover_open, leftover_discard: unsent data set aside because the file
+    changed on the server (cache/leftovers.py).  Each writer sees and handles its own; root
+    all of them."""
+
+    def __init__(self, store: LeftoverStore) -> None:
+        self._store = store
+
+    @op("leftovers")
+    async def leftovers(self, request: Request) -> dict[str, Any]:
+        found = await trio.to_thread.run_sync(self._store.list)
+        mine = [asdict(item) for item in found if self._may(request, item)]
+        return {"leftovers": mine}
+
+    @op("leftover_open")
+    async def leftover_open(self, request: Request) -> WithFd:
+        item = await self._mine(request)
+        fd = await trio.to_thread.run_sync(self._store.open, item.id)
+        return WithFd(asdict(item), fd)
+
+    @op("leftover_discard")
+    async def leftover_discard(self, request: Request) -> dict[str, Any]:
+        item = await self._mine(request)
+        await trio.to_thread.run_sync(self._store.discard, item.id)
+        log.info("leftover %s discarded by uid %d", item.id, request.peer.uid)
+        return {"discarded": item.id}
+
+    async def _mine(self, request: Request) -> Leftover:
+        ident = request.text("id", limit=64)
+        try:
+            item = await trio.to_thread.run_sync(self._store.get, ident)
+        except KeyError:
+            raise ControlError("ENOENT", f"no leftover {ident!r}") from None
+        if not self._may(request, item):
+            raise ControlError("EPERM", f"leftover {ident} was written by another user")
+        return item
+
+    @staticmethod
+    def _may(request: Request, item: Leftover) -> bool:
+        return request.from_root or (item.uid is not None and item.uid == request.peer.uid)

@@ -12,6 +12,7 @@ ControlError.  The daemon picks the groups it can back (tokens, sysname, stats..
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import json
@@ -49,6 +50,15 @@ _OP_ATTRIBUTE = "_afsfuse_control_op"
 
 OpMethod = Callable[["Request"], Awaitable[Any]]
 F = TypeVar("F", bound=OpMethod)
+
+
+@dataclass(frozen=True)
+class WithFd:
+    """A result sent with an open file descriptor (SCM_RIGHTS), which the server then
+    closes: how a client gets data it may read but whose path it could not open."""
+
+    result: Any
+    fd: int
 
 
 class ControlError(Exception):
@@ -302,36 +312,51 @@ async def _serve_lines(stream: trio.SocketStream, handlers: Handlers, peer: Peer
             continue
         line = bytes(buffer[:end])
         del buffer[: end + 1]
-        if line.strip() and not await _send(stream, await _answer(line, handlers, peer)):
-            return
+        if not line.strip():
+            continue
+        reply, fd = await _answer(line, handlers, peer)
+        try:
+            if not await _send(stream, reply, fd):
+                return
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
-async def _send(stream: trio.SocketStream, reply: bytes) -> bool:
+async def _send(stream: trio.SocketStream, reply: bytes, fd: int | None = None) -> bool:
     with trio.move_on_after(SEND_TIMEOUT):
+        if fd is not None:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            sent = await stream.socket.sendmsg([reply], rights)
+            reply = reply[sent:]
         await stream.send_all(reply)
         return True
     return False
 
 
-async def _answer(line: bytes, handlers: Handlers, peer: PeerCred) -> bytes:
-    """The encoded reply to one request line: a result, or an error saying what was wrong."""
+async def _answer(line: bytes, handlers: Handlers, peer: PeerCred) -> tuple[bytes, int | None]:
+    """The encoded reply to one request line (a result, or an error saying what was wrong),
+    and the descriptor that goes with it, if any."""
     op_name = "?"
     try:
         request = _decode(line, peer)
         op_name = request.op
         with trio.fail_after(REQUEST_TIMEOUT):
             result = await handlers.dispatch(request)
+        fd = None
+        if isinstance(result, WithFd):
+            result, fd = result.result, result.fd
         reply = json.dumps({"ok": True, "result": result}, separators=(",", ":")) + "\n"
         log.debug("control: %s from uid %d pid %d: ok", op_name, peer.uid, peer.pid)
-        return reply.encode()
+        return reply.encode(), fd
     except ControlError as error:
         log.debug("control: %s from uid %d: %s", op_name, peer.uid, error)
-        return _error(error.code, error.message)
+        return _error(error.code, error.message), None
     except trio.TooSlowError:
-        return _error("ETIMEDOUT", f"{op_name} took longer than {REQUEST_TIMEOUT:.0f} s")
+        return _error("ETIMEDOUT", f"{op_name} took longer than {REQUEST_TIMEOUT:.0f} s"), None
     except Exception:
         log.exception("control: %s from uid %d pid %d failed", op_name, peer.uid, peer.pid)
-        return _error("EIO", f"internal error in {op_name}; see the daemon's log")
+        return _error("EIO", f"internal error in {op_name}; see the daemon's log"), None
 
 
 def _decode(line: bytes, peer: PeerCred) -> Request:
