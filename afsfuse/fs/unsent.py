@@ -15,6 +15,7 @@ Two jobs, one task:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,8 +60,10 @@ class UnsentData:
             self._wake = trio.Event()
 
     async def pass_once(self, now: float) -> None:
-        """One look at every dirty file (never raises)."""
-        for fid in self._dirty.sync_store.held_in_memory_since(now - self.memory_age):
+        """One look at every dirty file (never raises).  `now` is trio's clock, for the
+        retries; the dirty store dates files by time.monotonic, which runs in its threads."""
+        old = time.monotonic() - self.memory_age
+        for fid in self._dirty.sync_store.held_in_memory_since(old):
             try:
                 await self._dirty.persist(fid)
             except KeyError:

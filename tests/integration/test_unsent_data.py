@@ -140,6 +140,18 @@ def restart(cell: Cell, mount: Mount) -> None:
     ok(mount.ctl("alice", "aklog"))
 
 
+def set_quota(cell: Cell, mount: Mount, volume: str, kb: int) -> None:
+    """Through the volserver, then until the fileserver says so too."""
+    cell.exec("vos", "setfields", volume, "-maxquota", str(kb), "-localauth")
+    path = str(in_volume(mount, volume))
+
+    def applied() -> bool:
+        listed = json.loads(ok(mount.ctl("alice", "listquota", "--json", path)).stdout)
+        return listed[0]["quota"] == kb
+
+    eventually(applied, 30)
+
+
 def leftovers(mount: Mount, user: str | None) -> list[dict]:
     return json.loads(ok(mount.ctl(user, "leftovers", "--json")).stdout)["leftovers"]
 
@@ -215,9 +227,10 @@ def test_failed_close_is_kept_through_unmount_and_stored_later(
     eventually(lambda: ok(run(mount_a, "cat", str(path_a), user="alice")).stdout == b"")
     data = secrets.token_bytes(SMALL)
     if failure == "quota":
-        cell.exec("vos", "setfields", volume, "-maxquota", "100", "-localauth")
+        set_quota(cell, other, volume, 100)
     else:
         cell.stop_fileserver(0)
+    stopped = failure == "server"
     try:
         # Written in place: an O_TRUNC open would store its truncation at once, and fail.
         write = "import sys\nwith open(sys.argv[1], 'r+b') as f: f.write(sys.stdin.buffer.read())"
@@ -228,14 +241,18 @@ def test_failed_close_is_kept_through_unmount_and_stored_later(
         expected = b"Disk quota exceeded" if failure == "quota" else b"timed out"
         assert expected in failed.stderr, failed.stderr
         clean_stop(mount_a)
-    finally:
-        if failure == "server":
+        if stopped:
             cell.start_fileserver(0)
-    restart(cell, mount_a)
-    assert ok(run(mount_a, "cat", str(path_a), user="alice")).stdout == data
-    if failure == "quota":
-        assert os.stat(path_b).st_size == 0  # not on the server yet
-        cell.exec("vos", "setfields", volume, "-maxquota", "0", "-localauth")
+            stopped = False
+        restart(cell, mount_a)
+        assert ok(run(mount_a, "cat", str(path_a), user="alice")).stdout == data
+        if failure == "quota":
+            assert os.stat(path_b).st_size == 0  # not on the server yet
+    finally:
+        if failure == "quota":
+            set_quota(cell, other, volume, 0)
+        elif stopped:
+            cell.start_fileserver(0)
     eventually(lambda: path_b.read_bytes() == data, 40)
     assert "is stored" in mount_a.log()
     assert leftovers(mount_a, "alice") == []
