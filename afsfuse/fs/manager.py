@@ -262,6 +262,7 @@ class CacheManager:
             self._store_unsent,
             interval=config.store_retry,
             memory_age=config.dirty_memory_age,
+            max_interval=8 * config.store_retry,
         )
 
     @property

@@ -36,7 +36,7 @@ class UnsentData:
         *,
         interval: float,
         memory_age: float,
-        max_interval: float = 600.0,
+        max_interval: float,
     ) -> None:
         self._dirty = dirty
         self._store = store
