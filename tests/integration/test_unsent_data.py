@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,3 +257,24 @@ def test_failed_close_is_kept_through_unmount_and_stored_later(
     eventually(lambda: path_b.read_bytes() == data, 40)
     assert "is stored" in mount_a.log()
     assert leftovers(mount_a, "alice") == []
+
+
+def test_daemon_killed_during_a_store_stores_the_whole_file_after_restart(
+    cell: Cell, volume: str, mount_a: Mount, other: Mount
+) -> None:
+    """The fileserver may hold part of the store when the daemon dies: that version is the
+    daemon's own doing (its data version and the modification time it sent), so the next
+    run stores the whole file over it, and sets nothing aside."""
+    where = new_dir(mount_a, volume, "alice")
+    data = secrets.token_bytes(48 << 20)  # over a second at rxkad crypt
+    writer = hold_open(mount_a, in_volume(mount_a, volume, where, "f"), data, "alice")
+    assert writer.stdin is not None
+    writer.stdin.close()  # the program closes: the store starts
+    time.sleep(0.3)
+    crash(mount_a)
+    writer.wait(timeout=30)
+    restart(cell, mount_a)
+    seen = in_volume(other, volume, where, "f")
+    eventually(lambda: seen.read_bytes() == data, 60)
+    assert "is stored" in mount_a.log()  # by the run after the crash
+    assert leftovers(mount_a, None) == []
