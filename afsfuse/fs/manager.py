@@ -914,8 +914,10 @@ class CacheManager:
         keep = max(0, min(want, dirty.zero_from - start))
         clean = b""
         if keep:
-            assert vnode.status is not None
-            version = vnode.status.data_version
+            # The version the writes went over, even if another client has stored since:
+            # from memory or the disk cache, else _DataVersionChanged (the server has only
+            # the newer one), never a mix of the two.
+            version = dirty.base_version
             clean = await self._chunk(fid, vnode, token, version, index, True)
         return clean[:keep].ljust(want, b"\0")
 
@@ -1023,7 +1025,7 @@ class CacheManager:
                 continue
             assert vnode.status is not None
             trusted = vnode.allows(token, PRSFS_READ, trio.current_time())
-            version = vnode.status.data_version
+            version = dirty.base_version  # as in _dirty_chunk: one version under the writes
             bases[index] = await self._chunk(fid, vnode, token, version, index, trusted)
         return bases
 

@@ -10,6 +10,7 @@ restore, and nobody's data is written over.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -278,3 +279,90 @@ def test_daemon_killed_during_a_store_stores_the_whole_file_after_restart(
     eventually(lambda: seen.read_bytes() == data, 60)
     assert "is stored" in mount_a.log()  # by the run after the crash
     assert leftovers(mount_a, None) == []
+
+
+def test_a_close_over_another_clients_newer_data_fails_and_sets_its_data_aside(
+    volume: str, mount_a: Mount, other: Mount
+) -> None:
+    """Two programs on two clients write one file; the second to close does not clobber the
+    first: its close fails with EIO and its data becomes a leftover."""
+    where = new_dir(mount_a, volume, "alice")
+    path_a, path_b = in_volume(mount_a, volume, where, "f"), in_volume(other, volume, where, "f")
+    ok(feed(mount_a, path_a, b"old-content\n"))
+    script = textwrap.dedent(
+        """
+        import sys
+        f = open(sys.argv[1], "r+b")
+        f.write(b"A-DATA")
+        f.flush()
+        print("written", flush=True)
+        sys.stdin.readline()
+        try:
+            f.close()
+        except OSError as e:
+            print("failed", e.errno, flush=True)
+        else:
+            print("closed", flush=True)
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", **mount_a.user_env["alice"]}
+    argv = [*as_user(mount_a.local["alice"]), "python3", "-c", script, str(path_a)]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == b"written\n"
+        eventually(
+            lambda: ok(run(other, "cat", str(path_b), user="alice")).stdout == b"old-content\n"
+        )
+        ok(feed(other, path_b, b"NEW-FROM-B"))
+        child.stdin.write(b"close\n")
+        child.stdin.flush()
+        assert child.stdout.readline().split() == [b"failed", str(errno.EIO).encode()]
+    finally:
+        child.kill()
+        child.wait()
+    assert ok(run(other, "cat", str(path_b), user="alice")).stdout == b"NEW-FROM-B"
+    assert ok(run(mount_a, "cat", str(path_a), user="alice")).stdout == b"NEW-FROM-B"
+    kept = leftovers(mount_a, "alice")
+    assert len(kept) == 1 and kept[0]["reason"] == "another client changed the file"
+    mine = in_volume(mount_a, volume, where, "mine")
+    ok(mount_a.ctl("alice", "leftovers", "restore", kept[0]["id"], str(mine)))
+    assert ok(run(mount_a, "cat", str(mine), user="alice")).stdout == b"A-DATAntent\n"
+
+
+def test_unsent_writes_are_read_with_the_version_they_were_written_over(
+    volume: str, mount_a: Mount, other: Mount
+) -> None:
+    """While a file has unsent writes here, its other bytes are those of the version they
+    were written over, never another client's newer version mixed in."""
+    where = new_dir(mount_a, volume, "alice")
+    path_a, path_b = in_volume(mount_a, volume, where, "f"), in_volume(other, volume, where, "f")
+    ok(feed(mount_a, path_a, b"o" * (2 << 20)))
+    script = textwrap.dedent(
+        """
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_RDWR)
+        os.pwrite(fd, b"A", 0)
+        print("written", flush=True)
+        sys.stdin.readline()
+        try:
+            tail = os.pread(fd, 4, 1 << 20)
+        except OSError as e:
+            tail = str(e.errno).encode()
+        print(tail.decode(), flush=True)
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", **mount_a.user_env["alice"]}
+    argv = [*as_user(mount_a.local["alice"]), "python3", "-c", script, str(path_a)]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == b"written\n"
+        ok(feed(other, path_b, b"B" * (2 << 20)))
+        time.sleep(1)  # the callback break reaches mount A
+        child.stdin.write(b"read\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == b"oooo\n"
+    finally:
+        child.kill()
+        child.wait()
