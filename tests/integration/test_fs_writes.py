@@ -130,8 +130,9 @@ async def test_write_on_close_with_read_your_writes(
         assert await r.read(fid, 0, len(model) + 1, ALICE) == model
         assert await w.read(fid, 0, len(model), ALICE) == model
 
-        # Dirty data survives another client's store (and its callback break); the last
-        # store wins, as with AFS.
+        # Dirty data survives another client's store (and its callback break), and is read
+        # over the version it was written over; but it is never stored over the other
+        # client's newer data: the store fails and the data is set aside.
         await w.write(fid, 0, b"from w", ALICE)
         broken = trio.Event()
         w.on_invalidate(lambda f: broken.set() if f == fid else None)
@@ -140,10 +141,15 @@ async def test_write_on_close_with_read_your_writes(
         with trio.fail_after(10):
             await broken.wait()
         assert await w.read(fid, 0, 6, ALICE) == b"from w"
-        await w.store_data(fid, ALICE)
-        model[:6] = b"from w"
-        assert await r.read(fid, 0, len(model), ALICE) == model
-        assert (await r.getattr(fid, ALICE)).mtime == (await w.getattr(fid, ALICE)).mtime
+        with pytest.raises(FsError) as refused:
+            await w.store_data(fid, ALICE)
+        assert refused.value.errno == errno.EIO
+        [leftover] = w.store.leftovers.list()
+        assert (leftover.fid, leftover.size) == (fid, len(model))
+        theirs = bytearray(model)
+        theirs[:6] = b"from r"
+        assert await r.read(fid, 0, len(model), ALICE) == theirs
+        assert await w.read(fid, 0, len(model), ALICE) == theirs
 
 
 async def test_sparse_file_beyond_4_gb(cell: Cell, token_db: TokenStore, tmp_path: Path) -> None:
