@@ -66,7 +66,8 @@ class MountConfig:
     #: Seconds of silence after which a fileserver or VL call is given up and the server
     #: marked down, so rotation moves on to another site.
     dead_time: float = 12.0
-    #: Bound on one fileserver operation over every site; past it, ETIMEDOUT.
+    #: How long a request waits for fileservers (every site, read-ahead it needs included),
+    #: counted from its start or from their last answer to it; past it, ETIMEDOUT.
     server_timeout: float = 120.0
     #: Seconds between tries to store data whose store failed (doubling while it fails).
     store_retry: float = 30.0

@@ -29,6 +29,7 @@ import trio
 from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
 from afsfuse.cache.dirty import DirtyFile
 from afsfuse.cache.store import CacheStore, CleanItem
+from afsfuse.fs import deadline
 from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl import Acl
 from afsfuse.fs.callback import Break, CallbackRegistry, Fid
@@ -94,7 +95,8 @@ class ManagerConfig:
     dead_time: float = 12.0
     probe_timeout: float = 3.0
     probe_interval: float = 30.0
-    #: Bound on one RPC's rotation over every site: past it, ETIMEDOUT.
+    #: How long a request waits for fileservers, from its start or their last answer to it
+    #: (fs/deadline.py); a rotation outside a request gets as long.  Past it, ETIMEDOUT.
     rotation_timeout: float = 120.0
     busy_wait: float = 5.0
     max_busy_waits: int = 12
@@ -137,12 +139,14 @@ class _DataVersionChanged(Exception):
 
 
 def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Public API methods raise FsError only; anything else is a bug, logged, and EIO."""
+    """Public API methods raise FsError only; anything else is a bug, logged, and EIO.
+    Each call is a request: its waits on fileservers share one deadline (fs/deadline.py)."""
 
     @functools.wraps(method)
     async def guarded(self: CacheManager, *args: Any, **kwargs: Any) -> T:
         try:
-            return await method(self, *args, **kwargs)
+            with deadline.request(self.config.rotation_timeout):
+                return await method(self, *args, **kwargs)
         except FsError:
             raise
         except RxAbort as e:
@@ -681,7 +685,7 @@ class CacheManager:
         if trusted:
             data = self._memory.get(key)
             if data is None and (waiting := self._inflight.get(key)) is not None:
-                await waiting.wait()
+                await deadline.wait_for(waiting, self.config.rotation_timeout, "read-ahead")
                 data = self._memory.get(key)
             if data is None:
                 data = await self.cache.get_chunk(fid, version, index)

@@ -17,7 +17,8 @@ site for an RW one).  Then, per afs-protocol-facts.md 3.4:
 
 Servers marked down are skipped; when no site is left, each down site is probed once (a
 short GetTime) before giving up.  Giving up is ETIMEDOUT when a server failed to answer,
-ENODEV when every site refused the volume.  The whole rotation is bounded by `timeout`.
+ENODEV when every site refused the volume.  The whole rotation is bounded by `timeout`,
+and inside a request by the request's deadline (fs/deadline.py), which each answer renews.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TypeVar
 
 import trio
 
+from afsfuse.fs import deadline
 from afsfuse.fs.errors import (
     FsError,
     fs_error,
@@ -72,17 +74,24 @@ class Rotator:
     async def call(
         self, cell: str, volume: int, token: Token | None, name: str, op: Operation[T]
     ) -> T:
-        """Run `op(connection, server)` against a site of `volume` until one answers.
+        """Run `op(connection, server)` against a site of `volume` until one answers, or
+        ETIMEDOUT at the request's deadline (`timeout` from now outside a request).
 
         `name` ("FS.FetchStatus") is for counters and messages.  Raises FsError only.
         """
-        result: list[T] = []
-        with trio.move_on_after(self.config.timeout) as scope:
-            result.append(await self._rotate(cell, volume, token, name, op))
-        if scope.cancelled_caught and not result:
-            self.stats.rpc_errors[name] += 1
-            raise FsError(errno.ETIMEDOUT, f"{name} on volume {volume}: no answer in time")
-        return result[0]
+        request = deadline.current()
+        with trio.move_on_at(deadline.wait_until(self.config.timeout)):
+            try:
+                result = await self._rotate(cell, volume, token, name, op)
+            except FsError as e:
+                if request is not None and e.errno != errno.ETIMEDOUT:
+                    request.answered()  # a refusal is an answer too
+                raise
+            if request is not None:
+                request.answered()
+            return result
+        self.stats.rpc_errors[name] += 1
+        raise FsError(errno.ETIMEDOUT, f"{name} on volume {volume}: no answer in time")
 
     async def _rotate(
         self, cell: str, volume: int, token: Token | None, name: str, op: Operation[T]

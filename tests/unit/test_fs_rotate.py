@@ -7,6 +7,7 @@ import errno
 import pytest
 import trio
 
+from afsfuse.fs import deadline
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
@@ -231,3 +232,78 @@ async def test_unknown_volume_is_enoent() -> None:
     with pytest.raises(FsError) as caught:
         await r.call("c", RO, None, "FS.X", op)
     assert caught.value.errno == errno.ENOENT
+
+
+# ----- one deadline per request -------------------------------------------------------------
+
+
+async def hang(conn: FileServer, server: FileServer) -> None:
+    await trio.sleep_forever()
+
+
+async def test_a_request_waits_for_silent_servers_once_not_per_rotation(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+    start = trio.current_time()
+    with deadline.request(7.0):
+        for _ in range(3):
+            with pytest.raises(FsError) as caught:
+                await r.call("c", RO, None, "FS.X", hang)
+            assert caught.value.errno == errno.ETIMEDOUT
+    assert trio.current_time() - start == pytest.approx(7.0)
+
+
+async def test_each_answer_gives_the_request_the_whole_timeout_again(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+
+    async def slow(conn: FileServer, server: FileServer) -> str:
+        await trio.sleep(5.0)
+        return "slow"
+
+    async def refused(conn: FileServer, server: FileServer) -> None:
+        await trio.sleep(5.0)
+        raise RxAbort(fsint.VNOVNODE)
+
+    start = trio.current_time()
+    with deadline.request(7.0):
+        assert await r.call("c", RO, None, "FS.X", slow) == "slow"
+        with pytest.raises(FsError):
+            await r.call("c", RO, None, "FS.X", refused)
+        with pytest.raises(FsError):
+            await r.call("c", RO, None, "FS.X", hang)
+    assert trio.current_time() - start == pytest.approx(17.0)
+
+
+async def test_waiting_for_another_tasks_fetch_counts_against_the_request(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+    never = trio.Event()
+    start = trio.current_time()
+    with deadline.request(7.0):
+        with pytest.raises(FsError) as caught:
+            await deadline.wait_for(never, 7.0, "read-ahead")
+        assert caught.value.errno == errno.ETIMEDOUT
+        with pytest.raises(FsError):
+            await r.call("c", RO, None, "FS.X", hang)
+    assert trio.current_time() - start == pytest.approx(7.0)
+    # Outside a request, a wait gets the timeout from when it starts.
+    with pytest.raises(FsError):
+        await deadline.wait_for(never, 3.0, "read-ahead")
+    assert trio.current_time() - start == pytest.approx(10.0)
+
+
+async def test_tasks_started_by_a_request_have_deadlines_of_their_own(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+    ended: list[float] = []
+    start = trio.current_time()
+
+    async def background() -> None:
+        assert deadline.current() is None
+        await trio.sleep(5.0)
+        with pytest.raises(FsError):
+            await r.call("c", RO, None, "FS.X", hang)
+        ended.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        with deadline.request(7.0):
+            nursery.start_soon(background)
+            await trio.sleep(1.0)
+    assert ended == [pytest.approx(start + 12.0)]

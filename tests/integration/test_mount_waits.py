@@ -1,0 +1,172 @@
+"""How long a real afsfuse mount makes programs wait when its fileserver stops answering.
+
+The fileserver process is frozen with SIGSTOP (it neither answers nor refuses: the worst
+case for a client), always thawed again in a `finally`.  Every read(2) must end within
+`--server-timeout` plus a generous margin, with data or with ETIMEDOUT/EIO, and reads work
+again once the fileserver is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from mounting import Mount, acl, afs_mount
+from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
+from test_fs_manager import ADMIN, admin, afs, make_file, manager
+
+from afsfuse.keyring import Token
+from afsfuse.keyring.store import TokenStore
+from afsfuse.rx.interfaces.fs import FS
+from afsfuse.testing.cell import Cell
+
+pytestmark = pytest.mark.cell
+
+SERVER_TIMEOUT = 3.0
+#: What a read may take beyond the server timeout: scheduling on a busy 2-core machine, and
+#: one more FUSE request the kernel may send after a failed read-ahead before it gives up.
+MARGIN = SERVER_TIMEOUT + 2.0
+FILE_SIZE = 48 << 20
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Data:
+    volume: str
+    content: bytes
+
+
+async def _populate(cell: Cell, cache: Path, token: Token, volume: str, content: bytes) -> None:
+    store = TokenStore()
+    store.set(ADMIN, token)
+    async with manager(cell, cache, store) as m:
+        root = await m.volume_root(cell.name, volume, "rw", ADMIN)
+        await admin(m, root, FS.OldStoreACL, afs(root), acl("system:anyuser 9"))
+        await make_file(m, root, "data.bin", content)
+
+
+@pytest.fixture(scope="module")
+def data(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPathFactory) -> Data:
+    volume = f"waits.{secrets.token_hex(3)}"
+    cell.exec("vos", "create", cell.servers[0].addr, "a", volume, "-maxquota", "0", "-localauth")
+    content = hashlib.shake_256(secrets.token_bytes(16)).digest(FILE_SIZE)
+    trio.run(
+        _populate, cell, tmp_path_factory.mktemp("waits-prepare"), tokens["admin"], volume, content
+    )
+    return Data(volume, content)
+
+
+@pytest.fixture(scope="module")
+def mounted(
+    cell: Cell,
+    data: Data,
+    users: dict[str, User],  # noqa: F811
+    user_python: UserPython,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Mount]:
+    cache = tmp_path_factory.mktemp("waits-cache")
+    extra = ("--server-timeout", str(SERVER_TIMEOUT))
+    with afs_mount(cell, users, user_python, cache, extra_args=extra) as mount:
+        yield mount
+
+
+def fileserver_pid(cell: Cell) -> int:
+    """The pid of the cell's (first) fileserver process, found in its network namespace."""
+    pids = subprocess.run(
+        ["ip", "netns", "pids", cell.servers[0].netns], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("fileserver", "dafileserver"):
+                return int(pid)
+    raise AssertionError(f"no fileserver among {pids}")
+
+
+@contextlib.contextmanager
+def frozen(cell: Cell) -> Iterator[None]:
+    """The fileserver stopped with SIGSTOP: packets reach it, nothing comes back."""
+    pid = fileserver_pid(cell)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+#: Reads 1 MiB at a time: one read before "go", then up to `reads` timed reads (stopping at
+#: the third error), each reported as [seconds, bytes or -errno].
+READER = r"""
+import json, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.read(fd, 1 << 20)
+print("ready", flush=True)
+sys.stdin.readline()
+errors = 0
+for _ in range(int(sys.argv[2])):
+    started = time.monotonic()
+    try:
+        result = len(os.read(fd, 1 << 20))
+    except OSError as e:
+        result = -e.errno
+        errors += 1
+    print(json.dumps([time.monotonic() - started, result]), flush=True)
+    if errors == 3:
+        break
+print("done", flush=True)
+"""
+
+
+def _line(child: subprocess.Popen, seconds: float) -> bytes:
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], seconds)
+    assert ready, f"the reader said nothing for {seconds:.0f} s"
+    return child.stdout.readline()
+
+
+def test_reads_end_within_the_server_timeout_while_the_fileserver_is_frozen(
+    cell: Cell, data: Data, mounted: Mount
+) -> None:
+    path = mounted.path / ".:mount" / f"{mounted.cell}:{data.volume}" / "data.bin"
+    reads = 40
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(READER), str(path), str(reads)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdin is not None
+    timings: list[tuple[float, int]] = []
+    try:
+        assert _line(child, 60) == b"ready\n"
+        with frozen(cell):
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+            while (line := _line(child, SERVER_TIMEOUT + MARGIN + 5)) != b"done\n":
+                seconds, result = json.loads(line)
+                timings.append((seconds, result))
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.wait()
+    print("reads while frozen (seconds, bytes or -errno):", timings)
+    failed = [result for _, result in timings if result < 0]
+    assert failed, "no read reached the frozen fileserver"
+    assert set(failed) <= {-errno.ETIMEDOUT, -errno.EIO}, timings
+    assert all(result in (MiB, *failed) for _, result in timings), timings
+    slowest = max(seconds for seconds, _ in timings)
+    assert slowest < SERVER_TIMEOUT + MARGIN, timings
+    # Thawed, the whole file reads back right.
+    done = mounted.run("sha256sum", str(path), timeout=60)
+    assert done.stdout.split()[0].decode() == hashlib.sha256(data.content).hexdigest()
