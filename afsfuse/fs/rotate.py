@@ -10,7 +10,8 @@ site for an RW one).  Then, per afs-protocol-facts.md 3.4:
   most `max_missing_rounds` times: a volume is briefly offline or not yet attached while
   `vos create`, `vos release` or a fileserver restart is under way (OpenAFS retries such a
   site several times before it counts as offline);
-- the server did not answer (RX_CALL_DEAD): mark it down and try the next site;
+- the server did not answer (RX_CALL_DEAD), or a call cut off at the deadline had heard
+  nothing from it for as long as a probe waits: mark it down and try the next site;
   RX_CALL_TIMEOUT / VNOSERVICE: skip that server for this request only;
 - VICETOKENDEAD: drop the connection and retry once on a new one;
 - anything else is the answer: the errno from fs/errors.py.
@@ -121,8 +122,12 @@ class Rotator:
                 break
             conn = self.servers.connection(server, token)
             self.stats.count_rpc(name)
+            started = trio.current_time()
             try:
                 return await op(conn, server)
+            except trio.Cancelled:
+                self._check_silence(server, conn, started)
+                raise
             except RxAbort as e:
                 code = e.code
                 self.stats.rpc_errors[name] += 1
@@ -167,6 +172,15 @@ class Rotator:
                 errno.ETIMEDOUT, f"{name} on volume {volume}: no fileserver answered ({last_error})"
             )
         raise FsError(errno.ENODEV, f"{name} on volume {volume}: no site has it ({last_error})")
+
+    def _check_silence(self, server: FileServer, conn: Connection, started: float) -> None:
+        """A call cut off (at the deadline, mostly) after its server had said nothing for as
+        long as a probe waits: that server is down.  With a dead time longer than the
+        timeout, RX_CALL_DEAD never comes, and every later request would wait the whole
+        timeout for the same silent server."""
+        quiet = trio.current_time() - max(started, conn.last_heard)
+        if quiet >= min(self.servers.config.probe_timeout, self.config.timeout / 2):
+            self.servers.mark_silent(server, quiet)
 
     async def _locate(self, cell: str, volume: int, *, fresh: bool = False):
         if fresh:

@@ -125,6 +125,13 @@ class ServerTable:
             conn.close()
         server._conns.clear()
 
+    def mark_silent(self, server: FileServer, waited: float) -> None:
+        """A call waited `waited` seconds and heard nothing: the server is down, as a failed
+        probe would have found it, so requests in the next probe_min_gap fail at once
+        instead of each waiting for it again."""
+        self.mark_down(server, f"nothing heard from it in {waited:.1f} s")
+        server.last_probe = trio.current_time()
+
     def mark_up(self, server: FileServer) -> None:
         if not server.up:
             log.warning("fileserver %s is back", server.addr)

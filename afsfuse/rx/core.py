@@ -72,10 +72,12 @@ Event = IncomingCall | CallChanged
 class Peer:
     """What we know about one remote host:port: round-trip time and packet size."""
 
-    __slots__ = ("addr", "max_packet", "rto", "rttvar", "srtt", "stall_wait")
+    __slots__ = ("addr", "heard", "max_packet", "rto", "rttvar", "srtt", "stall_wait")
 
     def __init__(self, addr: Address) -> None:
         self.addr = addr
+        #: When a packet from this address last arrived on one of our connections.
+        self.heard = float("-inf")
         self.srtt = 0.0  # 0 until the first sample
         self.rttvar = 0.0
         self.rto = INITIAL_RTO
@@ -423,7 +425,7 @@ class RxCore:
                 conn = None
         if conn is None:
             return
-        conn.last_activity = now
+        conn.last_activity = conn.peer.heard = now
         if call_number == 0:
             self._connection_packet(conn, ptype, bytes(data), now)
             return

@@ -247,6 +247,11 @@ class Connection:
         return self._core.service_id
 
     @property
+    def last_heard(self) -> float:
+        """When the peer last sent us anything, on this connection or another."""
+        return self._core.peer.heard
+
+    @property
     def failed(self) -> bool:
         """The whole connection ended in error: new calls on it fail at once."""
         return self._core.error is not None

@@ -27,21 +27,36 @@ def location(*ro_servers: str, rw_server: str = "10.0.0.9") -> VolumeLocation:
     return VolumeLocation("vol", (RW, RO, 0), 0, (rw, ro, rw))
 
 
+class FakeConnection:
+    def __init__(self, server: FileServer, table: FakeServers) -> None:
+        self.server = server
+        self.table = table
+
+    @property
+    def last_heard(self) -> float:
+        return self.table.heard.get(self.server.addr, float("-inf"))
+
+
 class FakeServers(ServerTable):
-    """Connections are just the server; probes answer from `alive`."""
+    """Connections know only when their server was last heard from (`heard`); probes
+    answer from `alive`, at most one per probe_min_gap as the real ones."""
 
     def __init__(self, alive: set[str]) -> None:
         super().__init__(endpoint=None, config=ServerConfig())  # type: ignore[arg-type]
         self.alive = alive
         self.discarded: list[str] = []
+        self.heard: dict[str, float] = {}
 
     def connection(self, server: FileServer, token):  # type: ignore[override]
-        return server
+        return FakeConnection(server, self)
 
     def discard(self, server: FileServer, conn) -> None:  # type: ignore[override]
         self.discarded.append(server.addr)
 
     async def probe(self, server: FileServer) -> bool:
+        if trio.current_time() - server.last_probe < self.config.probe_min_gap:
+            return server.up
+        server.last_probe = trio.current_time()
         server.probes += 1
         if server.addr in self.alive:
             self.mark_up(server)
@@ -69,7 +84,7 @@ def scripted(outcomes: dict[str, list]):
     """An operation whose outcome per server address is taken from a list, in order."""
     calls: list[str] = []
 
-    async def op(conn: FileServer, server: FileServer):
+    async def op(conn: FakeConnection, server: FileServer):
         calls.append(server.addr)
         outcome = outcomes[server.addr].pop(0)
         if isinstance(outcome, BaseException):
@@ -237,7 +252,7 @@ async def test_unknown_volume_is_enoent() -> None:
 # ----- one deadline per request -------------------------------------------------------------
 
 
-async def hang(conn: FileServer, server: FileServer) -> None:
+async def hang(conn: FakeConnection, server: FileServer) -> None:
     await trio.sleep_forever()
 
 
@@ -255,11 +270,11 @@ async def test_a_request_waits_for_silent_servers_once_not_per_rotation(autojump
 async def test_each_answer_gives_the_request_the_whole_timeout_again(autojump_clock) -> None:
     r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
 
-    async def slow(conn: FileServer, server: FileServer) -> str:
+    async def slow(conn: FakeConnection, server: FileServer) -> str:
         await trio.sleep(5.0)
         return "slow"
 
-    async def refused(conn: FileServer, server: FileServer) -> None:
+    async def refused(conn: FakeConnection, server: FileServer) -> None:
         await trio.sleep(5.0)
         raise RxAbort(fsint.VNOVNODE)
 
@@ -307,3 +322,60 @@ async def test_tasks_started_by_a_request_have_deadlines_of_their_own(autojump_c
             nursery.start_soon(background)
             await trio.sleep(1.0)
     assert ended == [pytest.approx(start + 12.0)]
+
+
+# ----- a server silent for a whole wait is down ---------------------------------------------
+
+
+async def test_a_silent_server_is_down_and_the_next_request_fails_at_once(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+    with pytest.raises(FsError):
+        await r.call("c", RO, None, "FS.X", hang)
+    server = r.servers.get("10.0.0.1")
+    assert not server.up and server.probes == 0
+    start = trio.current_time()
+    with deadline.request(7.0), pytest.raises(FsError) as caught:
+        await r.call("c", RO, None, "FS.X", hang)
+    assert caught.value.errno == errno.ETIMEDOUT
+    assert trio.current_time() == start
+    # Once the probe gap has passed, the server is probed again.
+    await trio.sleep(r.servers.config.probe_min_gap)
+    r.servers.alive.add("10.0.0.1")
+    op, _ = scripted({"10.0.0.1": ["back"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "back"
+    assert server.up and server.probes == 1
+
+
+async def test_a_server_heard_from_while_waiting_is_not_marked_down(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+
+    async def pinged(conn: FakeConnection, server: FileServer) -> None:
+        while True:  # a busy server answers our keepalive pings
+            await trio.sleep(2.0)
+            r.servers.heard[server.addr] = trio.current_time()
+
+    with pytest.raises(FsError):
+        await r.call("c", RO, None, "FS.X", pinged)
+    assert r.servers.get("10.0.0.1").up
+
+
+async def test_a_server_that_went_quiet_during_the_call_is_down(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+
+    async def frozen_later(conn: FakeConnection, server: FileServer) -> None:
+        await trio.sleep(1.0)
+        r.servers.heard[server.addr] = trio.current_time()
+        await trio.sleep_forever()
+
+    with pytest.raises(FsError):
+        await r.call("c", RO, None, "FS.X", frozen_later)
+    assert not r.servers.get("10.0.0.1").up
+
+
+async def test_a_wait_too_short_to_judge_marks_nothing(autojump_clock) -> None:
+    r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
+    with deadline.request(7.0):
+        await trio.sleep(6.0)
+        with pytest.raises(FsError):
+            await r.call("c", RO, None, "FS.X", hang)
+    assert r.servers.get("10.0.0.1").up

@@ -313,6 +313,22 @@ def test_ping_is_answered_at_once_with_ping_response() -> None:
     assert not packets[0][0].flags & P.REQUEST_ACK
 
 
+def test_a_peer_is_heard_from_by_any_packet_on_our_connections_and_only_those() -> None:
+    core, call = client_call()
+    call.write(b"req", 0.0)
+    call.close_send(0.0)
+    sent(core, 0.0)
+    peer = call.conn.peer
+    assert peer.heard == float("-inf")
+    core.receive_datagram(server_packet(call, P.ACK, 0, 5, ack_body(1)), SERVER, 0.5)
+    assert peer.heard == 0.5
+    # A packet naming no connection of ours (or from elsewhere) says nothing of the peer.
+    stray = server_packet(call, P.ACK, 0, 6, ack_body(1))
+    core.receive_datagram(stray[:4] + b"\0\0\0\0" + stray[8:], SERVER, 0.9)
+    core.receive_datagram(server_packet(call, P.ACK, 0, 7, ack_body(1)), ("10.0.0.1", 7999), 0.9)
+    assert peer.heard == 0.5
+
+
 # ----- sending: windows, slow start, recovery, retransmission --------------------------------
 
 
