@@ -7,10 +7,12 @@ calls handle_timer() at next_deadline(), and acts on pop_events().
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import packet as P
 from .call import MAX_PACKET, MIN_PACKET, STALL_PROBE_MAX, STALL_PROBE_MIN, Call, CallState
@@ -24,6 +26,7 @@ from .security import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Hot-path names bound once.
 _unpack_header = P.HEADER.unpack_from
@@ -50,6 +53,18 @@ IDLE_CONNECTION_TIME = 700.0
 HOUSEKEEPING_INTERVAL = 60.0
 DEFAULT_DEAD_TIME = 12.0
 VERSION_STRING = " afsfuse Rx (Python)"
+#: rxdebug requests answered per second, and at once: rxdebug sends one per entry it lists.
+DEBUG_RATE = 100.0
+DEBUG_BURST = 600
+#: Entries a listing shows at most, so that one request costs little however many there are.
+DEBUG_MAX_ENTRIES = 256
+#: Our call states as rxdebug names them: state, mode.
+_DEBUG_CALL_STATES = {
+    CallState.PRECALL: (P.RX_STATE_PRECALL, 0),
+    CallState.HOLD: (P.RX_STATE_HOLD, P.RX_MODE_SENDING),
+    CallState.DALLY: (P.RX_STATE_DALLY, P.RX_MODE_EOF),
+    CallState.ERROR: (P.RX_STATE_DALLY, P.RX_MODE_ERROR),
+}
 
 
 @dataclass(slots=True, frozen=True)
@@ -255,6 +270,8 @@ class RxCore:
         self.packets_received = 0
         self.packets_sent = 0
         self.packets_dropped = 0
+        self._debug_allowance = float(DEBUG_BURST)
+        self._debug_at = float("-inf")
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -409,7 +426,7 @@ class RxCore:
                 return
         elif ptype in (P.VERSION, P.DEBUG):
             if flags & CLIENT_INITIATED:
-                self._answer_debug(bytes(data), addr)
+                self._answer_debug(data, addr, now)
             return
         if flags & CLIENT_INITIATED:
             conn = self._server_connection(
@@ -618,22 +635,94 @@ class RxCore:
             if call.state == CallState.PRECALL:
                 self._dispatch(call)
 
-    def _answer_debug(self, data: bytes, addr: Address) -> None:
+    def _answer_debug(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        """rxdebug's requests, each answered as OpenAFS does (listings page by index and end
+        with the entry rxdebug stops at), at most DEBUG_RATE a second: they cost the same
+        whoever sends them, and anyone may."""
+        self._debug_allowance = min(
+            DEBUG_BURST, self._debug_allowance + max(0.0, now - self._debug_at) * DEBUG_RATE
+        )
+        self._debug_at = now
+        if self._debug_allowance < 1:
+            self.packets_dropped += 1
+            return
+        self._debug_allowance -= 1
         header = P.decode_header(data)
-        body = data[P.HEADER_SIZE :]
         if header.type == P.VERSION:
             reply = P.encode_version_body(self.version_string)
         else:
-            debug_type, _index = P.decode_debug_request(body)
+            debug_type, index = P.decode_debug_request(data[P.HEADER_SIZE :])
             if debug_type == P.DEBUG_GETSTATS:
                 reply = P.encode_debug_stats(self.calls_executed, self.packets_received)
+            elif debug_type in (P.DEBUG_GETCONN, P.DEBUG_GETALLCONN):
+                conn = _nth(self._debug_conns(debug_type == P.DEBUG_GETALLCONN), index)
+                reply = P.DEBUG_CONN_END if conn is None else _debug_conn(conn).encode()
+            elif debug_type == P.DEBUG_GETPEER:
+                peer = _nth(itertools.islice(self._peers.values(), DEBUG_MAX_ENTRIES), index)
+                reply = P.DEBUG_PEER_END if peer is None else _debug_peer(peer).encode()
+            elif debug_type == P.DEBUG_RXSTATS:
+                reply = P.encode_rx_stats(
+                    bogus_reads=self.packets_dropped,
+                    server_conns=len(self._server_conns),
+                    client_conns=len(self._client_conns),
+                    peers=len(self._peers),
+                    calls=len(self._live),
+                )
             else:
                 reply = P.encode_debug_bad_type()
         reply_header = header._replace(flags=header.flags & ~P.CLIENT_INITIATED)
         self._out.append((reply_header.encode() + reply, addr))
+
+    def _debug_conns(self, every: bool) -> Iterator[Connection]:
+        """The first DEBUG_MAX_ENTRIES connections, in a stable order; without `every`, only
+        those of them with a call under way (OpenAFS's "interesting" ones)."""
+        conns = itertools.islice(
+            itertools.chain(self._client_conns.values(), self._server_conns.values()),
+            DEBUG_MAX_ENTRIES,
+        )
+        if every:
+            return conns
+        return (c for c in conns if any(call is not None and call.live for call in c.calls))
 
     def _reap(self, now: float) -> None:
         for key, conn in list(self._server_conns.items()):
             busy = any(call is not None and call.live for call in conn.calls)
             if not busy and now - conn.last_activity > IDLE_CONNECTION_TIME:
                 del self._server_conns[key]
+
+
+def _nth(entries: Iterator[T], index: int) -> T | None:
+    """Entry `index` of a listing, or None past its end (a negative index counts as 0, as
+    in OpenAFS)."""
+    return next(itertools.islice(entries, max(index, 0), None), None)
+
+
+def _debug_conn(conn: Connection) -> P.DebugConn:
+    states = bytearray(4)
+    modes = bytearray(4)
+    for channel, call in enumerate(conn.calls):
+        if call is None:
+            continue
+        if call.state == CallState.ACTIVE:
+            sending = conn.is_client and not call.tx_closed
+            states[channel] = P.RX_STATE_ACTIVE
+            modes[channel] = P.RX_MODE_SENDING if sending else P.RX_MODE_RECEIVING
+        else:
+            states[channel], modes[channel] = _DEBUG_CALL_STATES[call.state]
+    return P.DebugConn(
+        conn.peer.addr,
+        conn.epoch,
+        conn.cid,
+        conn.serial,
+        tuple(conn.call_numbers),
+        conn.error or 0,
+        not conn.is_client,
+        conn.security_index,
+        bytes(states),
+        bytes(modes),
+        conn.peer.max_packet,
+    )
+
+
+def _debug_peer(peer: Peer) -> P.DebugPeer:
+    return P.DebugPeer(peer.addr, peer.srtt * 1000, peer.rttvar * 1000, peer.max_packet)

@@ -6,6 +6,7 @@ or raise PacketDecodeError, nothing else.
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -61,12 +62,38 @@ ACK_TRAILER = struct.Struct(">3xIIII")
 
 VERSION_BODY_SIZE = 65
 DEBUG_IN = struct.Struct(">ii")
+# rx_debugIn types.
 DEBUG_GETSTATS = 1
+DEBUG_GETCONN = 2
+DEBUG_GETALLCONN = 3
+DEBUG_RXSTATS = 4
+DEBUG_GETPEER = 5
 DEBUG_BAD_TYPE = -8
 # nFreePackets, packetReclaims, callsExecuted, waitingForPackets, usedFDs, version, spare,
 # nWaiting, idleThreads, nWaited, nPackets, then six spare words: 56 bytes.
 DEBUG_STATS = struct.Struct(">iiibbbbiiii6i")
 DEBUG_STATS_VERSION = ord("S")
+# rx_debugConn (176 bytes): host, cid, serial, callNumber[4], error, port, flags, type,
+# securityIndex, 3 spare, callState[4], callMode[4], callFlags[4], callOther[4]; secStats:
+# type, level, 10 spare, flags, expires, packets and bytes received and sent, 4 + 8 spares;
+# then epoch, natMTU, 9 spare words.  Host and port stay in network order, as rxdebug reads.
+DEBUG_CONN = struct.Struct(">4sIi4Ii2sBBB3x4s4s4s4sBB10xiIIIII8x32xII36x")
+# rx_debugPeer (132 bytes): host, port, ifMTU, idleWhen, refCount, burstSize, burst,
+# burstWait, rtt (ms << 3), rtt_dev (ms << 2), timeout, nSent, reSends, in/outPacketSkew,
+# rateFlag, natMTU, maxMTU, maxDgramPackets, ifDgramPackets, MTU, cwind, nDgramPackets,
+# congestSeq, bytesSent and bytesReceived (high, low), 10 spare words.
+DEBUG_PEER = struct.Struct(">4s2sHIhBB8xii8xIIiii8HIIII40x")
+# rx_statistics of OpenAFS 1.8: 71 counters.  The few this Rx keeps, by word index.
+RX_STATS_WORDS = 71
+RX_STATS = struct.Struct(f">{RX_STATS_WORDS}i")
+RX_STATS_BOGUS_READS = 5
+RX_STATS_CONNS_AND_PEERS = 56  # nServerConns, nClientConns, nPeerStructs, nCallStructs
+# rx_debugConn call states and modes, connection types and security object types.
+RX_STATE_NOTINIT, RX_STATE_PRECALL, RX_STATE_ACTIVE, RX_STATE_DALLY, RX_STATE_HOLD = range(5)
+RX_MODE_SENDING, RX_MODE_RECEIVING, RX_MODE_ERROR, RX_MODE_EOF = range(1, 5)
+RX_CLIENT_CONNECTION, RX_SERVER_CONNECTION = 0, 1
+RX_SECTYPE_UNK, RX_SECTYPE_NULL = 0, 1
+_END_OF_LIST = b"\xff" * 4
 
 
 class PacketDecodeError(ValueError):
@@ -263,3 +290,83 @@ def encode_debug_stats(calls_executed: int, n_packets: int, n_waiting: int = 0) 
 
 def encode_debug_bad_type() -> bytes:
     return DEBUG_IN.pack(DEBUG_BAD_TYPE, DEBUG_BAD_TYPE)
+
+
+class DebugConn(NamedTuple):
+    """What rxdebug shows of one connection."""
+
+    addr: tuple[str, int]
+    epoch: int
+    cid: int
+    serial: int
+    call_numbers: tuple[int, int, int, int]
+    error: int
+    server: bool
+    security_index: int
+    #: RX_STATE_* and RX_MODE_* of the four channels.
+    call_states: bytes
+    call_modes: bytes
+    mtu: int
+
+    def encode(self) -> bytes:
+        host, port = self.addr
+        return DEBUG_CONN.pack(
+            socket.inet_aton(host),
+            self.cid & 0xFFFFFFFF,
+            _int32(self.serial),
+            *(n & 0xFFFFFFFF for n in self.call_numbers),
+            _int32(self.error),
+            port.to_bytes(2, "big"),
+            0,
+            RX_SERVER_CONNECTION if self.server else RX_CLIENT_CONNECTION,
+            self.security_index,
+            self.call_states,
+            self.call_modes,
+            bytes(4),
+            bytes(4),
+            # No per-connection counters here: rxdebug says so for rxkad, shows rxnull's.
+            RX_SECTYPE_NULL if self.security_index == 0 else RX_SECTYPE_UNK,
+            *(0,) * 7,  # level, flags, expiry, packets and bytes received and sent
+            self.epoch & 0xFFFFFFFF,
+            self.mtu,
+        )
+
+
+class DebugPeer(NamedTuple):
+    """What rxdebug shows of one peer."""
+
+    addr: tuple[str, int]
+    rtt_ms: float
+    rtt_dev_ms: float
+    mtu: int
+
+    def encode(self) -> bytes:
+        host, port = self.addr
+        rtt = min(int(self.rtt_ms * 8), 0x7FFFFFFF)
+        dev = min(int(self.rtt_dev_ms * 4), 0x7FFFFFFF)
+        mtus = (self.mtu, self.mtu, 0, 0, self.mtu, 0, 0, 0)  # natMTU, maxMTU... MTU
+        return DEBUG_PEER.pack(
+            socket.inet_aton(host), port.to_bytes(2, "big"), self.mtu, 0, 0, 0, 0,
+            rtt, dev, 0, 0, 0, 0, 0, *mtus, 0, 0, 0, 0,
+        )  # fmt: skip
+
+
+#: The entry after the last: a connection with cid 0xffffffff, a peer at 255.255.255.255.
+DEBUG_CONN_END = bytes(4) + _END_OF_LIST + bytes(DEBUG_CONN.size - 8)
+DEBUG_PEER_END = _END_OF_LIST + bytes(DEBUG_PEER.size - 4)
+
+
+def encode_rx_stats(
+    *, bogus_reads: int, server_conns: int, client_conns: int, peers: int, calls: int
+) -> bytes:
+    """rx_statistics with the counters this Rx keeps; the others are zero."""
+    words = [0] * RX_STATS_WORDS
+    words[RX_STATS_BOGUS_READS] = _int32(bogus_reads)
+    at = RX_STATS_CONNS_AND_PEERS
+    words[at : at + 4] = [_int32(n) for n in (server_conns, client_conns, peers, calls)]
+    return RX_STATS.pack(*words)
+
+
+def _int32(n: int) -> int:
+    """A counter as a C int32 holds it: wrapped."""
+    return (n + 0x80000000) % 0x100000000 - 0x80000000

@@ -24,7 +24,7 @@ from afsfuse.rx.call import (
     Call,
     CallState,
 )
-from afsfuse.rx.core import IncomingCall, RxCore
+from afsfuse.rx.core import DEBUG_BURST, DEBUG_RATE, IncomingCall, RxCore
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from afsfuse.rx.security import (
     RXNULL,
@@ -699,6 +699,63 @@ def test_version_and_debug_requests_are_answered() -> None:
     # Without CLIENT_INITIATED (a NAT ping) nothing is answered.
     core.receive_datagram(request._replace(flags=P.LAST_PACKET).encode() + b"\0", CLIENT, 0.0)
     assert sent(core, 0.0) == []
+
+
+DEBUG_REQUEST = P.Header(999, 0, 101, 0, 0, P.DEBUG, P.CLIENT_INITIATED | P.LAST_PACKET, 0, 0, 0, 0)
+
+
+def debug(core: RxCore, kind: int, index: int = 0, now: float = 0.0) -> bytes:
+    """The body of the core's reply to one rxdebug request."""
+    core.receive_datagram(DEBUG_REQUEST.encode() + struct.pack(">ii", kind, index), CLIENT, now)
+    ((header, body),) = sent(core, now)
+    assert header.type == P.DEBUG and header.call_number == 101
+    return body
+
+
+def listing(core: RxCore, kind: int) -> list[bytes]:
+    """Entries by index, as rxdebug asks for them, up to the end marker."""
+    end = P.DEBUG_PEER_END if kind == P.DEBUG_GETPEER else P.DEBUG_CONN_END
+    entries = []
+    for index in range(10):
+        body = debug(core, kind, index)
+        if body == end:
+            return entries
+        entries.append(body)
+    raise AssertionError(f"no end of the list after {entries}")
+
+
+def test_rxdebug_lists_connections_and_peers_and_ends_each_list() -> None:
+    core, call = client_call()
+    idle = core.connect(("10.0.0.3", 7000), SERVICE, RXNULL)
+    # A connection with a call under way is "interesting"; the idle one is not.
+    (busy,) = listing(core, P.DEBUG_GETCONN)
+    assert struct.unpack_from(">I", busy, 4) == (call.conn.cid,)
+    assert busy[40] == P.RX_STATE_ACTIVE and busy[44] == P.RX_MODE_SENDING
+    every = listing(core, P.DEBUG_GETALLCONN)
+    assert [struct.unpack_from(">I", e, 4)[0] for e in every] == [call.conn.cid, idle.cid]
+    assert every[1][:4] == bytes([10, 0, 0, 3]) and every[1][40:44] == bytes(4)
+    peers = listing(core, P.DEBUG_GETPEER)
+    assert [p[:6] for p in peers] == [
+        bytes([10, 0, 0, 1]) + (7000).to_bytes(2, "big"),
+        bytes([10, 0, 0, 3]) + (7000).to_bytes(2, "big"),
+    ]
+    # An index far past the end, or before the start, as OpenAFS answers them.
+    assert debug(core, P.DEBUG_GETALLCONN, 1 << 30) == P.DEBUG_CONN_END
+    assert debug(core, P.DEBUG_GETALLCONN, -5) == every[0]
+    stats = struct.unpack(">71i", debug(core, P.DEBUG_RXSTATS))
+    assert stats[56:60] == (0, 2, 2, 1)  # server and client connections, peers, live calls
+
+
+def test_a_flood_of_rxdebug_requests_gets_a_bounded_number_of_answers() -> None:
+    core, _ = client_call()
+    request = DEBUG_REQUEST.encode() + struct.pack(">ii", P.DEBUG_GETALLCONN, 0)
+    for _ in range(3 * DEBUG_BURST):
+        core.receive_datagram(request, CLIENT, 5.0)
+    assert len(sent(core, 5.0)) == DEBUG_BURST
+    # The allowance comes back with time, DEBUG_RATE a second.
+    for _ in range(3 * DEBUG_BURST):
+        core.receive_datagram(request, CLIENT, 6.0)
+    assert len(sent(core, 6.0)) == DEBUG_RATE
 
 
 @settings(max_examples=300)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import socket
 
 import pytest
@@ -243,3 +244,38 @@ async def test_openafs_rxdebug_reads_version_and_stats() -> None:
             )
     assert b"AFS version:  afsfuse" in version.stdout
     assert b"calls waiting for a thread" in stats.stdout
+
+
+async def test_openafs_rxdebug_ends_every_listing_with_sane_figures() -> None:
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, echo)
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        assert await conn.rpc(b"ping") == b"ping"
+
+        async def rxdebug(*options: str) -> str:
+            with trio.fail_after(20):
+                done = await trio.run_process(
+                    ["rxdebug", LOCAL, str(client.port), *options], capture_stdout=True
+                )
+            return done.stdout.decode()
+
+        plain = await rxdebug()
+        # No call is under way, so no connection is "interesting": the list ends at once.
+        assert plain.endswith("waiting for a thread\n0 threads are idle\n"
+                              "0 calls have waited for a thread\nDone.\n")  # fmt: skip
+        every = await rxdebug("-allconnections")
+        assert every.count("Connection from host") == 1 and every.endswith("Done.\n")
+        assert f"Connection from host {LOCAL}, port {server.port}, Cuid" in every
+        assert "security index 0, client conn\n  rxnull level=0" in every
+        assert "call 0: # 1, state dally, mode: eof" in every
+        peers = await rxdebug("-peers", "-noconns")
+        assert peers.count(f"Peer at host {LOCAL}, port {server.port}\n") == 1
+        assert peers.endswith("Done.\n") and "ifMTU 1444" in peers
+        rtt = re.search(r"rtt (\d+) msec, rtt_dev (\d+) msec", peers)
+        assert rtt is not None and int(rtt[1]) < 1000
+        stats = await rxdebug("-rxstats", "-noconns")
+        counts = re.search(r"(\d+) server connections, (\d+) client connections, "
+                           r"(\d+) peer structs, (\d+) call structs", stats)  # fmt: skip
+        assert counts is not None and counts.groups() == ("0", "1", "1", "0")
+        assert "Unexpected size" not in stats and "unexpected size" not in stats
+        assert "AFS version:  afsfuse" in await rxdebug("-version")

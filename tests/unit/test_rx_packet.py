@@ -124,6 +124,56 @@ def test_version_and_debug_bodies_have_the_rxdebug_sizes() -> None:
     assert P.decode_debug_request(struct.pack(">ii", 1, 0)) == (1, 0)
 
 
+def test_rxdebug_connection_entry_has_openafs_layout() -> None:
+    conn = P.DebugConn(
+        ("198.18.0.2", 7000), 0x80001234, 0x5678, 9, (3, 0, 1, 0), -1, True, 2,
+        bytes([P.RX_STATE_ACTIVE, 0, P.RX_STATE_DALLY, 0]),
+        bytes([P.RX_MODE_RECEIVING, 0, P.RX_MODE_EOF, 0]), 1444,
+    )  # fmt: skip
+    raw = conn.encode()
+    assert len(raw) == 176  # sizeof(struct rx_debugConn)
+    host, cid, serial, *numbers, error = struct.unpack_from(">4sIi4Ii", raw)
+    assert (host, cid, serial, numbers, error) == (
+        bytes([198, 18, 0, 2]),
+        0x5678,
+        9,
+        [3, 0, 1, 0],
+        -1,
+    )
+    assert raw[32:34] == (7000).to_bytes(2, "big")  # port, in network order
+    assert (raw[35], raw[36]) == (P.RX_SERVER_CONNECTION, 2)  # type, securityIndex
+    assert raw[40:44] == bytes([2, 0, 3, 0]) and raw[44:48] == bytes([2, 0, 4, 0])
+    assert raw[56] == P.RX_SECTYPE_UNK  # secStats.type: no counters kept for rxkad
+    assert struct.unpack_from(">II", raw, 132) == (0x80001234, 1444)  # epoch, natMTU
+    assert conn._replace(security_index=0).encode()[56] == P.RX_SECTYPE_NULL
+
+
+def test_rxdebug_peer_entry_has_openafs_layout() -> None:
+    raw = P.DebugPeer(("10.1.2.3", 7001), 12.5, 3.0, 1444).encode()
+    assert len(raw) == 132  # sizeof(struct rx_debugPeer)
+    assert raw[:6] == bytes([10, 1, 2, 3]) + (7001).to_bytes(2, "big")
+    assert struct.unpack_from(">H", raw, 6) == (1444,)  # ifMTU
+    assert struct.unpack_from(">ii", raw, 24) == (100, 12)  # rtt ms << 3, rtt_dev ms << 2
+    assert struct.unpack_from(">HH", raw, 60) == (1444, 1444)  # natMTU, maxMTU
+
+
+def test_rxdebug_lists_end_where_rxdebug_stops() -> None:
+    # rxdebug stops at a connection whose cid is 0xffffffff and a peer at host 0xffffffff.
+    assert len(P.DEBUG_CONN_END) == 176 and P.DEBUG_CONN_END[4:8] == b"\xff" * 4
+    assert not any(P.DEBUG_CONN_END[:4] + P.DEBUG_CONN_END[8:])
+    assert len(P.DEBUG_PEER_END) == 132 and P.DEBUG_PEER_END[:4] == b"\xff" * 4
+    assert not any(P.DEBUG_PEER_END[4:])
+
+
+def test_rx_statistics_have_openafs_size_and_our_counters_in_place() -> None:
+    raw = P.encode_rx_stats(bogus_reads=7, server_conns=1, client_conns=5, peers=3, calls=2)
+    words = struct.unpack(">71i", raw)  # sizeof(struct rx_statistics) in OpenAFS 1.8
+    assert words[5] == 7  # bogusPacketOnRead
+    assert words[56:60] == (1, 5, 3, 2)  # server and client conns, peers, calls
+    assert sum(words) == 18
+    assert P.encode_rx_stats(bogus_reads=1 << 32, server_conns=0, client_conns=0, peers=0, calls=0)
+
+
 def test_abort_round_trip() -> None:
     assert P.decode_abort(P.encode_abort(-455)) == -455
     with pytest.raises(P.PacketDecodeError):
