@@ -15,9 +15,7 @@ inherit the context but not the deadline: theirs starts when they do.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 import trio
 
@@ -48,18 +46,23 @@ def current() -> RequestDeadline | None:
     return None
 
 
-@contextmanager
-def request(timeout: float) -> Iterator[None]:
+class Request:
     """Everything inside is one request; inside another request of the same task, the
-    outer deadline stays."""
-    if current() is not None:
-        yield
-        return
-    token = _current.set(RequestDeadline(timeout))
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    outer deadline stays.  A class, not a generator: every cache manager call enters one."""
+
+    __slots__ = ("_timeout", "_token")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._token: Token[RequestDeadline | None] | None = None
+
+    def __enter__(self) -> None:
+        if current() is None:
+            self._token = _current.set(RequestDeadline(self._timeout))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
 
 
 def wait_until(timeout: float) -> float:

@@ -145,7 +145,7 @@ def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
     @functools.wraps(method)
     async def guarded(self: CacheManager, *args: Any, **kwargs: Any) -> T:
         try:
-            with deadline.request(self.config.rotation_timeout):
+            with deadline.Request(self.config.rotation_timeout):
                 return await method(self, *args, **kwargs)
         except FsError:
             raise

@@ -259,7 +259,7 @@ async def hang(conn: FakeConnection, server: FileServer) -> None:
 async def test_a_request_waits_for_silent_servers_once_not_per_rotation(autojump_clock) -> None:
     r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
     start = trio.current_time()
-    with deadline.request(7.0):
+    with deadline.Request(7.0):
         for _ in range(3):
             with pytest.raises(FsError) as caught:
                 await r.call("c", RO, None, "FS.X", hang)
@@ -279,7 +279,7 @@ async def test_each_answer_gives_the_request_the_whole_timeout_again(autojump_cl
         raise RxAbort(fsint.VNOVNODE)
 
     start = trio.current_time()
-    with deadline.request(7.0):
+    with deadline.Request(7.0):
         assert await r.call("c", RO, None, "FS.X", slow) == "slow"
         with pytest.raises(FsError):
             await r.call("c", RO, None, "FS.X", refused)
@@ -292,7 +292,7 @@ async def test_waiting_for_another_tasks_fetch_counts_against_the_request(autoju
     r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
     never = trio.Event()
     start = trio.current_time()
-    with deadline.request(7.0):
+    with deadline.Request(7.0):
         with pytest.raises(FsError) as caught:
             await deadline.wait_for(never, 7.0, "read-ahead")
         assert caught.value.errno == errno.ETIMEDOUT
@@ -318,7 +318,7 @@ async def test_tasks_started_by_a_request_have_deadlines_of_their_own(autojump_c
         ended.append(trio.current_time())
 
     async with trio.open_nursery() as nursery:
-        with deadline.request(7.0):
+        with deadline.Request(7.0):
             nursery.start_soon(background)
             await trio.sleep(1.0)
     assert ended == [pytest.approx(start + 12.0)]
@@ -334,7 +334,7 @@ async def test_a_silent_server_is_down_and_the_next_request_fails_at_once(autoju
     server = r.servers.get("10.0.0.1")
     assert not server.up and server.probes == 0
     start = trio.current_time()
-    with deadline.request(7.0), pytest.raises(FsError) as caught:
+    with deadline.Request(7.0), pytest.raises(FsError) as caught:
         await r.call("c", RO, None, "FS.X", hang)
     assert caught.value.errno == errno.ETIMEDOUT
     assert trio.current_time() == start
@@ -374,7 +374,7 @@ async def test_a_server_that_went_quiet_during_the_call_is_down(autojump_clock) 
 
 async def test_a_wait_too_short_to_judge_marks_nothing(autojump_clock) -> None:
     r, _ = rotator([location("10.0.0.1")], set(), timeout=7.0)
-    with deadline.request(7.0):
+    with deadline.Request(7.0):
         await trio.sleep(6.0)
         with pytest.raises(FsError):
             await r.call("c", RO, None, "FS.X", hang)
