@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+#: The largest file the cache can hold while it is being written: a dirty file is one sparse
+#: file at its own offsets, and ext4 (4 KiB blocks), the smallest limit of the usual cache
+#: filesystems, stops at 16 TiB - 4 KiB.  The AFS protocol allows up to 2**63 - 1.
+MAX_FILE_SIZE = (1 << 44) - 4096
+
 
 class FidKey(NamedTuple):
     """A file within a cell: what everything in the cache is filed under."""

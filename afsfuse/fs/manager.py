@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 import trio
 
 from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
+from afsfuse.cache.base import MAX_FILE_SIZE
 from afsfuse.cache.dirty import DirtyFile
 from afsfuse.cache.store import CacheStore, CleanItem
 from afsfuse.fs import deadline
@@ -993,6 +994,8 @@ class CacheManager:
         bytes written."""
         if offset < 0:
             raise FsError(errno.EINVAL)
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)  # before the cache's own filesystem says so
         token = self._token(fid.cell, who)
         async with self._file_lock(fid):
             for _ in range(3):
@@ -1043,6 +1046,8 @@ class CacheManager:
     async def _truncate(self, fid: AfsFid, length: int, who: Identity) -> DirtyFile:
         if length < 0:
             raise FsError(errno.EINVAL)
+        if length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
         token = self._token(fid.cell, who)
         await self._begin(fid, await self._writable(fid, token), who)
         self._mtimes[fid] = int(time.time())

@@ -25,6 +25,7 @@ from mounting import Mount, afs_mount
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 from test_fs_writes import ADMIN, manager
 
+from afsfuse.cache.base import MAX_FILE_SIZE
 from afsfuse.fs.acl import Acl
 from afsfuse.keyring import Token
 from afsfuse.keyring.store import TokenStore
@@ -547,6 +548,43 @@ def test_rights_decide_who_may_write(writer: Mount, volumes: Volumes) -> None:
     done = writer.run("chown", "bob", str(d / "f"), user="alice", check=False)
     assert done.returncode != 0  # only the cell's administrators may chown
     assert (d / "f").read_bytes() == b"mine\n"
+
+
+PAST_THE_LIMIT = r"""
+import errno, os, sys
+path, limit = sys.argv[1], int(sys.argv[2])
+
+def refused(call, *args):
+    try:
+        call(*args)
+    except OSError as e:
+        assert e.errno == errno.EFBIG, (call.__name__, args[1:], e)
+    else:
+        raise AssertionError(f"{call.__name__}{args[1:]} succeeded")
+
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"kept")
+refused(os.pwrite, fd, b"x", 2**62)
+refused(os.pwrite, fd, b"x", limit)
+refused(os.ftruncate, fd, 2**62)
+refused(os.ftruncate, fd, limit + 1)
+os.close(fd)
+refused(os.truncate, path, limit + 1)
+with open(path, "rb") as f:
+    assert f.read() == b"kept"
+print("ok")
+"""
+
+
+def test_writes_past_the_largest_file_fail_with_efbig(writer: Mount, volumes: Volumes) -> None:
+    d = volume_path(writer, volumes.work) / fresh_dir(writer, volumes.work)
+    logged = len(writer.log())
+    done = python(writer, PAST_THE_LIMIT, str(d / "f"), str(MAX_FILE_SIZE))
+    assert ok(done).stdout == b"ok\n"
+    new_log = writer.log()[logged:]
+    assert "Traceback" not in new_log and "File too large" not in new_log, new_log
+    ok(run(writer, "sh", "-c", f"echo next > {d}/g", user="alice"))  # still serving
+    assert (d / "g").read_bytes() == b"next\n"
 
 
 def test_a_mount_without_xattrs(
