@@ -35,6 +35,8 @@ class Node:
     inode: int
     #: Kernel references (lookup replies not yet forgotten).
     lookups: int = field(default=0, init=False)
+    #: The directory the kernel last found this node in: what readdir shows as `..`.
+    parent: int = field(default=0, init=False)
 
     @property
     def key(self) -> Hashable:
@@ -120,6 +122,7 @@ N = TypeVar("N", bound=Node)
 class InodeTable:
     def __init__(self) -> None:
         self.root = RootNode(ROOT_INODE)
+        self.root.parent = ROOT_INODE  # as on a filesystem's own root
         self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._by_key: dict[Hashable, Node] = {self.root.key: self.root}
         self._next = ROOT_INODE + 1

@@ -232,6 +232,7 @@ class AfsOperations(pyfuse3.Operations):
         """Intern the child's node, count the kernel's reference, fill in the inode."""
         node = self.inodes.intern(child.key, child.make)
         self.inodes.referenced(node)
+        node.parent = parent.inode
         child.attrs.st_ino = node.inode
         child.attrs.entry_timeout = child.entry_timeout
         if child.entry_timeout > 0:
@@ -566,9 +567,17 @@ class AfsOperations(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if not isinstance(handle, _DirHandle):
             raise _fail(errno.EBADF)
+        directory = handle.node
+        dots = ((b".", directory.inode), (b"..", directory.parent or directory.inode))
+        # Positions 0 and 1 are the dots; entry i is at position i + 2.
         position = start_id
-        while position < len(handle.entries):
-            batch = handle.entries[position : position + READDIR_BATCH]
+        for name, inode in dots[position:]:
+            if not pyfuse3.readdir_reply(token, name, _dot_attrs(inode), position + 1):
+                return
+            position += 1  # no lookup to count: the kernel takes none for the dots
+        while position - len(dots) < len(handle.entries):
+            first = position - len(dots)
+            batch = handle.entries[first : first + READDIR_BATCH]
             children = await self._children(handle, batch)
             for child in children:
                 node = self.inodes.intern(child.key, child.make)
@@ -577,8 +586,9 @@ class AfsOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, child.name, child.attrs, position + 1):
                     return
                 self.inodes.referenced(node)
+                node.parent = directory.inode
                 if child.entry_timeout > 0:
-                    self.inodes.note_cached_name(handle.node.inode, child.name)
+                    self.inodes.note_cached_name(directory.inode, child.name)
                 position += 1
 
     async def _children(self, handle: _DirHandle, batch: list[Any]) -> list[_Child]:
@@ -972,6 +982,15 @@ def _synthetic_attrs(node: Node) -> pyfuse3.EntryAttributes:
     attrs.st_blksize = 4096
     attrs.st_blocks = (attrs.st_size + 511) // 512
     _times(attrs, _START, _START)
+    attrs.attr_timeout = 0.0
+    return attrs
+
+
+def _dot_attrs(inode: int) -> pyfuse3.EntryAttributes:
+    """`.` or `..` in a listing: only the inode number and the type reach the program."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = inode
+    attrs.st_mode = stat.S_IFDIR | 0o755
     attrs.attr_timeout = 0.0
     return attrs
 

@@ -5,6 +5,7 @@ mount through callbacks, ACLs, quotas and mount points through xattrs and afsfus
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import secrets
@@ -585,6 +586,64 @@ def test_writes_past_the_largest_file_fail_with_efbig(writer: Mount, volumes: Vo
     assert "Traceback" not in new_log and "File too large" not in new_log, new_log
     ok(run(writer, "sh", "-c", f"echo next > {d}/g", user="alice"))  # still serving
     assert (d / "g").read_bytes() == b"next\n"
+
+
+class _Dirent(ctypes.Structure):
+    """glibc's struct dirent on 64-bit Linux."""
+
+    _fields_ = [
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    ]
+
+
+def _readdir(directory: Path) -> dict[str, int]:
+    """name -> d_ino exactly as readdir(3) gives them: Python's listings hide `.` and `..`,
+    and `ls -i` may stat instead of showing d_ino."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.argtypes = libc.closedir.argtypes = [ctypes.c_void_p]
+    libc.readdir.restype = ctypes.POINTER(_Dirent)
+    handle = libc.opendir(os.fsencode(directory))
+    assert handle, os.strerror(ctypes.get_errno())
+    try:
+        entries = {}
+        while entry := libc.readdir(handle):
+            entries[os.fsdecode(entry.contents.d_name)] = entry.contents.d_ino
+        return entries
+    finally:
+        libc.closedir(handle)
+
+
+def test_every_directory_lists_dot_and_dot_dot(writer: Mount, volumes: Volumes) -> None:
+    top = volume_path(writer, volumes.work)
+    d = top / fresh_dir(writer, volumes.work)
+    ok(run(writer, "mkdir", str(d / "inner"), user="alice"))
+    ok(run(writer, "touch", str(d / "inner" / "file"), user="alice"))
+    ok(writer.ctl("alice", "mkmount", str(d / "mp"), volumes.other))
+    root = writer.path
+    parents = {
+        root: root,  # the mount's root: `..` is itself, as on a filesystem's own root
+        root / ".:mount": root,
+        top: root / ".:mount",  # a volume's root
+        d: top,
+        d / "inner": d,
+        d / "mp": d,  # a volume root reached through a mount point
+    }
+    for directory, parent in parents.items():
+        names = ok(run(writer, "ls", "-a", str(directory))).stdout.decode().split()
+        assert names[:2] == [".", ".."], (directory, names)
+        listed = _readdir(directory)
+        assert listed["."] == os.stat(directory).st_ino, (directory, listed)
+        assert listed[".."] == os.stat(parent).st_ino, (directory, listed)
+        assert sorted(listed) == sorted(names)
+        assert sorted(os.listdir(directory)) == sorted(names[2:])
+        assert sorted(e.name for e in os.scandir(directory)) == sorted(names[2:])
+    assert os.stat(d / "inner" / "..").st_ino == os.stat(d).st_ino  # what readdir says
+    assert set(_readdir(d / "inner")) == {".", "..", "file"}
 
 
 def test_a_mount_without_xattrs(
