@@ -30,6 +30,7 @@ from afsfuse.cache.store import CacheStore
 from afsfuse.config import (
     CALLBACK_PORT,
     DEFAULT_CONFIG,
+    Cells,
     ConfigError,
     MountConfig,
     build_config,
@@ -63,13 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _config(args)
+        if config.foreground:
+            _setup_logging(config, None)
+        else:
+            # What is wrong in the cell files is told at mount time, on the terminal.
+            logging.basicConfig(level=logging.WARNING, format="afsfuse: %(levelname)s: %(message)s")
+        cells = load_cells(config)
     except ConfigError as e:
         print(f"afsfuse: {e}", file=sys.stderr)
         return 2
     if config.foreground:
-        _setup_logging(config, None)
-        return _run(config, None)
-    return _daemonize(config)
+        return _run(config, cells, None)
+    return _daemonize(config, cells)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,7 +147,7 @@ def _setup_logging(config: MountConfig, stream: object) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def _daemonize(config: MountConfig) -> int:
+def _daemonize(config: MountConfig, cells: Cells) -> int:
     """Fork; the parent waits for the child to say the mount is ready (or why not)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -168,12 +174,12 @@ def _daemonize(config: MountConfig) -> int:
         os.close(log_fd)
     os.close(devnull)
     _setup_logging(config, sys.stderr)
-    os._exit(_run(config, write_end))
+    os._exit(_run(config, cells, write_end))
 
 
-def _run(config: MountConfig, ready_fd: int | None) -> int:
+def _run(config: MountConfig, cells: Cells, ready_fd: int | None) -> int:
     try:
-        trio.run(_serve, config, ready_fd)
+        trio.run(_serve, config, cells, ready_fd)
     except BaseException as e:
         log.exception("afsfuse stopped with an error")
         _tell(ready_fd, f"mount failed: {e}")
@@ -215,9 +221,11 @@ def _mount_options(config: MountConfig) -> set[str]:
     return options
 
 
-async def _serve(config: MountConfig, ready_fd: int | None) -> None:
-    cell_entries, this_cell, aliases = load_cells(config)
-    cells = CellDB(cell_entries, this_cell, aliases, CellResolver(make_resolver(config.dns_server)))
+async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> None:
+    cell_entries, this_cell, aliases = cells
+    celldb = CellDB(
+        cell_entries, this_cell, aliases, CellResolver(make_resolver(config.dns_server))
+    )
     tokens = TokenStore()
     stats = Stats()
     manager_config = ManagerConfig(
@@ -229,7 +237,7 @@ async def _serve(config: MountConfig, ready_fd: int | None) -> None:
     )
     with CacheStore(config.resolved_cache_dir(), config.cache_size) as store:
         async with open_endpoint(port=_callback_port(config.port)) as endpoint:
-            manager = CacheManager(manager_config, endpoint, cells, store, tokens, stats)
+            manager = CacheManager(manager_config, endpoint, celldb, store, tokens, stats)
             operations = AfsOperations(manager, config.sysname, xattrs=config.xattrs)
 
             async def fill_viceid(token: Token) -> Token:

@@ -160,7 +160,11 @@ def build_config(
     return MountConfig(Path(mountpoint), **{k: v for k, v in converted.items() if v is not None})
 
 
-def load_cells(config: MountConfig) -> tuple[dict[str, cellservdb.CellEntry], str, dict[str, str]]:
+#: CellServDB entries, the home cell and the cell aliases.
+Cells = tuple[dict[str, cellservdb.CellEntry], str, dict[str, str]]
+
+
+def load_cells(config: MountConfig) -> Cells:
     """CellServDB entries, the home cell and cell aliases as the configuration selects them."""
     path = config.cellservdb
     if path is None and cellservdb.DEFAULT_CELLSERVDB.exists():
@@ -170,14 +174,32 @@ def load_cells(config: MountConfig) -> tuple[dict[str, cellservdb.CellEntry], st
             cells = cellservdb.read_cellservdb(path)
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e}") from None
+        except cellservdb.CellServDBError as e:
+            raise ConfigError(str(e)) from None
     else:
         cells = cellservdb.parse_cellservdb(BUILTIN_CELLSERVDB, "built-in CellServDB")
-    this_cell = config.thiscell
+    this_cell, named_by = config.thiscell, "the thiscell setting"
     if this_cell is None and cellservdb.DEFAULT_THISCELL.exists():
         this_cell = cellservdb.read_thiscell(cellservdb.DEFAULT_THISCELL)
+        named_by = str(cellservdb.DEFAULT_THISCELL)
     if not this_cell:
         raise ConfigError(f"no home cell: give --thiscell or write {cellservdb.DEFAULT_THISCELL}")
+    if path is not None:
+        # Without any CellServDB file the home cell may still come from DNS.
+        _check_home_cell(path, cells, this_cell, named_by)
     aliases = {}
     if cellservdb.DEFAULT_CELLALIAS.exists():
         aliases = cellservdb.read_cellalias(cellservdb.DEFAULT_CELLALIAS)
     return cells, this_cell.strip().lower(), aliases
+
+
+def _check_home_cell(
+    path: Path, cells: dict[str, cellservdb.CellEntry], this_cell: str, named_by: str
+) -> None:
+    """A CellServDB without the home cell mounts a tree where the home cell is simply
+    missing: refuse it, saying which file lacks what."""
+    home = cells.get(cellservdb.cell_key(this_cell))
+    if home is None:
+        raise ConfigError(f"{path}: no entry for the home cell {this_cell} (from {named_by})")
+    if not home.servers:
+        raise ConfigError(f"{path}:{home.line}: home cell {this_cell} has no usable server line")

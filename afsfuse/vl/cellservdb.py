@@ -1,7 +1,9 @@
 """The OpenAFS client configuration files: CellServDB, ThisCell and CellAlias.
 
 Parsing is forgiving in the way OpenAFS's own is: a line that makes no sense is skipped with
-a warning and never costs the rest of the file.  Cell names are keyed in lower case (AFS
+a warning naming the file and line, and never costs the rest of the file.  A file that is
+no CellServDB at all (empty, not text, no cell in it) is an error: reading it must not look
+like success with every cell missing.  Cell names are keyed in lower case (AFS
 cell names, like DNS names, compare without case); each entry keeps the spelling it had.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +25,12 @@ DEFAULT_THISCELL = CONFIG_DIR / "ThisCell"
 DEFAULT_CELLALIAS = CONFIG_DIR / "CellAlias"
 #: OpenAFS keeps this many database servers per cell and warns about the rest.
 MAX_HOSTS_PER_CELL = 8
+#: Bytes no text file holds: C0 controls other than tab, newline, VT, FF and CR; DEL.
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+class CellServDBError(ValueError):
+    """A CellServDB that cannot be used at all; the message names the file."""
 
 
 class CellServer(NamedTuple):
@@ -43,6 +52,8 @@ class CellEntry:
     comment: str
     servers: tuple[CellServer, ...]
     linked_cell: str | None = None
+    #: The line of its `>cell` line (0: not from a file), for messages.
+    line: int = field(default=0, compare=False)
 
 
 def cell_key(name: str) -> str:
@@ -55,7 +66,7 @@ def _split_comment(text: str) -> tuple[str, str]:
     return head.strip(), comment.strip() if sep else ""
 
 
-def _parse_cell_line(body: str, where: str) -> CellEntry | None:
+def _parse_cell_line(body: str, where: str, number: int) -> CellEntry | None:
     head, comment = _split_comment(body)
     words = head.split()
     if not words:
@@ -64,7 +75,7 @@ def _parse_cell_line(body: str, where: str) -> CellEntry | None:
     if len(words) > 2:
         log.warning("%s: extra words after cell %s ignored", where, words[0])
     linked = words[1] if len(words) > 1 else None
-    return CellEntry(words[0], comment, (), linked)
+    return CellEntry(words[0], comment, (), linked, number)
 
 
 def _parse_host_line(line: str, where: str) -> CellServer | None:
@@ -107,7 +118,7 @@ def parse_cellservdb(text: str, source: str = "CellServDB") -> dict[str, CellEnt
             )
         key = cell_key(current.name)
         cells.pop(key, None)
-        cells[key] = CellEntry(current.name, current.comment, tuple(kept), current.linked_cell)
+        cells[key] = replace(current, servers=tuple(kept))
 
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -116,7 +127,7 @@ def parse_cellservdb(text: str, source: str = "CellServDB") -> dict[str, CellEnt
             continue
         if line.startswith(">"):
             finish()
-            current = _parse_cell_line(line[1:], where)
+            current = _parse_cell_line(line[1:], where, number)
             servers = []
             continue
         if current is None:
@@ -130,8 +141,22 @@ def parse_cellservdb(text: str, source: str = "CellServDB") -> dict[str, CellEnt
 
 
 def read_cellservdb(path: str | os.PathLike[str] = DEFAULT_CELLSERVDB) -> dict[str, CellEntry]:
+    """The cells of a CellServDB file; CellServDBError if it is empty, not text (a control
+    byte: random or binary data) or has no cell; OSError if it cannot be read.  Bytes that
+    are not UTF-8 are tolerated (old files have Latin-1 comments)."""
     path = Path(path)
-    return parse_cellservdb(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    data = path.read_bytes()
+    if not data.strip():
+        raise CellServDBError(f"{path}: is empty")
+    control = _NOT_TEXT.search(data)
+    if control is not None:
+        line = data.count(b"\n", 0, control.start()) + 1
+        byte = data[control.start()]
+        raise CellServDBError(f"{path}:{line}: not a text file (byte 0x{byte:02x})")
+    cells = parse_cellservdb(data.decode("utf-8", errors="replace"), str(path))
+    if not cells:
+        raise CellServDBError(f"{path}: no '>cell' line; not a CellServDB")
+    return cells
 
 
 def parse_thiscell(text: str) -> str | None:

@@ -6,6 +6,7 @@ import pytest
 
 from afsfuse.vl.cellservdb import (
     MAX_HOSTS_PER_CELL,
+    CellServDBError,
     CellServer,
     cell_key,
     parse_cellalias,
@@ -100,3 +101,34 @@ def test_thiscell_and_cellalias() -> None:
         "# comment\ngrand.central.org gco\n\nexample.com ex # trailing\nbogus\n"
     )
     assert aliases == {"gco": "grand.central.org", "ex": "example.com"}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", ": is empty"),
+        (b" \n\t\n", ": is empty"),
+        (b">a.example #a\n10.0.0.1 #h\n\x00\x01\x02", ":3: not a text file (byte 0x00)"),
+        (bytes(range(256)), ":1: not a text file"),
+        (b"# only a comment\n10.0.0.1 #orphan\n", ": no '>cell' line; not a CellServDB"),
+    ],
+)
+def test_unusable_files_are_errors_naming_the_file(tmp_path, content: bytes, problem: str) -> None:
+    path = tmp_path / "CellServDB"
+    path.write_bytes(content)
+    with pytest.raises(CellServDBError) as caught:
+        read_cellservdb(path)
+    assert str(caught.value).startswith(str(path)) and problem in str(caught.value)
+
+
+def test_latin1_comments_and_crlf_are_text(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "CellServDB"
+    path.write_bytes(b">b.example #Universit\xe4t\r\n10.0.0.1 #db.b.example\r\n")
+    cells = read_cellservdb(path)
+    assert cells["b.example"].servers == (CellServer("10.0.0.1", "db.b.example"),)
+    assert not caplog.records
+
+
+def test_entries_remember_their_line() -> None:
+    cells = parse_cellservdb("# header\n>a.example #a\n10.0.0.1 #h\n\n>b.example #b\n")
+    assert (cells["a.example"].line, cells["b.example"].line) == (2, 5)
