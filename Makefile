@@ -17,7 +17,7 @@ DEBIAN_PACKAGES := \
 	fuse3 libfuse3-dev pkg-config gcc libc6-dev \
 	iproute2 procps util-linux tshark attr git
 
-.PHONY: all deps venv test unit lint demo bench clean
+.PHONY: all deps venv test unit lint demo bench soak clean
 
 all: test
 
@@ -60,6 +60,12 @@ $(STAMPS)/bench: $(STAMPS)/venv
 
 bench: venv $(STAMPS)/bench
 	$(PY) bench/run.py $(if $(filter quick,$(BENCH)),--quick) $(BENCH_ARGS)
+
+# Two afsfuse mounts of a local cell under mixed load, every byte read checked and both
+# daemons' RSS watched (needs root; never part of `test`).  Ten minutes unless
+# SOAK_ARGS="--minutes N" says otherwise.
+soak: venv
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info

@@ -1,8 +1,8 @@
 """The clients under test, each a small adapter: mount, unmount, the daemon's PID.
 
 Every daemon runs in the foreground in its own session, so it is ours to watch (/proc) and
-to stop by its PID.  A mount is ready when the kernel lists it and the benchmark's top
-directory answers a `stat`.
+to stop by its PID.  A mount is ready when the kernel lists it and the benchmark's big
+file (`ready_path`) answers a `stat`.
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ class Client:
     def argv(self, cache: Path) -> list[str]:
         raise NotImplementedError
 
+    def ready_path(self) -> Path:
+        """What must answer a `stat` once the mount is ready."""
+        return self.top / "big.bin"
+
     def after_mount(self) -> None:
         """Anything a client needs once mounted (tokens)."""
 
@@ -137,7 +141,7 @@ class Client:
                 raise ClientError(f"{self.name} exited before mounting: {self.log_tail()}")
             if _is_mounted(self.mountpoint):
                 probe = subprocess.run(
-                    ["stat", "-c", "%s", os.fspath(self.top / "big.bin")],
+                    ["stat", "-c", "%s", os.fspath(self.ready_path())],
                     capture_output=True, text=True, timeout=MOUNT_TIMEOUT, check=False,
                 )  # fmt: skip
                 if probe.returncode == 0:
