@@ -49,6 +49,7 @@ SIZES = (1, 60, CHUNK // BLOCK + 3, 3 * CHUNK // BLOCK + 1)
 _HEADER = re.compile(rb"(\S+) v(\d+) b(\d+)")
 RSS_SLACK_BYTES = 16 << 20
 RSS_SLACK_RATIO = 0.10
+RESULTS = Path(__file__).resolve().parent / "results"
 #: Seconds both mounts get to agree on the last versions (callbacks travel asynchronously).
 SETTLE_SECONDS = 20.0
 
@@ -375,7 +376,9 @@ class Soak:
                              f"{late / 2**20:.0f} MiB after the warm-up")  # fmt: skip
         return found
 
-    def report(self) -> int:
+    def report(self, full: Path) -> int:
+        """Print the summary (20 lines of each kind of failure) and write everything to
+        `full`; the exit status."""
         mib = 2**20
         lines = [
             f"soak: {self.elapsed / 60:.1f} minutes, seed {self.seed}",
@@ -403,6 +406,11 @@ class Soak:
             if len(items) > 20:
                 lines.append(f"  ... and {len(items) - 20} more")
         print("\n".join(lines), flush=True)
+        full.parent.mkdir(exist_ok=True)
+        everything = [*lines, "every wrong byte:", *self.tally.wrong]
+        everything += ["every error:", *self.tally.errors]
+        full.write_text("\n".join(everything) + "\n")
+        print(f"soak: every failure is in {full}")
         return 1 if self.tally.wrong or self.tally.errors or growth else 0
 
 
@@ -437,7 +445,7 @@ def main() -> int:
             for mount in mounts:
                 with contextlib.suppress(Exception):
                     mount.unmount()
-        status = soak.report()
+        status = soak.report(RESULTS / time.strftime("soak-%Y%m%d-%H%M%S.txt"))
         for mount in mounts:
             print(f"soak: daemon {mount.name}'s last log line: {mount.log_tail()}")
     return status
