@@ -27,6 +27,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -445,9 +446,12 @@ def main() -> int:
             for mount in mounts:
                 with contextlib.suppress(Exception):
                     mount.unmount()
-        status = soak.report(RESULTS / time.strftime("soak-%Y%m%d-%H%M%S.txt"))
+        stamp = time.strftime("soak-%Y%m%d-%H%M%S")
+        status = soak.report(RESULTS / f"{stamp}.txt")
         for mount in mounts:
-            print(f"soak: daemon {mount.name}'s last log line: {mount.log_tail()}")
+            kept = RESULTS / f"{stamp}-{mount.name}.log"
+            shutil.copyfile(mount.workdir / mount.log_name, kept)
+            print(f"soak: daemon {mount.name}'s log is {kept}; its last line: {mount.log_tail()}")
     return status
 
 
