@@ -171,6 +171,16 @@ def _grant_everyone(mount: SoakMount, krb5_config: Path, scratch: Path) -> None:
         subprocess.run([*ctl, *args], env=env, capture_output=True, check=True, timeout=60)
 
 
+def _first_difference(path: Path, expected: bytes) -> str:
+    """Where a file first differs from what it should hold, as a reader sees it now."""
+    got = path.read_bytes()
+    for start in range(0, max(len(got), len(expected)), BLOCK):
+        if got[start : start + BLOCK] != expected[start : start + BLOCK]:
+            where = f"first wrong at block {start // BLOCK}: {got[start : start + 24]!r}"
+            return f"now {len(got)} bytes, {where}"
+    return f"now {len(got)} bytes, as expected"
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -222,13 +232,14 @@ class Soak:
                 written.longest = max(written.longest, (length + count) * BLOCK)
                 with open(path, "ab", buffering=0) as f:
                     f.write(data)
-                    if f.tell() != (length + count) * BLOCK:  # O_APPEND wrote elsewhere
-                        self.tally.wrong_bytes(
-                            "append elsewhere",
-                            f"{mount.name} append to {name}: ended at {f.tell()},"
-                            f" not {(length + count) * BLOCK}",
-                        )
+                    ended = f.tell()
                 written.content += data
+                if ended != len(written.content):  # O_APPEND wrote elsewhere
+                    self.tally.wrong_bytes(
+                        "append elsewhere",
+                        f"{mount.name} append to {name}: ended at {ended}, not"
+                        f" {len(written.content)}; {_first_difference(path, written.content)}",
+                    )
                 kind = "append"
             else:
                 count = max(1, size + rng.randint(-size // 4, size // 4))
