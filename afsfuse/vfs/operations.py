@@ -690,11 +690,25 @@ class AfsOperations(pyfuse3.Operations):
         if self._open[fid] and fid not in self._hidden:
             # Still open here: keep the vnode under a hidden name until the last release,
             # so reads, writes and the close's store keep working.
-            hidden = f"{HIDDEN_PREFIX}{fid.vnode:x}{fid.unique:x}".encode()
+            hidden = await self._free_hidden_name(dir_fid, fid, who)
             await self.manager.rename(dir_fid, name, dir_fid, hidden, who)
             self._hidden[fid] = (dir_fid, hidden)
             return
         await self.manager.unlink(dir_fid, name, who)
+
+    async def _free_hidden_name(self, dir_fid: AfsFid, fid: AfsFid, who: Identity) -> bytes:
+        """`.__afs<vnode>.<unique>`, with a count after it if that is taken: the rename must
+        never replace another file (two fids, or a name someone chose)."""
+        base = f"{HIDDEN_PREFIX}{fid.vnode:x}.{fid.unique:x}"
+        for n in range(100):
+            hidden = (base if n == 0 else f"{base}.{n}").encode()
+            try:
+                await self.manager.lookup(dir_fid, hidden, who)
+            except FsError as e:
+                if e.errno == errno.ENOENT:
+                    return hidden
+                raise
+        raise FsError(errno.EBUSY, "no free hidden name for an open file's unlink")
 
     @_guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

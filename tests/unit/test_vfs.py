@@ -432,3 +432,28 @@ async def test_without_xattrs_the_kernel_is_told_to_stop_asking() -> None:
         with pytest.raises(pyfuse3.FUSEError) as caught:
             await asking
         assert caught.value.errno == errno.ENOSYS
+
+
+async def test_open_files_unlinked_in_one_directory_never_share_a_hidden_name(ops) -> None:
+    """(vnode 0x1, unique 0x23) and (0x12, 0x3) once both hid as '.__afs123': the second
+    unlink replaced the first hidden file, still open.  A name someone else chose is never
+    taken either."""
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    root = AfsFid(CELL, 11, 1, 1)
+    handles = []
+    for name, fid in ((b"one", AfsFid(CELL, 11, 0x1, 0x23)), (b"two", AfsFid(CELL, 11, 0x12, 0x3))):
+        ops.manager.files[fid] = status(FILE_FILE, 0o644, 0x7F)
+        ops.manager.dirs[root][name.decode()] = fid
+        attrs = await ops.lookup(top.st_ino, name, ctx())
+        handles.append(((await ops.open(attrs.st_ino, os.O_RDWR, ctx())).fh, fid))
+    squatter = AfsFid(CELL, 11, 0x77, 0x1)
+    ops.manager.files[squatter] = status(FILE_FILE, 0o644, RL)
+    ops.manager.dirs[root][".__afs1.23"] = squatter
+    await ops.unlink(top.st_ino, b"one", ctx())
+    await ops.unlink(top.st_ino, b"two", ctx())
+    hidden = {n: f for n, f in ops.manager.dirs[root].items() if n.startswith(".__afs")}
+    assert sorted(hidden.values()) == sorted([squatter, handles[0][1], handles[1][1]])
+    for fh, fid in handles:
+        await ops.write(fh, 0, b"still here")
+        await ops.flush(fh)
+        assert ops.manager.stored[fid] == b"still here"
