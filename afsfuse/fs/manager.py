@@ -243,6 +243,7 @@ class CacheManager:
         self.cb_service.install(endpoint)
         self.registry.add_listener(self._on_break)
         self.servers = ServerTable(endpoint, config.server_config())
+        tokens.on_forget(self.servers.forget_token)
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
         self.rotator = Rotator(self.servers, self.volumes, config.rotation_config(), stats)
         self.vnodes = VnodeTable()

@@ -9,7 +9,7 @@ their uid has tokens.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from afsfuse.keyring.token import Token
@@ -44,6 +44,16 @@ class TokenStore:
         self._tokens: dict[_Holder, dict[str, Token]] = {}
         # Kept after the tokens go, so a holder's generation never repeats.
         self._generations: dict[_Holder, int] = {}
+        self._forget_listeners: list[Callable[[Token], None]] = []
+
+    def on_forget(self, listener: Callable[[Token], None]) -> None:
+        """`listener(token)` once a token is replaced or removed (its connections go)."""
+        self._forget_listeners.append(listener)
+
+    def _forgotten(self, tokens: Iterable[Token]) -> None:
+        for token in tokens:
+            for listener in self._forget_listeners:
+                listener(token)
 
     def get(self, who: Identity, cell: str) -> Token | None:
         """The token for cell, or None for anonymous access (none held, or it has expired)."""
@@ -55,8 +65,12 @@ class TokenStore:
     def set(self, who: Identity, token: Token) -> None:
         """Hold token for its cell, replacing any earlier token for that cell."""
         holder = _holder(who)
-        self._tokens.setdefault(holder, {})[token.cell.lower()] = token
+        held = self._tokens.setdefault(holder, {})
+        replaced = held.get(token.cell.lower())
+        held[token.cell.lower()] = token
         self._bump(holder)
+        if replaced is not None and replaced != token:
+            self._forgotten([replaced])
 
     def remove(self, who: Identity, cell: str | None = None) -> None:
         """Forget the token for cell, or every token of who when cell is None."""
@@ -65,12 +79,17 @@ class TokenStore:
         if not held:
             return
         if cell is None:
+            gone = list(held.values())
             del self._tokens[holder]
-        elif held.pop(cell.lower(), None) is None:
-            return
-        elif not held:
-            del self._tokens[holder]
+        else:
+            removed = held.pop(cell.lower(), None)
+            if removed is None:
+                return
+            gone = [removed]
+            if not held:
+                del self._tokens[holder]
         self._bump(holder)
+        self._forgotten(gone)
 
     def list(self, who: Identity) -> list[Token]:
         """Every token of who, expired ones included (`tokens` shows them as expired)."""

@@ -211,3 +211,28 @@ async def test_malformed_directory_is_eio_and_logged(manager: CacheManager, capl
         await manager.readdir(fid, Identity(1))
     assert caught.value.errno == errno.EIO
     assert "malformed directory" in caplog.text
+
+
+def test_connections_of_a_replaced_token_are_closed(tmp_path: Path) -> None:
+    """ServerTable.forget_token was never called: connections made with a token that was
+    replaced (a new aklog) or removed (unlog) stayed open."""
+    closed: list[str] = []
+
+    class Endpoint(FakeEndpoint):
+        def connect(self, address, service_id, security, **kw):
+            return SimpleNamespace(close=lambda: closed.append(security.__class__.__name__))
+
+    tokens = TokenStore()
+    with CacheStore(tmp_path / "cache", 1 << 24) as store:
+        db = CellDB(parse_cellservdb(CSDB), "home.example")
+        m = CacheManager(ManagerConfig(), Endpoint(), db, store, tokens, Stats())  # type: ignore[arg-type]
+        alice = Identity(1001)
+        tokens.set(alice, token("alice"))
+        server = m.servers.get("10.9.0.1")
+        m.servers.connection(server, tokens.get(alice, "c"))
+        m.servers.connection(server, None)
+        tokens.set(alice, token("alice-again"))
+        assert closed == ["RxkadClient"]
+        m.servers.connection(server, tokens.get(alice, "c"))
+        tokens.remove(alice)
+        assert closed == ["RxkadClient", "RxkadClient"]

@@ -118,3 +118,21 @@ def test_secrets_stay_out_of_repr() -> None:
     text = repr(store.list(ALICE))
     assert "SECRETKY" not in text and "TICKETBYTES" not in text
     assert "alice@AFSFUSE.TEST" in text
+
+
+def test_a_replaced_or_removed_token_is_announced_once() -> None:
+    store = TokenStore(clock=Clock())
+    gone: list[Token] = []
+    store.on_forget(gone.append)
+    first, second = token(), token(client="alice2@AFSFUSE.TEST")
+    other_cell = token(cell="example.org")
+    store.set(ALICE, first)
+    store.set(ALICE, first)  # the same token again: nothing is forgotten
+    store.set(ALICE, second)
+    assert gone == [first]
+    store.set(ALICE, other_cell)
+    store.remove(ALICE, "example.org")
+    assert gone == [first, other_cell]
+    store.remove(BOB)
+    store.remove(ALICE)
+    assert gone == [first, other_cell, second]
