@@ -50,9 +50,6 @@ class CallbackRegistry:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
-
     def promise(self, server: str, fid: Fid, expires: float) -> None:
         """Record a callback that `server` granted on `fid` until `expires` (our clock)."""
         self._promises[fid] = _Promise(server, expires)

@@ -10,14 +10,11 @@ a loop does not turn into a DNS query per call while DNS is unwell.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
 from afsfuse.rx.interfaces.vl import VL
-from afsfuse.vl import cellservdb
 from afsfuse.vl.cellservdb import CellEntry, cell_key
 from afsfuse.vl.dns import CellLookupError, CellResolver
 
@@ -59,27 +56,6 @@ class CellDB:
         #: Cells DNS told us about (listed by known_cells) and lookups that failed lately.
         self._found: dict[str, Cell] = {}
         self._failed: dict[str, float] = {}
-
-    @classmethod
-    def from_files(
-        cls,
-        config_dir: str | os.PathLike[str] = cellservdb.CONFIG_DIR,
-        *,
-        cellservdb_path: str | os.PathLike[str] | None = None,
-        this_cell: str | None = None,
-        resolver: CellResolver | None = None,
-    ) -> CellDB:
-        """Read CellServDB, ThisCell and CellAlias from `config_dir` (missing optional files
-        are fine; without ThisCell, `this_cell` must be given)."""
-        config_dir = Path(config_dir)
-        cells = cellservdb.read_cellservdb(cellservdb_path or config_dir / "CellServDB")
-        if this_cell is None:
-            this_cell = cellservdb.read_thiscell(config_dir / "ThisCell")
-        if not this_cell:
-            raise ValueError(f"no home cell: {config_dir / 'ThisCell'} is missing or empty")
-        alias_path = config_dir / "CellAlias"
-        aliases = cellservdb.read_cellalias(alias_path) if alias_path.exists() else {}
-        return cls(cells, this_cell, aliases, resolver)
 
     def known_cells(self) -> list[str]:
         return [c.name for c in self._configured.values()] + [c.name for c in self._found.values()]

@@ -127,12 +127,3 @@ def is_volume_location_error(code: int) -> bool:
 def is_busy(code: int) -> bool:
     """Codes after which the same server is asked again after a pause."""
     return code in (fsint.VBUSY, fsint.VRESTARTING)
-
-
-def is_server_down(code: int) -> bool:
-    """Codes that mean the server itself did not answer (mark it down, try another)."""
-    return code in (RX_CALL_DEAD, RX_CALL_TIMEOUT, fsint.VNOSERVICE)
-
-
-def is_ubik_retry(code: int) -> bool:
-    return UBIK_BASE <= code < UBIK_END

@@ -111,10 +111,6 @@ class KDC:
         """
         self._kadmin(f"ktadd -k {_word(str(path))} -e {_word(enctypes)} {_word(principal)}")
 
-    def kinit_env(self, ccache: Path) -> dict[str, str]:
-        """The variables a Kerberos client needs to use this KDC: merge into os.environ."""
-        return {"KRB5_CONFIG": str(self.krb5_config), "KRB5CCNAME": f"FILE:{ccache}"}
-
     # -- internals --------------------------------------------------------------------
 
     @property

@@ -159,11 +159,6 @@ class Relay:
         self._to_server.dest = server_addr
         self._to_client = _Direction(self, self._client_sock, self.stats.to_client)
 
-    @property
-    def client_addr(self) -> Address | None:
-        """Where the client's last datagram came from (replies go there)."""
-        return self._to_client.dest
-
     async def _pump(self, sock: socket.socket, direction: _Direction, from_client: bool) -> None:
         buf = bytearray(MAX_DATAGRAM)
         while True:
