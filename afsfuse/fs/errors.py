@@ -30,9 +30,6 @@ from afsfuse.rx.errors import (
 from afsfuse.rx.interfaces import fs as fsint
 from afsfuse.rx.interfaces import vl as vlint
 
-#: Ubik's error table: "this database server cannot answer, ask another".
-UBIK_BASE, UBIK_END = 5376, 5632
-
 
 class FsError(OSError):
     """A cache-manager failure, as the errno a local filesystem would give."""
