@@ -807,7 +807,7 @@ class Call:
         tnext_send = self.tnext_send
         window_end = tfirst + self.twind
         tx = self.tx
-        resends = []
+        resends: list[_TxPacket] = []
         if self.resend_pending:
             # A lost packet holds back the peer's window: one goes out per call even when
             # the packets still counted in flight fill the congestion window.

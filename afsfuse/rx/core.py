@@ -277,7 +277,7 @@ class RxCore:
         ptype: int,
         sec_index: int,
         service: int,
-        data: bytes,
+        data: bytes | memoryview,
         addr: Address,
         now: float,
     ) -> Connection[Call] | None:
@@ -301,7 +301,7 @@ class RxCore:
             )
             self._schedule.send((header + P.encode_abort(RX_INVALID_OPERATION), addr))
             return None
-        conn: Connection[Call] = Connection(
+        conn = Connection(
             self._schedule,
             self.peer(addr),
             epoch,

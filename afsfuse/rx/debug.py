@@ -62,6 +62,7 @@ def first_entries(entries: Iterator[T]) -> Iterator[T]:
 
 
 def conn_entry(conn: Connection[Call]) -> P.DebugConn:
+    numbers = conn.call_numbers
     states = bytearray(4)
     modes = bytearray(4)
     for channel, call in enumerate(conn.calls):
@@ -78,7 +79,7 @@ def conn_entry(conn: Connection[Call]) -> P.DebugConn:
         conn.epoch,
         conn.cid,
         conn.serial,
-        tuple(conn.call_numbers),
+        (numbers[0], numbers[1], numbers[2], numbers[3]),
         conn.error or 0,
         not conn.is_client,
         conn.security_index,

@@ -66,7 +66,7 @@ class CallHandle:
     def _reading(self) -> Call:
         return self._check()
 
-    async def send(self, data: bytes | memoryview) -> None:
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         endpoint = self._endpoint
         pos = 0
