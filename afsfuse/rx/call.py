@@ -572,7 +572,7 @@ class Call:
         if not tx:
             self.resend_at = None
             self._tx_drained()
-        self.schedule.want_transmit(self)
+        self.schedule.transmits.add(self)
 
     def on_ackall(self, now: float) -> None:
         self.last_receive = now
@@ -770,7 +770,7 @@ class Call:
             if not pkt.acked and not pkt.resend:
                 self._mark_lost(pkt)
         self.resend_at = None
-        self.schedule.want_transmit(self)
+        self.schedule.transmits.add(self)
 
     # ----- sending ------------------------------------------------------------------------
 
@@ -792,7 +792,7 @@ class Call:
             append(_TxPacket(seq, flags, datagram))
             seq += 1
         self.tnext = seq
-        self.schedule.want_transmit(self)
+        self.schedule.transmits.add(self)
 
     def transmit(self, now: float) -> None:
         """Send what the windows allow: pending retransmissions first, then new packets.
@@ -841,7 +841,7 @@ class Call:
         more = conn.direction_flag | P.MORE_PACKETS
         last_flags = conn.direction_flag | (0 if unrequested else P.REQUEST_ACK)
         serial = conn.serial
-        send = self.schedule.send
+        out = self.schedule.outgoing
         addr = conn.peer.addr
         pack_header = _SERIAL_TYPE_FLAGS.pack_into
         for pkt in resends:
@@ -850,7 +850,7 @@ class Call:
             pkt.datagram = datagram = bytearray(pkt.datagram)
             flags = pkt.flags | (last_flags if pkt is last else more)
             pack_header(datagram, _SERIAL_AT, serial, P.DATA, flags)
-            send((datagram, addr))
+            out.append((datagram, addr))
             pkt.serial = serial
             pkt.sent_at = now
             pkt.resend = False
@@ -864,7 +864,7 @@ class Call:
                 serial = (serial + 1) & 0xFFFFFFFF or 1
                 flags = pkt.flags | (last_flags if pkt is last else more)
                 pack_header(pkt.datagram, _SERIAL_AT, serial, P.DATA, flags)
-                send((pkt.datagram, addr))
+                out.append((pkt.datagram, addr))
                 pkt.serial = serial
                 pkt.sent_at = now
                 pkt.in_flight = True
@@ -889,7 +889,7 @@ class Call:
     def _want_ack(self, reason: int, serial: int) -> None:
         current = self.ack_reason
         if not current:
-            self.schedule.want_ack(self)  # a call with an ack_reason is already there
+            self.schedule.acks.add(self)  # a call with an ack_reason is already there
         if reason == P.ACK_REQUESTED or current != P.ACK_REQUESTED:
             self.ack_reason = reason
             self.ack_serial = serial

@@ -93,7 +93,7 @@ class Connection(Generic[C]):
             cksum,
             self.service_id,
         )
-        self.schedule.send((header + body, self.peer.addr))
+        self.schedule.outgoing.append((header + body, self.peer.addr))
         self.last_activity = now
         return serial
 

@@ -72,14 +72,15 @@ class RxCore:
         self._server_conns: dict[tuple[int, int, Address | None], Connection[Call]] = {}
         self._services: dict[int, dict[int, ServerSecurity]] = {}
         self._peers: dict[Address, Peer] = {}
-        self._schedule: Schedule[Call] = Schedule()
+        #: What the calls asked of the endpoint; drained by datagrams_to_send and pop_events.
+        self.schedule: Schedule[Call] = Schedule()
         self._challenging: set[Connection[Call]] = set()
         self._next_housekeeping: float | None = None
         self.calls_executed = 0
         self.packets_received = 0
-        self.packets_sent = 0
         self.packets_dropped = 0
         self._debug_allowance = DebugAllowance()
+        self.packets_sent = 0
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -103,7 +104,7 @@ class RxCore:
         cid = self._next_cid
         self._next_cid = (cid + 4) & P.CID_MASK
         conn: Connection[Call] = Connection(
-            self._schedule,
+            self.schedule,
             self.peer(addr),
             self.epoch,
             cid,
@@ -140,22 +141,41 @@ class RxCore:
         conn.call_numbers[channel] += 1
         call = Call(conn, channel, conn.call_numbers[channel], True, now)
         conn.calls[channel] = call
-        self._schedule.started(call)
+        self.schedule.started(call)
         return call
 
     # ----- driver interface ---------------------------------------------------------------
 
     def pop_events(self) -> list[Event[Call]]:
-        return self._schedule.take_events()
+        """The events since the last call: handlers to start, tasks to wake."""
+        schedule = self.schedule
+        events = schedule.events
+        schedule.events = []
+        for event in events:
+            event.call.event_pending = False
+        return events
 
     def datagrams_to_send(self, now: float) -> list[tuple[Datagram, Address]]:
-        out = self._schedule.flush(now)
+        """Run the calls' owed ACKs, then their transmissions; every datagram queued."""
+        schedule = self.schedule
+        if schedule.acks:
+            calls = schedule.acks
+            schedule.acks = set()
+            for call in calls:
+                call.flush_ack(now)
+        if schedule.transmits:
+            calls = schedule.transmits
+            schedule.transmits = set()
+            for call in calls:
+                call.transmit(now)
+        out = schedule.outgoing
+        schedule.outgoing = []
         self.packets_sent += len(out)
         return out
 
     def next_deadline(self) -> float | None:
         deadline = self._next_housekeeping
-        for call in self._schedule.live:
+        for call in self.schedule.live:
             when = call.next_deadline()
             if when is not None and (deadline is None or when < deadline):
                 deadline = when
@@ -166,7 +186,7 @@ class RxCore:
         return deadline
 
     def handle_timer(self, now: float) -> None:
-        for call in list(self._schedule.live):
+        for call in list(self.schedule.live):
             call.on_timer(now)
         for conn in list(self._challenging):
             if conn.challenge_at is not None and now >= conn.challenge_at:
@@ -299,10 +319,10 @@ class RxCore:
             header = P.HEADER.pack(
                 epoch, cid, call_number, 0, 1, P.ABORT, 0, 0, sec_index, 0, service
             )
-            self._schedule.send((header + P.encode_abort(RX_INVALID_OPERATION), addr))
+            self.schedule.outgoing.append((header + P.encode_abort(RX_INVALID_OPERATION), addr))
             return None
         conn = Connection(
-            self._schedule,
+            self.schedule,
             self.peer(addr),
             epoch,
             cid & P.CID_MASK,
@@ -335,7 +355,7 @@ class RxCore:
         conn.call_numbers[channel] = call_number
         call = Call(conn, channel, call_number, False, now)
         conn.calls[channel] = call
-        self._schedule.started(call)
+        self.schedule.started(call)
         security = conn.security
         assert isinstance(security, ServerConnectionSecurity)
         if security.authenticated:
@@ -350,7 +370,7 @@ class RxCore:
     def _dispatch(self, call: Call) -> None:
         call.state = CallState.ACTIVE
         self.calls_executed += 1
-        self._schedule.incoming(call)
+        self.schedule.incoming(call)
 
     def _send_challenge(self, conn: Connection[Call], now: float) -> None:
         security = conn.security
@@ -455,12 +475,12 @@ class RxCore:
                     server_conns=len(self._server_conns),
                     client_conns=len(self._client_conns),
                     peers=len(self._peers),
-                    calls=len(self._schedule.live),
+                    calls=len(self.schedule.live),
                 )
             else:
                 reply = P.encode_debug_bad_type()
         reply_header = header._replace(flags=header.flags & ~P.CLIENT_INITIATED)
-        self._schedule.send((reply_header.encode() + reply, addr))
+        self.schedule.outgoing.append((reply_header.encode() + reply, addr))
 
     def _debug_conns(self, every: bool) -> Iterator[Connection[Call]]:
         """The first connections a listing shows, in a stable order; without `every`, only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import random
 from pathlib import Path
 
 from afsfuse.rx import packet as P
@@ -17,67 +18,58 @@ ADDR = ("10.0.0.1", 7000)
 
 
 class FakeCall:
-    """Records what the schedule asks of a call."""
+    """Stands for a call where the schedule alone is concerned."""
 
-    def __init__(self, log: list[str], name: str) -> None:
+    def __init__(self) -> None:
         self.event_pending = False
-        self._log = log
-        self._name = name
-
-    def transmit(self, now: float) -> None:
-        self._log.append(f"transmit {self._name} at {now}")
-
-    def flush_ack(self, now: float) -> None:
-        self._log.append(f"ack {self._name} at {now}")
-
-
-def test_a_flush_sends_owed_acks_before_transmissions_and_each_call_once() -> None:
-    log: list[str] = []
-    schedule: Schedule[FakeCall] = Schedule()
-    a, b = FakeCall(log, "a"), FakeCall(log, "b")
-    schedule.send((b"first", ADDR))
-    schedule.want_transmit(a)
-    schedule.want_transmit(a)
-    schedule.want_ack(b)
-    assert schedule.flush(1.5) == [(b"first", ADDR)]
-    assert log == ["ack b at 1.5", "transmit a at 1.5"]
-    log.clear()
-    assert schedule.flush(2.0) == [] and log == []
-
-
-def test_wants_and_sends_after_a_flush_land_in_the_next_one() -> None:
-    """The bound methods a flush replaces still reach the schedule afterwards."""
-    log: list[str] = []
-    schedule: Schedule[FakeCall] = Schedule()
-    call = FakeCall(log, "c")
-    schedule.flush(0.0)
-    schedule.want_transmit(call)
-    schedule.send((b"later", ADDR))
-    assert schedule.flush(1.0) == [(b"later", ADDR)]
-    assert log == ["transmit c at 1.0"]
 
 
 def test_a_finished_call_is_no_longer_live_nor_transmitted() -> None:
-    log: list[str] = []
     schedule: Schedule[FakeCall] = Schedule()
-    call = FakeCall(log, "c")
+    call = FakeCall()
     schedule.started(call)
-    schedule.want_transmit(call)
+    schedule.transmits.add(call)
     schedule.finished(call)
-    assert not schedule.live
-    schedule.flush(1.0)
-    assert log == []
+    assert not schedule.live and not schedule.transmits
 
 
-def test_events_come_out_in_order_and_clear_the_pending_mark() -> None:
+def test_events_mark_the_call_pending_and_come_out_in_order() -> None:
     schedule: Schedule[FakeCall] = Schedule()
-    served, changed = FakeCall([], "s"), FakeCall([], "c")
+    served, changed = FakeCall(), FakeCall()
     schedule.incoming(served)
     schedule.notify(changed)
     assert served.event_pending and changed.event_pending
-    assert schedule.take_events() == [IncomingCall(served), CallChanged(changed)]
-    assert not served.event_pending and not changed.event_pending
-    assert schedule.take_events() == []
+    assert schedule.events == [IncomingCall(served), CallChanged(changed)]
+
+
+def client_call(core: RxCore) -> Call:
+    conn = core.connect(ADDR, 1, RXNULL)
+    call = core.new_call(conn, 0.0)
+    assert call is not None
+    return call
+
+
+def test_the_endpoint_sends_owed_acks_before_transmissions_and_empties_the_schedule() -> None:
+    core = RxCore(rng=random.Random(1))
+    call = client_call(core)
+    call.write(b"request", 0.0)
+    call.close_send(0.0)
+    assert core.schedule.transmits == {call}
+    call.ack_reason = P.ACK_IDLE  # as on_data leaves it, owing the peer an ACK
+    core.schedule.acks.add(call)
+    order = [P.decode_header(d).type for d, _ in core.datagrams_to_send(0.0)]
+    assert order == [P.ACK, P.DATA]
+    schedule = core.schedule
+    assert not schedule.acks and not schedule.transmits and not schedule.outgoing
+    assert core.packets_sent == 2 and core.datagrams_to_send(0.1) == []
+
+
+def test_popping_events_clears_each_calls_pending_mark() -> None:
+    core = RxCore(rng=random.Random(1))
+    call = client_call(core)
+    core.schedule.notify(call)
+    assert core.pop_events() == [CallChanged(call)]
+    assert not call.event_pending and core.pop_events() == []
 
 
 def test_a_call_reaches_its_endpoint_only_through_the_schedule() -> None:
@@ -90,7 +82,9 @@ def test_a_call_reaches_its_endpoint_only_through_the_schedule() -> None:
     conn.calls[0] = call
     call.write(b"request", 0.0)
     call.close_send(0.0)
-    ((datagram, addr),) = schedule.flush(0.0)
+    assert schedule.transmits == {call}
+    call.transmit(0.0)
+    ((datagram, addr),) = schedule.outgoing
     header = P.decode_header(datagram)
     assert addr == ADDR and header.type == P.DATA and datagram[P.HEADER_SIZE :] == b"request"
     assert header.flags & P.LAST_PACKET
