@@ -21,7 +21,7 @@ from . import packet as P
 from .connection import Connection
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort
 from .peer import MAX_PACKET
-from .schedule import Schedule
+from .schedule import CallChanged, Schedule
 
 MAX_WINDOW = 32  # rx_maxSendWindow / rx_maxReceiveWindow
 INITIAL_WINDOW = 16
@@ -336,9 +336,10 @@ class Call:
         self.schedule.finished(self)
 
     def _changed(self) -> None:
-        """Wake the task waiting on the call, once dispatched to one."""
+        """Wake the task waiting on the call, once dispatched to one (one event is enough)."""
         if not self.event_pending and self.state is not _PRECALL:
-            self.schedule.notify(self)
+            self.event_pending = True
+            self.schedule.events.append(CallChanged(self))
 
     def abort(self, code: int, now: float) -> None:
         """Fail the call locally and tell the peer."""
@@ -411,8 +412,8 @@ class Call:
             self._want_ack(P.ACK_IDLE, serial)
         elif self.ack_at is None:
             self.ack_at = now + ACK_DELAY
-        if not self.event_pending and self.state is not _PRECALL:
-            self.schedule.notify(self)
+        if not self.event_pending:
+            self._changed()
 
     def _take_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         if seq < self.rnext or seq in self.rx_ooo:
@@ -567,7 +568,7 @@ class Call:
                 self._grow_window(newly)
             self.probe_interval = 0.0
             self.resend_at = now + self._resend_timeout() if self.tnext_send > self.tfirst else None
-        if backlog > SEND_LOW_WATER >= len(tx):
+        if backlog > SEND_LOW_WATER >= len(tx) and not self.event_pending:
             self._changed()
         if not tx:
             self.resend_at = None

@@ -11,12 +11,12 @@ from typing import Generic, TypeVar
 
 from . import packet as P
 from .peer import Address, Peer
-from .schedule import Schedulable, Schedule
+from .schedule import Schedule
 from .security import ConnectionSecurity
 
 DEFAULT_DEAD_TIME = 12.0
 
-C = TypeVar("C", bound=Schedulable)
+C = TypeVar("C")
 
 
 class Connection(Generic[C]):

@@ -25,7 +25,7 @@ from .debug import (
 )
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from .peer import Address, Peer
-from .schedule import Datagram, Event, Schedule
+from .schedule import Datagram, Event, IncomingCall, Schedule
 from .security import (
     ClientConnectionSecurity,
     ClientSecurity,
@@ -141,7 +141,7 @@ class RxCore:
         conn.call_numbers[channel] += 1
         call = Call(conn, channel, conn.call_numbers[channel], True, now)
         conn.calls[channel] = call
-        self.schedule.started(call)
+        self.schedule.live.add(call)
         return call
 
     # ----- driver interface ---------------------------------------------------------------
@@ -355,7 +355,7 @@ class RxCore:
         conn.call_numbers[channel] = call_number
         call = Call(conn, channel, call_number, False, now)
         conn.calls[channel] = call
-        self.schedule.started(call)
+        self.schedule.live.add(call)
         security = conn.security
         assert isinstance(security, ServerConnectionSecurity)
         if security.authenticated:
@@ -370,7 +370,8 @@ class RxCore:
     def _dispatch(self, call: Call) -> None:
         call.state = CallState.ACTIVE
         self.calls_executed += 1
-        self.schedule.incoming(call)
+        call.event_pending = True  # the handler starts after this: no CallChanged needed
+        self.schedule.events.append(IncomingCall(call))
 
     def _send_challenge(self, conn: Connection[Call], now: float) -> None:
         security = conn.security

@@ -1,21 +1,22 @@
 """The seam between calls and their endpoint: what the endpoint must do on their behalf.
 
-A call never touches the endpoint (RxCore) itself.  It is handed a Schedule and through it
-queues datagrams, asks to transmit or to send an ACK at the next flush, and reports that
-its task should wake.  The endpoint, which owns the Schedule, drains it when the driver
-flushes (RxCore.datagrams_to_send, RxCore.pop_events).
+A call never touches the endpoint (RxCore) itself.  It is handed a Schedule, where it
+queues datagrams (`outgoing`), asks to transmit or to send an ACK at the next flush (it
+adds itself to `transmits` or `acks`), posts the event that wakes its task (`events`), and
+says it is over (`finished`).  The endpoint, which owns the Schedule, adds the calls it
+starts to `live` and drains the rest when the driver flushes (RxCore.datagrams_to_send,
+RxCore.pop_events).
 
-Per packet, a call appends to `outgoing` and adds itself to `transmits` or `acks`: the
-containers themselves, not methods wrapping them, because on this path a wrapper's extra
-call (or a bound method kept in an attribute, which CPython 3.11 cannot specialise)
-costs a measurable share of the time per packet.  That is all a call may do to them; the
-rest goes through methods.  This module imports nothing of the call or the endpoint.
+The containers themselves, not methods wrapping them: on the per-packet path a wrapper's
+extra call (or a bound method kept in an attribute, which CPython 3.11 does not
+specialise as it does list.append and set.add) costs a measurable share of the time per
+packet.  This module imports nothing of the call or the endpoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeAlias, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 from .peer import Address
 
@@ -23,14 +24,8 @@ from .peer import Address
 Datagram: TypeAlias = bytes | bytearray
 
 
-class Schedulable(Protocol):
-    """What the schedule needs of a call."""
-
-    #: An event for this call waits in the schedule (at most one until taken).
-    event_pending: bool
-
-
-C = TypeVar("C", bound=Schedulable)
+#: The call type: the schedule never looks into a call.
+C = TypeVar("C")
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,20 +62,7 @@ class Schedule(Generic[C]):
         #: Calls owing an ACK: flush_ack() runs at the next flush, before the transmits.
         self.acks: set[C] = set()
 
-    def started(self, call: C) -> None:
-        self.live.add(call)
-
     def finished(self, call: C) -> None:
         """The call is over: no more timers, nothing left to transmit."""
         self.live.discard(call)
         self.transmits.discard(call)
-
-    def notify(self, call: C) -> None:
-        """Wake the call's task; the caller checked `event_pending` (one event is enough)."""
-        call.event_pending = True
-        self.events.append(CallChanged(call))
-
-    def incoming(self, call: C) -> None:
-        """Hand a new server call to a handler (which starts after this: no CallChanged)."""
-        call.event_pending = True
-        self.events.append(IncomingCall(call))

@@ -11,35 +11,18 @@ from afsfuse.rx.call import Call
 from afsfuse.rx.connection import Connection
 from afsfuse.rx.core import RxCore
 from afsfuse.rx.peer import Peer
-from afsfuse.rx.schedule import CallChanged, IncomingCall, Schedule
+from afsfuse.rx.schedule import CallChanged, Schedule
 from afsfuse.rx.security import RXNULL
 
 ADDR = ("10.0.0.1", 7000)
 
 
-class FakeCall:
-    """Stands for a call where the schedule alone is concerned."""
-
-    def __init__(self) -> None:
-        self.event_pending = False
-
-
 def test_a_finished_call_is_no_longer_live_nor_transmitted() -> None:
-    schedule: Schedule[FakeCall] = Schedule()
-    call = FakeCall()
-    schedule.started(call)
-    schedule.transmits.add(call)
-    schedule.finished(call)
+    schedule: Schedule[str] = Schedule()
+    schedule.live.add("call")
+    schedule.transmits.add("call")
+    schedule.finished("call")
     assert not schedule.live and not schedule.transmits
-
-
-def test_events_mark_the_call_pending_and_come_out_in_order() -> None:
-    schedule: Schedule[FakeCall] = Schedule()
-    served, changed = FakeCall(), FakeCall()
-    schedule.incoming(served)
-    schedule.notify(changed)
-    assert served.event_pending and changed.event_pending
-    assert schedule.events == [IncomingCall(served), CallChanged(changed)]
 
 
 def client_call(core: RxCore) -> Call:
@@ -64,10 +47,11 @@ def test_the_endpoint_sends_owed_acks_before_transmissions_and_empties_the_sched
     assert core.packets_sent == 2 and core.datagrams_to_send(0.1) == []
 
 
-def test_popping_events_clears_each_calls_pending_mark() -> None:
+def test_a_call_posts_one_event_until_the_endpoint_pops_it() -> None:
     core = RxCore(rng=random.Random(1))
     call = client_call(core)
-    core.schedule.notify(call)
+    call.abort(1, 0.0)
+    assert call.event_pending and core.schedule.events == [CallChanged(call)]
     assert core.pop_events() == [CallChanged(call)]
     assert not call.event_pending and core.pop_events() == []
 
