@@ -37,6 +37,7 @@ venv: deps $(STAMPS)/venv
 lint: venv
 	$(VENV)/bin/ruff check afsfuse tests bench
 	$(VENV)/bin/ruff format --check afsfuse tests bench
+	$(VENV)/bin/mypy
 
 # The whole suite, integration tests against a real cell included (needs root).
 test: venv lint

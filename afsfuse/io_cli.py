@@ -27,7 +27,7 @@ import trio
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import Token, TokenError, token_from_ccache
-from afsfuse.rx.driver import Connection, Endpoint, open_endpoint
+from afsfuse.rx.driver import ClientConnection, Endpoint, open_endpoint
 from afsfuse.rx.errors import RxAbort, RxTimeout
 from afsfuse.rx.interfaces.fs import (
     AFS_SETMODTIME,
@@ -143,7 +143,7 @@ class FidIO:
             raise IoError(f"volume {fid.Volume} ({location.name}) has no usable site")
         return sites
 
-    def connect(self, site: VolumeSite) -> Connection:
+    def connect(self, site: VolumeSite) -> ClientConnection:
         return self.endpoint.connect((site.addresses[0], FS.port), FS.service_id, self.security)
 
     async def read(self, fid: AFSFid, out_fd: int, piece: int) -> Transfer:
@@ -165,7 +165,13 @@ class FidIO:
         raise AssertionError("unreachable")
 
     async def _fetch_from(
-        self, conn: Connection, fid: AFSFid, pos: int, piece: int, out_fd: int, view: memoryview
+        self,
+        conn: ClientConnection,
+        fid: AFSFid,
+        pos: int,
+        piece: int,
+        out_fd: int,
+        view: memoryview,
     ) -> int:
         """Fetch from pos to the end of the file; return the final position.  pos advances
         as data is written, so another site can carry on where this one failed."""
@@ -206,7 +212,7 @@ class FidIO:
         return Transfer(size, time.monotonic() - started)
 
     @staticmethod
-    async def _give_up_callbacks(conn: Connection) -> None:
+    async def _give_up_callbacks(conn: ClientConnection) -> None:
         """Spare the fileserver a break to a cache manager that is about to vanish."""
         with trio.move_on_after(2), contextlib.suppress(RxAbort):
             await FS.GiveUpAllCallBacks(conn)

@@ -16,7 +16,7 @@ import trio
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import Token
-from afsfuse.rx.driver import Connection, open_endpoint
+from afsfuse.rx.driver import ClientConnection, open_endpoint
 from afsfuse.rx.errors import RX_RESTARTING, RxAbort
 from afsfuse.rx.interfaces.fs import AFS_SETMODE, FS, VBUSY, AFSFid, AFSStoreStatus
 from afsfuse.rx.rxkad import Level, RxkadClient
@@ -69,7 +69,7 @@ def big_content_sha256(size: int, seed: bytes) -> str:
     return digest.hexdigest()
 
 
-async def _store(conn: Connection, fid: AFSFid, size: int, piece_of) -> None:
+async def _store(conn: ClientConnection, fid: AFSFid, size: int, piece_of) -> None:
     status = AFSStoreStatus(Mask=AFS_SETMODE, UnixModeBits=0o644)
     async with FS.StoreData64.stream(conn, fid, status, 0, size, size) as stream:
         for index in range(size // _PIECE):
@@ -79,13 +79,15 @@ async def _store(conn: Connection, fid: AFSFid, size: int, piece_of) -> None:
         await stream.finish()
 
 
-async def _fill_dir(conns: list[Connection], parent: AFSFid, name: str, files: int, data: bytes):
+async def _fill_dir(
+    conns: list[ClientConnection], parent: AFSFid, name: str, files: int, data: bytes
+):
     made = await FS.MakeDir(conns[0], parent, name, AFSStoreStatus())
     directory = made.OutFid
     names = iter(range(files))
     mode = AFSStoreStatus(Mask=AFS_SETMODE, UnixModeBits=0o644)
 
-    async def worker(conn: Connection) -> None:
+    async def worker(conn: ClientConnection) -> None:
         for i in names:
             created = await _patiently(FS.CreateFile, conn, directory, f"f{i:05d}", mode)
             if data:
@@ -115,7 +117,7 @@ async def _populate(cell: str, vlserver: str, admin: Token, layout: Layout, seed
         vl = VLClient.on_endpoint(endpoint, [vlserver])
         security = RxkadClient(admin.session_key, admin.ticket, admin.kvno, Level.CRYPT)
 
-        async def root_of(volume: str) -> tuple[list[Connection], AFSFid]:
+        async def root_of(volume: str) -> tuple[list[ClientConnection], AFSFid]:
             location = await vl.locate(volume)
             host = location.sites[0][0].addresses[0]
             conns = [endpoint.connect((host, FS.port), FS.service_id, security) for _ in (1, 2)]

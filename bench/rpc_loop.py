@@ -30,7 +30,7 @@ import trio
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import token_from_ccache
-from afsfuse.rx.driver import Connection, Endpoint, open_endpoint
+from afsfuse.rx.driver import ClientConnection, Endpoint, open_endpoint
 from afsfuse.rx.interfaces.fs import FS, AFSFid, AFSStoreStatus
 from afsfuse.rx.rxkad import Level, RxkadClient
 from afsfuse.testing.cell import USERS
@@ -40,7 +40,7 @@ SMALL = 100
 RPCS = ("fetchstatus", "fetchdata", "storedata")
 
 
-def _one_call(rpc: str, conn: Connection, fid: AFSFid) -> Callable[[], Awaitable[object]]:
+def _one_call(rpc: str, conn: ClientConnection, fid: AFSFid) -> Callable[[], Awaitable[object]]:
     payload = secrets.token_bytes(SMALL)
     if rpc == "fetchstatus":
         return lambda: FS.FetchStatus(conn, fid)

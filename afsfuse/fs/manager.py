@@ -48,7 +48,7 @@ from afsfuse.fs.volume import VolumeCache, VolumeStatus
 from afsfuse.fs.writeback import StorePiece, store_plan
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
-from afsfuse.rx.driver import Connection, Endpoint
+from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
 from afsfuse.rx.interfaces.fs import (
     AFS_FSYNC,
@@ -328,7 +328,7 @@ class CacheManager:
             client = self._vl[cell_name] = VLClient(list(cell.vlservers), self._connect_vl)
         return client
 
-    def _connect_vl(self, addr: tuple[str, int]) -> Connection:
+    def _connect_vl(self, addr: tuple[str, int]) -> ClientConnection:
         from afsfuse.rx.interfaces.vl import VL
         from afsfuse.rx.security import RXNULL
 
@@ -395,7 +395,7 @@ class CacheManager:
         breaks = vnode.breaks
         self.stats.status_misses += 1
 
-        async def op(conn: Connection, server: FileServer) -> tuple[FileServer, float, Any]:
+        async def op(conn: ClientConnection, server: FileServer) -> tuple[FileServer, float, Any]:
             sent = trio.current_time()
             return server, sent, await FS.FetchStatus(conn, _afs_fid(fid))
 
@@ -493,7 +493,7 @@ class CacheManager:
         breaks = [v.breaks for v in vnodes]
         self.stats.status_misses += len(fids)
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             if server.no_inline_bulk:
                 return server, 0.0, None
             sent = trio.current_time()
@@ -594,7 +594,7 @@ class CacheManager:
         """The whole contents of a (small) vnode: directory or symlink."""
         breaks = vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             data, reply = await FS.FetchData64(conn, _afs_fid(fid), 0, MAX_DIRECTORY)
             return server, sent, data, reply
@@ -725,7 +725,7 @@ class CacheManager:
         chunk = self.store.chunk_size
         breaks = vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             pieces = []
             async with FS.FetchData64.stream(
@@ -1204,7 +1204,7 @@ class CacheManager:
         own doing, and the kernel's copy of what we wrote must not be thrown away for it."""
         breaks = vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             async with FS.StoreData64.stream(
                 conn, _afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
@@ -1269,7 +1269,7 @@ class CacheManager:
         vnode = self.vnodes.get(fid)
         breaks = vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             return server, sent, await FS.StoreStatus(conn, _afs_fid(fid), in_status)
 
@@ -1285,7 +1285,7 @@ class CacheManager:
         dir_fid: AfsFid,
         token: Token | None,
         name: str,
-        call: Callable[[Connection], Any],
+        call: Callable[[ClientConnection], Any],
         edit: Callable[[Any], ListingEdit | None],
         status_field: str = "OutDirStatus",
     ) -> tuple[FileServer, float, Any]:
@@ -1294,7 +1294,7 @@ class CacheManager:
         vnode = self.vnodes.get(dir_fid)
         breaks = vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             return server, sent, await call(conn)
 
@@ -1418,7 +1418,7 @@ class CacheManager:
         mode: int,
         who: Identity,
         what: str,
-        rpc: Callable[[Connection, AFSFid, bytes, Any], Awaitable[Any]],
+        rpc: Callable[[ClientConnection, AFSFid, bytes, Any], Awaitable[Any]],
     ) -> tuple[AfsFid, Status]:
         """One RPC that makes a new vnode and its name in `dir_fid` (CreateFile, MakeDir,
         Symlink), with the name added to our copy of the directory."""
@@ -1531,7 +1531,7 @@ class CacheManager:
         src_vnode, dst_vnode = self.vnodes.get(src_dir), self.vnodes.get(dst_dir)
         src_breaks, dst_breaks = src_vnode.breaks, dst_vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             reply = await FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new)
             return server, sent, reply
@@ -1572,7 +1572,7 @@ class CacheManager:
     async def statfs(self, fid: AfsFid, who: Identity) -> VolumeStatus:
         token = self._token(fid.cell, who)
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             return await FS.GetVolumeStatus(conn, fid.volume)
 
         reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.GetVolumeStatus", op)
@@ -1591,7 +1591,7 @@ class CacheManager:
         token = self._token(fid.cell, who)
         quota = AFSStoreVolumeStatus(Mask=AFS_SETMAXQUOTA, MaxQuota=max_quota_kb)
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             # Empty name and messages are left as they are by the fileserver.
             return await FS.SetVolumeStatus(conn, fid.volume, quota, "", "", "")
 
@@ -1605,7 +1605,7 @@ class CacheManager:
         parses it."""
         token = self._token(fid.cell, who)
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             return await FS.FetchACL(conn, _afs_fid(fid))
 
         reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.FetchACL", op)
@@ -1622,7 +1622,7 @@ class CacheManager:
         vnode = self.vnodes.get(fid)
         breaks = vnode.breaks
 
-        async def op(conn: Connection, server: FileServer) -> Any:
+        async def op(conn: ClientConnection, server: FileServer) -> Any:
             sent = trio.current_time()
             if not server.no_store_acl:
                 try:

@@ -43,14 +43,14 @@ from afsfuse.fs.server import FileServer, ServerTable
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.volume import VolumeCache
 from afsfuse.keyring.token import Token
-from afsfuse.rx.driver import Connection
+from afsfuse.rx.driver import ClientConnection
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort, RxSecurityError
 from afsfuse.rx.interfaces.fs import VICETOKENDEAD, VNOSERVICE
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Operation = Callable[[Connection, FileServer], Awaitable[T]]
+Operation = Callable[[ClientConnection, FileServer], Awaitable[T]]
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class Rotator:
             )
         raise FsError(errno.ENODEV, f"{name} on volume {volume}: no site has it ({last_error})")
 
-    def _check_silence(self, server: FileServer, conn: Connection, started: float) -> None:
+    def _check_silence(self, server: FileServer, conn: ClientConnection, started: float) -> None:
         """A call cut off (at the deadline, mostly) after its server had said nothing for as
         long as a probe waits: that server is down.  With a dead time longer than the
         timeout, RX_CALL_DEAD never comes, and every later request would wait the whole

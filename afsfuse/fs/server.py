@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from afsfuse.keyring.token import Token
-from afsfuse.rx.driver import Connection, Endpoint
+from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import FS
 from afsfuse.rx.rxkad import Level, RxkadClient
@@ -55,7 +55,7 @@ class FileServer:
     #: The server answered StoreACL (164) with RXGEN_OPCODE: use OldStoreACL (134) instead.
     no_store_acl: bool = False
     _probing: trio.Event | None = None
-    _conns: dict[tuple[Token | None, int], Connection] = field(default_factory=dict)
+    _conns: dict[tuple[Token | None, int], ClientConnection] = field(default_factory=dict)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -82,7 +82,7 @@ class ServerTable:
     def all(self) -> list[FileServer]:
         return list(self._servers.values())
 
-    def connection(self, server: FileServer, token: Token | None) -> Connection:
+    def connection(self, server: FileServer, token: Token | None) -> ClientConnection:
         """The connection for calls to `server` made with `token` (None: anonymous)."""
         key = (token, int(self.level) if token else -1)
         conn = server._conns.get(key)
@@ -100,7 +100,7 @@ class ServerTable:
             server._conns[key] = conn
         return conn
 
-    def discard(self, server: FileServer, conn: Connection) -> None:
+    def discard(self, server: FileServer, conn: ClientConnection) -> None:
         """Stop using a connection (its security context or its peer went bad)."""
         for key, held in list(server._conns.items()):
             if held is conn:

@@ -11,7 +11,7 @@ import dataclasses
 
 from afsfuse.keyring.token import Token
 from afsfuse.rx.interfaces.pt import ANONYMOUSID, PR_MAXNAMELEN, PT
-from afsfuse.rx.rpc import Connection
+from afsfuse.rx.rpc import ConnectionLike
 
 
 def pt_name(token: Token) -> str | None:
@@ -33,7 +33,7 @@ def pt_name(token: Token) -> str | None:
     return name
 
 
-async def with_viceid(token: Token, pt_conn: Connection) -> Token:
+async def with_viceid(token: Token, pt_conn: ConnectionLike) -> Token:
     """The token with viceid filled in by PT NameToID on `pt_conn` (a PT connection to the
     token's cell; any security class will do, the names are public).
 

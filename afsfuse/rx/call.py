@@ -1,6 +1,12 @@
 """One Rx call: both directions of its byte stream, windows, acks, retransmission, timers.
 
-Sans-I/O: methods take `now` and leave datagrams in the owning RxCore's output list.
+Sans-I/O: methods take `now`.  A call reaches its endpoint only through the Schedule its
+connection hands it (datagrams to send, a transmit or an ACK wanted, a task to wake); it
+never touches the endpoint's own state.
+
+Over 500 lines on purpose: this is the per-packet path, one class whose send and receive
+halves share the call's counters and timers.  Split into objects, every packet would pay
+an extra attribute hop or call for each piece of state the halves share.
 """
 
 from __future__ import annotations
@@ -9,13 +15,13 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import packet as P
+from .connection import Connection
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort
-
-if TYPE_CHECKING:
-    from .core import Connection
+from .peer import MAX_PACKET
+from .schedule import CallChanged, Schedule
 
 MAX_WINDOW = 32  # rx_maxSendWindow / rx_maxReceiveWindow
 INITIAL_WINDOW = 16
@@ -34,8 +40,6 @@ NACK_THRESHOLD = 3
 #: The congestion window never drops below this on a loss the acks revealed: on a lossy
 #: path the window, not the loss, would set the pace.
 MIN_RECOVERY_WINDOW = 8
-MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP fragments
-MIN_PACKET = 520
 #: How many not-yet-acknowledged packets a writer may queue before it has to wait.
 SEND_BACKLOG = 2 * MAX_WINDOW
 #: A writer waiting on a full backlog is told of acks only once they bring the backlog down
@@ -46,10 +50,6 @@ SEND_LOW_WATER = MAX_WINDOW
 #: acks it after 100 ms (rx_softAckDelay) if no reply has gone out by then.
 DELAYED_ACK_ALLOWANCE = 0.2
 MAX_PROBE = 10.0  # longest wait between pings to a receiver whose reader is stalled
-#: Bounds of the first wait before pinging a server whose reply stream went quiet (two
-#: round trips in between); the wait doubles while nothing comes.
-STALL_PROBE_MIN = 0.005
-STALL_PROBE_MAX = 0.05
 
 
 class CallState(IntEnum):
@@ -64,6 +64,7 @@ _LIVE_STATES = (CallState.PRECALL, CallState.ACTIVE, CallState.HOLD)
 # Hot-path states bound once: looking a member up on an Enum class costs ~90 ns (3.11).
 _ACTIVE = CallState.ACTIVE
 _ERROR = CallState.ERROR
+_PRECALL = CallState.PRECALL
 _SENDING_STATES = (CallState.ACTIVE, CallState.HOLD)
 _FINISHED_STATES = (CallState.DALLY, CallState.ERROR)
 _ACK_PING_RESPONSE = P.ACK_PING_RESPONSE
@@ -112,10 +113,10 @@ class Call:
     """State of one call on one channel of a connection."""
 
     def __init__(
-        self, conn: Connection, channel: int, call_number: int, is_client: bool, now: float
+        self, conn: Connection[Call], channel: int, call_number: int, is_client: bool, now: float
     ) -> None:
         self.conn = conn
-        self.core = conn.core
+        self.schedule: Schedule[Call] = conn.schedule
         self.channel = channel
         self.call_number = call_number
         self.is_client = is_client
@@ -326,7 +327,19 @@ class Call:
         self.state = CallState.DALLY
         self.tx.clear()
         self.resend_at = None
-        self.core._call_finished(self)
+        self.schedule.finished(self)
+
+    def superseded(self) -> None:
+        """Server: the client's next call on the channel acknowledges our whole reply."""
+        self.state = CallState.DALLY
+        self.tx.clear()
+        self.schedule.finished(self)
+
+    def _changed(self) -> None:
+        """Wake the task waiting on the call, once dispatched to one (one event is enough)."""
+        if not self.event_pending and self.state is not _PRECALL:
+            self.event_pending = True
+            self.schedule.events.append(CallChanged(self))
 
     def abort(self, code: int, now: float) -> None:
         """Fail the call locally and tell the peer."""
@@ -348,15 +361,16 @@ class Call:
         self.ack_reason = 0
         if send_abort:
             self.send_abort(now)
-        self.core._call_finished(self)
+        self.schedule.finished(self)
         if dispatched:
-            self.core._notify(self)
+            self._changed()
 
     def send_abort(self, now: float) -> None:
         assert self.error is not None
         conn = self.conn
         body = P.encode_abort(self.error)
         conn.send_packet(P.ABORT, conn.direction_flag, self.call_number, self.channel, 0, body, now)
+        self.last_send = now
 
     # ----- received packets ---------------------------------------------------------------
 
@@ -399,7 +413,7 @@ class Call:
         elif self.ack_at is None:
             self.ack_at = now + ACK_DELAY
         if not self.event_pending:
-            self.core._notify(self)
+            self._changed()
 
     def _take_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         if seq < self.rnext or seq in self.rx_ooo:
@@ -456,7 +470,7 @@ class Call:
                 self._top_up_hole_acks(serial, now)
             else:
                 self.ack_twice = True
-        self.core._notify(self)
+        self._changed()
 
     def _top_up_hole_acks(self, serial: int, now: float) -> None:
         """The sender's burst ended with a hole showing: send the ACKs it needs to resend.
@@ -555,17 +569,17 @@ class Call:
             self.probe_interval = 0.0
             self.resend_at = now + self._resend_timeout() if self.tnext_send > self.tfirst else None
         if backlog > SEND_LOW_WATER >= len(tx) and not self.event_pending:
-            self.core._notify(self)
+            self._changed()
         if not tx:
             self.resend_at = None
             self._tx_drained()
-        self.core._tx_calls.add(self)
+        self.schedule.transmits.add(self)
 
     def on_ackall(self, now: float) -> None:
         self.last_receive = now
         if self.live:
             self._hard_ack_all()
-            self.core._notify(self)
+            self._changed()
 
     def on_abort(self, code: int, now: float) -> None:
         if self.state in (CallState.ERROR, CallState.DALLY):
@@ -587,8 +601,8 @@ class Call:
     def _tx_drained(self) -> None:
         if self.tx_closed and not self.is_client and self.state == CallState.HOLD:
             self.state = CallState.DALLY
-            self.core._call_finished(self)
-            self.core._notify(self)
+            self.schedule.finished(self)
+            self._changed()
 
     def _outstanding(self) -> bool:
         """Some transmitted packet still lacks even a soft ack."""
@@ -757,7 +771,7 @@ class Call:
             if not pkt.acked and not pkt.resend:
                 self._mark_lost(pkt)
         self.resend_at = None
-        self.core._tx_calls.add(self)
+        self.schedule.transmits.add(self)
 
     # ----- sending ------------------------------------------------------------------------
 
@@ -779,7 +793,7 @@ class Call:
             append(_TxPacket(seq, flags, datagram))
             seq += 1
         self.tnext = seq
-        self.core._tx_calls.add(self)
+        self.schedule.transmits.add(self)
 
     def transmit(self, now: float) -> None:
         """Send what the windows allow: pending retransmissions first, then new packets.
@@ -794,7 +808,7 @@ class Call:
         tnext_send = self.tnext_send
         window_end = tfirst + self.twind
         tx = self.tx
-        resends = []
+        resends: list[_TxPacket] = []
         if self.resend_pending:
             # A lost packet holds back the peer's window: one goes out per call even when
             # the packets still counted in flight fill the congestion window.
@@ -828,7 +842,7 @@ class Call:
         more = conn.direction_flag | P.MORE_PACKETS
         last_flags = conn.direction_flag | (0 if unrequested else P.REQUEST_ACK)
         serial = conn.serial
-        out = self.core._out
+        out = self.schedule.outgoing
         addr = conn.peer.addr
         pack_header = _SERIAL_TYPE_FLAGS.pack_into
         for pkt in resends:
@@ -876,7 +890,7 @@ class Call:
     def _want_ack(self, reason: int, serial: int) -> None:
         current = self.ack_reason
         if not current:
-            self.core._ack_calls.add(self)  # a call with an ack_reason is already there
+            self.schedule.acks.add(self)  # a call with an ack_reason is already there
         if reason == P.ACK_REQUESTED or current != P.ACK_REQUESTED:
             self.ack_reason = reason
             self.ack_serial = serial
@@ -925,6 +939,7 @@ class Call:
         if self.rx_ooo:
             self.hole_acks += 1
         conn = self.conn
+        self.last_send = now
         return conn.send_packet(
             P.ACK,
             conn.direction_flag | P.SLOW_START_OK | flags,

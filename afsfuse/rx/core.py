@@ -1,8 +1,9 @@
-"""The sans-I/O Rx engine: connections, dispatch of received datagrams, timers, rxdebug.
+"""The sans-I/O Rx endpoint: connections, dispatch of received datagrams, timers, rxdebug.
 
 No sockets, no clock: every entry point takes `now` (seconds, any monotonic origin).  The
 driver feeds datagrams in with receive_datagram(), sends what datagrams_to_send() returns,
-calls handle_timer() at next_deadline(), and acts on pop_events().
+calls handle_timer() at next_deadline(), and acts on pop_events().  Calls reach the
+endpoint only through its Schedule.
 """
 
 from __future__ import annotations
@@ -11,22 +12,28 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
 
 from . import packet as P
-from .call import MAX_PACKET, MIN_PACKET, STALL_PROBE_MAX, STALL_PROBE_MIN, Call, CallState
+from .call import Call, CallState
+from .connection import DEFAULT_DEAD_TIME, Connection
+from .debug import (
+    DebugAllowance,
+    conn_entry,
+    first_entries,
+    nth,
+    peer_entry,
+)
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_INVALID_OPERATION, RxAbort, RxSecurityError
+from .peer import Address, Peer
+from .schedule import Datagram, Event, IncomingCall, Schedule
 from .security import (
     ClientConnectionSecurity,
     ClientSecurity,
-    ConnectionSecurity,
     ServerConnectionSecurity,
     ServerSecurity,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Hot-path names bound once.
 _unpack_header = P.HEADER.unpack_from
@@ -37,206 +44,12 @@ JUMBO_PACKET = P.JUMBO_PACKET
 CLIENT_INITIATED = P.CLIENT_INITIATED
 CID_MASK = P.CID_MASK
 _ERROR = CallState.ERROR
-_PRECALL = CallState.PRECALL
 
-Address = tuple[str, int]
-#: A datagram to send: a DATA packet's is the buffer it was built in, never changed after.
-Datagram = bytes | bytearray
-
-INITIAL_RTO = 2.0
-#: Our sender asks for an immediate ack of each burst, so no delayed-ack allowance is added.
-MIN_RTO = 0.02
-MAX_RTO = 60.0
 CHALLENGE_INTERVAL = 2.0
 MAX_CHALLENGES = 50
 IDLE_CONNECTION_TIME = 700.0
 HOUSEKEEPING_INTERVAL = 60.0
-DEFAULT_DEAD_TIME = 12.0
 VERSION_STRING = " afsfuse Rx (Python)"
-#: rxdebug requests answered per second, and at once: rxdebug sends one per entry it lists.
-DEBUG_RATE = 100.0
-DEBUG_BURST = 600
-#: Entries a listing shows at most, so that one request costs little however many there are.
-DEBUG_MAX_ENTRIES = 256
-#: Our call states as rxdebug names them: state, mode.
-_DEBUG_CALL_STATES = {
-    CallState.PRECALL: (P.RX_STATE_PRECALL, 0),
-    CallState.HOLD: (P.RX_STATE_HOLD, P.RX_MODE_SENDING),
-    CallState.DALLY: (P.RX_STATE_DALLY, P.RX_MODE_EOF),
-    CallState.ERROR: (P.RX_STATE_DALLY, P.RX_MODE_ERROR),
-}
-
-
-@dataclass(slots=True, frozen=True)
-class IncomingCall:
-    """A server call passed its security checks and wants a handler."""
-
-    call: Call
-
-
-@dataclass(slots=True, frozen=True)
-class CallChanged:
-    """Something a waiting task may care about: data, send space, completion or error."""
-
-    call: Call
-
-
-Event = IncomingCall | CallChanged
-
-
-class Peer:
-    """What we know about one remote host:port: round-trip time and packet size."""
-
-    __slots__ = ("addr", "heard", "max_packet", "rto", "rttvar", "srtt", "stall_wait")
-
-    def __init__(self, addr: Address) -> None:
-        self.addr = addr
-        #: When a packet from this address last arrived on one of our connections.
-        self.heard = float("-inf")
-        self.srtt = 0.0  # 0 until the first sample
-        self.rttvar = 0.0
-        self.rto = INITIAL_RTO
-        self.max_packet = MAX_PACKET
-        #: How long a reply stream may go quiet before we probe the sender: two round
-        #: trips, bounded.  Kept here because every received DATA packet re-arms it.
-        self.stall_wait = STALL_PROBE_MIN
-
-    def rtt_sample(self, sample: float) -> None:
-        """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off."""
-        if sample < 0:
-            return
-        # Every ACK of a bulk send brings a sample: comparisons, not min() and max() calls.
-        srtt = self.srtt
-        if srtt == 0.0:
-            srtt = sample
-            rttvar = sample / 2
-        else:
-            err = sample - srtt
-            srtt += err / 8
-            rttvar = self.rttvar
-            rttvar += ((err if err >= 0 else -err) - rttvar) / 4
-        self.srtt = srtt
-        self.rttvar = rttvar
-        rto = srtt + 4 * rttvar
-        self.rto = MIN_RTO if rto < MIN_RTO else MAX_RTO if rto > MAX_RTO else rto
-        stall = 2 * srtt
-        self.stall_wait = (
-            STALL_PROBE_MIN
-            if stall < STALL_PROBE_MIN
-            else STALL_PROBE_MAX
-            if stall > STALL_PROBE_MAX
-            else stall
-        )
-
-    def back_off(self) -> None:
-        self.rto = min(self.rto * 2, MAX_RTO)
-
-    def fudge(self) -> float:
-        """Dead-time allowance for a slow path."""
-        return self.srtt + 8 * self.rttvar
-
-    def set_max_packet(self, advertised: int) -> None:
-        self.max_packet = max(MIN_PACKET, min(MAX_PACKET, advertised))
-
-
-class Connection:
-    """One Rx connection (epoch, cid) in one direction, with its four channels."""
-
-    def __init__(
-        self,
-        core: RxCore,
-        peer: Peer,
-        epoch: int,
-        cid: int,
-        service_id: int,
-        security: ConnectionSecurity,
-        is_client: bool,
-        *,
-        dead_time: float = DEFAULT_DEAD_TIME,
-        hard_timeout: float | None = None,
-        idle_timeout: float | None = None,
-    ) -> None:
-        self.core = core
-        self.peer = peer
-        self.epoch = epoch
-        self.cid = cid
-        self.service_id = service_id
-        self.security = security
-        self.security_index = security.index
-        self.is_client = is_client
-        self.direction_flag = P.CLIENT_INITIATED if is_client else 0
-        self.dead_time = dead_time
-        self.hard_timeout = hard_timeout
-        self.idle_timeout = idle_timeout
-        self.serial = 0
-        self.calls: list[Call | None] = [None] * 4
-        self.call_numbers = [0] * 4
-        self.error: int | None = None
-        self.last_activity = 0.0
-        #: Server side: calls held until the peer answers our CHALLENGE.
-        self.held: list[Call] = []
-        self.challenge_at: float | None = None
-        self.challenges_sent = 0
-        self.app: object = None
-
-    @property
-    def addr(self) -> Address:
-        return self.peer.addr
-
-    def max_user_data(self) -> int:
-        return self.security.max_user_data(self.peer.max_packet - P.HEADER_SIZE)
-
-    def send_packet(
-        self,
-        ptype: int,
-        flags: int,
-        call_number: int,
-        channel: int,
-        seq: int,
-        body: bytes,
-        now: float,
-        cksum: int = 0,
-    ) -> int:
-        """Queue one datagram on this connection; return the serial it got."""
-        self.serial = serial = (self.serial + 1) & 0xFFFFFFFF or 1
-        header = P.HEADER.pack(
-            self.epoch,
-            self.cid | channel,
-            call_number,
-            seq,
-            serial,
-            ptype,
-            flags,
-            0,
-            self.security_index,
-            cksum,
-            self.service_id,
-        )
-        self.core._out.append((header + body, self.peer.addr))
-        call = self.calls[channel] if call_number else None
-        if call is not None and call.call_number == call_number:
-            call.last_send = now
-        self.last_activity = now
-        return serial
-
-    def free_channel(self) -> int | None:
-        for channel, call in enumerate(self.calls):
-            if call is None or call.state in (CallState.DALLY, CallState.ERROR):
-                return channel
-        return None
-
-    def fail(self, code: int, now: float) -> None:
-        """The whole connection is in error (a connection ABORT either way)."""
-        self.error = code
-        self.held.clear()
-        self.challenge_at = None
-        for call in self.calls:
-            if call is not None and call.live:
-                call.fail(code, now, send_abort=False)
-
-    def send_connection_abort(self, now: float) -> None:
-        assert self.error is not None
-        self.send_packet(P.ABORT, self.direction_flag, 0, 0, 0, P.encode_abort(self.error), now)
 
 
 class RxCore:
@@ -255,23 +68,19 @@ class RxCore:
         )
         self._next_cid = rng.getrandbits(30) << 2
         self.version_string = version_string
-        self._client_conns: dict[int, Connection] = {}
-        self._server_conns: dict[tuple[int, int, Address | None], Connection] = {}
+        self._client_conns: dict[int, Connection[Call]] = {}
+        self._server_conns: dict[tuple[int, int, Address | None], Connection[Call]] = {}
         self._services: dict[int, dict[int, ServerSecurity]] = {}
         self._peers: dict[Address, Peer] = {}
-        self._out: list[tuple[Datagram, Address]] = []
-        self._events: list[Event] = []
-        self._live: set[Call] = set()
-        self._tx_calls: set[Call] = set()
-        self._ack_calls: set[Call] = set()
-        self._challenging: set[Connection] = set()
+        #: What the calls asked of the endpoint; drained by datagrams_to_send and pop_events.
+        self.schedule: Schedule[Call] = Schedule()
+        self._challenging: set[Connection[Call]] = set()
         self._next_housekeeping: float | None = None
         self.calls_executed = 0
         self.packets_received = 0
-        self.packets_sent = 0
         self.packets_dropped = 0
-        self._debug_allowance = float(DEBUG_BURST)
-        self._debug_at = float("-inf")
+        self._debug_allowance = DebugAllowance()
+        self.packets_sent = 0
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -290,12 +99,12 @@ class RxCore:
         dead_time: float = DEFAULT_DEAD_TIME,
         hard_timeout: float | None = None,
         idle_timeout: float | None = None,
-    ) -> Connection:
+    ) -> Connection[Call]:
         """A new client connection: a fresh cid, calls made on it later."""
         cid = self._next_cid
         self._next_cid = (cid + 4) & P.CID_MASK
-        conn = Connection(
-            self,
+        conn: Connection[Call] = Connection(
+            self.schedule,
             self.peer(addr),
             self.epoch,
             cid,
@@ -309,7 +118,7 @@ class RxCore:
         self._client_conns[cid] = conn
         return conn
 
-    def close_connection(self, conn: Connection, now: float) -> None:
+    def close_connection(self, conn: Connection[Call], now: float) -> None:
         """Forget a client connection; its live calls are aborted."""
         for call in conn.calls:
             if call is not None and call.live:
@@ -322,47 +131,51 @@ class RxCore:
     def services(self) -> Mapping[int, Mapping[int, ServerSecurity]]:
         return self._services
 
-    def new_call(self, conn: Connection, now: float) -> Call | None:
+    def new_call(self, conn: Connection[Call], now: float) -> Call | None:
         """A client call on a free channel of conn, or None if all four are busy."""
         if conn.error is not None:
             raise RxAbort(conn.error)
-        channel = conn.free_channel()
+        channel = _free_channel(conn)
         if channel is None:
             return None
         conn.call_numbers[channel] += 1
         call = Call(conn, channel, conn.call_numbers[channel], True, now)
         conn.calls[channel] = call
-        self._live.add(call)
+        self.schedule.live.add(call)
         return call
 
     # ----- driver interface ---------------------------------------------------------------
 
-    def pop_events(self) -> list[Event]:
-        events = self._events
-        self._events = []
+    def pop_events(self) -> list[Event[Call]]:
+        """The events since the last call: handlers to start, tasks to wake."""
+        schedule = self.schedule
+        events = schedule.events
+        schedule.events = []
         for event in events:
             event.call.event_pending = False
         return events
 
     def datagrams_to_send(self, now: float) -> list[tuple[Datagram, Address]]:
-        if self._ack_calls:
-            calls = self._ack_calls
-            self._ack_calls = set()
+        """Run the calls' owed ACKs, then their transmissions; every datagram queued."""
+        schedule = self.schedule
+        if schedule.acks:
+            calls = schedule.acks
+            schedule.acks = set()
             for call in calls:
                 call.flush_ack(now)
-        if self._tx_calls:
-            calls = self._tx_calls
-            self._tx_calls = set()
+        if schedule.transmits:
+            calls = schedule.transmits
+            schedule.transmits = set()
             for call in calls:
                 call.transmit(now)
-        out = self._out
-        self._out = []
+        out = schedule.outgoing
+        schedule.outgoing = []
         self.packets_sent += len(out)
         return out
 
     def next_deadline(self) -> float | None:
         deadline = self._next_housekeeping
-        for call in self._live:
+        for call in self.schedule.live:
             when = call.next_deadline()
             if when is not None and (deadline is None or when < deadline):
                 deadline = when
@@ -373,7 +186,7 @@ class RxCore:
         return deadline
 
     def handle_timer(self, now: float) -> None:
-        for call in list(self._live):
+        for call in list(self.schedule.live):
             call.on_timer(now)
         for conn in list(self._challenging):
             if conn.challenge_at is not None and now >= conn.challenge_at:
@@ -395,17 +208,6 @@ class RxCore:
         except P.PacketDecodeError as exc:
             self.packets_dropped += 1
             log.debug("dropped bad datagram from %s: %s", addr, exc)
-
-    # ----- bookkeeping used by calls ------------------------------------------------------
-
-    def _notify(self, call: Call) -> None:
-        if not call.event_pending and call.state is not _PRECALL:
-            call.event_pending = True
-            self._events.append(CallChanged(call))
-
-    def _call_finished(self, call: Call) -> None:
-        self._live.discard(call)
-        self._tx_calls.discard(call)
 
     # ----- receiving ----------------------------------------------------------------------
 
@@ -495,10 +297,10 @@ class RxCore:
         ptype: int,
         sec_index: int,
         service: int,
-        data: bytes,
+        data: bytes | memoryview,
         addr: Address,
         now: float,
-    ) -> Connection | None:
+    ) -> Connection[Call] | None:
         # A random epoch (high bit) lets the client move between addresses (NAT rebinding).
         key = (epoch, cid & P.CID_MASK, None if epoch & 0x80000000 else addr)
         conn = self._server_conns.get(key)
@@ -517,10 +319,10 @@ class RxCore:
             header = P.HEADER.pack(
                 epoch, cid, call_number, 0, 1, P.ABORT, 0, 0, sec_index, 0, service
             )
-            self._out.append((header + P.encode_abort(RX_INVALID_OPERATION), addr))
+            self.schedule.outgoing.append((header + P.encode_abort(RX_INVALID_OPERATION), addr))
             return None
         conn = Connection(
-            self,
+            self.schedule,
             self.peer(addr),
             epoch,
             cid & P.CID_MASK,
@@ -532,7 +334,13 @@ class RxCore:
         return conn
 
     def _new_server_call(
-        self, conn: Connection, channel: int, call_number: int, ptype: int, seq: int, now: float
+        self,
+        conn: Connection[Call],
+        channel: int,
+        call_number: int,
+        ptype: int,
+        seq: int,
+        now: float,
     ) -> Call | None:
         if call_number < conn.call_numbers[channel] or ptype != P.DATA or seq > 32:
             return None
@@ -543,13 +351,11 @@ class RxCore:
             conn.send_packet(P.BUSY, 0, call_number, channel, 0, b"", now)
             return None
         if old is not None and old.live:  # HOLD: the new call acknowledges the old reply
-            old.state = CallState.DALLY
-            old.tx.clear()
-            self._call_finished(old)
+            old.superseded()
         conn.call_numbers[channel] = call_number
         call = Call(conn, channel, call_number, False, now)
         conn.calls[channel] = call
-        self._live.add(call)
+        self.schedule.live.add(call)
         security = conn.security
         assert isinstance(security, ServerConnectionSecurity)
         if security.authenticated:
@@ -565,9 +371,9 @@ class RxCore:
         call.state = CallState.ACTIVE
         self.calls_executed += 1
         call.event_pending = True  # the handler starts after this: no CallChanged needed
-        self._events.append(IncomingCall(call))
+        self.schedule.events.append(IncomingCall(call))
 
-    def _send_challenge(self, conn: Connection, now: float) -> None:
+    def _send_challenge(self, conn: Connection[Call], now: float) -> None:
         security = conn.security
         assert isinstance(security, ServerConnectionSecurity)
         if conn.challenges_sent >= MAX_CHALLENGES:
@@ -584,10 +390,12 @@ class RxCore:
         conn.challenge_at = now + CHALLENGE_INTERVAL
         self._challenging.add(conn)
 
-    def _connection_packet(self, conn: Connection, ptype: int, data: bytes, now: float) -> None:
+    def _connection_packet(
+        self, conn: Connection[Call], ptype: int, data: bytes, now: float
+    ) -> None:
         body = data[P.HEADER_SIZE :]
         if ptype == P.ABORT:
-            conn.fail(P.decode_abort(body), now)
+            self._fail_connection(conn, P.decode_abort(body), now)
         elif conn.error is not None:
             if not conn.is_client:
                 conn.send_connection_abort(now)
@@ -596,7 +404,7 @@ class RxCore:
         elif ptype == P.RESPONSE and not conn.is_client and conn.challenge_at is not None:
             self._check_response(conn, body, now)
 
-    def _answer_challenge(self, conn: Connection, body: bytes, now: float) -> None:
+    def _answer_challenge(self, conn: Connection[Call], body: bytes, now: float) -> None:
         if not any(call is not None and call.live for call in conn.calls):
             return  # never answer on an idle connection
         numbers = []
@@ -616,13 +424,13 @@ class RxCore:
             return
         conn.send_packet(P.RESPONSE, P.CLIENT_INITIATED, 0, 0, 0, response, now)
 
-    def _check_response(self, conn: Connection, body: bytes, now: float) -> None:
+    def _check_response(self, conn: Connection[Call], body: bytes, now: float) -> None:
         security = conn.security
         assert isinstance(security, ServerConnectionSecurity)
         try:
             security.check_response(body)
         except RxSecurityError as exc:
-            conn.fail(exc.code, now)
+            self._fail_connection(conn, exc.code, now)
             self._challenging.discard(conn)
             conn.send_connection_abort(now)
             return
@@ -635,18 +443,20 @@ class RxCore:
             if call.state == CallState.PRECALL:
                 self._dispatch(call)
 
+    def _fail_connection(self, conn: Connection[Call], code: int, now: float) -> None:
+        """The whole connection is in error (a connection ABORT either way)."""
+        conn.error = code
+        conn.held.clear()
+        conn.challenge_at = None
+        for call in conn.calls:
+            if call is not None and call.live:
+                call.fail(code, now, send_abort=False)
+
     def _answer_debug(self, data: bytes | memoryview, addr: Address, now: float) -> None:
-        """rxdebug's requests, each answered as OpenAFS does (listings page by index and end
-        with the entry rxdebug stops at), at most DEBUG_RATE a second: they cost the same
-        whoever sends them, and anyone may."""
-        self._debug_allowance = min(
-            DEBUG_BURST, self._debug_allowance + max(0.0, now - self._debug_at) * DEBUG_RATE
-        )
-        self._debug_at = now
-        if self._debug_allowance < 1:
+        """rxdebug's requests, answered as OpenAFS does, at most DEBUG_RATE a second."""
+        if not self._debug_allowance.take(now):
             self.packets_dropped += 1
             return
-        self._debug_allowance -= 1
         header = P.decode_header(data)
         if header.type == P.VERSION:
             reply = P.encode_version_body(self.version_string)
@@ -655,30 +465,29 @@ class RxCore:
             if debug_type == P.DEBUG_GETSTATS:
                 reply = P.encode_debug_stats(self.calls_executed, self.packets_received)
             elif debug_type in (P.DEBUG_GETCONN, P.DEBUG_GETALLCONN):
-                conn = _nth(self._debug_conns(debug_type == P.DEBUG_GETALLCONN), index)
-                reply = P.DEBUG_CONN_END if conn is None else _debug_conn(conn).encode()
+                conn = nth(self._debug_conns(debug_type == P.DEBUG_GETALLCONN), index)
+                reply = P.DEBUG_CONN_END if conn is None else conn_entry(conn).encode()
             elif debug_type == P.DEBUG_GETPEER:
-                peer = _nth(itertools.islice(self._peers.values(), DEBUG_MAX_ENTRIES), index)
-                reply = P.DEBUG_PEER_END if peer is None else _debug_peer(peer).encode()
+                peer = nth(first_entries(iter(self._peers.values())), index)
+                reply = P.DEBUG_PEER_END if peer is None else peer_entry(peer).encode()
             elif debug_type == P.DEBUG_RXSTATS:
                 reply = P.encode_rx_stats(
                     bogus_reads=self.packets_dropped,
                     server_conns=len(self._server_conns),
                     client_conns=len(self._client_conns),
                     peers=len(self._peers),
-                    calls=len(self._live),
+                    calls=len(self.schedule.live),
                 )
             else:
                 reply = P.encode_debug_bad_type()
         reply_header = header._replace(flags=header.flags & ~P.CLIENT_INITIATED)
-        self._out.append((reply_header.encode() + reply, addr))
+        self.schedule.outgoing.append((reply_header.encode() + reply, addr))
 
-    def _debug_conns(self, every: bool) -> Iterator[Connection]:
-        """The first DEBUG_MAX_ENTRIES connections, in a stable order; without `every`, only
+    def _debug_conns(self, every: bool) -> Iterator[Connection[Call]]:
+        """The first connections a listing shows, in a stable order; without `every`, only
         those of them with a call under way (OpenAFS's "interesting" ones)."""
-        conns = itertools.islice(
-            itertools.chain(self._client_conns.values(), self._server_conns.values()),
-            DEBUG_MAX_ENTRIES,
+        conns = first_entries(
+            itertools.chain(self._client_conns.values(), self._server_conns.values())
         )
         if every:
             return conns
@@ -691,38 +500,8 @@ class RxCore:
                 del self._server_conns[key]
 
 
-def _nth(entries: Iterator[T], index: int) -> T | None:
-    """Entry `index` of a listing, or None past its end (a negative index counts as 0, as
-    in OpenAFS)."""
-    return next(itertools.islice(entries, max(index, 0), None), None)
-
-
-def _debug_conn(conn: Connection) -> P.DebugConn:
-    states = bytearray(4)
-    modes = bytearray(4)
+def _free_channel(conn: Connection[Call]) -> int | None:
     for channel, call in enumerate(conn.calls):
-        if call is None:
-            continue
-        if call.state == CallState.ACTIVE:
-            sending = conn.is_client and not call.tx_closed
-            states[channel] = P.RX_STATE_ACTIVE
-            modes[channel] = P.RX_MODE_SENDING if sending else P.RX_MODE_RECEIVING
-        else:
-            states[channel], modes[channel] = _DEBUG_CALL_STATES[call.state]
-    return P.DebugConn(
-        conn.peer.addr,
-        conn.epoch,
-        conn.cid,
-        conn.serial,
-        tuple(conn.call_numbers),
-        conn.error or 0,
-        not conn.is_client,
-        conn.security_index,
-        bytes(states),
-        bytes(modes),
-        conn.peer.max_packet,
-    )
-
-
-def _debug_peer(peer: Peer) -> P.DebugPeer:
-    return P.DebugPeer(peer.addr, peer.srtt * 1000, peer.rttvar * 1000, peer.max_packet)
+        if call is None or call.state in (CallState.DALLY, CallState.ERROR):
+            return channel
+    return None

@@ -16,11 +16,12 @@ from types import TracebackType
 
 import trio
 
-from .call import SEND_BACKLOG, CallState
-from .call import Call as CoreCall
-from .core import Address, CallChanged, Datagram, IncomingCall, RxCore
-from .core import Connection as CoreConnection
+from .call import SEND_BACKLOG, Call, CallState
+from .connection import Connection
+from .core import RxCore
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_EOF, RX_USER_ABORT, RxAbort, RxTimeout
+from .peer import Address
+from .schedule import CallChanged, Datagram, IncomingCall
 from .security import RXNULL, ClientSecurity, ServerConnectionSecurity, ServerSecurity
 
 log = logging.getLogger(__name__)
@@ -38,34 +39,34 @@ def _error(code: int) -> RxAbort:
     return RxAbort(code)
 
 
-class Call:
+class CallHandle:
     """Task-facing side of one call: flow-controlled send, and reads of the peer's stream."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         self._lot = trio.lowlevel.ParkingLot()
-        self._core: CoreCall | None = None
+        self._core: Call | None = None
 
-    def _bind(self, core_call: CoreCall) -> None:
+    def _bind(self, core_call: Call) -> None:
         self._core = core_call
         core_call.app = self
 
     @property
-    def _call(self) -> CoreCall:
+    def _call(self) -> Call:
         if self._core is None:
             raise RuntimeError("the call is not open yet")
         return self._core
 
-    def _check(self) -> CoreCall:
+    def _check(self) -> Call:
         call = self._call
         if call.error is not None:
             raise _error(call.error)
         return call
 
-    def _reading(self) -> CoreCall:
+    def _reading(self) -> Call:
         return self._check()
 
-    async def send(self, data: bytes | memoryview) -> None:
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         endpoint = self._endpoint
         pos = 0
@@ -155,14 +156,14 @@ class Call:
             await trio.lowlevel.checkpoint_if_cancelled()
 
 
-class ClientCall(Call):
+class ClientCall(CallHandle):
     """A call we make; use it as `async with connection.new_call() as call`."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: ClientConnection) -> None:
         super().__init__(connection._endpoint)
         self._connection = connection
 
-    def _reading(self) -> CoreCall:
+    def _reading(self) -> Call:
         # Rx is half-duplex for the client: reading the reply ends the request.
         call = self._check()
         if not call.tx_closed:
@@ -199,7 +200,7 @@ class ClientCall(Call):
             self._endpoint._poke(call)
             self._connection._lot.unpark_all()
 
-    async def _finish(self, call: CoreCall) -> None:
+    async def _finish(self, call: Call) -> None:
         if not call.tx_closed:
             await self.close_send()
         while True:
@@ -212,10 +213,10 @@ class ClientCall(Call):
         call.end(trio.current_time())
 
 
-class ServerCall(Call):
+class ServerCall(CallHandle):
     """An incoming call, handed to the service's handler."""
 
-    def __init__(self, endpoint: Endpoint, core_call: CoreCall) -> None:
+    def __init__(self, endpoint: Endpoint, core_call: Call) -> None:
         super().__init__(endpoint)
         self._bind(core_call)
         self.peer: Address = core_call.conn.addr
@@ -229,10 +230,10 @@ class ServerCall(Call):
         await trio.lowlevel.checkpoint()
 
 
-class Connection:
+class ClientConnection:
     """A client connection to one service on one server: up to four calls at a time."""
 
-    def __init__(self, endpoint: Endpoint, core_conn: CoreConnection) -> None:
+    def __init__(self, endpoint: Endpoint, core_conn: Connection[Call]) -> None:
         self._endpoint = endpoint
         self._core = core_conn
         self._lot = trio.lowlevel.ParkingLot()
@@ -307,7 +308,7 @@ class Endpoint:
         dead_time: float = 12.0,
         hard_timeout: float | None = None,
         idle_timeout: float | None = None,
-    ) -> Connection:
+    ) -> ClientConnection:
         core_conn = self._core.connect(
             addr,
             service_id,
@@ -316,7 +317,7 @@ class Endpoint:
             hard_timeout=hard_timeout,
             idle_timeout=idle_timeout,
         )
-        return Connection(self, core_conn)
+        return ClientConnection(self, core_conn)
 
     def serve(
         self,
@@ -327,7 +328,7 @@ class Endpoint:
         self._handlers[service_id] = handler
         self._core.add_service(service_id, securities)
 
-    def _poke(self, call: CoreCall | None = None) -> None:
+    def _poke(self, call: Call | None = None) -> None:
         """A call (or a connection being closed) queued work for the socket task.
 
         While that task waits for the socket, the datagrams go out from here at once and
@@ -444,7 +445,7 @@ class Endpoint:
                     woken = True
                 if core_call.is_client and core_call.state in _FINISHED_STATES:
                     conn_app = core_call.conn.app
-                    if isinstance(conn_app, Connection) and conn_app._lot.unpark_all():
+                    if isinstance(conn_app, ClientConnection) and conn_app._lot.unpark_all():
                         woken = True
         return woken
 

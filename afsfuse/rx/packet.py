@@ -240,7 +240,8 @@ def encode_abort(code: int) -> bytes:
 def decode_abort(body: bytes | memoryview) -> int:
     if len(body) < 4:
         raise PacketDecodeError("ABORT body shorter than its error code")
-    return ABORT_BODY.unpack_from(body)[0]
+    code: int = ABORT_BODY.unpack_from(body)[0]
+    return code
 
 
 def split_jumbogram(header: Header, body: bytes | memoryview) -> list[tuple[Header, bytes]]:

@@ -41,20 +41,20 @@ from .errors import (
 )
 
 
-class Call(Protocol):
+class CallLike(Protocol):
     """The part of an Rx call (client or server side) that stubs use."""
 
-    async def send(self, data: bytes | memoryview) -> None: ...
+    async def send(self, data: bytes | bytearray | memoryview) -> None: ...
     async def close_send(self) -> None: ...
     async def recv_exactly(self, n: int) -> bytes: ...
     async def recv_into(self, buf: memoryview) -> int: ...
     async def recv_rest(self) -> bytes: ...
 
 
-class Connection(Protocol):
+class ConnectionLike(Protocol):
     """The part of an Rx connection that client stubs use."""
 
-    def new_call(self) -> AbstractAsyncContextManager[Call]: ...
+    def new_call(self) -> AbstractAsyncContextManager[CallLike]: ...
     async def rpc(self, request: bytes) -> bytes: ...
 
 
@@ -123,7 +123,7 @@ def _eof_means(code: int, what: str) -> Iterator[None]:
 class _RawReader:
     """A run of `length` raw bytes inside a call, read in caller-sized pieces."""
 
-    def __init__(self, call: Call, length: int, short_code: int, what: str) -> None:
+    def __init__(self, call: CallLike, length: int, short_code: int, what: str) -> None:
         self._call = call
         self._short_code = short_code
         self._what = what
@@ -168,7 +168,7 @@ class FetchStream(_RawReader):
     """Client side of a split fetch.  `length` is what the server announced; `result` holds
     the OUT args once the stream is finished (at the end of its `async with`)."""
 
-    def __init__(self, rpc: Rpc, call: Call) -> None:
+    def __init__(self, rpc: Rpc, call: CallLike) -> None:
         super().__init__(call, 0, RXGEN_CC_UNMARSHAL, f"{rpc.qualified_name} reply")
         self._rpc = rpc
         self._done = False
@@ -200,7 +200,7 @@ class StoreStream:
     """Client side of a split store: send exactly `length` bytes; `result` holds the OUT args
     once the stream is finished."""
 
-    def __init__(self, rpc: Rpc, call: Call, length: int) -> None:
+    def __init__(self, rpc: Rpc, call: CallLike, length: int) -> None:
         self._rpc = rpc
         self._call = call
         self._done = False
@@ -238,7 +238,7 @@ class StoreStream:
 class FetchSender:
     """Server side of a split fetch: `start(length)` announces, `send` streams the bytes."""
 
-    def __init__(self, call: Call, split: FetchSplit, what: str) -> None:
+    def __init__(self, call: CallLike, split: FetchSplit, what: str) -> None:
         self._call = call
         self._layout = split.length_type.layout
         self._what = what
@@ -272,7 +272,7 @@ class FetchSender:
 class StoreReceiver(_RawReader):
     """Server side of a split store: the `length` raw bytes that follow the IN args."""
 
-    def __init__(self, call: Call, length: int, what: str) -> None:
+    def __init__(self, call: CallLike, length: int, what: str) -> None:
         super().__init__(call, length, RXGEN_SS_UNMARSHAL, what)
 
 
@@ -362,7 +362,11 @@ class Rpc:
     # Client side.
 
     async def __call__(
-        self, conn: Connection, *args: Any, data: bytes | memoryview | None = None, **kwargs: Any
+        self,
+        conn: ConnectionLike,
+        *args: Any,
+        data: bytes | memoryview | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Make the call.  A fetch split returns (data, OUT value); a store split takes the
         bytes to send as `data=`."""
@@ -381,7 +385,7 @@ class Rpc:
         return self.decode_reply(await conn.rpc(self.encode_request(*args, **kwargs)))
 
     @asynccontextmanager
-    async def stream(self, conn: Connection, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream(self, conn: ConnectionLike, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """A split call as a stream: yields a FetchStream or a StoreStream, whose `result`
         holds the OUT value after the block."""
         if self.split is None:
@@ -402,7 +406,7 @@ class Rpc:
 
     # Server side.
 
-    async def serve(self, call: Call, method: Callable[..., Awaitable[Any]]) -> None:
+    async def serve(self, call: CallLike, method: Callable[..., Awaitable[Any]]) -> None:
         """Run one request (whose opcode was already read) through an implementation."""
         what = f"{self.qualified_name} request"
         if isinstance(self.split, StoreSplit):

@@ -103,7 +103,7 @@ _PACKET_FAULTS = {
 }
 
 
-def response_checksum(body: bytes) -> int:
+def response_checksum(body: bytes | bytearray) -> int:
     """The checksum over the 56 cleartext RESPONSE bytes (its own field zeroed)."""
     h = 1000003
     for byte in body:

@@ -115,7 +115,8 @@ class _Scalar(_Fixed):
         out.append(value)
 
     def from_flat(self, flat: Sequence[Any], i: int) -> int:
-        return flat[i]
+        value: int = flat[i]
+        return value
 
 
 int32 = _Scalar("i")
@@ -139,7 +140,8 @@ class _FixedOpaque(_Fixed):
         out.append(bytes(value))
 
     def from_flat(self, flat: Sequence[Any], i: int) -> bytes:
-        return flat[i]
+        value: bytes = flat[i]
+        return value
 
 
 class _CharArray(_Fixed):
@@ -359,7 +361,7 @@ class _Struct(Codec):
             run.clear()
 
     @property
-    def default(self) -> Any:  # type: ignore[override]
+    def default(self) -> Any:
         return self.cls()
 
     # Fixed-layout protocol, used when this struct is nested in another fixed layout.
@@ -465,19 +467,24 @@ def varray(elem: XdrType, maximum: int | None = None) -> Codec:
     return _VarArray(codec(elem), maximum)
 
 
-def struct_type(name: str, fields: Sequence[tuple[str, XdrType]], *, defaults: bool = True) -> type:
-    """A namedtuple class for an XDR struct; fields default to their zero value."""
+def struct_type(
+    name: str, fields: Sequence[tuple[str, XdrType]], *, defaults: bool = True
+) -> type[Any]:
+    """A namedtuple class for an XDR struct; fields default to their zero value.
+
+    Its fields are known only at run time: the interfaces' generated stubs (stubgen.py)
+    give type checkers the NamedTuple each declaration makes."""
     resolved = [(field, codec(t)) for field, t in fields]
-    cls = namedtuple(
+    cls: type[Any] = namedtuple(  # type: ignore[misc]
         name,
         [field for field, _ in resolved],
-        defaults=[c.default for _, c in resolved] if defaults else None,
+        defaults=[c.default for _, c in resolved] if defaults else None,  # type: ignore[misc]
     )
-    cls._xdr = _Struct(cls, resolved)
+    cls._xdr = _Struct(cls, resolved)  # type: ignore[attr-defined]
     return cls
 
 
-def struct(name: str, /, **fields: XdrType) -> type:
+def struct(name: str, /, **fields: XdrType) -> type[Any]:
     """Shorthand of `struct_type` with the fields as keyword arguments, in order."""
     return struct_type(name, list(fields.items()))
 

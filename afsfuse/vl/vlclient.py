@@ -35,7 +35,7 @@ from afsfuse.rx.interfaces.vl import (
     VLSF_UUID,
     ListAddrByAttributes,
 )
-from afsfuse.rx.rpc import Connection
+from afsfuse.rx.rpc import ConnectionLike
 from afsfuse.rx.security import RXNULL, ClientSecurity
 
 log = logging.getLogger(__name__)
@@ -165,12 +165,12 @@ def _should_try_another_server(error: RxAbort) -> bool:
 class VLClient:
     """Looks volumes up in one cell's VLDB, rotating across its VL servers."""
 
-    def __init__(self, servers: Sequence[Address], connect: Callable[[Address], Connection]):
+    def __init__(self, servers: Sequence[Address], connect: Callable[[Address], ConnectionLike]):
         if not servers:
             raise ValueError("a cell needs at least one VL server")
         self.servers = list(servers)
         self._connect = connect
-        self._conns: dict[Address, Connection] = {}
+        self._conns: dict[Address, ConnectionLike] = {}
         self._generation: dict[Address, int] = {}
         self._preferred = 0
         #: Fileserver UUID -> (address-list uniquifier, addresses).
@@ -188,14 +188,14 @@ class VLClient:
     ) -> VLClient:
         """A client whose connections are made on an afsfuse.rx.driver.Endpoint."""
 
-        def connect(addr: Address) -> Connection:
+        def connect(addr: Address) -> ConnectionLike:
             return endpoint.connect(
                 addr, VL.service_id, security, dead_time=dead_time, hard_timeout=hard_timeout
             )
 
         return cls([(host, VL.port) for host in hosts], connect)
 
-    def _conn(self, addr: Address) -> Connection:
+    def _conn(self, addr: Address) -> ConnectionLike:
         conn = self._conns.get(addr)
         if conn is None:
             conn = self._conns[addr] = self._connect(addr)
@@ -262,7 +262,7 @@ class VLClient:
         )
 
     @staticmethod
-    async def _fetch_entry(conn: Connection, kind: str, volume: str | int) -> Any:
+    async def _fetch_entry(conn: ConnectionLike, kind: str, volume: str | int) -> Any:
         if kind == "U":
             # The VL server looks an all-digit name up as an id, as OpenAFS's CM relies on.
             return await VL.GetEntryByNameU(conn, str(volume))
@@ -272,7 +272,7 @@ class VLClient:
         rpc = VL.GetEntryByNameN if kind == "N" else VL.GetEntryByNameO
         return await rpc(conn, volume)
 
-    async def _server_addresses(self, conn: Connection, site: _RawSite) -> tuple[str, ...]:
+    async def _server_addresses(self, conn: ConnectionLike, site: _RawSite) -> tuple[str, ...]:
         """All addresses of a multi-homed fileserver, cached until its uniquifier changes."""
         assert isinstance(site.server, uuid.UUID)
         cached = self._uuid_addresses.get(site.server)

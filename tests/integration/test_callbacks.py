@@ -15,7 +15,7 @@ import trio
 from afsfuse.fs.callback import Break, CallbackRegistry, Fid
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import Token
-from afsfuse.rx.driver import Connection, ServerCall, open_endpoint
+from afsfuse.rx.driver import ClientConnection, ServerCall, open_endpoint
 from afsfuse.rx.interfaces.fs import (
     CALLBACK_VERSION,
     CB_DROPPED,
@@ -52,7 +52,7 @@ class WatchedService(CacheManagerService):
 class CacheManager:
     """One cache-manager endpoint talking to the cell's fileserver as admin."""
 
-    def __init__(self, service: WatchedService, fs: Connection, server: str) -> None:
+    def __init__(self, service: WatchedService, fs: ClientConnection, server: str) -> None:
         self.service = service
         self.registry = service.registry
         self.fs = fs

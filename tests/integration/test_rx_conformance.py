@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from afsfuse.keyring import Token, with_viceid
-from afsfuse.rx.driver import Connection, Endpoint
+from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
 from afsfuse.rx.interfaces.fs import (
     FILE_DIRECTORY,
@@ -100,7 +100,7 @@ def rxkad(token: Token, level: Level) -> RxkadClient:
     return RxkadClient(token.session_key, token.ticket, token.kvno, level)
 
 
-def fs_conn(cell: Cell, endpoint: Endpoint, security: ClientSecurity = RXNULL) -> Connection:
+def fs_conn(cell: Cell, endpoint: Endpoint, security: ClientSecurity = RXNULL) -> ClientConnection:
     return endpoint.connect((cell.servers[0].addr, FS.port), FS.service_id, security)
 
 
@@ -119,7 +119,7 @@ def unique_name(what: str) -> str:
 
 
 @asynccontextmanager
-async def new_file(conn: Connection, directory: AFSFid, name: str) -> AsyncIterator[AFSFid]:
+async def new_file(conn: ClientConnection, directory: AFSFid, name: str) -> AsyncIterator[AFSFid]:
     """A fresh empty file, removed afterwards even if the test fails."""
     created = await FS.CreateFile(conn, directory, name, AFSStoreStatus())
     try:
@@ -143,7 +143,7 @@ def acl_text(entries: dict[str, int]) -> bytes:
     return f"{len(entries)}\n0\n{body}\0".encode()
 
 
-async def store_acl(conn: Connection, fid: AFSFid, acl: bytes) -> None:
+async def store_acl(conn: ClientConnection, fid: AFSFid, acl: bytes) -> None:
     """StoreACL, falling back to the old opcode on fileservers that predate it (1.8.9
     answers RXGEN_OPCODE to 164), as the OpenAFS cache manager does."""
     try:

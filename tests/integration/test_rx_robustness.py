@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from afsfuse.keyring import Token
-from afsfuse.rx.driver import Connection, Endpoint
+from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RxTimeout
 from afsfuse.rx.interfaces.fs import FS, AFSFid, AFSStoreStatus
 from afsfuse.rx.interfaces.vl import VL
@@ -71,7 +71,7 @@ async def open_dir(cm, cell: Cell, tokens: dict[str, Token], test_root: AFSFid) 
     return made.OutFid
 
 
-async def store_and_fetch(conn: Connection, directory: AFSFid, data: bytes) -> bytes:
+async def store_and_fetch(conn: ClientConnection, directory: AFSFid, data: bytes) -> bytes:
     """CreateFile + StoreData64 of `data` + FetchData64 of the whole file: the bytes read."""
     created = await FS.CreateFile(conn, directory, f"f-{secrets.token_hex(4)}", STORE_MODE)
     fid = created.OutFid
@@ -221,7 +221,7 @@ header_garbage = st.fixed_dictionaries(
 garbage = st.one_of(st.binary(max_size=1500), header_garbage)
 
 
-def forge(spec: dict | bytes, endpoint: Endpoint, our_conn: Connection) -> bytes:
+def forge(spec: dict | bytes, endpoint: Endpoint, our_conn: ClientConnection) -> bytes:
     """Turn a drawn spec into a datagram aimed at the endpoint's live state."""
     if isinstance(spec, bytes):
         return spec

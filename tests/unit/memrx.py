@@ -1,5 +1,6 @@
-"""In-memory Rx calls for unit tests: the Connection/Call API of afsfuse.rx.driver, with a
-client call and a server call joined by two byte pipes and a handler run per call."""
+"""In-memory Rx calls for unit tests: the ClientConnection/CallHandle API of
+afsfuse.rx.driver, with a client call and a server call joined by two byte pipes and a
+handler run per call."""
 
 from __future__ import annotations
 

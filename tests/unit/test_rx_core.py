@@ -19,13 +19,14 @@ from afsfuse.rx.call import (
     RX_BUFFER_PACKETS,
     SEND_BACKLOG,
     SEND_LOW_WATER,
-    STALL_PROBE_MAX,
-    STALL_PROBE_MIN,
     Call,
     CallState,
 )
-from afsfuse.rx.core import DEBUG_BURST, DEBUG_RATE, IncomingCall, RxCore
+from afsfuse.rx.core import RxCore
+from afsfuse.rx.debug import DEBUG_BURST, DEBUG_RATE
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
+from afsfuse.rx.peer import STALL_PROBE_MAX, STALL_PROBE_MIN
+from afsfuse.rx.schedule import IncomingCall
 from afsfuse.rx.security import (
     RXNULL,
     ClientConnectionSecurity,
@@ -357,10 +358,10 @@ def test_send_window_is_capped_by_the_peers_receive_window() -> None:
     assert [h.seq for h in data_in(sent(core, 0.01))] == list(range(2, 10))
 
 
-def ack_of(call: Call, serial: int, soft: str, now: float) -> None:
+def ack_of(core: RxCore, call: Call, serial: int, soft: str, now: float) -> None:
     """Feed call an ACK from the server: firstPacket 1, soft acks given as "01101..."."""
     body = ack_body(1, bytes(int(c) for c in soft), serial=serial)
-    call.core.receive_datagram(server_packet(call, P.ACK, 0, serial, body), SERVER, now)
+    core.receive_datagram(server_packet(call, P.ACK, 0, serial, body), SERVER, now)
 
 
 def test_a_burst_asks_for_an_ack_on_its_last_packet_and_flags_the_others() -> None:
@@ -378,7 +379,7 @@ def test_a_loss_never_shrinks_the_window_below_its_floor() -> None:
     call.write(b"x" * 1412 * 100, 0.0)
     call.cwind = call.ssthresh = MIN_RECOVERY_WINDOW + 2
     sent(core, 0.0)
-    ack_of(call, 11, "0111", 0.001)
+    ack_of(core, call, 11, "0111", 0.001)
     assert call.cwind == call.ssthresh == MIN_RECOVERY_WINDOW
 
 
@@ -388,15 +389,15 @@ def test_a_hole_three_later_packets_overtook_is_resent_at_once_and_halves_the_wi
     call.cwind = call.ssthresh = 16
     assert [h.seq for h in data_in(sent(core, 0.0))] == list(range(1, 17))
     # Packets 2 and 3 arrived, 1 did not: reordering, maybe; nothing is resent yet.
-    ack_of(call, 10, "011", 0.001)
+    ack_of(core, call, 10, "011", 0.001)
     assert 1 not in [h.seq for h in data_in(sent(core, 0.001))]
     # A third packet sent after 1 arrived: 1 is lost, and goes out at once with REQUEST_ACK.
-    ack_of(call, 11, "0111", 0.002)
+    ack_of(core, call, 11, "0111", 0.002)
     out = data_in(sent(core, 0.002))
     assert [h.seq for h in out][:1] == [1] and out[-1].flags & P.REQUEST_ACK
     assert call.cwind == call.ssthresh == 8
     # More ACKs of the same episode neither resend 1 again nor shrink the window again.
-    ack_of(call, 12, "01111", 0.003)
+    ack_of(core, call, 12, "01111", 0.003)
     assert 1 not in [h.seq for h in data_in(sent(core, 0.003))]
     assert call.cwind == 8
 
@@ -422,17 +423,17 @@ def test_a_lost_retransmission_is_found_by_later_acks_without_the_timer() -> Non
     call.write(b"x" * 1412 * 100, 0.0)
     call.cwind = call.ssthresh = 16
     sent(core, 0.0)
-    ack_of(call, 11, "0111", 0.001)
+    ack_of(core, call, 11, "0111", 0.001)
     (resent,) = data_in(sent(core, 0.001))
     assert resent.seq == 1
     # The resent copy is lost too.  Acks of packets sent before it prove nothing ...
-    ack_of(call, 12, "0" + "1" * 15, 0.002)
+    ack_of(core, call, 12, "0" + "1" * 15, 0.002)
     assert [h.seq for h in data_in(sent(core, 0.002))][:1] == [17]
     # ... nor do two packets sent after it ...
-    ack_of(call, 13, "0" + "1" * 17, 0.003)
+    ack_of(core, call, 13, "0" + "1" * 17, 0.003)
     assert 1 not in [h.seq for h in data_in(sent(core, 0.003))]
     # ... but the third does: 1 goes out again long before any retransmit timeout.
-    ack_of(call, 14, "0" + "1" * 18, 0.004)
+    ack_of(core, call, 14, "0" + "1" * 18, 0.004)
     (again,) = [h for h in data_in(sent(core, 0.004)) if h.seq == 1]
     assert again.serial > resent.serial and call.resend_at is not None
 
@@ -444,7 +445,7 @@ def test_in_recovery_the_window_counts_packets_in_flight_not_holes() -> None:
     sent(core, 0.0)
     # 1 and 2 are lost, 3..16 arrived: both are resent; 14 packets left the network, so
     # new packets go out too, up to the peer's window of 32 from its hard-ack point.
-    ack_of(call, 30, "00" + "1" * 14, 0.001)
+    ack_of(core, call, 30, "00" + "1" * 14, 0.001)
     seqs = [h.seq for h in data_in(sent(core, 0.001))]
     assert seqs[:2] == [1, 2]
     assert call.pipe <= call.cwind == 8 and seqs[2:] == list(range(17, 17 + call.cwind - 2))

@@ -1,0 +1,76 @@
+"""What the Rx engine knows of one remote host:port: round-trip time and packet size.
+
+Every connection to an address shares its Peer, so a round trip measured on one call times
+the retransmissions of the next.  Sans-I/O, like the rest of the core.
+"""
+
+from __future__ import annotations
+
+#: A UDP address as the socket module gives it.
+Address = tuple[str, int]
+
+INITIAL_RTO = 2.0
+#: Our sender asks for an immediate ack of each burst, so no delayed-ack allowance is added.
+MIN_RTO = 0.02
+MAX_RTO = 60.0
+MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP fragments
+MIN_PACKET = 520
+#: Bounds of the first wait before pinging a server whose reply stream went quiet (two
+#: round trips in between); the wait doubles while nothing comes.
+STALL_PROBE_MIN = 0.005
+STALL_PROBE_MAX = 0.05
+
+
+class Peer:
+    """Round-trip estimate, retransmit timeout and packet size for one address."""
+
+    __slots__ = ("addr", "heard", "max_packet", "rto", "rttvar", "srtt", "stall_wait")
+
+    def __init__(self, addr: Address) -> None:
+        self.addr = addr
+        #: When a packet from this address last arrived on one of our connections.
+        self.heard = float("-inf")
+        self.srtt = 0.0  # 0 until the first sample
+        self.rttvar = 0.0
+        self.rto = INITIAL_RTO
+        self.max_packet = MAX_PACKET
+        #: How long a reply stream may go quiet before we probe the sender: two round
+        #: trips, bounded.  Kept here because every received DATA packet re-arms it.
+        self.stall_wait = STALL_PROBE_MIN
+
+    def rtt_sample(self, sample: float) -> None:
+        """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off."""
+        if sample < 0:
+            return
+        # Every ACK of a bulk send brings a sample: comparisons, not min() and max() calls.
+        srtt = self.srtt
+        if srtt == 0.0:
+            srtt = sample
+            rttvar = sample / 2
+        else:
+            err = sample - srtt
+            srtt += err / 8
+            rttvar = self.rttvar
+            rttvar += ((err if err >= 0 else -err) - rttvar) / 4
+        self.srtt = srtt
+        self.rttvar = rttvar
+        rto = srtt + 4 * rttvar
+        self.rto = MIN_RTO if rto < MIN_RTO else MAX_RTO if rto > MAX_RTO else rto
+        stall = 2 * srtt
+        self.stall_wait = (
+            STALL_PROBE_MIN
+            if stall < STALL_PROBE_MIN
+            else STALL_PROBE_MAX
+            if stall > STALL_PROBE_MAX
+            else stall
+        )
+
+    def back_off(self) -> None:
+        self.rto = min(self.rto * 2, MAX_RTO)
+
+    def fudge(self) -> float:
+        """Dead-time allowance for a slow path."""
+        return self.srtt + 8 * self.rttvar
+
+    def set_max_packet(self, advertised: int) -> None:
+        self.max_packet = max(MIN_PACKET, min(MAX_PACKET, advertised))
