@@ -459,7 +459,14 @@ class CacheManager:
     async def bulk_status(self, fids: Sequence[AfsFid], who: Identity) -> list[Status | FsError]:
         """Status of many fids, in order; an entry the server refused is an FsError in its
         place.  Fids with a valid callback and known rights cost nothing; the rest go 50 at a
-        time in InlineBulkStatus (FetchStatus each where the server lacks it)."""
+        time in InlineBulkStatus (FetchStatus each where the server lacks it).
+
+        Each status is this mount's view (`_local_view`) at the moment it was taken: a held
+        status together with the dirty state of that same moment, a fetched one with the
+        dirty state its reply finds.  Joining a held status to the dirty state of later,
+        after waiting for the fetches, would pair the server's length from before a store
+        with no dirty data once that store ended meanwhile: the length from before the
+        writes, given to the kernel after them, and O_APPEND writes there."""
         now = trio.current_time()
         results: list[Status | FsError | None] = [None] * len(fids)
         wanted: dict[tuple[str, int], list[int]] = {}
@@ -470,7 +477,7 @@ class CacheManager:
             if rights is not None:
                 assert vnode.status is not None
                 self.stats.status_hits += 1
-                results[i] = vnode.status.with_access(rights)
+                results[i] = self._local_view(vnode.status.with_access(rights), fid)
             else:
                 wanted.setdefault((fid.cell, fid.volume), []).append(i)
         for (cell, volume), indexes in wanted.items():
@@ -479,12 +486,10 @@ class CacheManager:
                 batch = indexes[start : start + AFSCBMAX]
                 statuses = await self._bulk(cell, volume, [fids[i] for i in batch], token)
                 for i, status in zip(batch, statuses, strict=True):
-                    results[i] = status
-        return [
-            self._local_view(r, fid) if isinstance(r, Status) else r
-            for r, fid in zip(results, fids, strict=True)
-            if r is not None
-        ]
+                    results[i] = (
+                        self._local_view(status, fids[i]) if isinstance(status, Status) else status
+                    )
+        return [r for r in results if r is not None]
 
     async def _bulk(
         self, cell: str, volume: int, fids: list[AfsFid], token: Token | None

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import trio
@@ -666,3 +667,89 @@ def test_a_mount_without_xattrs(
         assert b"alice" in ok(m.ctl("alice", "listacl", str(d))).stdout  # ACLs still there
     seen = volume_path(reader, volumes.work) / d.relative_to(volume_path(m, volumes.work))
     assert ok(run(reader, "cat", str(seen / "copy"), user="alice")).stdout == data
+
+
+#: Appends of 1 to 16 numbered 1 KiB blocks, each open(O_APPEND), write, close, for a while;
+#: each must end where the file now ends, and the file must then hold every block in order.
+APPEND_IN_A_LOOP = r"""
+import os, random, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+rng = random.Random(7)
+model = bytearray()
+appends = 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    data = b"".join(b"%07d\n" % (len(model) // 1024 + i) * 128 for i in range(rng.randint(1, 16)))
+    with open(path, "ab", buffering=0) as f:
+        f.write(data)
+        ended = f.tell()
+    model += data
+    appends += 1
+    if ended != len(model):
+        print(f"append {appends} ended at {ended}, not {len(model)}")
+        break
+with open(path, "rb") as f:
+    got = f.read()
+if got == model:
+    print(f"ok: {appends} appends")
+else:
+    print(f"after {appends} appends: {len(got)} bytes, not {len(model)}")
+"""
+
+#: Every name of a directory with its status (readdirplus, then stat), again and again.
+LIST_IN_A_LOOP = r"""
+import os, sys
+directory, stop = sys.argv[1], sys.argv[2]
+while not os.path.exists(stop):
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            try:
+                entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                pass  # removed since it was listed
+"""
+
+#: New small files in a directory, again and again, keeping the last few.
+CREATE_IN_A_LOOP = r"""
+import os, sys
+directory, stop = sys.argv[1], sys.argv[2]
+n = 0
+while not os.path.exists(stop):
+    with open(os.path.join(directory, f"new{n}"), "wb") as f:
+        f.write(b"x")
+    if n >= 4:
+        os.unlink(os.path.join(directory, f"new{n - 4}"))
+    n += 1
+"""
+
+
+def test_appends_land_at_the_end_while_the_directory_is_listed(
+    writer: Mount, volumes: Volumes
+) -> None:
+    """open(O_APPEND), write, close again and again, while another process lists the
+    directory with each entry's status: every append starts where the one before ended.
+
+    Anyone may read here, so the kernel keeps the file's attributes, its length included,
+    and an O_APPEND write goes where that length says.  The listing runs as root
+    (anonymous) while alice creates files there: each listing then meets a new file whose
+    status anonymous has not got yet, and waits for the fileserver in the middle, which is
+    when an append's store can end under it (with two mounts, the other mount's writes do
+    the same).  A listing that then showed the length from before the append made the
+    next append overwrite it."""
+    d = volume_path(writer, volumes.work) / fresh_dir(writer, volumes.work, user=None)
+    public = Path(tempfile.mkdtemp(prefix="afsfuse-append-"))  # alice can see `stop` here
+    public.chmod(0o755)
+    stop = public / "stop"
+    alice = [*as_user(writer.local["alice"]), "python3", "-c", CREATE_IN_A_LOOP, str(d), str(stop)]
+    others = [
+        subprocess.Popen(["python3", "-c", LIST_IN_A_LOOP, str(d), str(stop)], stderr=PIPE),
+        subprocess.Popen(alice, stderr=PIPE, env={"PATH": "/usr/bin:/bin"}),
+    ]
+    try:
+        done = python(writer, APPEND_IN_A_LOOP, str(d / "log"), "15", user=None)
+    finally:
+        stop.touch()
+        problems = [p.communicate(timeout=30)[1] for p in others]
+        shutil.rmtree(public)
+    assert [p.returncode for p in others] == [0, 0], problems
+    assert ok(done).stdout.startswith(b"ok: "), done.stdout.decode()

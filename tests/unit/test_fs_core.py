@@ -1,4 +1,5 @@
-"""The errno mapping, vnode rights, the cell database and callback-break handling."""
+"""The errno mapping, vnode rights, the cell database, callback-break handling, and the
+status shown when a store ends while a status request waits."""
 
 from __future__ import annotations
 
@@ -236,3 +237,28 @@ def test_connections_of_a_replaced_token_are_closed(tmp_path: Path) -> None:
         m.servers.connection(server, tokens.get(alice, "c"))
         tokens.remove(alice)
         assert closed == ["RxkadClient", "RxkadClient"]
+
+
+async def test_bulk_status_shows_a_held_status_with_the_dirty_state_of_its_moment(
+    manager: CacheManager,
+) -> None:
+    """A store that ends while bulk_status waits for the server (for another fid) must not
+    turn the held status of before it into the length from before the writes."""
+    written, other = AfsFid("home.example", 5, 2, 2), AfsFid("home.example", 5, 4, 4)
+    vnode = held(manager, written)
+    vnode.status = Status.from_afs(afs_status(Length=1000, DataVersion=5))
+    manager.store.dirty.begin(written, 5, 1000)
+    manager.store.dirty.truncate(written, 3000)  # written locally, not stored yet
+
+    async def bulk(cell, volume, fids, token):
+        assert fids == [other]
+        await trio.lowlevel.checkpoint()
+        # Meanwhile the close of the writer stores the data: the store's reply is the new
+        # status, and the dirty state goes.
+        vnode.status = Status.from_afs(afs_status(Length=3000, DataVersion=6))
+        manager.store.dirty.discard(written)
+        return [Status.from_afs(afs_status(Length=7, DataVersion=1))]
+
+    manager._bulk = bulk  # type: ignore[method-assign]
+    shown = await manager.bulk_status([written, other], Identity(0))
+    assert [s.size for s in shown] == [3000, 7]  # type: ignore[union-attr]
