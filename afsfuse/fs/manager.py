@@ -402,7 +402,9 @@ class CacheManager:
         server, sent, reply = await self.rotator.call(
             fid.cell, fid.volume, token, "FS.FetchStatus", op
         )
-        return self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
+        return self._absorb_fetched(
+            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
+        )
 
     def _absorb(
         self,
@@ -422,6 +424,7 @@ class CacheManager:
         status = Status.from_afs(afs_status)
         previous = vnode.status
         vnode.status = status
+        vnode.status_taken = trio.current_time()
         if vnode.breaks != breaks:
             # A break arrived while we waited: the promise may already be gone.
             vnode.cb_expires = 0.0
@@ -445,6 +448,31 @@ class CacheManager:
             self._notify(vnode.fid)
         return status
 
+    def _absorb_fetched(
+        self,
+        vnode: Vnode,
+        token: Token | None,
+        afs_status: Any,
+        callback: Any,
+        server: FileServer,
+        sent: float,
+        breaks: int,
+    ) -> Status:
+        """`_absorb` for a status the server was asked for (FetchStatus, InlineBulkStatus).
+
+        One with an older data version than the status held, asked for before that status
+        came, was answered before the change the held one shows (our own store, typically,
+        whose reply came first): the held status stays, and is what the caller gets.
+        Taking the reply would give the kernel the length from before our writes, and
+        O_APPEND would write there.  Asked for after it, an older version is the server's
+        word (a volume restored from a dump) and is taken."""
+        held = vnode.status
+        if held is not None and sent < vnode.status_taken:
+            version = (afs_status.dataVersionHigh << 32) | afs_status.DataVersion
+            if version < held.data_version:
+                return held.with_access(afs_status.CallerAccess)
+        return self._absorb(vnode, token, afs_status, callback, server, sent, breaks)
+
     async def _status_for(
         self, fid: AfsFid, token: Token | None, wanted: int
     ) -> tuple[Vnode, bool]:
@@ -463,10 +491,11 @@ class CacheManager:
 
         Each status is this mount's view (`_local_view`) at the moment it was taken: a held
         status together with the dirty state of that same moment, a fetched one with the
-        dirty state its reply finds.  Joining a held status to the dirty state of later,
-        after waiting for the fetches, would pair the server's length from before a store
-        with no dirty data once that store ended meanwhile: the length from before the
-        writes, given to the kernel after them, and O_APPEND writes there."""
+        dirty state its reply finds (or the held one, if our store overtook the reply: see
+        `_absorb_fetched`).  Joining a held status to the dirty state of later, after
+        waiting for the fetches, would pair the server's length from before a store with no
+        dirty data once that store ended meanwhile: the length from before the writes,
+        given to the kernel after them, and O_APPEND writes there."""
         now = trio.current_time()
         results: list[Status | FsError | None] = [None] * len(fids)
         wanted: dict[tuple[str, int], list[int]] = {}
@@ -527,7 +556,7 @@ class CacheManager:
                 out.append(fs_error(afs_status.errorCode, f"status of {tuple(vnode.fid)}"))
                 continue
             out.append(
-                self._absorb(
+                self._absorb_fetched(
                     vnode, token, afs_status, callback or _NO_CALLBACK, server, sent, before
                 )
             )

@@ -88,6 +88,8 @@ class Vnode:
 
     fid: AfsFid
     status: Status | None = None
+    #: When `status` came (trio clock): a reply to a request sent before then may be older.
+    status_taken: float = 0.0
     #: Fileserver address that promised the callback, and until when (trio clock).
     cb_server: str | None = None
     cb_expires: float = 0.0

@@ -14,6 +14,7 @@ from afsfuse.cache.store import CacheStore
 from afsfuse.fs.callback import Fid
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.errors import FsError, errno_for, fs_error
+from afsfuse.fs.manager import _NO_CALLBACK as NO_CALLBACK
 from afsfuse.fs.manager import CacheManager, ManagerConfig
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.vnode import AfsFid, Status, Vnode
@@ -262,3 +263,41 @@ async def test_bulk_status_shows_a_held_status_with_the_dirty_state_of_its_momen
     manager._bulk = bulk  # type: ignore[method-assign]
     shown = await manager.bulk_status([written, other], Identity(0))
     assert [s.size for s in shown] == [3000, 7]  # type: ignore[union-attr]
+
+
+async def test_a_status_answered_before_our_store_does_not_undo_it(manager: CacheManager) -> None:
+    """A status fetch that the server answered before this client's store, whose reply came
+    after the store's, is older than what the store left: the store's status stays, and
+    the fetch is shown with it, not with the length from before the writes."""
+    written = AfsFid("home.example", 5, 2, 2)
+    vnode = manager.vnodes.get(written)
+    vnode.status = Status.from_afs(afs_status(Length=1000, DataVersion=5))  # no callback
+    manager.store.dirty.begin(written, 5, 1000)
+    manager.store.dirty.truncate(written, 3000)
+    server = SimpleNamespace(addr="10.9.0.1", no_inline_bulk=False)
+    seen: list = []
+    manager.on_invalidate(seen.append)
+
+    async def call(cell, volume, token, name, op):
+        sent = trio.current_time()
+        await trio.sleep(0.001)
+        # The server answered this call at version 5; then the writer's store ended.
+        store_reply = afs_status(Length=3000, DataVersion=6)
+        manager._absorb(vnode, None, store_reply, NO_CALLBACK, server, sent, vnode.breaks, ours=6)
+        manager.store.dirty.discard(written)
+        callback = SimpleNamespace(CallBackType=1, ExpirationTime=3600)
+        old = afs_status(Length=1000, DataVersion=5, CallerAccess=0x9)
+        return server, sent, SimpleNamespace(StatArray=[old], CBArray=[callback])
+
+    manager.rotator.call = call  # type: ignore[method-assign]
+    [shown] = await manager.bulk_status([written], Identity(0))
+    assert (shown.size, shown.data_version, shown.caller_access) == (3000, 6, 0x9)  # type: ignore[union-attr]
+    assert vnode.status is not None and vnode.status.data_version == 6
+    assert seen == []  # nothing changed that the kernel holds
+
+    # An older version asked for after the held one came is the server's word (a volume
+    # restored from a dump): taken.
+    restored = afs_status(Length=10, DataVersion=2)
+    later = trio.current_time() + 1
+    manager._absorb_fetched(vnode, None, restored, NO_CALLBACK, server, later, vnode.breaks)  # type: ignore[arg-type]
+    assert vnode.status.data_version == 2 and seen == [written]
