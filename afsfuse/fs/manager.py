@@ -423,6 +423,15 @@ class CacheManager:
         own change made, which the caller has already applied."""
         status = Status.from_afs(afs_status)
         previous = vnode.status
+        if (
+            previous is not None
+            and status.data_version < previous.data_version
+            and sent < vnode.status_taken
+        ):
+            # Overtaken: asked for before the held status came, answered before the change
+            # it shows.  What it returned is its own version's (its data is labelled with
+            # it), but the file is past that version.
+            return status
         vnode.status = status
         vnode.status_taken = trio.current_time()
         if vnode.breaks != breaks:

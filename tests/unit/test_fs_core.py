@@ -301,3 +301,26 @@ async def test_a_status_answered_before_our_store_does_not_undo_it(manager: Cach
     later = trio.current_time() + 1
     manager._absorb_fetched(vnode, None, restored, NO_CALLBACK, server, later, vnode.breaks)  # type: ignore[arg-type]
     assert vnode.status.data_version == 2 and seen == [written]
+
+
+async def test_a_reply_overtaken_by_a_later_one_does_not_take_the_file_back(
+    manager: CacheManager,
+) -> None:
+    fid = AfsFid("home.example", 1, 2, 2)
+    vnode = manager.vnodes.get(fid)
+    server = SimpleNamespace(addr="10.9.0.1")
+    none = SimpleNamespace(CallBackType=fsint.CB_DROPPED, ExpirationTime=0)
+
+    def absorb(version: int, sent: float) -> Status:
+        reply = afs_status(DataVersion=version, Length=version)
+        return manager._absorb(vnode, None, reply, none, server, sent, vnode.breaks)  # type: ignore[arg-type]
+
+    now = trio.current_time()
+    absorb(7, sent=now)
+    # A fetch asked for before version 7 came, answered before the change: its own version
+    # is returned (its data is labelled with it), but the file stays at 7.
+    assert absorb(6, sent=now - 1).data_version == 6
+    assert vnode.status is not None and vnode.status.data_version == 7
+    # Asked for after it, an older version is the fileserver's word (a restored volume).
+    absorb(5, sent=now + 1)
+    assert vnode.status.data_version == 5
