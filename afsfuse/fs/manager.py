@@ -135,6 +135,20 @@ class ManagerConfig:
         return RotationConfig(self.rotation_timeout, self.busy_wait, self.max_busy_waits)
 
 
+#: A data version and the file length at that version.
+Shown = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FileData:
+    """Bytes read from a file, and the data version and length they belong to (version None:
+    this mount's own data, not stored yet)."""
+
+    data: bytes
+    version: int | None
+    length: int
+
+
 class _DataVersionChanged(Exception):
     """The file changed while a read was assembling chunks: start the read again."""
 
@@ -675,17 +689,28 @@ class CacheManager:
     @_boundary
     async def read(self, fid: AfsFid, offset: int, size: int, who: Identity) -> bytes:
         """Up to `size` bytes at `offset`, through the disk cache (chunks by data version)."""
+        return (await self.read_shown(fid, offset, size, who, None)).data
+
+    @_boundary
+    async def read_shown(
+        self, fid: AfsFid, offset: int, size: int, who: Identity, shown: Shown | None
+    ) -> FileData:
+        """Like `read`, for a reader that believes the file is at data version and length
+        `shown`: that version is served while its chunks are in memory, so what the reader
+        gets agrees with the length it was told.  Otherwise the version the fileserver has."""
         if offset < 0 or size < 0:
             raise FsError(errno.EINVAL)
         token = self._token(fid.cell, who)
         for _ in range(3):
             try:
-                return await self._read(fid, offset, size, token)
+                return await self._read(fid, offset, size, token, shown)
             except _DataVersionChanged:
-                continue
+                shown = None
         raise FsError(errno.EIO, "file keeps changing while being read")
 
-    async def _read(self, fid: AfsFid, offset: int, size: int, token: Token | None) -> bytes:
+    async def _read(
+        self, fid: AfsFid, offset: int, size: int, token: Token | None, shown: Shown | None
+    ) -> FileData:
         vnode, trusted = await self._status_for(fid, token, PRSFS_READ)
         status = vnode.status
         assert status is not None
@@ -696,14 +721,21 @@ class CacheManager:
         trusted = trusted and bool(status.mode & 0o400)
         dirty = self._shown_dirty(fid, status)
         if dirty is not None:
-            return await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
-        size = min(size, status.size - offset)
-        if size <= 0:
-            return b""
+            data = await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
+            return FileData(data, None, dirty.length)
         chunk = self.store.chunk_size
+        current = status.data_version
+        version, length = current, status.size
+        if trusted and shown is not None and shown[0] != current:
+            end = min(offset + size, shown[1])
+            indexes = range(offset // chunk, (end - 1) // chunk + 1)
+            if all((fid, shown[0], i) in self._memory for i in indexes):
+                version, length = shown
+        size = min(size, length - offset)
+        if size <= 0:
+            return FileData(b"", version, length)
         first, last = offset // chunk, (offset + size - 1) // chunk
-        version = status.data_version
-        self._read_ahead(fid, vnode, token, offset, last, version)
+        self._read_ahead(fid, vnode, token, offset, last, current)
         start = offset - first * chunk
         if first == last:
             data = await self._chunk(fid, vnode, token, version, first, trusted)
@@ -714,8 +746,13 @@ class CacheManager:
                 for index in range(first, last + 1)
             ]
             out = b"".join(pieces)[start : start + size]
+        assert vnode.status is not None
+        if vnode.status.data_version != version:
+            # Pages of a version the file is past may now be in the kernel's cache, put
+            # there after the change was pushed to the kernel: push it again.
+            self._notify(fid)
         self.stats.bytes_served += len(out)
-        return out
+        return FileData(out, version, length)
 
     async def _chunk(
         self,
@@ -897,7 +934,7 @@ class CacheManager:
                 assert vnode.status is not None
                 if not vnode.status.is_symlink:
                     raise FsError(errno.EINVAL, "not a symlink")
-                return await self._read(fid, 0, vnode.status.size, token)
+                return (await self._read(fid, 0, vnode.status.size, token, None)).data
             except _DataVersionChanged:
                 continue
         raise FsError(errno.EIO, "link keeps changing while being read")

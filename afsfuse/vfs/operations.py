@@ -49,6 +49,7 @@ import pyfuse3
 import trio
 
 from afsfuse.fs.errors import FsError
+from afsfuse.fs.manager import Shown
 from afsfuse.fs.sysname import check_sysnames, sysname_candidates
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.keyring.store import Identity
@@ -153,11 +154,14 @@ class _Child:
     make: Callable[[int], Node]
     attrs: pyfuse3.EntryAttributes
     entry_timeout: float
+    #: The vnode's status, which the kernel believes once it has the reply (see `read`).
+    shown: tuple[AfsFid, Status] | None = None
 
 
 @dataclass
 class _FileHandle:
     fid: AfsFid
+    inode: int
     who: Identity
     writable: bool = False
 
@@ -199,6 +203,9 @@ class AfsOperations(pyfuse3.Operations):
         self._hidden: dict[AfsFid, tuple[AfsFid, bytes]] = {}
         self._next_handle = 1
         self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
+        #: Per file: the data version and length of the attributes the kernel was last
+        #: given, which bound what it reads and what its page cache may hold.
+        self._shown: dict[AfsFid, Shown] = {}
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
         manager.on_invalidate(self.invalidator.queue)
 
@@ -237,6 +244,7 @@ class AfsOperations(pyfuse3.Operations):
         child.attrs.entry_timeout = child.entry_timeout
         if child.entry_timeout > 0:
             self.inodes.note_cached_name(parent.inode, child.name)
+        self._showing(child)
         return child.attrs
 
     async def _mount_root(self, node: MountNode, who: Identity) -> AfsFid:
@@ -280,7 +288,18 @@ class AfsOperations(pyfuse3.Operations):
                     timeout,
                 )
         attrs = self._file_attrs(status)
-        return _Child(name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout)
+        return _Child(
+            name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout, (fid, status)
+        )
+
+    def _showing(self, child: _Child) -> None:
+        if child.shown is not None:
+            self._show(*child.shown)
+
+    def _show(self, fid: AfsFid, status: Status) -> None:
+        """The kernel now has these attributes: remember a file's version (see `read`)."""
+        if status.is_file:
+            self._shown[fid] = (status.data_version, status.size)
 
     def _file_attrs(self, status: Status) -> pyfuse3.EntryAttributes:
         attrs = _status_attrs(status)
@@ -340,7 +359,10 @@ class AfsOperations(pyfuse3.Operations):
     @_guard
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
+            node = self.inodes.get(inode)
             self.inodes.forget(inode, count)
+            if isinstance(node, FileNode) and self.inodes.get(inode) is None:
+                self._shown.pop(node.fid, None)
 
     @_guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -351,7 +373,9 @@ class AfsOperations(pyfuse3.Operations):
             # that must not become the node its statfs is about.
             self._touched(ctx, node)
         if isinstance(node, FileNode):
-            attrs = self._file_attrs(await self.manager.getattr(node.fid, who))
+            status = await self.manager.getattr(node.fid, who)
+            self._show(node.fid, status)
+            attrs = self._file_attrs(status)
         elif isinstance(node, MountNode) and node.source is not None:
             attrs = _mount_attrs(await self.manager.getattr(node.source, who))
         else:
@@ -399,7 +423,16 @@ class AfsOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             await self.manager.truncate(node.fid, 0, who)  # stored at close, like any write
         self._touched(ctx, node)
-        return pyfuse3.FileInfo(fh=self._open_file(node.fid, who, write), keep_cache=True)
+        shown = self._shown.get(node.fid)
+        fresh = shown is None or shown[0] == status.data_version
+        if not fresh:
+            # The kernel's pages and length may be an older version's, and the push of the
+            # change may still be on its way: drop them now (the pages with this open).  It
+            # asks for the attributes before it reads again, and gets this version's.
+            self.invalidator.attributes_now(inode)
+            self._shown[node.fid] = (status.data_version, status.size)
+        fh = self._open_file(node.fid, inode, who, write)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
     @_guard
     async def create(
@@ -421,13 +454,14 @@ class AfsOperations(pyfuse3.Operations):
                 await self.manager.truncate(fid, 0, who)
         attrs = await self._new_entry(parent, dir_fid, name, fid, status, who)
         self._touched(ctx, parent)
-        return pyfuse3.FileInfo(fh=self._open_file(fid, who, True), keep_cache=True), attrs
+        fh = self._open_file(fid, attrs.st_ino, who, True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), attrs
 
-    def _open_file(self, fid: AfsFid, who: Identity, writable: bool) -> int:
+    def _open_file(self, fid: AfsFid, inode: int, who: Identity, writable: bool) -> int:
         self._open[fid] += 1
         if writable:
             self._writers[fid] += 1
-        return self._new_handle(_FileHandle(fid, who, writable))
+        return self._new_handle(_FileHandle(fid, inode, who, writable))
 
     def _file_handle(self, fh: int, *, writing: bool = False) -> _FileHandle:
         handle = self._handles.get(fh)
@@ -437,8 +471,29 @@ class AfsOperations(pyfuse3.Operations):
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        """The kernel reads pages up to the length it was given, and keeps them: data is
+        served at the version of that length while it is at hand (manager.read_shown).
+        When it is not, the kernel must ask for the length again before a reader can take
+        the old one for the end of the file."""
         handle = self._file_handle(fh)
-        return await self.manager.read(handle.fid, off, size, handle.who)
+        fid = handle.fid
+        got = await self.manager.read_shown(fid, off, size, handle.who, self._shown.get(fid))
+        shown = self._shown.get(fid)  # now: the kernel may have been given more meanwhile
+        if got.version is None or shown is None or got.version == shown[0]:
+            return got.data
+        self.invalidator.attributes_now(handle.inode)
+        # A failed read is made again by the kernel, a page at a time, unseen by the reader.
+        if got.version < shown[0]:
+            # The kernel has moved past this version since it asked: its pages would outlive
+            # the change.
+            raise _fail(errno.EIO)
+        if off + len(got.data) < min(off + size, shown[1]):
+            # Short of the length the kernel has: it would fill the rest of its pages with
+            # zeros, and keep them at that length when its attributes changed since it
+            # asked.  Asked again, the short answer at this version cuts the length there.
+            self._shown[fid] = (got.version, got.length)
+            raise _fail(errno.EIO)
+        return got.data
 
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -539,6 +594,7 @@ class AfsOperations(pyfuse3.Operations):
             status = await self.manager.getattr(fid, who)  # atime alone: AFS keeps none
         if isinstance(node, MountNode):
             return await self.getattr(inode, ctx)  # shown through the mount point's vnode
+        self._show(fid, status)
         attrs = self._file_attrs(status)
         attrs.st_ino = inode
         return attrs
@@ -587,6 +643,7 @@ class AfsOperations(pyfuse3.Operations):
                     return
                 self.inodes.referenced(node)
                 node.parent = directory.inode
+                self._showing(child)
                 if child.entry_timeout > 0:
                     self.inodes.note_cached_name(directory.inode, child.name)
                 position += 1
@@ -904,6 +961,15 @@ class Invalidator:
         else:
             self._fids.add(fid)
         self._wakeup.set()
+
+    def attributes_now(self, inode: int) -> None:
+        """Make the kernel ask for `inode`'s attributes again before it next uses them.
+        Pages are left alone, so this never waits on a request in progress and may be
+        called while handling one."""
+        try:
+            self._invalidate_inode(inode, True)
+        except OSError as e:
+            log.debug("invalidate_inode(%d, attributes): %s", inode, e)
 
     def _take(self) -> _Batch:
         if self._everything:

@@ -48,26 +48,51 @@ def write_version(path: str, name: str, version: int) -> None:
             f.write(data[start : start + WRITE_SIZE])
 
 
-def runs_of(name: str, data: bytes) -> tuple[list[list[int]], list[int]]:
-    """[version, first page, pages] runs, and the pages that belong to no version."""
+def fill_of(version: int) -> int:
+    return page("", version, 0)[-1]
+
+
+def _version_of(name: str, piece: bytes, index: int) -> int | None:
+    fields = piece.split(b":", 3)
+    if len(fields) == 4 and fields[0] == name.encode() and fields[2] == str(index).encode():
+        return int(fields[1]) if fields[1].isdigit() else None
+    return None
+
+
+def runs_of(name: str, data: bytes) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """[version, first page, pages] runs; [page, version, next version] for pages where one
+    version ends and the next goes on (the file grew while being read); and the pages that
+    belong to no version."""
     runs: list[list[int]] = []
+    joins: list[list[int]] = []
     bad: list[int] = []
-    prefix = f"{name}:".encode()
-    for index in range(-(-len(data) // PAGE)):
+    pages = -(-len(data) // PAGE)
+    for index in range(pages):
         piece = data[index * PAGE : (index + 1) * PAGE]
-        version = -1
-        if piece.startswith(prefix):
-            fields = piece.split(b":", 3)
-            if len(fields) == 4 and fields[1].isdigit() and fields[2] == str(index).encode():
-                version = int(fields[1])
-        if version < 0 or page(name, version, index)[: len(piece)] != piece:
+        version = _version_of(name, piece, index)
+        if version is None:
             bad.append(index)
             continue
+        if page(name, version, index)[: len(piece)] != piece:
+            cut = length_of(name, version) - index * PAGE
+            tail = piece[cut:]
+            if not 0 < cut < len(piece) or piece[:cut] != page(name, version, index)[:cut]:
+                bad.append(index)
+                continue
+            following = data[(index + 1) * PAGE : (index + 2) * PAGE]
+            later = _version_of(name, following, index + 1) if following else None
+            if later is None or fill_of(later) != tail[0]:
+                later = next(v for v in range(version + 1, version + 27) if fill_of(v) == tail[0])
+            if tail != page(name, later, index)[cut : len(piece)]:
+                bad.append(index)
+                continue
+            joins.append([index, version, later])
+            version = later
         if runs and runs[-1][0] == version and runs[-1][1] + runs[-1][2] == index:
             runs[-1][2] += 1
         else:
             runs.append([version, index, 1])
-    return runs, bad
+    return runs, joins, bad
 
 
 def describe(piece: bytes) -> str:
@@ -114,11 +139,11 @@ def reader(directory: str, names: list[str], until: float, lock: threading.Lock)
             report(lock, kind="error", name=name, began=began, error=str(e))
             continue
         done = time.monotonic()
-        runs, bad = runs_of(name, data)
+        runs, joins, bad = runs_of(name, data)
         first_bad = describe(data[bad[0] * PAGE : (bad[0] + 1) * PAGE]) if bad else ""
         report(
             lock, kind="read", name=name, began=began, done=done, length=len(data), runs=runs,
-            bad=bad[:8], first_bad=first_bad,
+            joins=joins, bad=bad[:8], first_bad=first_bad,
         )  # fmt: skip
 
 

@@ -324,3 +324,31 @@ async def test_a_reply_overtaken_by_a_later_one_does_not_take_the_file_back(
     # Asked for after it, an older version is the fileserver's word (a restored volume).
     absorb(5, sent=now + 1)
     assert vnode.status.data_version == 5
+
+
+async def test_a_read_is_served_at_the_version_the_reader_was_shown_while_in_memory(
+    manager: CacheManager,
+) -> None:
+    chunk = manager.store.chunk_size
+    fid = AfsFid("home.example", 1, 2, 2)
+    vnode = held(manager, fid)
+    vnode.status = Status.from_afs(afs_status(DataVersion=3, Length=chunk + 10))
+    old, new = b"o" * chunk + b"O" * 6, b"n" * chunk + b"N" * 10
+    for version, data in ((2, old), (3, new)):
+        manager._memory.put((fid, version, 0), data[:chunk])
+        manager._memory.put((fid, version, 1), data[chunk:])
+    seen: list = []
+    manager.on_invalidate(seen.append)
+    who = Identity(1)
+
+    got = await manager.read_shown(fid, chunk - 2, 100, who, (2, len(old)))
+    assert (got.data, got.version, got.length) == (b"ooOOOOOO", 2, len(old))
+    assert seen == [fid]  # pages of version 2 may now be in the kernel: push the change again
+    got = await manager.read_shown(fid, chunk - 2, 100, who, (3, len(new)))
+    assert (got.data, got.version) == (b"nn" + b"N" * 10, 3) and seen == [fid]
+    # Version 2's second chunk is gone: the version the fileserver has, whole.
+    manager._memory.drop(lambda f: True)
+    manager._memory.put((fid, 3, 0), new[:chunk])
+    manager._memory.put((fid, 3, 1), new[chunk:])
+    got = await manager.read_shown(fid, chunk - 2, 100, who, (2, len(old)))
+    assert (got.data, got.version, got.length) == (b"nn" + b"N" * 10, 3, len(new))

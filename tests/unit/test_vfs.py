@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from afsfuse.fs.errors import FsError
+from afsfuse.fs.manager import FileData
 from afsfuse.fs.mntpt import VolumeType
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.keyring.store import Identity
@@ -94,6 +95,9 @@ class FakeManager:
         self.stored: dict[AfsFid, bytes] = {}
         self.stores: list[AfsFid] = []
         self.store_error: int | None = None
+        self.contents: dict[AfsFid, bytes] = {}
+        self.shown_reads: list = []
+        self.during_read = None
 
     def on_invalidate(self, callback) -> None:
         self.listeners.append(callback)
@@ -140,6 +144,15 @@ class FakeManager:
 
     async def readlink(self, fid, who) -> bytes:
         return self.links[fid]
+
+    async def read_shown(self, fid, offset, size, who, shown) -> FileData:
+        """The file's current contents; remembers what the reader was shown."""
+        self.shown_reads.append(shown)
+        data = self.contents.get(fid, b"")
+        version = self.files[fid].data_version
+        if self.during_read is not None:
+            await self.during_read()
+        return FileData(data[offset : offset + size], version, len(data))
 
     # A write path that records what reached the "fileserver".
 
@@ -457,3 +470,60 @@ async def test_open_files_unlinked_in_one_directory_never_share_a_hidden_name(op
         await ops.write(fh, 0, b"still here")
         await ops.flush(fh)
         assert ops.manager.stored[fid] == b"still here"
+
+
+async def test_reads_tell_the_manager_what_the_kernel_believes_and_fix_its_length() -> None:
+    calls = []
+
+    def recording(inodes: InodeTable) -> Invalidator:
+        return Invalidator(
+            inodes,
+            lambda inode, attr_only: calls.append(("attrs" if attr_only else "all", inode)),
+            lambda parent, name: None,
+        )
+
+    ops = AfsOperations(FakeManager(), [b"amd64"], make_invalidator=recording)
+    manager = ops.manager
+    fid = AfsFid(CELL, 11, 2, 2)
+    manager.contents[fid] = b"hello"  # version 1, as the kernel is told by the lookup
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    assert info.keep_cache and await ops.read(info.fh, 0, 4096) == b"hello"
+    assert manager.shown_reads == [(1, 5)] and not calls
+
+    def change(version: int, data: bytes) -> None:
+        manager.files[fid] = replace(manager.files[fid], data_version=version, size=len(data))
+        manager.contents[fid] = data
+
+    # Longer now: the kernel, which stops at 5 bytes, must ask for the length again.
+    change(2, b"hello world")
+    assert await ops.read(info.fh, 0, 4096) == b"hello world"
+    assert calls == [("attrs", pub.st_ino)]
+    # An open after the change drops the kernel's pages of version 1 and its length.
+    again = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    assert not again.keep_cache and calls == [("attrs", pub.st_ino)] * 2
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 11
+    assert (await ops.open(pub.st_ino, os.O_RDONLY, ctx())).keep_cache
+
+    # Shorter: a short answer must not meet the old length, so the read fails once (the
+    # kernel reads again), and the next one is answered at the new length.
+    change(3, b"hi")
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.read(info.fh, 0, 4096)
+    assert calls == [("attrs", pub.st_ino)] * 3
+    assert await ops.read(info.fh, 0, 4096) == b"hi"
+    assert manager.shown_reads[-2:] == [(2, 11), (3, 2)] and len(calls) == 3
+
+    # Answered at version 3 while the kernel was given version 4 meanwhile: short of its
+    # new length, so failed, and the kernel keeps what it was given.
+    async def newer_meanwhile() -> None:
+        manager.during_read = None
+        change(4, b"hello there")
+        await ops.getattr(pub.st_ino, ctx())
+
+    manager.during_read = newer_meanwhile
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.read(info.fh, 0, 4096)
+    assert await ops.read(info.fh, 0, 4096) == b"hello there"
+    assert manager.shown_reads[-1] == (4, 11)
