@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import mmap
 import os
 import queue
 import stat
@@ -78,6 +79,8 @@ T = TypeVar("T")
 #: What the kernel is told to drop: inodes, and (parent inode, name) entries.
 _Batch = tuple[list[int], list[tuple[int, bytes]]]
 
+#: The kernel's page: it reads ahead in whole pages, up to the one its length ends in.
+_PAGE = mmap.PAGESIZE
 #: Seconds the kernel may keep what every user may see anyway.
 SHARED_TIMEOUT = 60.0
 #: Directory entries whose status is fetched together in one readdir step.
@@ -164,6 +167,8 @@ class _FileHandle:
     inode: int
     who: Identity
     writable: bool = False
+    #: Opened with O_DIRECT: its reads skip the kernel's cache and may go past the end.
+    direct: bool = False
 
 
 @dataclass
@@ -431,7 +436,7 @@ class AfsOperations(pyfuse3.Operations):
             # asks for the attributes before it reads again, and gets this version's.
             self.invalidator.attributes_now(inode)
             self._shown[node.fid] = (status.data_version, status.size)
-        fh = self._open_file(node.fid, inode, who, write)
+        fh = self._open_file(node.fid, inode, who, write, direct=bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
     @_guard
@@ -457,11 +462,13 @@ class AfsOperations(pyfuse3.Operations):
         fh = self._open_file(fid, attrs.st_ino, who, True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attrs
 
-    def _open_file(self, fid: AfsFid, inode: int, who: Identity, writable: bool) -> int:
+    def _open_file(
+        self, fid: AfsFid, inode: int, who: Identity, writable: bool, *, direct: bool = False
+    ) -> int:
         self._open[fid] += 1
         if writable:
             self._writers[fid] += 1
-        return self._new_handle(_FileHandle(fid, inode, who, writable))
+        return self._new_handle(_FileHandle(fid, inode, who, writable, direct))
 
     def _file_handle(self, fh: int, *, writing: bool = False) -> _FileHandle:
         handle = self._handles.get(fh)
@@ -479,7 +486,15 @@ class AfsOperations(pyfuse3.Operations):
         fid = handle.fid
         got = await self.manager.read_shown(fid, off, size, handle.who, self._shown.get(fid))
         shown = self._shown.get(fid)  # now: the kernel may have been given more meanwhile
-        if got.version is None or shown is None or got.version == shown[0]:
+        if got.version is None or shown is None:
+            return got.data
+        if got.version == shown[0]:
+            if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
+                # The kernel reads ahead no further than the page its length ends in: it
+                # sized this read with a longer file than this version, a length it was
+                # given and we have replaced since.  Short, it would keep zeros.
+                self.invalidator.attributes_now(handle.inode)
+                raise _fail(errno.EIO)
             return got.data
         self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.

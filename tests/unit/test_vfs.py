@@ -527,3 +527,10 @@ async def test_reads_tell_the_manager_what_the_kernel_believes_and_fix_its_lengt
         await ops.read(info.fh, 0, 4096)
     assert await ops.read(info.fh, 0, 4096) == b"hello there"
     assert manager.shown_reads[-1] == (4, 11)
+
+    # Read ahead over pages past this version's end: the kernel was sized by a longer one.
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.read(info.fh, 0, 3 * 4096)
+    # Not so for O_DIRECT, whose reads go past the end as asked.
+    direct = await ops.open(pub.st_ino, os.O_RDONLY | os.O_DIRECT, ctx())
+    assert await ops.read(direct.fh, 0, 3 * 4096) == b"hello there"
