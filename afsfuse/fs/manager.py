@@ -481,20 +481,16 @@ class CacheManager:
         sent: float,
         breaks: int,
     ) -> Status:
-        """`_absorb` for a status the server was asked for (FetchStatus, InlineBulkStatus).
-
-        One with an older data version than the status held, asked for before that status
-        came, was answered before the change the held one shows (our own store, typically,
-        whose reply came first): the held status stays, and is what the caller gets.
-        Taking the reply would give the kernel the length from before our writes, and
-        O_APPEND would write there.  Asked for after it, an older version is the server's
-        word (a volume restored from a dump) and is taken."""
+        """`_absorb` for a status the server was asked for (FetchStatus, InlineBulkStatus),
+        answering with the file's status: a reply `_absorb` found overtaken (our own store,
+        typically, whose reply came first) gives the held status, with the caller's rights
+        from the reply.  Giving the kernel the reply's length would be the length from
+        before our writes, and O_APPEND would write there."""
+        status = self._absorb(vnode, token, afs_status, callback, server, sent, breaks)
         held = vnode.status
-        if held is not None and sent < vnode.status_taken:
-            version = (afs_status.dataVersionHigh << 32) | afs_status.DataVersion
-            if version < held.data_version:
-                return held.with_access(afs_status.CallerAccess)
-        return self._absorb(vnode, token, afs_status, callback, server, sent, breaks)
+        if held is not None and held.data_version > status.data_version:
+            return held.with_access(status.caller_access)
+        return status
 
     async def _status_for(
         self, fid: AfsFid, token: Token | None, wanted: int
