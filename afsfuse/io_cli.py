@@ -4,8 +4,8 @@
     afsfuse-io fidwrite --cell CELL --fid VOLUME.VNODE.UNIQUE < FILE
 
 No mount and no cache: the volume is located through the cell's VL servers (from
-CellServDB) and the data streams between the fileserver and the local file in pieces of a
-few MB.  The token comes from the caller's Kerberos credentials unless --security none.
+CellServDB), its sites tried as the mount tries them (fs/rotate.py), and the data streams
+between the fileserver and the local file in pieces of a few MB.  The token comes from the caller's Kerberos credentials unless --security none.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -26,38 +26,24 @@ import trio
 
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
+from afsfuse.fs.errors import FsError
+from afsfuse.fs.rotate import RotationConfig, Rotator
+from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
+from afsfuse.fs.stats import Stats
+from afsfuse.fs.volume import VolumeCache
 from afsfuse.keyring import Token, TokenError, token_from_ccache
 from afsfuse.rx.driver import ClientConnection, Endpoint, open_endpoint
-from afsfuse.rx.errors import RxAbort, RxTimeout
-from afsfuse.rx.interfaces.fs import (
-    AFS_SETMODTIME,
-    FS,
-    VBUSY,
-    VMOVED,
-    VNOVNODE,
-    VNOVOL,
-    VOFFLINE,
-    VRESTARTING,
-    VSALVAGE,
-    AFSFid,
-    AFSStoreStatus,
-)
+from afsfuse.rx.errors import RxAbort
+from afsfuse.rx.interfaces.fs import AFS_SETMODTIME, FS, AFSFid, AFSStoreStatus
 from afsfuse.rx.interfaces.vl import RWVOL, VL_NOENT
-from afsfuse.rx.rxkad import Level, RxkadClient
-from afsfuse.rx.security import RXNULL, ClientSecurity
 from afsfuse.vl.cellservdb import DEFAULT_CELLSERVDB, cell_key, read_cellservdb
-from afsfuse.vl.vlclient import VLClient, VolumeSite
+from afsfuse.vl.vlclient import VLClient
 
 #: Bytes moved between the call and the local file at a time.
 BUFFER_SIZE = 1 << 20
 #: Bytes asked for per FetchData64 call; 0 fetches the whole file in one call.
 DEFAULT_PIECE = 0
 _WHOLE_FILE = 1 << 62
-#: "No rights", plain and as the "uae" code a fileserver sends once told we translate errors.
-_PERMISSION_DENIED = frozenset({errno.EACCES, 49733376 + errno.EACCES - 1})
-#: Errors after which another site of the volume may do better.
-_TRY_NEXT_SITE = frozenset({VSALVAGE, VNOVOL, VOFFLINE, VMOVED, VBUSY, VRESTARTING})
-_LEVELS = {"clear": Level.CLEAR, "auth": Level.AUTH, "crypt": Level.CRYPT}
 
 
 class IoError(Exception):
@@ -80,24 +66,6 @@ def parse_fid(text: str) -> AFSFid:
     return AFSFid(volume, vnode, unique)
 
 
-def describe(error: RxAbort, what: str) -> str:
-    """One line for an abort, in the words a user expects."""
-    if isinstance(error, RxTimeout):
-        return f"{what}: the server did not answer ({error})"
-    if error.code in _PERMISSION_DENIED:
-        return f"{what}: permission denied"
-    if error.code == VNOVNODE:
-        return f"{what}: no such file (the vnode does not exist)"
-    return f"{what}: {error}"
-
-
-def _security(level: str, token: Token | None) -> ClientSecurity:
-    if level == "none":
-        return RXNULL
-    assert token is not None
-    return RxkadClient(token.session_key, token.ticket, token.kvno, _LEVELS[level])
-
-
 @contextlib.contextmanager
 def _input_file() -> Iterator[BinaryIO]:
     """stdin as a seekable file whose size is known (a pipe is spooled to disk first)."""
@@ -118,84 +86,57 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 class FidIO:
-    """One transfer: locate the volume, connect to a site, move the bytes."""
+    """One transfer through the cache manager's own rotation (fs/rotate.py): the volume's
+    sites from its VLDB entry, fail-over, busy volumes and errors as a mount sees them."""
 
     def __init__(
-        self, endpoint: Endpoint, cell: str, vl_hosts: list[str], security: ClientSecurity
+        self, endpoint: Endpoint, cell: str, vl_hosts: list[str], level: str, token: Token | None
     ):
-        self.endpoint = endpoint
         self.cell = cell
-        self.vl = VLClient.on_endpoint(endpoint, vl_hosts)
-        self.security = security
-
-    async def sites(self, fid: AFSFid, for_write: bool) -> list[VolumeSite]:
-        try:
-            location = await self.vl.locate(fid.Volume)
-        except RxAbort as error:
-            if error.code == VL_NOENT:
-                raise IoError(f"no volume {fid.Volume} in cell {self.cell}") from None
-            raise IoError(describe(error, f"volume location in {self.cell}")) from None
-        voltype = location.type_of(fid.Volume)
-        if for_write and voltype != RWVOL:
-            raise IoError(f"volume {fid.Volume} ({location.name}) is not a read-write volume")
-        sites = list(location.sites_for(fid.Volume))
-        if not sites:
-            raise IoError(f"volume {fid.Volume} ({location.name}) has no usable site")
-        return sites
-
-    def connect(self, site: VolumeSite) -> ClientConnection:
-        return self.endpoint.connect((site.addresses[0], FS.port), FS.service_id, self.security)
+        vl = VLClient.on_endpoint(endpoint, vl_hosts)
+        self.volumes = VolumeCache(lambda _cell, volume: vl.locate(volume))
+        servers = ServerTable(endpoint, ServerConfig(security=level))
+        self.rotator = Rotator(servers, self.volumes, RotationConfig(), Stats())
+        self.token = token
 
     async def read(self, fid: AFSFid, out_fd: int, piece: int) -> Transfer:
-        sites = await self.sites(fid, for_write=False)
+        await self._locate(fid, writing=False)
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
         pos = 0
         started = time.monotonic()
-        for index, site in enumerate(sites):
-            conn = self.connect(site)
-            try:
-                pos = await self._fetch_from(conn, fid, pos, piece, out_fd, view)
-                await self._give_up_callbacks(conn)
-                return Transfer(pos, time.monotonic() - started)
-            except RxAbort as error:
-                retry = isinstance(error, RxTimeout) or error.code in _TRY_NEXT_SITE
-                if not retry or index + 1 == len(sites):
-                    raise IoError(describe(error, f"reading {_fid_text(fid)}")) from None
-        raise AssertionError("unreachable")
 
-    async def _fetch_from(
-        self,
-        conn: ClientConnection,
-        fid: AFSFid,
-        pos: int,
-        piece: int,
-        out_fd: int,
-        view: memoryview,
-    ) -> int:
-        """Fetch from pos to the end of the file; return the final position.  pos advances
-        as data is written, so another site can carry on where this one failed."""
-        want = piece or _WHOLE_FILE
-        while True:
-            async with FS.FetchData64.stream(conn, fid, pos, want) as stream:
-                length = stream.length
-                while stream.remaining:
-                    # Whole buffers to the writer thread: one thread hop per BUFFER_SIZE.
-                    filled = 0
-                    while filled < len(view) and (n := await stream.recv_into(view[filled:])):
-                        filled += n
-                    await trio.to_thread.run_sync(_write_all, out_fd, view[:filled])
-                    pos += filled
-            if length < want:
-                return pos
+        async def fetch(conn: ClientConnection, server: FileServer) -> None:
+            """From pos to the end of the file; pos advances as data is written, so another
+            site carries on where this one failed."""
+            nonlocal pos
+            want = piece or _WHOLE_FILE
+            while True:
+                async with FS.FetchData64.stream(conn, fid, pos, want) as stream:
+                    length = stream.length
+                    while stream.remaining:
+                        # Whole buffers to the writer thread: one thread hop per BUFFER_SIZE.
+                        filled = 0
+                        while filled < len(view) and (n := await stream.recv_into(view[filled:])):
+                            filled += n
+                        await trio.to_thread.run_sync(_write_all, out_fd, view[:filled])
+                        pos += filled
+                if length < want:
+                    await _give_up_callbacks(conn)
+                    return
+
+        await self._call(fid, "FS.FetchData64", fetch, f"reading {_fid_text(fid)}")
+        return Transfer(pos, time.monotonic() - started)
 
     async def write(self, fid: AFSFid, source: BinaryIO) -> Transfer:
-        sites = await self.sites(fid, for_write=True)
-        size = os.fstat(source.fileno()).st_size - source.tell()
+        await self._locate(fid, writing=True)
+        start = source.tell()
+        size = os.fstat(source.fileno()).st_size - start
         status = AFSStoreStatus(Mask=AFS_SETMODTIME, ClientModTime=int(time.time()))
-        conn = self.connect(sites[0])
         started = time.monotonic()
-        try:
+
+        async def store(conn: ClientConnection, server: FileServer) -> None:
+            source.seek(start)  # a busy volume's retry sends it all again
             async with FS.StoreData64.stream(conn, fid, status, 0, size, size) as stream:
                 sent = 0
                 while sent < size:
@@ -206,16 +147,54 @@ class FidIO:
                         raise IoError(f"input ended after {sent} of {size} bytes")
                     await stream.send(chunk)
                     sent += len(chunk)
-            await self._give_up_callbacks(conn)
-        except RxAbort as error:
-            raise IoError(describe(error, f"writing {_fid_text(fid)}")) from None
+            await _give_up_callbacks(conn)
+
+        await self._call(fid, "FS.StoreData64", store, f"writing {_fid_text(fid)}")
         return Transfer(size, time.monotonic() - started)
 
-    @staticmethod
-    async def _give_up_callbacks(conn: ClientConnection) -> None:
-        """Spare the fileserver a break to a cache manager that is about to vanish."""
-        with trio.move_on_after(2), contextlib.suppress(RxAbort):
-            await FS.GiveUpAllCallBacks(conn)
+    async def _locate(self, fid: AFSFid, *, writing: bool) -> None:
+        """The volume's VLDB entry, looked up first (the rotation reuses it), so that a
+        missing volume is told apart from a missing file."""
+        try:
+            location = await self.volumes.location(self.cell, fid.Volume)
+        except RxAbort as error:
+            raise IoError(self._volume_error(fid, error)) from None
+        if writing and location.type_of(fid.Volume) != RWVOL:
+            raise IoError(f"volume {fid.Volume} ({location.name}) is not a read-write volume")
+
+    async def _call(
+        self,
+        fid: AFSFid,
+        name: str,
+        op: Callable[[ClientConnection, FileServer], Awaitable[None]],
+        what: str,
+    ) -> None:
+        try:
+            await self.rotator.call(self.cell, fid.Volume, self.token, name, op)
+        except FsError as error:
+            raise IoError(f"{what}: {_explained(error)}") from None
+
+    def _volume_error(self, fid: AFSFid, error: RxAbort) -> str:
+        if error.code == VL_NOENT:
+            return f"no volume {fid.Volume} in cell {self.cell}"
+        return f"volume location in {self.cell}: {error}"
+
+
+def _explained(error: FsError) -> str:
+    """One line for a failure, in the words a user expects."""
+    if error.errno == errno.EACCES:
+        return "permission denied"
+    if error.errno == errno.ENOENT:
+        return "no such file (the vnode does not exist)"
+    if error.errno == errno.ETIMEDOUT:
+        return f"the server did not answer ({error.strerror})"
+    return error.strerror or os.strerror(error.errno)
+
+
+async def _give_up_callbacks(conn: ClientConnection) -> None:
+    """Spare the fileserver a break to a cache manager that is about to vanish."""
+    with trio.move_on_after(2), contextlib.suppress(RxAbort):
+        await FS.GiveUpAllCallBacks(conn)
 
 
 def _fid_text(fid: AFSFid) -> str:
@@ -227,7 +206,8 @@ async def _run(
 ) -> Transfer:
     async with open_endpoint() as endpoint:
         CacheManagerService(CallbackRegistry(), local_cell=args.cell).install(endpoint)
-        io = FidIO(endpoint, args.cell, vl_hosts, _security(args.security, token))
+        level = "clear" if args.security == "none" else args.security  # no token: rxnull
+        io = FidIO(endpoint, args.cell, vl_hosts, level, token)
         if args.command == "fidread":
             if args.output in (None, "-"):
                 return await io.read(fid, sys.stdout.buffer.fileno(), args.piece)
