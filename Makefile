@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := \
 	python3 python3-venv python3-dev \
 	openafs-fileserver openafs-dbserver openafs-client openafs-krb5 \
 	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
-	fuse3 libfuse3-dev pkg-config gcc libc6-dev \
+	fuse3 libfuse3-dev libsystemd-dev pkg-config gcc libc6-dev \
 	iproute2 procps util-linux tshark attr git
 
 .PHONY: all deps venv test unit lint demo bench soak clean

@@ -16,16 +16,19 @@ import argparse
 import contextlib
 import functools
 import logging
+import logging.handlers
 import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 import pyfuse3
 import trio
 
+from afsfuse import __version__, preflight
 from afsfuse.cache.store import CacheStore
 from afsfuse.config import (
     CALLBACK_PORT,
@@ -34,7 +37,6 @@ from afsfuse.config import (
     ConfigError,
     MountConfig,
     build_config,
-    load_cells,
     read_config_file,
 )
 from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
@@ -47,12 +49,15 @@ from afsfuse.fs.stats import Stats
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
 from afsfuse.keyring.viceid import with_viceid
+from afsfuse.mounthelper import helper_argv, helper_form
+from afsfuse.preflight import Exit, MountError
 from afsfuse.rx.driver import open_endpoint
 from afsfuse.rx.interfaces.pt import PT
 from afsfuse.rx.security import RXNULL
 from afsfuse.vfs.operations import AfsOperations
 from afsfuse.vfs.paths import MountPaths
 from afsfuse.vl.dns import CellResolver, make_resolver
+from systemd import daemon
 
 log = logging.getLogger("afsfuse")
 
@@ -61,62 +66,105 @@ GIVE_UP_TIMEOUT = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if helper_form(argv):
+        try:
+            argv = helper_argv(argv)
+        except ValueError as e:
+            print(f"afsfuse: {e}", file=sys.stderr)
+            return Exit.USAGE
     args = _parser().parse_args(argv)
     try:
         config = _config(args)
         if config.foreground:
-            _setup_logging(config, None)
+            _setup_logging(config, sys.stderr)
         else:
             # What is wrong in the cell files is told at mount time, on the terminal.
             logging.basicConfig(level=logging.WARNING, format="afsfuse: %(levelname)s: %(message)s")
-        cells = load_cells(config)
+        cells, found = preflight.check(config)
     except ConfigError as e:
-        print(f"afsfuse: {e}", file=sys.stderr)
-        return 2
+        return _fail(Exit.CONFIG, str(e))
+    except MountError as e:
+        return _fail(e.status, str(e))
+    if args.command == "check-config":
+        print("\n".join(found))
+        print("configuration ok")
+        return Exit.OK
     if config.foreground:
         return _run(config, cells, None)
     return _daemonize(config, cells)
 
 
+def _fail(status: Exit, message: str) -> int:
+    print(f"afsfuse: {message}", file=sys.stderr)
+    return status
+
+
+#: What `afsfuse mount` takes, as (option, keyword arguments of add_argument).
+_MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--config",), {"type": Path, "metavar": "FILE",
+        "help": f"settings file (default {DEFAULT_CONFIG}, if it exists)"}),
+    (("--cellservdb",), {"metavar": "FILE",
+        "help": "the cells' database servers (default /etc/openafs/CellServDB)"}),
+    (("--thiscell",), {"metavar": "CELL",
+        "help": "the home cell (default: the one in /etc/openafs/ThisCell)"}),
+    (("--cache-dir",), {"metavar": "DIR",
+        "help": "disk cache directory, one per mount (default /var/cache/afsfuse for root, "
+        "~/.cache/afsfuse otherwise)"}),
+    (("--cache-size",), {"metavar": "SIZE", "help": "disk cache size, e.g. 2G (default 1G)"}),
+    (("--port",), {"type": int, "help": "callback UDP port (default: 7001 for root when free, "
+        "else any free port)"}),
+    (("--sysname",), {"action": "append", "metavar": "NAME",
+        "help": "what @sys expands to, first match wins (repeatable)"}),
+    (("--security",), {"choices": ("clear", "auth", "crypt"),
+        "help": "rxkad level for calls with a token (default crypt)"}),
+    (("--max-tasks",), {"type": int, "metavar": "N",
+        "help": "FUSE requests served at once (default 256)"}),
+    (("--dns-server",), {"action": "append", "metavar": "ADDRESS[:PORT]",
+        "help": "nameserver for cell lookups (repeatable; default: the system's)"}),
+    (("--dead-time",), {"type": float, "metavar": "SECONDS",
+        "help": "give up on a silent fileserver after this long and try another (default 12)"}),
+    (("--server-timeout",), {"type": float, "metavar": "SECONDS",
+        "help": "an operation no fileserver answered fails with ETIMEDOUT after this long "
+        "(default 120)"}),
+    (("--store-retry",), {"type": float, "metavar": "SECONDS",
+        "help": "how often data whose store failed is tried again (default 30, doubling "
+        "while it fails)"}),
+    (("--no-xattrs",), {"dest": "xattrs", "action": "store_const", "const": False,
+        "help": "no afs.* extended attributes: ls -l and small writes cost fewer FUSE "
+        "requests"}),
+    (("--log-file",), {"metavar": "FILE", "help": "log here (default: stderr in the "
+        "foreground, which systemd sends to the journal; syslog in the background)"}),
+    (("--foreground", "-f"), {"action": "store_const", "const": True,
+        "help": "stay in the foreground (as under systemd) instead of returning once mounted"}),
+    (("--debug",), {"action": "store_const", "const": True, "help": "log every call"}),
+]  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="afsfuse", description="An AFS client over FUSE.")
+    parser = argparse.ArgumentParser(
+        prog="afsfuse",
+        description="An AFS client over FUSE.",
+        epilog="Exit status: 0 mounted, 1 the daemon failed, 2 usage, 3 mount point, "
+        "4 cache directory, 5 FUSE, 6 callback port, 78 configuration (see afsfuse(8)).",
+    )
+    parser.add_argument("--version", action="version", version=f"afsfuse {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    mount = commands.add_parser("mount", help="mount AFS (normally on /afs)")
-    mount.add_argument("mountpoint")
-    mount.add_argument("--config", type=Path, help=f"settings file (default {DEFAULT_CONFIG})")
-    mount.add_argument("--cellservdb", help="CellServDB (default /etc/openafs/CellServDB)")
-    mount.add_argument("--thiscell", help="the home cell (default /etc/openafs/ThisCell)")
-    mount.add_argument("--cache-dir", help="disk cache directory")
-    mount.add_argument("--cache-size", help="disk cache size, e.g. 2G (default 1G)")
-    mount.add_argument("--port", type=int, help="callback UDP port (default 7001 for root)")
-    mount.add_argument("--sysname", action="append", help="@sys name (repeatable)")
-    mount.add_argument("--security", choices=("clear", "auth", "crypt"), help="rxkad level")
-    mount.add_argument("--max-tasks", type=int, help="FUSE requests served at once")
-    mount.add_argument(
-        "--dns-server", action="append", metavar="ADDRESS[:PORT]",
-        help="nameserver for cell lookups (repeatable; default: the system's)",
-    )  # fmt: skip
-    mount.add_argument(
-        "--dead-time", type=float, metavar="SECONDS",
-        help="give up on a silent fileserver after this long and try another (default 12)",
-    )  # fmt: skip
-    mount.add_argument(
-        "--server-timeout", type=float, metavar="SECONDS",
-        help="an operation no fileserver answered fails with ETIMEDOUT after this long "
-        "(default 120)",
-    )  # fmt: skip
-    mount.add_argument(
-        "--store-retry", type=float, metavar="SECONDS",
-        help="how often data whose store failed is tried again (default 30, doubling "
-        "while it fails)",
-    )  # fmt: skip
-    mount.add_argument(
-        "--no-xattrs", dest="xattrs", action="store_const", const=False,
-        help="no afs.* extended attributes: ls -l and small writes cost fewer FUSE requests",
-    )  # fmt: skip
-    mount.add_argument("--log-file", help="log here (background default: syslog-less stderr)")
-    mount.add_argument("--foreground", "-f", action="store_const", const=True)
-    mount.add_argument("--debug", action="store_const", const=True)
+    mount = commands.add_parser(
+        "mount", help="mount AFS (normally on /afs)", description="Mount AFS."
+    )
+    mount.add_argument("mountpoint", type=Path, help="where to mount, normally /afs")
+    check = commands.add_parser(
+        "check-config",
+        help="check the configuration and whatever a mount needs, then say what was found",
+        description="Check what `afsfuse mount` would check before mounting, and mount "
+        "nothing.  Takes the same options.",
+    )
+    check.add_argument("mountpoint", type=Path, nargs="?", default=Path("/afs"),
+                       help="the mount point to check (default /afs)")  # fmt: skip
+    for sub in (mount, check):
+        for names, kwargs in _MOUNT_OPTIONS:
+            sub.add_argument(*names, **kwargs)
     return parser
 
 
@@ -136,19 +184,50 @@ def _config(args: argparse.Namespace) -> MountConfig:
     return build_config(args.mountpoint, file_values, options)
 
 
-def _setup_logging(config: MountConfig, stream: object) -> None:
-    level = logging.DEBUG if config.debug else logging.INFO
+#: syslog's facility for a file system daemon without one of its own.
+SYSLOG_SOCKET = "/dev/log"
+
+
+def _setup_logging(config: MountConfig, stream: TextIO | None) -> None:
+    """A log file when given; else stderr (the journal's, under systemd: each line with its
+    priority, no time stamp); else, in the background, syslog."""
     handler: logging.Handler
+    formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
     if config.log_file is not None:
         handler = logging.FileHandler(config.log_file)
+    elif stream is None:
+        handler = logging.handlers.SysLogHandler(
+            SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        formatter = logging.Formatter("afsfuse[%(process)d]: %(name)s: %(message)s")
+    elif "JOURNAL_STREAM" in os.environ:
+        handler = logging.StreamHandler(stream)
+        formatter = _JournalFormatter("%(name)s: %(message)s")
     else:
-        handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    level = logging.DEBUG if config.debug else logging.INFO
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+class _JournalFormatter(logging.Formatter):
+    """Prefixes each line with its syslog priority (`<3>`), which journald reads from a
+    service's stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = logging.handlers.SysLogHandler.priority_map.get(record.levelname, "info")
+        number = logging.handlers.SysLogHandler.priority_names[priority]
+        return f"<{number}>{super().format(record)}"
+
+
 def _daemonize(config: MountConfig, cells: Cells) -> int:
-    """Fork; the parent waits for the child to say the mount is ready (or why not)."""
+    """Fork; the parent waits for the child to say the mount answers (or why not)."""
+    if config.log_file is None and not os.path.exists(SYSLOG_SOCKET):
+        print(
+            f"afsfuse: no syslog ({SYSLOG_SOCKET} is missing): the daemon's log is lost; "
+            "give --log-file to keep it",
+            file=sys.stderr,
+        )
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -156,9 +235,11 @@ def _daemonize(config: MountConfig, cells: Cells) -> int:
         with os.fdopen(read_end, "rb") as pipe:
             message = pipe.read().decode(errors="replace")
         if message == "ok":
-            return 0
-        print(f"afsfuse: {message or 'the daemon died before mounting'}", file=sys.stderr)
-        return 1
+            return Exit.OK
+        status, _, text = message.partition(" ")
+        if not status.isdigit():
+            return _fail(Exit.FAILED, "the daemon died before mounting")
+        return _fail(Exit(int(status)), text)
     os.close(read_end)
     os.setsid()
     # Let go of the caller's terminal or pipes (a caller reading our output would otherwise
@@ -173,7 +254,7 @@ def _daemonize(config: MountConfig, cells: Cells) -> int:
         os.dup2(log_fd, 2)
         os.close(log_fd)
     os.close(devnull)
-    _setup_logging(config, sys.stderr)
+    _setup_logging(config, None)
     os._exit(_run(config, cells, write_end))
 
 
@@ -181,10 +262,28 @@ def _run(config: MountConfig, cells: Cells, ready_fd: int | None) -> int:
     try:
         trio.run(_serve, config, cells, ready_fd)
     except BaseException as e:
-        log.exception("afsfuse stopped with an error")
-        _tell(ready_fd, f"mount failed: {e}")
-        return 1
-    return 0
+        status, message = _failure(e)
+        log.exception("afsfuse stopped: %s", message)
+        _tell(ready_fd, f"{status.value} {message}")
+        if ready_fd is None:
+            print(f"afsfuse: {message}", file=sys.stderr)
+        return status
+    return Exit.OK
+
+
+def _failure(error: BaseException) -> tuple[Exit, str]:
+    """The exit status and the one line for an exception out of the daemon's nursery."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    if isinstance(error, MountError):
+        return error.status, str(error)
+    if isinstance(error, ConfigError):
+        return Exit.CONFIG, str(error)
+    if isinstance(error, BlockingIOError):
+        return Exit.CACHE, "the cache directory is in use by another afsfuse"
+    if isinstance(error, KeyboardInterrupt):
+        return Exit.FAILED, "interrupted"
+    return Exit.FAILED, f"{type(error).__name__}: {error} (the log has the details)"
 
 
 def _tell(fd: int | None, message: str) -> None:
@@ -193,6 +292,14 @@ def _tell(fd: int | None, message: str) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, message.encode())
         os.close(fd)
+
+
+async def _ready_when_answering(mountpoint: str, ready_fd: int | None) -> None:
+    """Say the mount is ready once it answers a stat (from a worker thread: this thread
+    serves it): to `afsfuse mount`'s parent, or to systemd (Type=notify)."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    _tell(ready_fd, "ok")
+    daemon.notify(f"READY=1\nSTATUS=AFS mounted on {mountpoint}")
 
 
 def _callback_port(port: int | None) -> int:
@@ -276,9 +383,10 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                         "afsfuse %s mounted on %s (cell %s, callback port %d)",
                         os.getpid(), mountpoint, this_cell, endpoint.port,
                     )  # fmt: skip
-                    _tell(ready_fd, "ok")
+                    nursery.start_soon(_ready_when_answering, mountpoint, ready_fd)
                     await pyfuse3.main(min_tasks=4, max_tasks=config.max_tasks)
                     log.info("FUSE session ended; stopping")
+                    daemon.notify("STOPPING=1")
                     unmounted = True
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(GIVE_UP_TIMEOUT):

@@ -1,0 +1,168 @@
+"""What `afsfuse mount` needs before it starts, checked before the daemon forks.
+
+Each failure is one line saying what is wrong and what to do about it, with an exit status
+of its own (afsfuse(8)), so that an administrator, a mount helper and systemd
+(`RestartPreventExitStatus=`) can all tell a configuration to fix from a crash worth a
+retry.  `afsfuse check-config` runs the same checks and prints what it found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import stat
+from enum import IntEnum
+from pathlib import Path
+
+from afsfuse.config import CALLBACK_PORT, Cells, ConfigError, MountConfig, load_cells
+
+
+class Exit(IntEnum):
+    """afsfuse's exit statuses (listed in afsfuse(8))."""
+
+    OK = 0
+    #: The daemon failed after it started (worth a retry).
+    FAILED = 1
+    USAGE = 2
+    MOUNTPOINT = 3
+    CACHE = 4
+    FUSE = 5
+    PORT = 6
+    #: EX_CONFIG of sysexits.h: a setting or configuration file must be fixed.
+    CONFIG = 78
+
+
+class MountError(Exception):
+    """A reason not to mount: one line for the person, and the exit status."""
+
+    def __init__(self, status: Exit, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check(config: MountConfig) -> tuple[Cells, list[str]]:
+    """Every check `afsfuse mount` makes before it starts: the cells, and what was found,
+    one line each."""
+    try:
+        cells, this_cell, aliases = load_cells(config)
+    except ConfigError as e:
+        raise MountError(Exit.CONFIG, str(e)) from None
+    found = [
+        f"home cell: {this_cell}",
+        f"cells: {len(cells)} known"
+        + (f", {len(aliases)} alias(es)" if aliases else "")
+        + ", others looked up in DNS",
+    ]
+    found.append(f"mount point: {check_mountpoint(config.mountpoint)}")
+    found.append(f"FUSE: {check_fuse()}")
+    found.append(
+        f"cache: {check_cache_dir(config.resolved_cache_dir())}, {config.cache_size >> 20} MiB"
+    )
+    found.append(f"callback port: {check_port(config.port)}")
+    return (cells, this_cell, aliases), found
+
+
+def mounted_at(path: Path) -> str | None:
+    """The type of the filesystem mounted on path, from mountinfo (never a stat of the
+    mount, which could hang on a dead FUSE daemon)."""
+    target = os.fsencode(path).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                return fields[fields.index(b"-") + 1].decode(errors="replace")
+    return None
+
+
+def check_mountpoint(path: Path) -> str:
+    fix = f"create it (mkdir {path}) or give another"
+    try:
+        is_dir = stat.S_ISDIR(path.stat().st_mode)
+    except FileNotFoundError:
+        raise MountError(Exit.MOUNTPOINT, f"mount point {path} does not exist: {fix}") from None
+    except OSError as e:
+        raise MountError(Exit.MOUNTPOINT, f"mount point {path}: {e.strerror}") from None
+    if not is_dir:
+        raise MountError(Exit.MOUNTPOINT, f"mount point {path} is not a directory: give one")
+    kind = mounted_at(path.resolve())
+    if kind is not None:
+        raise MountError(
+            Exit.MOUNTPOINT,
+            f"{path} already has a filesystem ({kind}) mounted on it: unmount it first "
+            f"(umount {path}) or choose another mount point",
+        )
+    if os.geteuid() != 0 and not os.access(path, os.W_OK):
+        raise MountError(
+            Exit.MOUNTPOINT,
+            f"mount point {path} is not writable by you: an ordinary user may mount only "
+            "on a directory of their own",
+        )
+    return str(path)
+
+
+def check_fuse() -> str:
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as e:
+        fix = "load the fuse module (modprobe fuse)" if e.errno == errno.ENOENT else ""
+        fix = fix or "give this user access to /dev/fuse, or mount as root"
+        raise MountError(Exit.FUSE, f"cannot open /dev/fuse: {e.strerror}: {fix}") from None
+    os.close(fd)
+    if os.geteuid() == 0:
+        return "/dev/fuse"
+    helper = shutil.which("fusermount3")
+    if helper is None:
+        raise MountError(
+            Exit.FUSE, "fusermount3 is missing, and ordinary users mount through it: "
+            "install the fuse3 package",
+        )  # fmt: skip
+    return f"/dev/fuse, {helper}"
+
+
+def check_cache_dir(path: Path) -> str:
+    """The cache directory is usable and no other afsfuse holds it (its lock is free)."""
+    lock = path / "lock"
+    try:
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MountError(Exit.CACHE, cache_in_use(path)) from None
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        parent = next((p for p in path.parents if p.exists()), Path("/"))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise MountError(
+                Exit.CACHE, f"cache directory {path} cannot be created: {parent} is not writable"
+            ) from None
+        return f"{path} (to be created)"
+    except OSError as e:
+        raise MountError(Exit.CACHE, f"cache directory {path}: {e.strerror}") from None
+    return str(path)
+
+
+def cache_in_use(path: Path) -> str:
+    return (
+        f"cache directory {path} is in use by another afsfuse: give each mount a cache "
+        "directory of its own (--cache-dir)"
+    )
+
+
+def check_port(port: int | None) -> str:
+    """A port given explicitly must be free; otherwise any will do (see cli)."""
+    if port is None or port == 0:
+        return f"{CALLBACK_PORT} if free (root), else any free port"
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as e:
+            raise MountError(
+                Exit.PORT,
+                f"callback port {port} is not available ({e.strerror}), perhaps another AFS "
+                "client's: leave the port unset and afsfuse picks a free one",
+            ) from None
+    return str(port)
