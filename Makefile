@@ -15,9 +15,10 @@ DEBIAN_PACKAGES := \
 	openafs-fileserver openafs-dbserver openafs-client openafs-krb5 \
 	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
 	fuse3 libfuse3-dev libsystemd-dev pkg-config gcc libc6-dev \
-	iproute2 procps util-linux tshark attr git
+	iproute2 procps util-linux tshark attr git \
+	dh-virtualenv debhelper dpkg-dev mmdebstrap man-db
 
-.PHONY: all deps venv test unit lint demo bench soak clean
+.PHONY: all deps venv test unit lint demo bench soak deb clean
 
 all: test
 
@@ -39,8 +40,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check afsfuse tests bench
 	$(VENV)/bin/mypy
 
-# The whole suite, integration tests against a real cell included (needs root).
-test: venv lint
+# The whole suite, integration tests against a real cell included (needs root); the Debian
+# package is built first, since a test installs it into a fresh Debian 12 root.
+test: venv lint deb
 	$(VENV)/bin/pytest -ra
 
 unit: venv
@@ -67,6 +69,17 @@ bench: venv $(STAMPS)/bench
 # SOAK_ARGS="--minutes N" says otherwise.
 soak: venv
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# The Debian package, built by dh-virtualenv from the tracked files (with their changes) in
+# build/deb, so nothing is written beside the checkout: build/deb/afsfuse_*.deb.
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
+DEB_SRC := build/deb/afsfuse-$(DEB_VERSION)
+
+deb: deps
+	rm -rf build/deb && mkdir -p $(DEB_SRC)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c | tar -x -C $(DEB_SRC)
+	cd $(DEB_SRC) && dpkg-buildpackage -b -us -uc
+	@ls build/deb/afsfuse_*.deb
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from afsfuse import __version__
 from afsfuse.ctl.client import ControlClient, ControlFailed, MountNotFound, find_control_socket
 from afsfuse.ctl.protocol import token_to_wire
 from afsfuse.keyring import TokenError, token_from_ccache
@@ -61,6 +62,7 @@ def _fail(message: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _add_common_options(parser, {"mount": None, "socket": None, "json": False, "uid": None})
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
