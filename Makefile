@@ -16,7 +16,7 @@ DEBIAN_PACKAGES := \
 	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
 	fuse3 libfuse3-dev libsystemd-dev pkg-config gcc libc6-dev \
 	iproute2 procps util-linux tshark attr git \
-	dh-virtualenv debhelper dpkg-dev mmdebstrap man-db
+	dh-virtualenv debhelper dpkg-dev mmdebstrap systemd-container man-db
 
 .PHONY: all deps venv test unit lint demo bench soak deb clean
 

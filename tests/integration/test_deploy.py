@@ -92,7 +92,9 @@ def unit_lines(key: str) -> list[list[str]]:
     """The unit's command lines for key (ExecStart, ...), split as systemd splits them."""
     lines = [line.partition("=")[2] for line in UNIT.read_text().splitlines()]
     keys = [line.partition("=")[0] for line in UNIT.read_text().splitlines()]
-    return [shlex.split(value) for k, value in zip(keys, lines, strict=True) if k == key]
+    commands = [shlex.split(value) for k, value in zip(keys, lines, strict=True) if k == key]
+    # A leading "-" lets the unit go on when the command fails; the command is the rest.
+    return [[argv[0].lstrip("-"), *argv[1:]] for argv in commands]
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:

@@ -1,12 +1,15 @@
 """The Debian package (`make deb`, built before the tests by `make test`) installed with
 `apt install ./afsfuse_*.deb` into a fresh Debian 12 root made by mmdebstrap, then used from
-there: `afsfuse --version`, its files, and a mount of the real test cell by the installed
-commands, used from another process."""
+there: `afsfuse --version`, its files, a mount of the real test cell by the installed
+commands, and that root booted with systemd (systemd-nspawn), where the installed unit
+mounts /afs and another shell uses it."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +35,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     deb = _deb()
     done = subprocess.run(
         [
-            "mmdebstrap", "--variant=apt", "--quiet", "--include=systemd",
+            "mmdebstrap", "--variant=apt", "--quiet", "--include=systemd,systemd-sysv",
             f"--customize-hook=copy-in {deb} /tmp",
             f'--customize-hook=chroot "$1" apt-get install -y -q /tmp/{deb.name}',
             f'--customize-hook=rm "$1"/tmp/{deb.name}',
@@ -88,10 +91,7 @@ def test_the_package_installs_the_commands_unit_pages_and_settings(installed: Pa
 
 
 def test_the_installed_commands_mount_the_cell(installed: Path, cell: Cell) -> None:
-    openafs = installed / "etc" / "openafs"
-    openafs.mkdir(exist_ok=True)
-    (openafs / "CellServDB").write_bytes(cell.cellservdb.read_bytes())
-    (openafs / "ThisCell").write_text(f"{cell.name}\n")
+    _write_cell(installed, cell)
     script = (
         "afsfuse check-config /afs; "
         "afsfuse mount /afs --log-file /var/log/afsfuse.log --security clear; "
@@ -102,3 +102,76 @@ def test_the_installed_commands_mount_the_cell(installed: Path, cell: Cell) -> N
     assert done.returncode == 0, (done.stdout, done.stderr)
     lines = done.stdout.splitlines()
     assert "configuration ok" in lines and cell.name in lines and "directory" in lines
+
+
+def _write_cell(root: Path, cell: Cell) -> None:
+    openafs = root / "etc" / "openafs"
+    openafs.mkdir(exist_ok=True)
+    (openafs / "CellServDB").write_bytes(cell.cellservdb.read_bytes())
+    (openafs / "ThisCell").write_text(f"{cell.name}\n")
+
+
+def test_booted_with_systemd_the_unit_mounts_afs(installed: Path, cell: Cell) -> None:
+    """The machine's own systemd starts the enabled unit at boot (Type=notify: active once
+    the mount answers); without a home cell it fails once, with status 78, and stays down."""
+    _write_cell(installed, cell)
+    boot = subprocess.Popen(
+        ["systemd-nspawn", "--quiet", "--directory", str(installed), "--register=no",
+         "--keep-unit", "--console=pipe", "--bind=/dev/fuse", "--boot"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        init = _container_init(boot.pid)
+
+        def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["nsenter", "-t", str(init), "-a", *argv], capture_output=True, text=True,
+                timeout=120,
+            )  # fmt: skip
+
+        deadline = time.monotonic() + 90
+        while True:  # the container's systemd answers once its own socket is up
+            waited = inside("systemctl", "is-system-running", "--wait")
+            if waited.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert waited.stdout.strip() in ("running", "degraded"), waited
+        show = inside("systemctl", "show", "afsfuse", "-p", "ActiveState,StatusText")
+        assert set(show.stdout.splitlines()) == {"ActiveState=active", "StatusText=AFS mounted on /afs"}, (
+            show, inside("journalctl", "-u", "afsfuse", "--no-pager").stdout,
+        )  # fmt: skip
+        listing = inside("sh", "-c", f"ls /afs && stat -c %F /afs/{cell.name}")
+        assert listing.stdout.split() == [cell.name, "directory"], listing
+        log = inside("journalctl", "-u", "afsfuse", "--no-pager", "-o", "cat").stdout
+        assert "configuration ok" in log and "mounted on /afs" in log
+
+        assert inside("systemctl", "stop", "afsfuse").returncode == 0
+        assert "fuse.afsfuse" not in inside("cat", "/proc/self/mountinfo").stdout
+        (installed / "etc" / "openafs" / "ThisCell").unlink()
+        assert inside("systemctl", "start", "afsfuse").returncode != 0
+        time.sleep(7)  # past RestartSec: a restart would have come by now
+        show = inside("systemctl", "show", "afsfuse", "-p", "ActiveState,ExecMainStatus,NRestarts")
+        assert set(show.stdout.splitlines()) == {
+            "ActiveState=failed",
+            "ExecMainStatus=78",
+            "NRestarts=0",
+        }, show
+        log = inside("journalctl", "-u", "afsfuse", "--no-pager", "-o", "cat").stdout
+        assert "afsfuse: no home cell: give --thiscell or write /etc/openafs/ThisCell" in log
+        inside("systemctl", "poweroff")
+        boot.wait(timeout=60)
+    finally:
+        if boot.poll() is None:
+            boot.send_signal(signal.SIGKILL)
+            boot.wait()
+
+
+def _container_init(nspawn: int) -> int:
+    """The container's systemd (pid 1 inside), a child of systemd-nspawn."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.2)
+    raise AssertionError("systemd-nspawn started no container")
