@@ -18,7 +18,7 @@ DEBIAN_PACKAGES := \
 	iproute2 procps util-linux tshark attr git \
 	dh-virtualenv debhelper dpkg-dev mmdebstrap systemd-container man-db
 
-.PHONY: all deps venv test unit lint demo bench soak deb clean
+.PHONY: all deps venv test unit lint demo bench soak deb wheel clean
 
 all: test
 
@@ -41,8 +41,8 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # The whole suite, integration tests against a real cell included (needs root); the Debian
-# package is built first, since a test installs it into a fresh Debian 12 root.
-test: venv lint deb
+# package and the wheel are built first, since tests install them into fresh Debian 12 roots.
+test: venv lint deb wheel
 	$(VENV)/bin/pytest -ra
 
 unit: venv
@@ -69,6 +69,11 @@ bench: venv $(STAMPS)/bench
 # SOAK_ARGS="--minutes N" says otherwise.
 soak: venv
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# The wheel that `pip install` and `pipx install` take: build/wheel/afsfuse-*.whl.
+wheel: venv
+	rm -rf build/wheel
+	$(PY) -m pip wheel --quiet --no-deps -w build/wheel .
 
 # The Debian package, built by dh-virtualenv from the tracked files (with their changes) in
 # build/deb, so nothing is written beside the checkout: build/deb/afsfuse_*.deb.

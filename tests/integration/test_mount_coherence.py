@@ -454,6 +454,38 @@ def test_restart_revalidates_cached_files_without_fetching_them_again(
     assert stats["data_hits"] > 0 and stats["data_misses"] == 0
 
 
+def test_beside_another_client_on_port_7001_a_mount_takes_another_port_and_gets_breaks(
+    cell: Cell,
+    mounts: tuple[Mount, Mount],
+    volume: Volume,
+    admin_cm: Admin,
+    users: dict[str, User],  # noqa: F811
+    user_python: UserPython,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Another AFS client (OpenAFS's afsd, kAFS) holds UDP 7001, the callback port: a third
+    afsfuse mount, with no --port, says so in its log and takes a free port, where the
+    fileserver's breaks reach it as they reach the two mounts already running."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other_client:
+        with suppress(OSError):  # already taken by another client: as good
+            other_client.bind(("0.0.0.0", 7001))
+        with afs_mount(cell, users, user_python, tmp_path / "cache") as third:
+            port = re.search(r"callback port (\d+)\)", third.log())
+            assert port is not None and int(port.group(1)) != 7001, third.log()
+            assert "port 7001 is taken; callbacks use an ephemeral port" in third.log()
+            fid = volume.fids["file.txt"]
+            path = volume.path(third, "file.txt")
+            everyone = (*mounts, third)
+            for mount in everyone:
+                cat(mount, volume.path(mount, "file.txt"))
+            before = [breaks(mount) for mount in everyone]
+            new = b"changed beside another client\n"
+            admin_cm.write(fid, new)
+            for mount, count in zip(everyone, before, strict=True):
+                wait_for_breaks(mount, count)
+            assert cat(third, path) == new
+
+
 def test_sigterm_unmounts_cleanly_and_gives_callbacks_back(
     cell: Cell, mounts: tuple[Mount, Mount], volume: Volume, admin_cm: Admin
 ) -> None:

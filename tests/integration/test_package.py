@@ -20,6 +20,7 @@ from afsfuse.testing.cell import Cell
 pytestmark = pytest.mark.cell
 
 ROOT = Path(__file__).parents[2]
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def _deb() -> Path:
@@ -175,3 +176,48 @@ def _container_init(nspawn: int) -> int:
             return int(children[0])
         time.sleep(0.2)
     raise AssertionError("systemd-nspawn started no container")
+
+
+def _readme_apt_line() -> list[str]:
+    """The packages of the README's one apt-get line for building the wheel."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### The wheel, with pip or pipx") :]
+    line = next(x for x in section.splitlines() if x.startswith("apt-get install "))
+    words = line.split()[2:]
+    assert words[0] == "--no-install-recommends"
+    return words[1:]
+
+
+def test_the_wheel_installs_with_the_readmes_instructions(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A fresh Debian 12 root, the README's apt-get line and nothing else, then a venv and
+    `pip install` of the wheel (`make wheel`, built before the tests by `make test`)."""
+    (wheel,) = (ROOT / "build" / "wheel").glob("afsfuse-*.whl")
+    root = tmp_path_factory.mktemp("wheel") / "root"
+    packages = ",".join(_readme_apt_line())
+    done = subprocess.run(
+        [
+            "mmdebstrap", "--variant=apt", "--quiet", f"--include={packages}",
+            f"--customize-hook=copy-in {wheel} /tmp",
+            # pip there trusts what this host trusts (its network may need its own CA).
+            '--customize-hook=mkdir -p "$1"/etc/ssl/certs',
+            f'--customize-hook=cp {CA_BUNDLE} "$1"/etc/ssl/certs/',
+            '--customize-hook=chroot "$1" python3 -m venv /opt/afsfuse',
+            f'--customize-hook=chroot "$1" /opt/afsfuse/bin/pip install -q /tmp/{wheel.name}',
+            "bookworm", str(root),
+        ],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    try:
+        assert done.returncode == 0, done.stderr[-3000:]
+        versions = in_root(
+            root, "/opt/afsfuse/bin/afsfuse --version; /opt/afsfuse/bin/afsfuse-ctl --version"
+        )
+        assert versions.stdout == "afsfuse 0.1.0\nafsfuse-ctl 0.1.0\n", versions.stderr
+        fcrypt = list(
+            (root / "opt" / "afsfuse").glob("lib/python3*/site-packages/afsfuse/rx/_fcrypt*.so")
+        )
+        assert fcrypt, "the fcrypt accelerator was built"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
