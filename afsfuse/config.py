@@ -164,19 +164,42 @@ def build_config(
 Cells = tuple[dict[str, cellservdb.CellEntry], str, dict[str, str]]
 
 
+def cellservdb_files(config: MountConfig) -> list[Path]:
+    """The CellServDB files to read, a later one's cells over an earlier one's.
+
+    The cellservdb setting alone when given.  Otherwise /etc/openafs/CellServDB, or where
+    it is missing CellServDB.dist (the cells as OpenAFS distributes them), then
+    CellServDB.local (the site's own cells) over either, as OpenAFS's init scripts merge
+    them.  None: the built-in CellServDB.
+    """
+    if config.cellservdb is not None:
+        return [config.cellservdb]
+    directory = cellservdb.CONFIG_DIR
+    base = next(
+        (path for path in (cellservdb.DEFAULT_CELLSERVDB, directory / "CellServDB.dist")
+         if path.exists()),
+        None,
+    )  # fmt: skip
+    local = directory / "CellServDB.local"
+    return [path for path in (base, local) if path is not None and path.exists()]
+
+
 def load_cells(config: MountConfig) -> Cells:
-    """CellServDB entries, the home cell and cell aliases as the configuration selects them."""
-    path = config.cellservdb
-    if path is None and cellservdb.DEFAULT_CELLSERVDB.exists():
-        path = cellservdb.DEFAULT_CELLSERVDB
-    if path is not None:
+    """CellServDB entries, the home cell and cell aliases as the configuration selects them;
+    CellAlias is the one beside the (last) CellServDB read."""
+    files = cellservdb_files(config)
+    cells: dict[str, cellservdb.CellEntry] = {}
+    origin: dict[str, Path] = {}
+    for path in files:
         try:
-            cells = cellservdb.read_cellservdb(path)
+            read = cellservdb.read_cellservdb(path)
         except OSError as e:
             raise ConfigError(f"cannot read {path}: {e}") from None
         except cellservdb.CellServDBError as e:
             raise ConfigError(str(e)) from None
-    else:
+        cells.update(read)
+        origin.update(dict.fromkeys(read, path))
+    if not files:
         cells = cellservdb.parse_cellservdb(BUILTIN_CELLSERVDB, "built-in CellServDB")
     this_cell, named_by = config.thiscell, "the thiscell setting"
     if this_cell is None and cellservdb.DEFAULT_THISCELL.exists():
@@ -184,12 +207,18 @@ def load_cells(config: MountConfig) -> Cells:
         named_by = str(cellservdb.DEFAULT_THISCELL)
     if not this_cell:
         raise ConfigError(f"no home cell: give --thiscell or write {cellservdb.DEFAULT_THISCELL}")
-    if path is not None:
+    if files:
         # Without any CellServDB file the home cell may still come from DNS.
-        _check_home_cell(path, cells, this_cell, named_by)
+        home_file = origin.get(cellservdb.cell_key(this_cell))
+        named = home_file or Path(" and ".join(map(str, files)))
+        _check_home_cell(named, cells, this_cell, named_by)
+    alias_file = (files[-1].parent if files else cellservdb.CONFIG_DIR) / "CellAlias"
     aliases = {}
-    if cellservdb.DEFAULT_CELLALIAS.exists():
-        aliases = cellservdb.read_cellalias(cellservdb.DEFAULT_CELLALIAS)
+    if alias_file.exists():
+        try:
+            aliases = cellservdb.read_cellalias(alias_file)
+        except OSError as e:
+            raise ConfigError(f"cannot read {alias_file}: {e.strerror}") from None
     return cells, this_cell.strip().lower(), aliases
 
 

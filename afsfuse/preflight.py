@@ -18,7 +18,14 @@ import stat
 from enum import IntEnum
 from pathlib import Path
 
-from afsfuse.config import CALLBACK_PORT, Cells, ConfigError, MountConfig, load_cells
+from afsfuse.config import (
+    CALLBACK_PORT,
+    Cells,
+    ConfigError,
+    MountConfig,
+    cellservdb_files,
+    load_cells,
+)
 
 
 class Exit(IntEnum):
@@ -53,7 +60,8 @@ def check(config: MountConfig) -> tuple[Cells, list[str]]:
         raise MountError(Exit.CONFIG, str(e)) from None
     found = [
         f"home cell: {this_cell}",
-        f"cells: {len(cells)} known"
+        f"cells: {len(cells)} known from "
+        + (" + ".join(map(str, cellservdb_files(config))) or "the built-in CellServDB")
         + (f", {len(aliases)} alias(es)" if aliases else "")
         + ", others looked up in DNS",
     ]
