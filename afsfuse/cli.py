@@ -41,11 +41,12 @@ from afsfuse.config import (
 )
 from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
 from afsfuse.ctl.pathops import PathOps
-from afsfuse.ctl.protocol import control_socket_path
+from afsfuse.ctl.protocol import control_socket_path, mount_key
 from afsfuse.ctl.server import Handlers, serve_control
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.manager import CacheManager, ManagerConfig
 from afsfuse.fs.stats import Stats
+from afsfuse.keyring.kernel import forget_keep, open_keep
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
 from afsfuse.keyring.viceid import with_viceid
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             # What is wrong in the cell files is told at mount time, on the terminal.
             logging.basicConfig(level=logging.WARNING, format="afsfuse: %(levelname)s: %(message)s")
-        cells, found = preflight.check(config)
+        cells, found = preflight.check(config, mounting=args.command == "mount")
     except ConfigError as e:
         return _fail(Exit.CONFIG, str(e))
     except MountError as e:
@@ -333,7 +334,10 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
     celldb = CellDB(
         cell_entries, this_cell, aliases, CellResolver(make_resolver(config.dns_server))
     )
-    tokens = TokenStore()
+    keep_name = mount_key(config.mountpoint)
+    tokens = TokenStore(keep=open_keep(keep_name))
+    if tokens.holders():
+        log.info("tokens of %d user(s) taken back from the kernel keyring", tokens.holders())
     stats = Stats()
     manager_config = ManagerConfig(
         security=config.security,
@@ -393,6 +397,8 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                         await manager.keep_unsent()
                         await manager.give_up_callbacks()
                     pyfuse3.close(unmount=True)
+                    if not tokens.holders():
+                        forget_keep(keep_name)  # kept tokens stay for the next run
                     log.info("unmounted %s%s", mountpoint, "" if unmounted else " after an error")
                     nursery.cancel_scope.cancel()
 

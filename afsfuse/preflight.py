@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
+import logging
 import os
 import shutil
 import socket
 import stat
+import subprocess
 from enum import IntEnum
 from pathlib import Path
 
@@ -26,6 +29,9 @@ from afsfuse.config import (
     cellservdb_files,
     load_cells,
 )
+from afsfuse.ctl.protocol import control_socket_path, registry_path
+
+log = logging.getLogger(__name__)
 
 
 class Exit(IntEnum):
@@ -51,7 +57,7 @@ class MountError(Exception):
         self.status = status
 
 
-def check(config: MountConfig) -> tuple[Cells, list[str]]:
+def check(config: MountConfig, *, mounting: bool = False) -> tuple[Cells, list[str]]:
     """Every check `afsfuse mount` makes before it starts: the cells, and what was found,
     one line each."""
     try:
@@ -65,7 +71,7 @@ def check(config: MountConfig) -> tuple[Cells, list[str]]:
         + (f", {len(aliases)} alias(es)" if aliases else "")
         + ", others looked up in DNS",
     ]
-    found.append(f"mount point: {check_mountpoint(config.mountpoint)}")
+    found.append(f"mount point: {check_mountpoint(config.mountpoint, detach_dead=mounting)}")
     found.append(f"FUSE: {check_fuse()}")
     found.append(
         f"cache: {check_cache_dir(config.resolved_cache_dir())}, {config.cache_size >> 20} MiB"
@@ -86,8 +92,31 @@ def mounted_at(path: Path) -> str | None:
     return None
 
 
-def check_mountpoint(path: Path) -> str:
+def check_mountpoint(path: Path, *, detach_dead: bool = False) -> str:
+    """The mount point can be mounted on.  A dead afsfuse mount left there by a daemon that
+    died (the kernel answers ENOTCONN) is detached when detach_dead, so that a restart
+    after a crash (systemd's Restart=on-failure) mounts again."""
     fix = f"create it (mkdir {path}) or give another"
+    kind = mounted_at(Path(os.path.abspath(path)))
+    note = ""
+    if kind == "fuse.afsfuse" and _dead(path):
+        if not detach_dead:
+            note = " (a dead afsfuse mount is there: mounting detaches it)"
+        else:
+            log.warning("%s: detaching the mount of an afsfuse daemon that died", path)
+            subprocess.run(["fusermount3", "-u", "-z", os.fspath(path)], check=False)
+            kind = mounted_at(Path(os.path.abspath(path)))
+            note = " (detached the dead afsfuse mount that was there)"
+    elif kind is not None:
+        raise MountError(
+            Exit.MOUNTPOINT,
+            f"{path} already has a filesystem ({kind}) mounted on it: unmount it first "
+            f"(umount {path}) or choose another mount point",
+        )
+    if note and detach_dead and kind is not None:
+        raise MountError(Exit.MOUNTPOINT, f"{path}: a dead afsfuse mount could not be detached")
+    if note and not detach_dead:
+        return f"{path}{note}"
     try:
         is_dir = stat.S_ISDIR(path.stat().st_mode)
     except FileNotFoundError:
@@ -96,20 +125,30 @@ def check_mountpoint(path: Path) -> str:
         raise MountError(Exit.MOUNTPOINT, f"mount point {path}: {e.strerror}") from None
     if not is_dir:
         raise MountError(Exit.MOUNTPOINT, f"mount point {path} is not a directory: give one")
-    kind = mounted_at(path.resolve())
-    if kind is not None:
-        raise MountError(
-            Exit.MOUNTPOINT,
-            f"{path} already has a filesystem ({kind}) mounted on it: unmount it first "
-            f"(umount {path}) or choose another mount point",
-        )
     if os.geteuid() != 0 and not os.access(path, os.W_OK):
         raise MountError(
             Exit.MOUNTPOINT,
             f"mount point {path} is not writable by you: an ordinary user may mount only "
             "on a directory of their own",
         )
-    return str(path)
+    return f"{path}{note}"
+
+
+def _dead(path: Path) -> bool:
+    """Whether the afsfuse mount on path has lost its daemon: the pid in its control
+    registry is gone (a stat could be answered from the kernel's attribute cache)."""
+    registry = registry_path(control_socket_path(path))
+    try:
+        pid = int(json.loads(registry.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def check_fuse() -> str:

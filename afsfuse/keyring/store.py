@@ -1,7 +1,8 @@
 """Who is asking, and which token (if any) their requests use.
 
-Tokens live in this process's memory only: never on disk, never in a log line (Token's repr
-leaves out the key and the ticket).  A process in a PAG uses the PAG's tokens and nothing
+Tokens live in this process's memory, and with a keep (the kernel keyring, keyring/kernel.py)
+also in the kernel's, so that a restarted daemon has them back: never on disk, never in a
+log line (Token's repr leaves out the key and the ticket).  A process in a PAG uses the PAG's tokens and nothing
 else, as in OpenAFS: leaving a PAG's tokens empty makes its processes anonymous even when
 their uid has tokens.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from afsfuse.keyring.token import Token
 
@@ -32,6 +34,14 @@ def _holder(who: Identity) -> _Holder:
     return ("uid", who.uid) if who.pag is None else ("pag", who.pag)
 
 
+class Keep(Protocol):
+    """Keeps tokens beyond this process."""
+
+    def save(self, holder: _Holder, token: Token) -> None: ...
+    def drop(self, holder: _Holder, cells: list[str]) -> None: ...
+    def load(self) -> Iterable[tuple[_Holder, Token]]: ...
+
+
 class TokenStore:
     """Tokens per uid (or per PAG), one per cell.
 
@@ -39,12 +49,17 @@ class TokenStore:
     clock gives the time against which expiry is judged (a fake one in tests).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, keep: Keep | None = None) -> None:
         self._clock = clock
+        self._keep = keep
         self._tokens: dict[_Holder, dict[str, Token]] = {}
         # Kept after the tokens go, so a holder's generation never repeats.
         self._generations: dict[_Holder, int] = {}
         self._forget_listeners: list[Callable[[Token], None]] = []
+        if keep is not None:
+            for holder, token in keep.load():
+                self._tokens.setdefault(holder, {})[token.cell.lower()] = token
+                self._bump(holder)
 
     def on_forget(self, listener: Callable[[Token], None]) -> None:
         """`listener(token)` once a token is replaced or removed (its connections go)."""
@@ -54,6 +69,10 @@ class TokenStore:
         for token in tokens:
             for listener in self._forget_listeners:
                 listener(token)
+
+    def holders(self) -> int:
+        """How many uids and PAGs hold tokens (for a log line that shows no token)."""
+        return len(self._tokens)
 
     def get(self, who: Identity, cell: str) -> Token | None:
         """The token for cell, or None for anonymous access (none held, or it has expired)."""
@@ -71,6 +90,8 @@ class TokenStore:
         self._bump(holder)
         if replaced is not None and replaced != token:
             self._forgotten([replaced])
+        if self._keep is not None:
+            self._keep.save(holder, token)
 
     def remove(self, who: Identity, cell: str | None = None) -> None:
         """Forget the token for cell, or every token of who when cell is None."""
@@ -90,6 +111,8 @@ class TokenStore:
                 del self._tokens[holder]
         self._bump(holder)
         self._forgotten(gone)
+        if self._keep is not None:
+            self._keep.drop(holder, [token.cell for token in gone])
 
     def list(self, who: Identity) -> list[Token]:
         """Every token of who, expired ones included (`tokens` shows them as expired)."""

@@ -29,6 +29,7 @@ from conftest import kinit
 from test_ctl import User, UserPython, as_user
 
 from afsfuse.ctl.protocol import SYSTEM_DIR, mount_key
+from afsfuse.keyring.kernel import forget_keep
 from afsfuse.testing.cell import Cell
 
 BIN = Path(sys.executable).parent
@@ -181,5 +182,6 @@ def afs_mount(
         yield mount
     finally:
         stop_daemon(mountpoint, mount.pid)
+        forget_keep(mount_key(mountpoint))  # the tokens the daemon kept for a restart
         shutil.rmtree(public, ignore_errors=True)
         print(f"daemon log: {log_file}")
