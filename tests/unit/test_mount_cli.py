@@ -82,3 +82,29 @@ def test_each_failure_is_one_line_with_its_own_status(
     status, out = run(capsys, "check-config", str(mountpoint), *cells, *cache)
     assert status == Exit.OK
     assert "home cell: example.org" in out and out.endswith("configuration ok\n")
+
+
+def test_in_the_background_without_a_log_file_the_log_goes_to_syslog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+    import socket
+
+    from afsfuse import cli
+    from afsfuse.config import build_config
+
+    address = tmp_path / "log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(str(address))
+        syslog.settimeout(5)
+        monkeypatch.setattr(cli, "SYSLOG_SOCKET", str(address))
+        try:
+            cli._setup_logging(build_config(tmp_path, {}, {}), None)
+            logging.getLogger("afsfuse").info("mounted on /afs")
+            message = syslog.recv(4096).decode()
+        finally:
+            logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    # <30>: facility daemon (3), priority info (6).
+    assert message.startswith("<30>afsfuse[") and message.endswith(
+        "]: afsfuse: mounted on /afs\x00"
+    )
