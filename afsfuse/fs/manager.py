@@ -1203,7 +1203,10 @@ class CacheManager:
             )
         expected = status.data_version
         mask = AFS_SETMODTIME | (AFS_FSYNC if sync else 0)
-        mtime = self._mtimes.get(fid) or int(time.time())
+        # A store that failed or was cut short said which mtime it sent: send that one
+        # again, so its version, if it landed after all, is still known as ours.
+        mtime = self._mtimes.get(fid) or (dirty.pending[1] if dirty.pending else 0)
+        mtime = mtime or int(time.time())
         in_status = AFSStoreStatus(Mask=mask, ClientModTime=mtime)
         for piece in store_plan(dirty, self.config.store_call_bytes):
             # Said before sending: after a crash, that version may be ours (fs/unsent.py).
