@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from afsfuse.ctl.server import ControlError, Request, op
 from afsfuse.fs.acl import Acl, letters_to_rights, rights_to_letters
+from afsfuse.fs.api import CacheManagerApi
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.mntpt import MountPointError, is_mount_point, parse_mount_point
 from afsfuse.fs.vnode import AfsFid
@@ -45,7 +46,7 @@ def _refuse(error: FsError) -> ControlError:
 class PathOps:
     """listacl, setacl, listquota, mkmount, lsmount, rmmount."""
 
-    def __init__(self, manager: Any, paths: PathResolver) -> None:
+    def __init__(self, manager: CacheManagerApi, paths: PathResolver) -> None:
         self._manager = manager
         self._paths = paths
 

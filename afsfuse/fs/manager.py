@@ -1825,3 +1825,17 @@ class CacheManager:
                     log.info("GiveUpCallBacks to %s: %s", server.addr, e)
                     return
             log.info("gave up callbacks at %s, %d fids", server.addr, len(fids))
+
+    # -- for the FUSE face and the control socket (fs/api.py) ---------------------------
+
+    def cached_volume(self, fid: AfsFid) -> VolumeLocation | None:
+        """The VLDB entry of `fid`'s volume if it is cached (no VL call)."""
+        return self.volumes.cached(fid.cell, fid.volume)
+
+    async def volume_location(self, cell: str, volume: str | int) -> VolumeLocation:
+        """The VLDB entry of a volume named or numbered `volume` in `cell`, through the
+        volume location cache; FsError (ENOENT for no such volume) when the VL call fails."""
+        try:
+            return await self.volumes.location(cell, volume)
+        except RxAbort as e:
+            raise fs_error(e.code, f"volume {volume} in {cell}") from None

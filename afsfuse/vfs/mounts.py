@@ -10,9 +10,9 @@ through the volume location cache when they are first traversed.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
-from afsfuse.fs.errors import FsError, fs_error
+from afsfuse.fs.api import CacheManagerApi
+from afsfuse.fs.errors import FsError
 from afsfuse.fs.mntpt import (
     MountPointError,
     VolumeIds,
@@ -22,7 +22,6 @@ from afsfuse.fs.mntpt import (
     parse_mount_point,
 )
 from afsfuse.fs.vnode import AfsFid
-from afsfuse.rx.errors import RxAbort
 from afsfuse.vfs.inodes import MountSpec
 
 ROOT_VOLUME = "root.cell"
@@ -67,7 +66,7 @@ def volume_mount(name: str) -> MountSpec | None:
     return _spec(f"%{name}.", "", VolumeType.RO)
 
 
-async def resolve(manager: Any, spec: MountSpec) -> AfsFid:
+async def resolve(manager: CacheManagerApi, spec: MountSpec) -> AfsFid:
     """The fid a mount point leads to, through the cache manager's VLDB cache.  ENODEV
     (as OpenAFS) when the volume has no suitable type, ENOENT when there is no volume."""
     cell = await manager.cell(spec.cell)
@@ -76,10 +75,7 @@ async def resolve(manager: Any, spec: MountSpec) -> AfsFid:
     cell_name = cell.name
     target = spec.target
     key: str | int = target.volume_id if target.volume_id is not None else target.volume
-    try:
-        location = await manager.volumes.location(cell_name, key)
-    except RxAbort as e:
-        raise fs_error(e.code, f"volume {target.volume} in {cell_name}") from None
+    location = await manager.volume_location(cell_name, key)
     ids = VolumeIds(*location.volume_ids)
     try:
         _, volume_id = choose_volume(target, ids, spec.parent, same_cell=spec.same_cell)

@@ -49,8 +49,8 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from afsfuse.fs.api import CacheManagerApi, Shown
 from afsfuse.fs.errors import FsError
-from afsfuse.fs.manager import Shown
 from afsfuse.fs.sysname import check_sysnames, sysname_candidates
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.keyring.store import Identity
@@ -186,7 +186,7 @@ class AfsOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        manager: Any,
+        manager: CacheManagerApi,
         sysnames: Sequence[bytes],
         *,
         shared_timeout: float = SHARED_TIMEOUT,
@@ -266,7 +266,7 @@ class AfsOperations(pyfuse3.Operations):
         raise _fail(errno.ENOTDIR)
 
     def _voltype(self, fid: AfsFid) -> int | None:
-        location = self.manager.volumes.cached(fid.cell, fid.volume)
+        location = self.manager.cached_volume(fid)
         return None if location is None else location.type_of(fid.volume)
 
     async def _afs_child(
@@ -937,7 +937,7 @@ class AfsOperations(pyfuse3.Operations):
         raise _fail(errno.EPERM if name in _XATTRS else pyfuse3.ENOATTR)
 
     def _volume_name(self, fid: AfsFid) -> str:
-        location = self.manager.volumes.cached(fid.cell, fid.volume)
+        location = self.manager.cached_volume(fid)
         if location is None:
             return str(fid.volume)
         suffix = {ROVOL: ".readonly", BACKVOL: ".backup"}.get(location.type_of(fid.volume), "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,16 +14,19 @@ import pyfuse3
 import pytest
 import trio
 
+from afsfuse.fs.api import CacheManagerApi, FileData
+from afsfuse.fs.cell import Cell
 from afsfuse.fs.errors import FsError
-from afsfuse.fs.manager import FileData
 from afsfuse.fs.mntpt import VolumeType
 from afsfuse.fs.vnode import AfsFid, Status
+from afsfuse.fs.volume import VolumeStatus
 from afsfuse.keyring.store import Identity
 from afsfuse.rx.interfaces.fs import FILE_DIRECTORY, FILE_FILE, FILE_SYMLINK
 from afsfuse.vfs.inodes import ROOT_INODE, FileNode, InodeTable, MountNode
 from afsfuse.vfs.mounts import afs_mount, cell_mount, volume_mount
 from afsfuse.vfs.operations import AfsOperations, Invalidator
 from afsfuse.vfs.paths import MountPaths
+from afsfuse.vl.vlclient import VolumeLocation
 
 CELL = "example.test"
 RL = 9  # read + lookup
@@ -37,40 +40,16 @@ def status(kind: int, mode: int, anonymous: int, caller: int | None = None, size
     )  # fmt: skip
 
 
-@dataclass
-class Location:
-    name: str
-    volume_ids: tuple[int, int, int]
-
-    def type_of(self, volume_id: int) -> int | None:
-        return self.volume_ids.index(volume_id) if volume_id in self.volume_ids else None
-
-
-class FakeVolumes:
-    def __init__(self) -> None:
-        self.entries = {"root.cell": Location("root.cell", (10, 11, 0))}
-        self.entries["test"] = Location("test", (20, 0, 0))
-
-    async def location(self, cell: str, key: str | int) -> Location:
-        for entry in self.entries.values():
-            if key == entry.name or key in entry.volume_ids:
-                return entry
-        raise FsError(errno.ENOENT)
-
-    def cached(self, cell: str, volume: int) -> Location | None:
-        return next((e for e in self.entries.values() if volume in e.volume_ids), None)
-
-
-@dataclass
-class FakeCell:
-    name: str
+def location(name: str, ids: tuple[int, int, int]) -> VolumeLocation:
+    return VolumeLocation(name, ids, 0, ((), (), ()))
 
 
 class FakeManager:
     """Files by fid; rights per uid (uid 1001 "alice" sees the private directory)."""
 
     def __init__(self) -> None:
-        self.volumes = FakeVolumes()
+        self.volumes = {"root.cell": location("root.cell", (10, 11, 0))}
+        self.volumes["test"] = location("test", (20, 0, 0))
         self.listeners = []
         root = AfsFid(CELL, 11, 1, 1)
         private = AfsFid(CELL, 11, 3, 5)
@@ -108,8 +87,17 @@ class FakeManager:
     def aliases(self) -> dict[str, str]:
         return {"ex": CELL}
 
-    async def cell(self, name: str):
-        return FakeCell(CELL) if name.lower() in (CELL, "ex") else None
+    async def cell(self, name: str) -> Cell | None:
+        return Cell(CELL, ()) if name.lower() in (CELL, "ex") else None
+
+    def cached_volume(self, fid: AfsFid) -> VolumeLocation | None:
+        return next((e for e in self.volumes.values() if fid.volume in e.volume_ids), None)
+
+    async def volume_location(self, cell: str, volume: str | int) -> VolumeLocation:
+        for entry in self.volumes.values():
+            if volume == entry.name or volume in entry.volume_ids:
+                return entry
+        raise FsError(errno.ENOENT)
 
     async def getattr(self, fid, who) -> Status:
         found = self.files.get(fid)
@@ -197,6 +185,38 @@ class FakeManager:
         del self.files[fid]
         self.dirty.pop(fid, None)
 
+    # The rest of the cache manager's API: not used by these tests.
+
+    async def statfs(self, fid: AfsFid, who: Identity) -> VolumeStatus:
+        raise FsError(errno.ENOSYS)
+
+    async def get_volume_status(self, fid: AfsFid, who: Identity) -> VolumeStatus:
+        raise FsError(errno.ENOSYS)
+
+    async def fsync(self, fid: AfsFid, who: Identity) -> Status:
+        return await self.store_data(fid, who)
+
+    async def setattr(self, fid: AfsFid, who: Identity, **changes: int | None) -> Status:
+        raise FsError(errno.EROFS)
+
+    async def mkdir(self, dir_fid, name, mode, who) -> tuple[AfsFid, Status]:
+        raise FsError(errno.EROFS)
+
+    async def symlink(self, dir_fid, name, target, who) -> tuple[AfsFid, Status]:
+        raise FsError(errno.EROFS)
+
+    async def link(self, dir_fid, name, target, who) -> Status:
+        raise FsError(errno.EROFS)
+
+    async def rmdir(self, dir_fid, name, who) -> None:
+        raise FsError(errno.EROFS)
+
+    async def get_acl(self, fid: AfsFid, who: Identity) -> str:
+        raise FsError(errno.ENOSYS)
+
+    async def set_acl(self, fid: AfsFid, text: str | bytes, who: Identity) -> None:
+        raise FsError(errno.EROFS)
+
 
 def ctx(uid: int = 0, pid: int = 100) -> Any:
     """A request context (pyfuse3's own cannot be filled in from Python)."""
@@ -214,7 +234,8 @@ def ops() -> AfsOperations:
             lambda parent, name: calls.append(("entry", parent, name)),
         )
 
-    operations = AfsOperations(FakeManager(), [b"amd64"], make_invalidator=recording)
+    manager: CacheManagerApi = FakeManager()  # mypy checks the fake against the real API
+    operations = AfsOperations(manager, [b"amd64"], make_invalidator=recording)
     operations.calls = calls  # type: ignore[attr-defined]
     return operations
 
