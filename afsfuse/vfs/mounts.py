@@ -22,7 +22,7 @@ from afsfuse.fs.mntpt import (
     parse_mount_point,
 )
 from afsfuse.fs.vnode import AfsFid
-from afsfuse.vfs.inodes import MountSpec
+from afsfuse.vfs.inodes import MountNode, MountSpec
 
 ROOT_VOLUME = "root.cell"
 
@@ -82,3 +82,11 @@ async def resolve(manager: CacheManagerApi, spec: MountSpec) -> AfsFid:
     except MountPointError as e:
         raise FsError(errno.ENODEV, str(e)) from None
     return AfsFid(cell_name, volume_id, target.vnode, target.unique)
+
+
+async def mount_root(manager: CacheManagerApi, node: MountNode) -> AfsFid:
+    """The root of the volume a mount node leads to, resolved at its first traversal."""
+    if node.root is None:
+        assert node.spec is not None
+        node.root = await resolve(manager, node.spec)
+    return node.root

@@ -1,24 +1,24 @@
-"""The FUSE face: pyfuse3 Operations over the cache manager.
+"""The FUSE face: pyfuse3 Operations over the cache manager (fs/api.py).
+
+About 800 lines, on purpose: this is the pyfuse3.Operations subclass, some 30 handlers and the
+state they share (the inode table, open handles, what the kernel was shown, statfs hints).
+Each handler is kept short; what is not about FUSE requests lives beside it:
+
+| module | what it holds |
+|---|---|
+| `request.py` | the identity a request acts for; FsError to errno (`guard`) |
+| `attrs.py` | the attributes the kernel gets, their timeouts, access(2) and statfs(2) |
+| `xattrs.py` | the `afs.*` extended attributes, a table of {name: handler} |
+| `invalidate.py` | callback breaks pushed to the kernel by a worker thread, in batches |
+| `silly.py` | open files, and unlink of an open file (hidden names, removed at release) |
+| `mounts.py`, `dynroot.py`, `inodes.py` | mount points, /afs, the inode table |
 
 Every request acts as its caller: the uid in the request context picks the identity, and the
 identity picks the token (or none: anonymous).  Per-user isolation rests on what the kernel
-is allowed to cache, because the kernel answers cached lookups and stats without asking us:
+is allowed to cache (attrs.py), because it answers cached lookups and stats without asking:
+open, opendir, access and getxattr are always sent by the kernel, and check the caller's
+rights here (not `default_permissions`: AFS rights are ACLs the kernel cannot see).
 
-* A name gets a non-zero entry timeout only when anonymous users may look names up in its
-  directory; an inode gets a non-zero attribute timeout only when anonymous users may fetch
-  its status (a directory's or symlink's own ACL grants `l`; a file's directory grants `r`).
-  Everything else has timeouts of 0, so every path walk and every stat reaches this process
-  with the caller's uid, and the cache manager checks that caller's rights.
-* open, opendir, access and getxattr are always sent by the kernel; they check the caller's
-  rights here (not `default_permissions`: AFS rights are ACLs the kernel cannot see).
-
-Writing follows AFS close semantics: writes land in the cache manager's local copy, and the
-FUSE flush of each close(2) stores them (fsync(2) too), so close and fsync return only once
-the fileserver has the data, or with the errno of the failed store (EDQUOT, ENOSPC, EACCES,
-ETIMEDOUT...).  Only flush can fail a close: release errors reach no one, so release merely
-stores what an mmap or a failed flush left, and logs.  A file unlinked while open is renamed
-to a hidden name first and removed at its last release, as the OpenAFS cache manager does,
-so the open descriptors keep working.
 * Names found through @sys always get timeouts of 0, so @sys follows a changed sysname
   list at once.  Mount points get attribute timeouts of 0, so a stat (df's first step)
   reaches us and statfs learns which volume a process is looking at (see `statfs`); their
@@ -26,41 +26,46 @@ so the open descriptors keep working.
   entry (statx and two xattr calls), and a lookup per mount point per walk made it ten
   times slower.
 
-Every handler turns FsError into its errno and anything unexpected into a logged EIO:
-pyfuse3 catches only FUSEError.
+Writing follows AFS close semantics: writes land in the cache manager's local copy, and the
+FUSE flush of each close(2) stores them (fsync(2) too), so close and fsync return only once
+the fileserver has the data, or with the errno of the failed store (EDQUOT, ENOSPC, EACCES,
+ETIMEDOUT...).  Only flush can fail a close: release errors reach no one, so release merely
+stores what an mmap or a failed flush left, and logs.  A file unlinked while open is renamed
+to a hidden name first and removed at its last release (silly.py).
+
+Reads agree with the attributes the kernel was given (see `read`).
 """
 
 from __future__ import annotations
 
 import errno
-import functools
-import logging
 import mmap
 import os
-import queue
 import stat
-import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
-import trio
 
 from afsfuse.fs.api import CacheManagerApi, Shown
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.sysname import check_sysnames, sysname_candidates
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.keyring.store import Identity
-from afsfuse.rx.interfaces.fs import (
-    PRSFS_INSERT,
-    PRSFS_LOOKUP,
-    PRSFS_READ,
-    PRSFS_WRITE,
+from afsfuse.vfs.attrs import (
+    SHARED_TIMEOUT,
+    allows,
+    anyone_may_look_up,
+    dot_attrs,
+    file_attrs,
+    mount_attrs,
+    placeholder,
+    statvfs,
+    synthetic_attrs,
 )
-from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL
 from afsfuse.vfs.dynroot import DynRoot, Entry
 from afsfuse.vfs.inodes import (
     FileNode,
@@ -71,79 +76,21 @@ from afsfuse.vfs.inodes import (
     Node,
     RootNode,
 )
-from afsfuse.vfs.mounts import afs_mount, resolve
+from afsfuse.vfs.invalidate import Invalidator
+from afsfuse.vfs.mounts import afs_mount, mount_root
+from afsfuse.vfs.request import fail, guard, identity, log
+from afsfuse.vfs.silly import OpenFiles
+from afsfuse.vfs.xattrs import Xattrs
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-#: What the kernel is told to drop: inodes, and (parent inode, name) entries.
-_Batch = tuple[list[int], list[tuple[int, bytes]]]
+__all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
 
 #: The kernel's page: it reads ahead in whole pages, up to the one its length ends in.
 _PAGE = mmap.PAGESIZE
-#: Seconds the kernel may keep what every user may see anyway.
-SHARED_TIMEOUT = 60.0
 #: Directory entries whose status is fetched together in one readdir step.
 READDIR_BATCH = 100
 #: How long statfs trusts "the last node this process touched" (see statfs).
 STATFS_HINT_SECONDS = 10.0
 _STATFS_HINTS = 1024
-
-XATTR_CELL = b"afs.cell"
-XATTR_FID = b"afs.fid"
-XATTR_VOLUME = b"afs.volume"
-XATTR_MOUNTPOINT = b"afs.mountpoint"
-#: The directory's ACL as FetchACL gives it and StoreACL takes it (what kAFS exposes).
-XATTR_ACL = b"afs.acl"
-_XATTRS = (XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT, XATTR_ACL)
-#: Prefix of the names unlinked files keep while still open (OpenAFS uses the same).
-HIDDEN_PREFIX = ".__afs"
-
-_START = int(time.time() * 1e9)
-
-
-def _guard(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """FsError -> its errno; anything but FUSEError -> logged EIO (pyfuse3 would die)."""
-
-    @functools.wraps(method)
-    async def guarded(*args: Any, **kwargs: Any) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except FsError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return guarded
-
-
-def _fail(err: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(err)
-
-
-def identity(ctx: pyfuse3.RequestContext) -> Identity:
-    """Who a request acts for.  PAGs are not tracked yet: the uid decides."""
-    return _identity_of(ctx.uid)
-
-
-@functools.lru_cache(maxsize=256)
-def _identity_of(uid: int) -> Identity:
-    """One Identity per uid, made once: almost every request asks."""
-    return Identity(uid)
-
-
-def anyone_may_stat(status: Status) -> bool:
-    """Would an anonymous FetchStatus of this vnode succeed?  (Files need `r` on their
-    directory; directories and symlinks `l` on their own ACL.)"""
-    needed = PRSFS_READ if status.is_file else PRSFS_LOOKUP
-    return status.anonymous_access & needed == needed
-
-
-def anyone_may_look_up(dir_status: Status) -> bool:
-    return dir_status.anonymous_access & PRSFS_LOOKUP == PRSFS_LOOKUP
 
 
 @dataclass
@@ -195,17 +142,13 @@ class AfsOperations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.manager = manager
-        self.xattrs = xattrs
+        self.xattrs = Xattrs(manager, xattrs)
         self.inodes = InodeTable()
         self.dynroot = DynRoot(manager)
         self._sysnames = check_sysnames(list(sysnames))
         self.shared_timeout = shared_timeout
         self._handles: dict[int, _FileHandle | _DirHandle] = {}
-        #: Open file handles per fid, and how many of them write.
-        self._open: Counter[AfsFid] = Counter()
-        self._writers: Counter[AfsFid] = Counter()
-        #: Files unlinked while open: fid -> (directory, hidden name) to remove at last release.
-        self._hidden: dict[AfsFid, tuple[AfsFid, bytes]] = {}
+        self._files = OpenFiles(manager)
         self._next_handle = 1
         self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
         #: Per file: the data version and length of the attributes the kernel was last
@@ -231,7 +174,7 @@ class AfsOperations(pyfuse3.Operations):
     def _node(self, inode: int) -> Node:
         node = self.inodes.get(inode)
         if node is None:
-            raise _fail(errno.ESTALE)
+            raise fail(errno.ESTALE)
         return node
 
     def _touched(self, ctx: pyfuse3.RequestContext, node: Node) -> None:
@@ -252,18 +195,12 @@ class AfsOperations(pyfuse3.Operations):
         self._showing(child)
         return child.attrs
 
-    async def _mount_root(self, node: MountNode, who: Identity) -> AfsFid:
-        if node.root is None:
-            assert node.spec is not None
-            node.root = await resolve(self.manager, node.spec)
-        return node.root
-
     async def _dir_fid(self, node: Node, who: Identity) -> AfsFid:
         if isinstance(node, MountNode):
-            return await self._mount_root(node, who)
+            return await mount_root(self.manager, node)
         if isinstance(node, FileNode):
             return node.fid
-        raise _fail(errno.ENOTDIR)
+        raise fail(errno.ENOTDIR)
 
     def _voltype(self, fid: AfsFid) -> int | None:
         location = self.manager.cached_volume(fid)
@@ -275,9 +212,7 @@ class AfsOperations(pyfuse3.Operations):
         """The child for an AFS directory entry; mount points become mount nodes."""
         if isinstance(status, FsError):
             # Listed but not statable by this caller: show the name, cache nothing.
-            return _Child(
-                name, ("fid", fid), lambda i: FileNode(i, fid=fid), _placeholder(fid), 0.0
-            )
+            return _Child(name, ("fid", fid), lambda i: FileNode(i, fid=fid), placeholder(fid), 0.0)
         if status.is_symlink and not status.mode & 0o111:
             try:
                 text = await self.manager.readlink(fid, who)
@@ -289,10 +224,10 @@ class AfsOperations(pyfuse3.Operations):
                     name,
                     ("mount", fid),
                     lambda i: MountNode(i, spec=spec, source=fid),
-                    _mount_attrs(status),
+                    mount_attrs(status),
                     timeout,
                 )
-        attrs = self._file_attrs(status)
+        attrs = file_attrs(status, self.shared_timeout)
         return _Child(
             name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout, (fid, status)
         )
@@ -306,21 +241,16 @@ class AfsOperations(pyfuse3.Operations):
         if status.is_file:
             self._shown[fid] = (status.data_version, status.size)
 
-    def _file_attrs(self, status: Status) -> pyfuse3.EntryAttributes:
-        attrs = _status_attrs(status)
-        attrs.attr_timeout = self.shared_timeout if anyone_may_stat(status) else 0.0
-        return attrs
-
     def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
         probe = entry.make(0)
-        attrs = _synthetic_attrs(probe)
+        attrs = synthetic_attrs(probe)
         if not isinstance(probe, MountNode):
             attrs.attr_timeout = self.shared_timeout
         return _Child(os.fsencode(entry.name), entry.key, entry.make, attrs, timeout)
 
     # -- lookup and attributes -------------------------------------------------------
 
-    @_guard
+    @guard
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -330,12 +260,12 @@ class AfsOperations(pyfuse3.Operations):
         if isinstance(parent, RootNode):
             entry = await self.dynroot.lookup(text)
             if entry is None:
-                raise _fail(errno.ENOENT)
+                raise fail(errno.ENOENT)
             child = self._dyn_child(entry, self.shared_timeout)
         elif isinstance(parent, MountDirNode):
             entry = await self.dynroot.lookup_volume(text)
             if entry is None:
-                raise _fail(errno.ENOENT)
+                raise fail(errno.ENOENT)
             child = self._dyn_child(entry, self.shared_timeout)
         else:
             child = await self._lookup_afs(parent, text, who)
@@ -354,14 +284,14 @@ class AfsOperations(pyfuse3.Operations):
                 if e.errno != errno.ENOENT:
                     raise
         else:
-            raise _fail(errno.ENOENT)
+            raise fail(errno.ENOENT)
         dir_status = await self.manager.getattr(dir_fid, who)
         status = await self.manager.getattr(fid, who)
         shared = anyone_may_look_up(dir_status) and candidate == wanted
         timeout = self.shared_timeout if shared else 0.0
         return await self._afs_child(wanted, fid, status, who, timeout)
 
-    @_guard
+    @guard
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             node = self.inodes.get(inode)
@@ -369,7 +299,7 @@ class AfsOperations(pyfuse3.Operations):
             if isinstance(node, FileNode) and self.inodes.get(inode) is None:
                 self._shown.pop(node.fid, None)
 
-    @_guard
+    @guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         who = identity(ctx)
@@ -380,51 +310,51 @@ class AfsOperations(pyfuse3.Operations):
         if isinstance(node, FileNode):
             status = await self.manager.getattr(node.fid, who)
             self._show(node.fid, status)
-            attrs = self._file_attrs(status)
+            attrs = file_attrs(status, self.shared_timeout)
         elif isinstance(node, MountNode) and node.source is not None:
-            attrs = _mount_attrs(await self.manager.getattr(node.source, who))
+            attrs = mount_attrs(await self.manager.getattr(node.source, who))
         else:
-            attrs = _synthetic_attrs(node)
+            attrs = synthetic_attrs(node)
             if not isinstance(node, MountNode):
                 attrs.attr_timeout = self.shared_timeout
         attrs.st_ino = inode
         return attrs
 
-    @_guard
+    @guard
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         if isinstance(node, LinkNode):
             return node.target
         if not isinstance(node, FileNode):
-            raise _fail(errno.EINVAL)
+            raise fail(errno.EINVAL)
         return await self.manager.readlink(node.fid, identity(ctx))
 
-    @_guard
+    @guard
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         node = self._node(inode)
         who = identity(ctx)
         if isinstance(node, FileNode):
             status = await self.manager.getattr(node.fid, who)
         elif isinstance(node, MountNode):
-            status = await self.manager.getattr(await self._mount_root(node, who), who)
+            status = await self.manager.getattr(await mount_root(self.manager, node), who)
         else:
             return not mode & os.W_OK
-        return _allows(status, mode)
+        return allows(status, mode)
 
     # -- files -----------------------------------------------------------------------
 
-    @_guard
+    @guard
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if not isinstance(node, FileNode):
-            raise _fail(errno.EISDIR if not isinstance(node, LinkNode) else errno.ELOOP)
+            raise fail(errno.EISDIR if not isinstance(node, LinkNode) else errno.ELOOP)
         who = identity(ctx)
         write = _writes(flags)
         status = await self.manager.open(node.fid, who, write=write)
         if status.is_dir:
-            raise _fail(errno.EISDIR)
-        if not _allows(status, os.W_OK if write else os.R_OK):
-            raise _fail(errno.EACCES)
+            raise fail(errno.EISDIR)
+        if not allows(status, os.W_OK if write else os.R_OK):
+            raise fail(errno.EACCES)
         if flags & os.O_TRUNC:
             await self.manager.truncate(node.fid, 0, who)  # stored at close, like any write
         self._touched(ctx, node)
@@ -439,7 +369,7 @@ class AfsOperations(pyfuse3.Operations):
         fh = self._open_file(node.fid, inode, who, write, direct=bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
-    @_guard
+    @guard
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -454,7 +384,7 @@ class AfsOperations(pyfuse3.Operations):
             fid = await self.manager.lookup(dir_fid, name, who)
             status = await self.manager.open(fid, who, write=True)
             if status.is_dir:
-                raise _fail(errno.EISDIR) from None
+                raise fail(errno.EISDIR) from None
             if flags & os.O_TRUNC:
                 await self.manager.truncate(fid, 0, who)
         attrs = await self._new_entry(parent, dir_fid, name, fid, status, who)
@@ -465,18 +395,16 @@ class AfsOperations(pyfuse3.Operations):
     def _open_file(
         self, fid: AfsFid, inode: int, who: Identity, writable: bool, *, direct: bool = False
     ) -> int:
-        self._open[fid] += 1
-        if writable:
-            self._writers[fid] += 1
+        self._files.opened(fid, writable)
         return self._new_handle(_FileHandle(fid, inode, who, writable, direct))
 
     def _file_handle(self, fh: int, *, writing: bool = False) -> _FileHandle:
         handle = self._handles.get(fh)
         if not isinstance(handle, _FileHandle) or (writing and not handle.writable):
-            raise _fail(errno.EBADF)
+            raise fail(errno.EBADF)
         return handle
 
-    @_guard
+    @guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """The kernel reads pages up to the length it was given, and keeps them: data is
         served at the version of that length while it is at hand (manager.read_shown).
@@ -494,28 +422,28 @@ class AfsOperations(pyfuse3.Operations):
                 # sized this read with a longer file than this version, a length it was
                 # given and we have replaced since.  Short, it would keep zeros.
                 self.invalidator.attributes_now(handle.inode)
-                raise _fail(errno.EIO)
+                raise fail(errno.EIO)
             return got.data
         self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.
         if got.version < shown[0]:
             # The kernel has moved past this version since it asked: its pages would outlive
             # the change.
-            raise _fail(errno.EIO)
+            raise fail(errno.EIO)
         if off + len(got.data) < min(off + size, shown[1]):
             # Short of the length the kernel has: it would fill the rest of its pages with
             # zeros, and keep them at that length when its attributes changed since it
             # asked.  Asked again, the short answer at this version cuts the length there.
             self._shown[fid] = (got.version, got.length)
-            raise _fail(errno.EIO)
+            raise fail(errno.EIO)
         return got.data
 
-    @_guard
+    @guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._file_handle(fh, writing=True)
         return await self.manager.write(handle.fid, off, bytes(buf), handle.who)
 
-    @_guard
+    @guard
     async def flush(self, fh: int) -> None:
         """Every close(2) of a descriptor (dup'ed ones included) sends a flush, and its
         error is close's: store here what any descriptor of the file wrote."""
@@ -523,7 +451,7 @@ class AfsOperations(pyfuse3.Operations):
         if handle.writable and self.manager.unstored(handle.fid):
             await self._store(handle)
 
-    @_guard
+    @guard
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._file_handle(fh)
         if self.manager.unstored(handle.fid):
@@ -538,30 +466,24 @@ class AfsOperations(pyfuse3.Operations):
             if e.errno != errno.ENOENT:
                 raise
 
-    @_guard
+    @guard
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if not isinstance(handle, _FileHandle):
             return
         fid = handle.fid
-        self._open[fid] -= 1
-        if handle.writable:
-            self._writers[fid] -= 1
-            if not self._writers[fid]:
-                del self._writers[fid]
-                if self.manager.unstored(fid) and fid not in self._hidden:
-                    try:
-                        await self._store(handle)  # what mmap wrote after the last flush
-                    except FsError as e:
-                        log.warning("%s: data not stored at release: %s", fid, e)
-        if not self._open[fid]:
-            del self._open[fid]
-            hidden = self._hidden.pop(fid, None)
-            if hidden is not None:
-                try:
-                    await self.manager.unlink(*hidden, handle.who)
-                except FsError as e:
-                    log.warning("%s: could not remove %r: %s", fid, hidden[1], e)
+        last_writer = self._files.released(fid, handle.writable)
+        if last_writer and self.manager.unstored(fid) and not self._files.hidden(fid):
+            try:
+                await self._store(handle)  # what mmap wrote after the last flush
+            except FsError as e:
+                log.warning("%s: data not stored at release: %s", fid, e)
+        hidden = self._files.take_hidden(fid)
+        if hidden is not None:
+            try:
+                await self.manager.unlink(*hidden, handle.who)
+            except FsError as e:
+                log.warning("%s: could not remove %r: %s", fid, hidden[1], e)
 
     def _new_handle(self, handle: _FileHandle | _DirHandle) -> int:
         fh = self._next_handle
@@ -569,7 +491,7 @@ class AfsOperations(pyfuse3.Operations):
         self._handles[fh] = handle
         return fh
 
-    @_guard
+    @guard
     async def setattr(
         self,
         inode: int,
@@ -583,11 +505,11 @@ class AfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         who = identity(ctx)
         if isinstance(node, MountNode):
-            fid = await self._mount_root(node, who)  # as OpenAFS: the volume's root
+            fid = await mount_root(self.manager, node)  # as OpenAFS: the volume's root
         elif isinstance(node, FileNode):
             fid = node.fid
         else:
-            raise _fail(errno.EPERM)
+            raise fail(errno.EPERM)
         changes: dict[str, int] = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode & 0o7777
@@ -610,13 +532,13 @@ class AfsOperations(pyfuse3.Operations):
         if isinstance(node, MountNode):
             return await self.getattr(inode, ctx)  # shown through the mount point's vnode
         self._show(fid, status)
-        attrs = self._file_attrs(status)
+        attrs = file_attrs(status, self.shared_timeout)
         attrs.st_ino = inode
         return attrs
 
     # -- directories -----------------------------------------------------------------
 
-    @_guard
+    @guard
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
         who = identity(ctx)
@@ -633,17 +555,17 @@ class AfsOperations(pyfuse3.Operations):
             entries = [(name, fid) for name, fid in listed if name not in (".", "..")]
         return self._new_handle(_DirHandle(node, who, dir_fid, entries))
 
-    @_guard
+    @guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._handles.get(fh)
         if not isinstance(handle, _DirHandle):
-            raise _fail(errno.EBADF)
+            raise fail(errno.EBADF)
         directory = handle.node
         dots = ((b".", directory.inode), (b"..", directory.parent or directory.inode))
         # Positions 0 and 1 are the dots; entry i is at position i + 2.
         position = start_id
         for name, inode in dots[position:]:
-            if not pyfuse3.readdir_reply(token, name, _dot_attrs(inode), position + 1):
+            if not pyfuse3.readdir_reply(token, name, dot_attrs(inode), position + 1):
                 return
             position += 1  # no lookup to count: the kernel takes none for the dots
         while position - len(dots) < len(handle.entries):
@@ -675,7 +597,7 @@ class AfsOperations(pyfuse3.Operations):
             for (name, fid), status in zip(batch, statuses, strict=True)
         ]
 
-    @_guard
+    @guard
     async def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
@@ -686,7 +608,7 @@ class AfsOperations(pyfuse3.Operations):
         from the cell list, not stored, so nothing can be changed there."""
         parent = self._node(parent_inode)
         if isinstance(parent, (RootNode, MountDirNode, LinkNode)):
-            raise _fail(errno.EACCES)
+            raise fail(errno.EACCES)
         return parent, await self._dir_fid(parent, who)
 
     async def _new_entry(
@@ -706,13 +628,13 @@ class AfsOperations(pyfuse3.Operations):
             # its next lookup (timeout 0) shows it as the directory it leads to.
             if afs_mount(await self.manager.readlink(fid, who), status.mode, fid, None):
                 timeout = 0.0
-            attrs = self._file_attrs(status)
+            attrs = file_attrs(status, self.shared_timeout)
             child = _Child(name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout)
         else:
             child = await self._afs_child(name, fid, status, who, timeout)
         return self._reply(child, parent)
 
-    @_guard
+    @guard
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -721,19 +643,19 @@ class AfsOperations(pyfuse3.Operations):
         fid, status = await self.manager.mkdir(dir_fid, name, _mode(mode, ctx), who)
         return await self._new_entry(parent, dir_fid, name, fid, status, who)
 
-    @_guard
+    @guard
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Regular files only: AFS stores no devices, fifos or sockets."""
         if not stat.S_ISREG(mode):
-            raise _fail(errno.EPERM)
+            raise fail(errno.EPERM)
         who = identity(ctx)
         parent, dir_fid = await self._target_dir(parent_inode, who)
         fid, status = await self.manager.create(dir_fid, name, _mode(mode, ctx), who)
         return await self._new_entry(parent, dir_fid, name, fid, status, who)
 
-    @_guard
+    @guard
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -742,47 +664,31 @@ class AfsOperations(pyfuse3.Operations):
         fid, status = await self.manager.symlink(dir_fid, name, target, who)
         return await self._new_entry(parent, dir_fid, name, fid, status, who)
 
-    @_guard
+    @guard
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if not isinstance(node, FileNode):
-            raise _fail(errno.EPERM)  # mount points and the dynamic root are no files
+            raise fail(errno.EPERM)  # mount points and the dynamic root are no files
         who = identity(ctx)
         parent, dir_fid = await self._target_dir(new_parent_inode, who)
         status = await self.manager.link(dir_fid, new_name, node.fid, who)
         return await self._new_entry(parent, dir_fid, new_name, node.fid, status, who)
 
-    @_guard
+    @guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         who = identity(ctx)
         _, dir_fid = await self._target_dir(parent_inode, who)
         fid = await self.manager.lookup(dir_fid, name, who)
-        if self._open[fid] and fid not in self._hidden:
+        if self._files.must_hide(fid):
             # Still open here: keep the vnode under a hidden name until the last release,
             # so reads, writes and the close's store keep working.
-            hidden = await self._free_hidden_name(dir_fid, fid, who)
-            await self.manager.rename(dir_fid, name, dir_fid, hidden, who)
-            self._hidden[fid] = (dir_fid, hidden)
+            await self._files.hide(dir_fid, name, fid, who)
             return
         await self.manager.unlink(dir_fid, name, who)
 
-    async def _free_hidden_name(self, dir_fid: AfsFid, fid: AfsFid, who: Identity) -> bytes:
-        """`.__afs<vnode>.<unique>`, with a count after it if that is taken: the rename must
-        never replace another file (two fids, or a name someone chose)."""
-        base = f"{HIDDEN_PREFIX}{fid.vnode:x}.{fid.unique:x}"
-        for n in range(100):
-            hidden = (base if n == 0 else f"{base}.{n}").encode()
-            try:
-                await self.manager.lookup(dir_fid, hidden, who)
-            except FsError as e:
-                if e.errno == errno.ENOENT:
-                    return hidden
-                raise
-        raise FsError(errno.EBUSY, "no free hidden name for an open file's unlink")
-
-    @_guard
+    @guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """A mount point looks like a directory, so rmdir removes it (as `fs rmmount`)."""
         who = identity(ctx)
@@ -793,7 +699,7 @@ class AfsOperations(pyfuse3.Operations):
         else:
             await self.manager.rmdir(dir_fid, name, who)
 
-    @_guard
+    @guard
     async def rename(
         self,
         parent_inode_old: int,
@@ -805,7 +711,7 @@ class AfsOperations(pyfuse3.Operations):
     ) -> None:
         """Within a volume; EXDEV across volumes makes mv copy instead."""
         if flags & pyfuse3.RENAME_EXCHANGE:
-            raise _fail(errno.EINVAL)  # the fileserver has no exchange
+            raise fail(errno.EINVAL)  # the fileserver has no exchange
         who = identity(ctx)
         _, src_dir = await self._target_dir(parent_inode_old, who)
         _, dst_dir = await self._target_dir(parent_inode_new, who)
@@ -816,7 +722,7 @@ class AfsOperations(pyfuse3.Operations):
                 if e.errno != errno.ENOENT:
                     raise
             else:
-                raise _fail(errno.EEXIST)
+                raise fail(errno.EEXIST)
         await self.manager.rename(src_dir, name_old, dst_dir, name_new, who)
 
     # -- paths, for the control socket -------------------------------------------------
@@ -832,12 +738,12 @@ class AfsOperations(pyfuse3.Operations):
             elif isinstance(node, MountDirNode):
                 entry = await self.dynroot.lookup_volume(text)
             elif isinstance(node, LinkNode):
-                raise _fail(errno.ENOTDIR)
+                raise fail(errno.ENOTDIR)
             else:
                 node = (await self._lookup_afs(node, text, who)).make(0)
                 continue
             if entry is None:
-                raise _fail(errno.ENOENT)
+                raise fail(errno.ENOENT)
             node = entry.make(0)
         return node
 
@@ -846,12 +752,12 @@ class AfsOperations(pyfuse3.Operations):
         if isinstance(node, FileNode):
             return node.fid
         if isinstance(node, MountNode):
-            return await self._mount_root(node, who)
+            return await mount_root(self.manager, node)
         raise FsError(errno.EINVAL, "part of the dynamic root, not of a volume")
 
     # -- file system -----------------------------------------------------------------
 
-    @_guard
+    @guard
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         """Space of the volume the caller is looking at.
 
@@ -867,237 +773,35 @@ class AfsOperations(pyfuse3.Operations):
             if isinstance(node, FileNode):
                 fid = node.fid
             elif isinstance(node, MountNode):
-                fid = await self._mount_root(node, identity(ctx))
+                fid = await mount_root(self.manager, node)
         if fid is None:
-            return _statvfs(None)
-        return _statvfs(await self.manager.statfs(fid, identity(ctx)))
+            return statvfs(None)
+        return statvfs(await self.manager.statfs(fid, identity(ctx)))
 
-    # -- extended attributes ---------------------------------------------------------
+    # -- extended attributes (vfs/xattrs.py) ------------------------------------------
 
-    @_guard
+    @guard
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if not self.xattrs:
-            raise _fail(errno.ENOSYS)  # the kernel stops asking
-        node = self._node(inode)
-        if isinstance(node, MountNode):
-            return [XATTR_CELL, XATTR_FID, XATTR_VOLUME, XATTR_MOUNTPOINT]
-        if isinstance(node, FileNode):
-            return [XATTR_CELL, XATTR_FID, XATTR_VOLUME]
-        return []
+        self.xattrs.check()
+        return self.xattrs.names(self._node(inode))
 
-    @_guard
+    @guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not self.xattrs:
-            raise _fail(errno.ENOSYS)  # the kernel stops asking, for the mount's lifetime
-        if name not in _XATTRS:
-            # First of all: ls -l asks every file for security.selinux and an ACL, and each
-            # write(2) for security.capability.
-            raise _fail(pyfuse3.ENOATTR)
-        node = self._node(inode)
-        who = identity(ctx)
-        if isinstance(node, MountNode):
-            if node.source is not None:
-                await self.manager.getattr(node.source, who)  # the caller may see it at all
-            if name == XATTR_MOUNTPOINT:
-                assert node.spec is not None
-                return node.spec.text.encode()
-            fid = await self._mount_root(node, who)
-        elif isinstance(node, FileNode):
-            await self.manager.getattr(node.fid, who)
-            fid = node.fid
-        else:
-            raise _fail(pyfuse3.ENOATTR)
-        if name == XATTR_CELL:
-            return fid.cell.encode()
-        if name == XATTR_FID:
-            return f"{fid.volume}.{fid.vnode}.{fid.unique}".encode()
-        if name == XATTR_VOLUME:
-            return self._volume_name(fid).encode()
-        if name == XATTR_ACL:
-            return (await self.manager.get_acl(fid, who)).encode("utf-8", "surrogateescape")
-        raise _fail(pyfuse3.ENOATTR)
+        xattr = self.xattrs.handler(name)
+        return await self.xattrs.get(xattr, self._node(inode), identity(ctx))
 
-    @_guard
+    @guard
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        """Only afs.acl can be set: the ACL of the directory (a file's: its directory's)."""
-        if not self.xattrs:
-            raise _fail(errno.ENOSYS)
-        if name != XATTR_ACL:
-            raise _fail(errno.EOPNOTSUPP if name not in _XATTRS else errno.EPERM)
+        set_value = self.xattrs.setter(name)
         who = identity(ctx)
         fid = await self.fid_of(self._node(inode), who)
-        await self.manager.set_acl(fid, value.rstrip(b"\0"), who)
+        await set_value(self.xattrs, fid, value, who)
 
-    @_guard
+    @guard
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if not self.xattrs:
-            raise _fail(errno.ENOSYS)
-        raise _fail(errno.EPERM if name in _XATTRS else pyfuse3.ENOATTR)
-
-    def _volume_name(self, fid: AfsFid) -> str:
-        location = self.manager.cached_volume(fid)
-        if location is None:
-            return str(fid.volume)
-        suffix = {ROVOL: ".readonly", BACKVOL: ".backup"}.get(location.type_of(fid.volume), "")
-        return location.name + suffix
-
-
-class Invalidator:
-    """Pushes callback breaks to the kernel: drop the attributes and cached pages of every
-    inode that shows a broken fid, and the cached names of broken directories.
-
-    The cache manager reports breaks synchronously on the trio thread (`queue`); the kernel
-    calls can block until a related request finishes, so a thread of their own makes them,
-    a batch at a time, fed through a queue.  The hand-off costs microseconds where a
-    `trio.to_thread` round trip costs ~100 us of CPU, and another client writing many files
-    means a batch for each.
-    """
-
-    def __init__(
-        self,
-        inodes: InodeTable,
-        invalidate_inode: Callable[[int, bool], None] = pyfuse3.invalidate_inode,
-        invalidate_entry: Callable[[int, bytes], None] = pyfuse3.invalidate_entry,
-    ) -> None:
-        self._inodes = inodes
-        self._invalidate_inode = invalidate_inode
-        self._invalidate_entry = invalidate_entry
-        self._fids: set[AfsFid] = set()
-        self._everything = False
-        self._wakeup = trio.Event()
-        #: Batches for the pushing thread; None tells it to stop.
-        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-
-    def queue(self, fid: AfsFid | None) -> None:
-        if fid is None:
-            self._everything = True
-        else:
-            self._fids.add(fid)
-        self._wakeup.set()
-
-    def attributes_now(self, inode: int) -> None:
-        """Make the kernel ask for `inode`'s attributes again before it next uses them.
-        Pages are left alone, so this never waits on a request in progress and may be
-        called while handling one."""
-        try:
-            self._invalidate_inode(inode, True)
-        except OSError as e:
-            log.debug("invalidate_inode(%d, attributes): %s", inode, e)
-
-    def _take(self) -> _Batch:
-        if self._everything:
-            nodes = [n for n in self._inodes.nodes() if not isinstance(n, RootNode)]
-        else:
-            nodes = [node for fid in self._fids for node in self._inodes.for_fid(fid)]
-        self._fids.clear()
-        self._everything = False
-        entries = [
-            (n.inode, name) for n in nodes for name in self._inodes.take_cached_names(n.inode)
-        ]
-        return [n.inode for n in nodes], entries
-
-    def _push(self, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
-        for inode in inodes:
-            try:
-                self._invalidate_inode(inode, False)
-            except OSError as e:  # the kernel already forgot it, or the mount is gone
-                log.debug("invalidate_inode(%d): %s", inode, e)
-        for parent, name in entries:
-            try:
-                self._invalidate_entry(parent, name)
-            except OSError as e:
-                log.debug("invalidate_entry(%d, %r): %s", parent, name, e)
-
-    def _pusher(self) -> None:
-        while (batch := self._batches.get()) is not None:
-            self._push(*batch)
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        # A daemon thread: a kernel call stuck at unmount must not keep the process alive.
-        threading.Thread(target=self._pusher, name="afsfuse-invalidate", daemon=True).start()
-        task_status.started()
-        try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                inodes, entries = self._take()
-                if inodes or entries:
-                    self._batches.put((inodes, entries))
-        finally:
-            self._batches.put(None)
-
-
-# -- attributes --------------------------------------------------------------------------
-
-
-def _times(attrs: pyfuse3.EntryAttributes, mtime_ns: int, ctime_ns: int) -> None:
-    attrs.st_atime_ns = mtime_ns
-    attrs.st_mtime_ns = mtime_ns
-    attrs.st_ctime_ns = ctime_ns
-
-
-def _status_attrs(status: Status) -> pyfuse3.EntryAttributes:
-    attrs = pyfuse3.EntryAttributes()
-    kind = stat.S_IFDIR if status.is_dir else stat.S_IFLNK if status.is_symlink else stat.S_IFREG
-    attrs.st_mode = kind | (status.mode & 0o7777)
-    attrs.st_nlink = max(status.nlink, 1)
-    attrs.st_uid = status.owner & 0xFFFFFFFF
-    attrs.st_gid = status.group & 0xFFFFFFFF
-    attrs.st_size = status.size
-    attrs.st_blksize = 4096
-    attrs.st_blocks = (status.size + 511) // 512
-    _times(attrs, status.mtime * 10**9, status.server_mtime * 10**9)
-    attrs.generation = 0
-    return attrs
-
-
-def _mount_attrs(source: Status) -> pyfuse3.EntryAttributes:
-    """A mount point as the directory it leads to, from its own vnode's status (fakestat)."""
-    attrs = _status_attrs(source)
-    attrs.st_mode = stat.S_IFDIR | (source.mode & 0o7777) | 0o111
-    attrs.st_nlink = 2
-    attrs.st_size = 2048
-    attrs.st_blocks = 4
-    attrs.attr_timeout = 0.0
-    return attrs
-
-
-def _synthetic_attrs(node: Node) -> pyfuse3.EntryAttributes:
-    attrs = pyfuse3.EntryAttributes()
-    if isinstance(node, LinkNode):
-        attrs.st_mode = stat.S_IFLNK | 0o755
-        attrs.st_size = len(node.target)
-        attrs.st_nlink = 1
-    else:
-        attrs.st_mode = stat.S_IFDIR | 0o755
-        attrs.st_size = 2048
-        attrs.st_nlink = 2
-    attrs.st_blksize = 4096
-    attrs.st_blocks = (attrs.st_size + 511) // 512
-    _times(attrs, _START, _START)
-    attrs.attr_timeout = 0.0
-    return attrs
-
-
-def _dot_attrs(inode: int) -> pyfuse3.EntryAttributes:
-    """`.` or `..` in a listing: only the inode number and the type reach the program."""
-    attrs = pyfuse3.EntryAttributes()
-    attrs.st_ino = inode
-    attrs.st_mode = stat.S_IFDIR | 0o755
-    attrs.attr_timeout = 0.0
-    return attrs
-
-
-def _placeholder(fid: AfsFid) -> pyfuse3.EntryAttributes:
-    """Attributes for a name the caller may list but not stat: AFS gives directories odd
-    vnode numbers, so the type is known; nothing else is shown."""
-    attrs = pyfuse3.EntryAttributes()
-    attrs.st_mode = stat.S_IFDIR if fid.vnode & 1 else stat.S_IFREG
-    attrs.st_nlink = 1
-    attrs.attr_timeout = 0.0
-    return attrs
+        self.xattrs.remove(name)
 
 
 def _writes(flags: int) -> bool:
@@ -1107,40 +811,3 @@ def _writes(flags: int) -> bool:
 def _mode(mode: int, ctx: pyfuse3.RequestContext) -> int:
     """The permission bits a new file or directory gets (the caller's umask applied)."""
     return mode & ~ctx.umask & 0o7777
-
-
-def _allows(status: Status, mode: int) -> bool:
-    """access(2) in AFS terms: the caller's rights, and for files the owner mode bits
-    (which the fileserver also applies to everyone)."""
-    rights = status.caller_access
-    if status.is_dir:
-        if mode & (os.R_OK | os.X_OK) and not rights & PRSFS_LOOKUP:
-            return False
-        return not (mode & os.W_OK and not rights & PRSFS_INSERT)
-    if mode & os.R_OK and not (rights & PRSFS_READ and status.mode & 0o400):
-        return False
-    if mode & os.W_OK and not (rights & PRSFS_WRITE and status.mode & 0o200):
-        return False
-    return not (mode & os.X_OK and not (rights & PRSFS_READ and status.mode & 0o100))
-
-
-_DYNROOT_BLOCKS = 9_999_999
-
-
-def _statvfs(volume: Any | None) -> pyfuse3.StatvfsData:
-    """statvfs in KiB blocks: the volume's quota (or its partition when it has none)."""
-    out = pyfuse3.StatvfsData()
-    out.f_bsize = out.f_frsize = 1024
-    if volume is None:
-        total = free = _DYNROOT_BLOCKS
-    elif volume.max_quota:
-        total = volume.max_quota
-        free = min(max(total - volume.blocks_in_use, 0), volume.partition_blocks_available)
-    else:
-        total = volume.partition_max_blocks
-        free = volume.partition_blocks_available
-    out.f_blocks = total
-    out.f_bfree = out.f_bavail = free
-    out.f_files = out.f_ffree = out.f_favail = 1 << 24
-    out.f_namemax = 255
-    return out
