@@ -37,7 +37,9 @@ from typing import Self
 
 import diskcache
 
-from afsfuse.cache.base import FidKey, check_cell_name, make_private_dir
+# FidKey is also the cache manager's AfsFid (fs/vnode.py imports it from here).
+from afsfuse.cache.base import FidKey as FidKey
+from afsfuse.cache.base import check_cell_name, make_private_dir
 from afsfuse.cache.dirty import DEFAULT_MEMORY_BUDGET, DirtyStore
 from afsfuse.cache.leftovers import LeftoverStore
 

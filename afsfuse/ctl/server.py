@@ -49,7 +49,8 @@ _REQUIRED: Any = object()
 _OP_ATTRIBUTE = "_afsfuse_control_op"
 
 OpMethod = Callable[["Request"], Awaitable[Any]]
-F = TypeVar("F", bound=OpMethod)
+#: An op handler as defined, before it is bound to its handler group.
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ before the answer is "no such file".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from afsfuse.fs.cell import Cell
 from afsfuse.vfs.inodes import LinkNode, MountDirNode, MountNode, Node
 from afsfuse.vfs.mounts import cell_mount, volume_mount
 
@@ -47,7 +48,7 @@ class CellSource(Protocol):
 
     def known_cells(self) -> list[str]: ...
     def aliases(self) -> dict[str, str]: ...
-    async def cell(self, name: str) -> object | None: ...
+    def cell(self, name: str) -> Awaitable[Cell | None]: ...
 
 
 class DynRoot:
@@ -77,7 +78,7 @@ class DynRoot:
         cell = await self._cells.cell(bare)
         if cell is None:
             return None
-        real = getattr(cell, "name", bare)
+        real = cell.name
         if real.lower() != bare.lower():
             # Reached through an alias DNS or CellAlias knows: show it as the alias it is.
             return link_entry(name, ("." if rw else "") + real)

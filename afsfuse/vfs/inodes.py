@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import pyfuse3
 
+from afsfuse.cache.base import FidKey  # the class AfsFid names, for isinstance
 from afsfuse.fs.mntpt import MountTarget, VolumeType
 from afsfuse.fs.vnode import AfsFid
 
@@ -150,7 +151,7 @@ class InodeTable:
         return node  # type: ignore[return-value]
 
     def _number_for(self, key: Hashable) -> int:
-        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], AfsFid):
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], FidKey):
             digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
             number = int.from_bytes(digest, "little") & _DERIVED_MASK | _DERIVED_BASE
             if number not in self._nodes:
@@ -173,7 +174,7 @@ class InodeTable:
             if self._by_key.get(node.key) is node:
                 del self._by_key[node.key]
             self._cached_names.pop(inode, None)
-            self._mounts.discard(node)  # type: ignore[arg-type]
+            self._mounts.discard(node)
 
     def note_cached_name(self, parent: int, name: bytes) -> None:
         self._cached_names.setdefault(parent, set()).add(name)
