@@ -58,7 +58,9 @@ from afsfuse.rx.security import RXNULL
 from afsfuse.vfs.operations import AfsOperations
 from afsfuse.vfs.paths import MountPaths
 from afsfuse.vl.dns import CellResolver, make_resolver
-from systemd import daemon
+
+# mypy finds the checkout's systemd/ (unit files) before the package; it has no types anyway.
+from systemd import daemon  # type: ignore[attr-defined]
 
 log = logging.getLogger("afsfuse")
 

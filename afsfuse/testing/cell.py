@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -31,9 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from afsfuse.testing.kdc import KDC
 
@@ -47,7 +49,7 @@ BOUND_PATHS = {
     "log": "/var/log/openafs",
     "vicepa": "/vicepa",
 }
-TEST_RANGE = ipaddress.ip_network("198.18.0.0/15")
+TEST_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 STATE_DIR = Path("/run/afsfuse-cells")
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "admin": "admin-pw"}
 START_TIMEOUT = 240.0
@@ -57,7 +59,7 @@ class CellError(RuntimeError):
     """The cell could not be started or a command in it failed."""
 
 
-def _run(argv: Sequence[str], *, timeout: float = 60.0, check: bool = True, **kw) -> str:
+def _run(argv: Sequence[str], *, timeout: float = 60.0, check: bool = True, **kw: Any) -> str:
     """Run a host command and return its stdout; raise CellError with its output on failure."""
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kw
@@ -66,7 +68,8 @@ def _run(argv: Sequence[str], *, timeout: float = 60.0, check: bool = True, **kw
         raise CellError(
             f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}".rstrip()
         )
-    return proc.stdout
+    out: str = proc.stdout
+    return out
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Server:
     host_if: str
     addr: str
     root: Path
-    bosserver: subprocess.Popen | None = None
+    bosserver: subprocess.Popen[bytes] | None = None
 
     @property
     def name(self) -> str:
@@ -396,10 +399,8 @@ class Cell:
             self.exec("vos", "create", db.addr, "a", volume, "-localauth")
         self.exec("vos", "setfields", "test", "-maxquota", "0", "-localauth")
         for user in USERS:
-            self._retry(
-                lambda user=user: self.exec("pts", "createuser", user, "-localauth"),
-                f"pts createuser {user}",
-            )
+            create = functools.partial(self.exec, "pts", "createuser", user, "-localauth")
+            self._retry(create, f"pts createuser {user}")
         self.exec("pts", "adduser", "admin", "system:administrators", "-localauth")
         for volume in ("root.afs", "root.cell"):
             for server in self.servers:
@@ -464,7 +465,7 @@ class Cell:
         return "\n".join(parts)
 
     @staticmethod
-    def _retry(action, what: str, timeout: float = START_TIMEOUT) -> None:
+    def _retry(action: Callable[[], object], what: str, timeout: float = START_TIMEOUT) -> None:
         """Poll `action` until it stops raising CellError (ubik and servers start slowly)."""
         deadline = time.monotonic() + timeout
         delay = 0.2

@@ -61,7 +61,7 @@ class FakeDNSServer:
             if held is None:
                 self._rrsets[(rrset.name, rrset.rdtype)] = rrset
             else:
-                held.union_update(rrset)
+                held.union_update(rrset)  # type: ignore[no-untyped-call]
 
     def count(self, name: str, rdtype: str) -> int:
         """How many times (name, type) was asked; the name without its final dot."""

@@ -35,7 +35,7 @@ def _free_port(host: str) -> int:
     while True:
         with socket.socket(family, socket.SOCK_DGRAM) as udp:
             udp.bind((host, 0))
-            port = udp.getsockname()[1]
+            port: int = udp.getsockname()[1]
             with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind((host, port))
