@@ -80,6 +80,7 @@ from afsfuse.vfs.invalidate import Invalidator
 from afsfuse.vfs.mounts import afs_mount, mount_root
 from afsfuse.vfs.request import fail, guard, identity, log
 from afsfuse.vfs.silly import OpenFiles
+from afsfuse.vfs.xattrs import TABLE as XATTRS
 from afsfuse.vfs.xattrs import Xattrs
 
 __all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
@@ -787,7 +788,13 @@ class AfsOperations(pyfuse3.Operations):
 
     @guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        xattr = self.xattrs.handler(name)
+        # Inline, not through Xattrs.handler: ls -l asks every file for security.selinux
+        # and an ACL, and each write(2) for security.capability, all refused here.
+        if not self.xattrs.enabled:
+            raise fail(errno.ENOSYS)  # the kernel stops asking, for the mount's lifetime
+        xattr = XATTRS.get(name)
+        if xattr is None:
+            raise fail(pyfuse3.ENOATTR)
         return await self.xattrs.get(xattr, self._node(inode), identity(ctx))
 
     @guard

@@ -66,18 +66,9 @@ class Xattrs:
             return list(self._files)
         return []
 
-    def handler(self, name: bytes) -> Xattr:
-        """The entry for `name`; ENOATTR, before anything else is looked at, for every name
-        not in the table: ls -l asks every file for security.selinux and an ACL, and each
-        write(2) for security.capability."""
-        if not self.enabled:
-            raise fail(errno.ENOSYS)
-        xattr = TABLE.get(name)
-        if xattr is None:
-            raise fail(pyfuse3.ENOATTR)
-        return xattr
-
     async def get(self, xattr: Xattr, node: Node, who: Identity) -> bytes:
+        """The value of `xattr` (an entry of TABLE, which the caller looked up itself)
+        for a node the caller may see."""
         if isinstance(node, MountNode):
             if node.source is not None:
                 await self.manager.getattr(node.source, who)  # the caller may see it at all
