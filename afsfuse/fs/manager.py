@@ -39,9 +39,11 @@ from afsfuse.fs.chunkmem import ChunkKey, ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.fs.errors import FsError, fs_error
 from afsfuse.fs.mntpt import link_mode
+from afsfuse.fs.operation import NO_CALLBACK, FsOperation
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
+from afsfuse.fs.status import StatusKeeper
 from afsfuse.fs.unsent import UnsentData
 from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
@@ -229,7 +231,7 @@ def _fid_name(fid: AfsFid) -> str:
 
 
 #: What a reply without a callback promise (StoreData, StoreStatus, Symlink...) stands with.
-_NO_CALLBACK = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
+_NO_CALLBACK = NO_CALLBACK
 
 
 class CacheManager:
@@ -261,6 +263,14 @@ class CacheManager:
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
         self.rotator = Rotator(self.servers, self.volumes, config.rotation_config(), stats)
         self.vnodes = VnodeTable()
+        self.status = StatusKeeper(
+            self.vnodes,
+            self.registry,
+            self.rotator,
+            stats,
+            callback_margin=config.callback_margin,
+            replaced=self._replaced,
+        )
         self._vl: dict[str, VLClient] = {}
         self._listeners: list[Listener] = []
         #: Parsed directories by fid: (data version, entries).  Our own changes are made to
@@ -310,6 +320,11 @@ class CacheManager:
         """`callback(fid)` after a callback break or a data-version change of `fid`;
         `callback(None)` when everything was dropped."""
         self._listeners.append(callback)
+
+    def _replaced(self, fid: AfsFid) -> None:
+        """A reply showed a data version of `fid` someone else made."""
+        self._dirs.pop(fid, None)
+        self._notify(fid)
 
     def _notify(self, fid: AfsFid | None) -> None:
         for listener in list(self._listeners):
@@ -402,105 +417,7 @@ class CacheManager:
             assert vnode.status is not None
             self.stats.status_hits += 1
             return self._local_view(vnode.status.with_access(rights), fid)
-        return self._local_view(await self._fetch_status(fid, token), fid)
-
-    async def _fetch_status(self, fid: AfsFid, token: Token | None) -> Status:
-        vnode = self.vnodes.get(fid)
-        breaks = vnode.breaks
-        self.stats.status_misses += 1
-
-        async def op(conn: ClientConnection, server: FileServer) -> tuple[FileServer, float, Any]:
-            sent = trio.current_time()
-            return server, sent, await FS.FetchStatus(conn, _afs_fid(fid))
-
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.FetchStatus", op
-        )
-        return self._absorb_fetched(
-            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
-        )
-
-    def _absorb(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-        ours: int | None = None,
-    ) -> Status:
-        """Take a status (and the callback that came with it) from a reply made with
-        `token`, sent at `sent` while `vnode.breaks` was `breaks`.  A new data version drops
-        the parsed directory and tells the listeners, unless it is `ours`: the version our
-        own change made, which the caller has already applied."""
-        status = Status.from_afs(afs_status)
-        previous = vnode.status
-        if (
-            previous is not None
-            and status.data_version < previous.data_version
-            and sent < vnode.status_taken
-        ):
-            # Overtaken: asked for before the held status came, answered before the change
-            # it shows.  What it returned is its own version's (its data is labelled with
-            # it), but the file is past that version.
-            return status
-        vnode.status = status
-        vnode.status_taken = trio.current_time()
-        if vnode.breaks != breaks:
-            # A break arrived while we waited: the promise may already be gone.
-            vnode.cb_expires = 0.0
-            vnode.access.clear()
-        elif callback.CallBackType != CB_DROPPED and callback.ExpirationTime > 0:
-            expires = sent + callback.ExpirationTime - self.config.callback_margin
-            if expires > trio.current_time():
-                if vnode.cb_server != server.addr or vnode.cb_expires <= trio.current_time():
-                    vnode.access.clear()
-                vnode.cb_server = server.addr
-                vnode.cb_expires = expires
-                vnode.access[token] = status.caller_access
-                fid = vnode.fid
-                self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
-        if (
-            previous is not None
-            and previous.data_version != status.data_version
-            and status.data_version != ours
-        ):
-            self._dirs.pop(vnode.fid, None)
-            self._notify(vnode.fid)
-        return status
-
-    def _absorb_fetched(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-    ) -> Status:
-        """`_absorb` for a status the server was asked for (FetchStatus, InlineBulkStatus),
-        answering with the file's status: a reply `_absorb` found overtaken (our own store,
-        typically, whose reply came first) gives the held status, with the caller's rights
-        from the reply.  Giving the kernel the reply's length would be the length from
-        before our writes, and O_APPEND would write there."""
-        status = self._absorb(vnode, token, afs_status, callback, server, sent, breaks)
-        held = vnode.status
-        if held is not None and held.data_version > status.data_version:
-            return held.with_access(status.caller_access)
-        return status
-
-    async def _status_for(
-        self, fid: AfsFid, token: Token | None, wanted: int
-    ) -> tuple[Vnode, bool]:
-        """The vnode with a current status, and whether `token` surely has `wanted` rights
-        on it (False: let the fileserver decide, by asking it with that token)."""
-        vnode = self.vnodes.get(fid)
-        if not vnode.allows(token, wanted, trio.current_time()):
-            await self._fetch_status(fid, token)
-        return vnode, vnode.allows(token, wanted, trio.current_time())
+        return self._local_view(await self.status.fetch(fid, token), fid)
 
     @_boundary
     async def bulk_status(self, fids: Sequence[AfsFid], who: Identity) -> list[Status | FsError]:
@@ -511,7 +428,7 @@ class CacheManager:
         Each status is this mount's view (`_local_view`) at the moment it was taken: a held
         status together with the dirty state of that same moment, a fetched one with the
         dirty state its reply finds (or the held one, if our store overtook the reply: see
-        `_absorb_fetched`).  Joining a held status to the dirty state of later, after
+        `StatusKeeper.commit_fetched`).  Joining a held status to the dirty state of later, after
         waiting for the fetches, would pair the server's length from before a store with no
         dirty data once that store ended meanwhile: the length from before the writes,
         given to the kernel after them, and O_APPEND writes there."""
@@ -532,78 +449,18 @@ class CacheManager:
             token = self._token(cell, who)
             for start in range(0, len(indexes), AFSCBMAX):
                 batch = indexes[start : start + AFSCBMAX]
-                statuses = await self._bulk(cell, volume, [fids[i] for i in batch], token)
+                statuses = await self.status.bulk(cell, volume, [fids[i] for i in batch], token)
                 for i, status in zip(batch, statuses, strict=True):
                     results[i] = (
                         self._local_view(status, fids[i]) if isinstance(status, Status) else status
                     )
         return [r for r in results if r is not None]
 
-    async def _bulk(
-        self, cell: str, volume: int, fids: list[AfsFid], token: Token | None
-    ) -> list[Status | FsError]:
-        vnodes = [self.vnodes.get(fid) for fid in fids]
-        breaks = [v.breaks for v in vnodes]
-        self.stats.status_misses += len(fids)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            if server.no_inline_bulk:
-                return server, 0.0, None
-            sent = trio.current_time()
-            try:
-                return server, sent, await FS.InlineBulkStatus(conn, [_afs_fid(f) for f in fids])
-            except RxAbort as e:
-                if e.code != RXGEN_OPCODE:
-                    raise
-                server.no_inline_bulk = True
-                return server, sent, None
-
-        server, sent, reply = await self.rotator.call(
-            cell, volume, token, "FS.InlineBulkStatus", op
-        )
-        if reply is None:
-            return await self._status_one_by_one(fids, token)
-        if len(reply.StatArray) != len(fids):
-            log.error("InlineBulkStatus: %d statuses for %d fids", len(reply.StatArray), len(fids))
-            raise FsError(errno.EIO, "InlineBulkStatus reply does not match the request")
-        callbacks = list(reply.CBArray) + [None] * (len(fids) - len(reply.CBArray))
-        out: list[Status | FsError] = []
-        for vnode, before, afs_status, callback in zip(
-            vnodes, breaks, reply.StatArray, callbacks, strict=True
-        ):
-            if afs_status.errorCode:
-                out.append(fs_error(afs_status.errorCode, f"status of {tuple(vnode.fid)}"))
-                continue
-            out.append(
-                self._absorb_fetched(
-                    vnode, token, afs_status, callback or _NO_CALLBACK, server, sent, before
-                )
-            )
-        return out
-
-    async def _status_one_by_one(
-        self, fids: list[AfsFid], token: Token | None
-    ) -> list[Status | FsError]:
-        out: list[Status | FsError | None] = [None] * len(fids)
-        limit = trio.Semaphore(_STATUS_FANOUT)
-
-        async def one(i: int) -> None:
-            async with limit:
-                try:
-                    out[i] = await self._fetch_status(fids[i], token)
-                except FsError as e:
-                    out[i] = e
-
-        async with trio.open_nursery() as nursery:
-            for i in range(len(fids)):
-                nursery.start_soon(one, i)
-        return [r for r in out if r is not None]
-
     # -- directories -------------------------------------------------------------------
 
     async def _directory(self, fid: AfsFid, who: Identity) -> Listing:
         token = self._token(fid.cell, who)
-        vnode, trusted = await self._status_for(fid, token, PRSFS_LOOKUP)
+        vnode, trusted = await self.status.status_for(fid, token, PRSFS_LOOKUP)
         assert vnode.status is not None
         if not vnode.status.is_dir:
             raise FsError(errno.ENOTDIR)
@@ -645,18 +502,12 @@ class CacheManager:
         self, fid: AfsFid, token: Token | None, vnode: Vnode
     ) -> tuple[int, bytes]:
         """The whole contents of a (small) vnode: directory or symlink."""
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            data, reply = await FS.FetchData64(conn, _afs_fid(fid), 0, MAX_DIRECTORY)
-            return server, sent, data, reply
-
-        server, sent, data, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.FetchData64", op
+        op = self.status.operation(token, "FS.FetchData64", vnode)
+        data, reply = await op.run(
+            lambda conn, server: FS.FetchData64(conn, _afs_fid(fid), 0, MAX_DIRECTORY)
         )
         self.stats.bytes_fetched += len(data)
-        status = self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
+        status = op.commit(vnode, reply.OutStatus, reply.CallBack)
         return status.data_version, data
 
     @_boundary
@@ -707,7 +558,7 @@ class CacheManager:
     async def _read(
         self, fid: AfsFid, offset: int, size: int, token: Token | None, shown: Shown | None
     ) -> FileData:
-        vnode, trusted = await self._status_for(fid, token, PRSFS_READ)
+        vnode, trusted = await self.status.status_for(fid, token, PRSFS_READ)
         status = vnode.status
         assert status is not None
         if status.is_dir:
@@ -799,23 +650,20 @@ class CacheManager:
         disk cache behind the reader; _DataVersionChanged if the file is no longer at
         `version` (the chunks are kept under the version they are)."""
         chunk = self.store.chunk_size
-        breaks = vnode.breaks
 
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
+        async def call(conn: ClientConnection, server: FileServer) -> Any:
             pieces = []
             async with FS.FetchData64.stream(
                 conn, _afs_fid(fid), first * chunk, count * chunk
             ) as stream:
                 while stream.remaining:
                     pieces.append(await stream.read(chunk))
-            return server, sent, pieces, stream.result
+            return pieces, stream.result
 
-        server, sent, pieces, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.FetchData64", op
-        )
+        op = self.status.operation(token, "FS.FetchData64", vnode)
+        pieces, reply = await op.run(call)
         self.stats.bytes_fetched += sum(map(len, pieces))
-        status = self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
+        status = op.commit(vnode, reply.OutStatus, reply.CallBack)
         if not pieces:
             pieces.append(b"")  # at or past the end: an empty chunk
         for offset, data in enumerate(pieces):
@@ -926,7 +774,7 @@ class CacheManager:
         token = self._token(fid.cell, who)
         for _ in range(3):
             try:
-                vnode, _ = await self._status_for(fid, token, PRSFS_READ)
+                vnode, _ = await self.status.status_for(fid, token, PRSFS_READ)
                 assert vnode.status is not None
                 if not vnode.status.is_symlink:
                     raise FsError(errno.EINVAL, "not a symlink")
@@ -1032,7 +880,7 @@ class CacheManager:
     async def _writable(self, fid: AfsFid, token: Token | None) -> Vnode:
         """The vnode of a regular file, with a current status; EACCES when its rights for
         `token` are known and lack write (the fileserver judges the rest when storing)."""
-        vnode, trusted = await self._status_for(fid, token, PRSFS_WRITE)
+        vnode, trusted = await self.status.status_for(fid, token, PRSFS_WRITE)
         assert vnode.status is not None
         if vnode.status.is_dir:
             raise FsError(errno.EISDIR)
@@ -1191,7 +1039,7 @@ class CacheManager:
         replaced is set aside (cache/leftovers.py), never stored over theirs."""
         vnode = self.vnodes.get(fid)
         if not vnode.callback_valid(trio.current_time()):
-            await self._fetch_status(fid, token)
+            await self.status.fetch(fid, token)
         status = vnode.status
         assert status is not None
         if not _written_over(dirty, status):
@@ -1281,25 +1129,20 @@ class CacheManager:
     ) -> Status:
         """One StoreData64.  `ours` is the data version it makes: that new version is our
         own doing, and the kernel's copy of what we wrote must not be thrown away for it."""
-        breaks = vnode.breaks
 
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
+        async def call(conn: ClientConnection, server: FileServer) -> Any:
             async with FS.StoreData64.stream(
                 conn, _afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
             ) as stream:
                 for index in piece.chunks:
                     data = await self.cache.dirty.read_chunk(fid, index)
                     await stream.send(data)
-            return server, sent, stream.result
+            return stream.result
 
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.StoreData64", op
-        )
+        op = self.status.operation(token, "FS.StoreData64", vnode)
+        reply = await op.run(call)
         self.stats.bytes_stored += piece.length
-        return self._absorb(
-            vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks, ours=ours
-        )
+        return op.commit(vnode, reply.OutStatus, ours=ours)
 
     @_boundary
     async def setattr(
@@ -1346,16 +1189,9 @@ class CacheManager:
 
     async def _store_status(self, fid: AfsFid, token: Token | None, in_status: Any) -> Status:
         vnode = self.vnodes.get(fid)
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            return server, sent, await FS.StoreStatus(conn, _afs_fid(fid), in_status)
-
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.StoreStatus", op
-        )
-        return self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        op = self.status.operation(token, "FS.StoreStatus", vnode)
+        reply = await op.run(lambda conn, server: FS.StoreStatus(conn, _afs_fid(fid), in_status))
+        return op.commit(vnode, reply.OutStatus)
 
     # -- names ---------------------------------------------------------------------------
 
@@ -1367,30 +1203,17 @@ class CacheManager:
         call: Callable[[ClientConnection], Any],
         edit: Callable[[Any], ListingEdit | None],
         status_field: str = "OutDirStatus",
-    ) -> tuple[FileServer, float, Any]:
+    ) -> tuple[FsOperation, Any]:
         """A call that changes directory `dir_fid` and answers with its new status in
         `status_field`; `edit(reply)` says what the call did to the listing."""
         vnode = self.vnodes.get(dir_fid)
-        breaks = vnode.breaks
+        op = self.status.operation(token, name, vnode)
+        reply = await op.run(lambda conn, server: call(conn))
+        self._take_dir_status(op, vnode, getattr(reply, status_field), edit(reply))
+        return op, reply
 
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            return server, sent, await call(conn)
-
-        server, sent, reply = await self.rotator.call(dir_fid.cell, dir_fid.volume, token, name, op)
-        dir_status = getattr(reply, status_field)
-        await self._take_dir_status(vnode, token, dir_status, server, sent, breaks, edit(reply))
-        return server, sent, reply
-
-    async def _take_dir_status(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-        edit: ListingEdit | None,
+    def _take_dir_status(
+        self, op: FsOperation, vnode: Vnode, afs_status: Any, edit: ListingEdit | None
     ) -> None:
         """The new status of a directory we changed.  When its data version is exactly one
         past the listing we hold, the fileserver made our change and nothing else: the same
@@ -1411,24 +1234,14 @@ class CacheManager:
             else:
                 self._keep_listing(vnode.fid, version, held[1])
                 ours = version
-        self._absorb(vnode, token, afs_status, _NO_CALLBACK, server, sent, breaks, ours=ours)
+        op.commit(vnode, afs_status, ours=ours)
 
-    async def _absorb_new(
-        self,
-        dir_fid: AfsFid,
-        token: Token | None,
-        reply: Any,
-        server: FileServer,
-        sent: float,
-    ) -> tuple[AfsFid, Status]:
+    def _commit_new(self, op: FsOperation, dir_fid: AfsFid, reply: Any) -> tuple[AfsFid, Status]:
         out = reply.OutFid
         fid = AfsFid(dir_fid.cell, out.Volume, out.Vnode, out.Unique)
         vnode = self.vnodes.get(fid)
         callback = getattr(reply, "CallBack", _NO_CALLBACK)
-        status = self._absorb(
-            vnode, token, reply.OutFidStatus, callback, server, sent, vnode.breaks
-        )
-        return fid, status
+        return fid, op.commit(vnode, reply.OutFidStatus, callback)
 
     async def _entry(self, dir_fid: AfsFid, name: bytes, who: Identity) -> AfsFid | None:
         """The fid `name` stands for before a change, so its record can be dropped after
@@ -1508,14 +1321,14 @@ class CacheManager:
             ClientModTime=int(time.time()),
             UnixModeBits=mode & 0o7777,
         )
-        server, sent, reply = await self._dir_call(
+        op, reply = await self._dir_call(
             dir_fid,
             token,
             what,
             lambda conn: rpc(conn, _afs_fid(dir_fid), raw, in_status),
             lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
-        return await self._absorb_new(dir_fid, token, reply, server, sent)
+        return self._commit_new(op, dir_fid, reply)
 
     @_boundary
     async def link(
@@ -1527,17 +1340,14 @@ class CacheManager:
         if (target.cell, target.volume) != (dir_fid.cell, dir_fid.volume):
             raise FsError(errno.EXDEV)
         token = self._token(dir_fid.cell, who)
-        server, sent, reply = await self._dir_call(
+        op, reply = await self._dir_call(
             dir_fid,
             token,
             "FS.Link",
             lambda conn: FS.Link(conn, _afs_fid(dir_fid), raw, _afs_fid(target)),
             lambda reply: _adding(raw, target.vnode, target.unique),
         )
-        vnode = self.vnodes.get(target)
-        status = self._absorb(
-            vnode, token, reply.OutFidStatus, _NO_CALLBACK, server, sent, vnode.breaks
-        )
+        status = op.commit(self.vnodes.get(target), reply.OutFidStatus)
         return self._local_view(status, target)
 
     @_boundary
@@ -1561,7 +1371,7 @@ class CacheManager:
         """Unstored data of a file whose last name went has nowhere to go, as on a local
         filesystem; a file with other links keeps it."""
         try:
-            await self._fetch_status(fid, token)
+            await self.status.fetch(fid, token)
         except FsError as e:
             if e.errno != errno.ENOENT:
                 raise
@@ -1608,37 +1418,24 @@ class CacheManager:
         moved = await self._entry(src_dir, old, who)
         replaced = await self._entry(dst_dir, new, who)
         src_vnode, dst_vnode = self.vnodes.get(src_dir), self.vnodes.get(dst_dir)
-        src_breaks, dst_breaks = src_vnode.breaks, dst_vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            reply = await FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new)
-            return server, sent, reply
-
-        server, sent, reply = await self.rotator.call(
-            dst_dir.cell, dst_dir.volume, token, "FS.Rename", op
+        op = self.status.operation(token, "FS.Rename", dst_vnode, src_vnode)
+        reply = await op.run(
+            lambda conn, server: FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new)
         )
         new_status = reply.OutNewDirStatus
         if src_dir == dst_dir:
-            await self._take_dir_status(
-                dst_vnode, token, new_status, server, sent, dst_breaks, _renaming(old, new)
-            )
+            self._take_dir_status(op, dst_vnode, new_status, _renaming(old, new))
         else:
             # What left the source listing is what the target gets, if we saw it leave.
             moving: list[afsdir.DirEntry] = []
-            await self._take_dir_status(
+            self._take_dir_status(
+                op,
                 src_vnode,
-                token,
                 reply.OutOldDirStatus,
-                server,
-                sent,
-                src_breaks,
                 lambda entries: moving.append(entries.pop(old)),
             )
             adding = _adding(new, *moving[0]) if moving else None
-            await self._take_dir_status(
-                dst_vnode, token, new_status, server, sent, dst_breaks, adding
-            )
+            self._take_dir_status(op, dst_vnode, new_status, adding)
             self._changed(moved)  # a directory's '..' changed with it
         if replaced != moved:
             self._changed(replaced)
@@ -1649,12 +1446,10 @@ class CacheManager:
 
     @_boundary
     async def statfs(self, fid: AfsFid, who: Identity) -> VolumeStatus:
-        token = self._token(fid.cell, who)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            return await FS.GetVolumeStatus(conn, fid.volume)
-
-        reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.GetVolumeStatus", op)
+        op = self.status.operation(
+            self._token(fid.cell, who), "FS.GetVolumeStatus", self.vnodes.get(fid)
+        )
+        reply = await op.run(lambda conn, server: FS.GetVolumeStatus(conn, fid.volume))
         return VolumeStatus.from_afs(reply)
 
     @_boundary
@@ -1669,12 +1464,9 @@ class CacheManager:
             raise FsError(errno.EINVAL)
         token = self._token(fid.cell, who)
         quota = AFSStoreVolumeStatus(Mask=AFS_SETMAXQUOTA, MaxQuota=max_quota_kb)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            # Empty name and messages are left as they are by the fileserver.
-            return await FS.SetVolumeStatus(conn, fid.volume, quota, "", "", "")
-
-        await self.rotator.call(fid.cell, fid.volume, token, "FS.SetVolumeStatus", op)
+        op = self.status.operation(token, "FS.SetVolumeStatus", self.vnodes.get(fid))
+        # Empty name and messages are left as they are by the fileserver.
+        await op.run(lambda conn, server: FS.SetVolumeStatus(conn, fid.volume, quota, "", "", ""))
 
     # -- access control lists ------------------------------------------------------------
 
@@ -1682,12 +1474,8 @@ class CacheManager:
     async def get_acl(self, fid: AfsFid, who: Identity) -> str:
         """The ACL text of a directory (a file answers with its directory's); fs/acl.py
         parses it."""
-        token = self._token(fid.cell, who)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            return await FS.FetchACL(conn, _afs_fid(fid))
-
-        reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.FetchACL", op)
+        op = self.status.operation(self._token(fid.cell, who), "FS.FetchACL", self.vnodes.get(fid))
+        reply = await op.run(lambda conn, server: FS.FetchACL(conn, _afs_fid(fid)))
         return reply.AccessList.rstrip(b"\0").decode("utf-8", "surrogateescape")
 
     @_boundary
@@ -1699,23 +1487,20 @@ class CacheManager:
             raise FsError(errno.EINVAL, str(e)) from None
         token = self._token(fid.cell, who)
         vnode = self.vnodes.get(fid)
-        breaks = vnode.breaks
 
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
+        async def call(conn: ClientConnection, server: FileServer) -> Any:
             if not server.no_store_acl:
                 try:
-                    return server, sent, await FS.StoreACL(conn, _afs_fid(fid), body)
+                    return await FS.StoreACL(conn, _afs_fid(fid), body)
                 except RxAbort as e:
                     if e.code != RXGEN_OPCODE:
                         raise
                     server.no_store_acl = True
-            return server, sent, await FS.OldStoreACL(conn, _afs_fid(fid), body)
+            return await FS.OldStoreACL(conn, _afs_fid(fid), body)
 
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.StoreACL", op
-        )
-        self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
+        op = self.status.operation(token, "FS.StoreACL", vnode)
+        reply = await op.run(call)
+        op.commit(vnode, reply.OutStatus)
         self._forget_rights_under(fid)
 
     def _forget_rights_under(self, dir_fid: AfsFid) -> None:
