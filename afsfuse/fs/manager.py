@@ -35,15 +35,16 @@ from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl import Acl
 from afsfuse.fs.callback import Break, CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
-from afsfuse.fs.chunkmem import ChunkKey, ChunkMemory
+from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.fs.errors import FsError, fs_error
 from afsfuse.fs.mntpt import link_mode
 from afsfuse.fs.operation import NO_CALLBACK, FsOperation
+from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
-from afsfuse.fs.status import StatusKeeper
+from afsfuse.fs.status import StatusKeeper, afs_fid
 from afsfuse.fs.unsent import UnsentData
 from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
@@ -137,24 +138,6 @@ class ManagerConfig:
         return RotationConfig(self.rotation_timeout, self.busy_wait, self.max_busy_waits)
 
 
-#: A data version and the file length at that version.
-Shown = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class FileData:
-    """Bytes read from a file, and the data version and length they belong to (version None:
-    this mount's own data, not stored yet)."""
-
-    data: bytes
-    version: int | None
-    length: int
-
-
-class _DataVersionChanged(Exception):
-    """The file changed while a read was assembling chunks: start the read again."""
-
-
 def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Public API methods raise FsError only; anything else is a bug, logged, and EIO.
     Each call is a request: its waits on fileservers share one deadline (fs/deadline.py)."""
@@ -176,10 +159,6 @@ def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
             raise FsError(errno.EIO, f"{method.__name__}: internal error: {e}") from None
 
     return guarded
-
-
-def _afs_fid(fid: AfsFid) -> Any:
-    return AFSFid(fid.volume, fid.vnode, fid.unique)
 
 
 def _encode_name(name: str | bytes) -> bytes:
@@ -276,13 +255,23 @@ class CacheManager:
         #: Parsed directories by fid: (data version, entries).  Our own changes are made to
         #: these in memory (see _take_dir_status), so an entry may be ahead of the disk cache.
         self._dirs: OrderedDict[AfsFid, tuple[int, Listing]] = OrderedDict()
-        #: Chunks being fetched or loaded: readers of the same chunk wait for the event.
-        self._inflight: dict[ChunkKey, trio.Event] = {}
         self._memory = ChunkMemory(config.chunk_memory)
         #: Fetched and stored data on its way to the disk cache, in batches.
         self._clean_writer = CleanWriter(self.cache, config.write_behind_chunks)
-        self._sequential: dict[AfsFid, int] = {}
         self._nursery: trio.Nursery | None = None
+        self.reader = ChunkReader(
+            self.status,
+            self.cache,
+            self._clean_writer,
+            self._memory,
+            stats,
+            chunk_size=store.chunk_size,
+            timeout=config.rotation_timeout,
+            window=config.readahead_chunks,
+            call_chunks=config.readahead_call_chunks,
+            changed=self._notify,
+            nursery=lambda: self._nursery,
+        )
         #: Per-file locks that put writers, truncations and stores of one file in a row.
         self._file_locks: dict[AfsFid, tuple[trio.Lock, int]] = {}
         #: Modification time of dirty files, sent with their store.
@@ -504,7 +493,7 @@ class CacheManager:
         """The whole contents of a (small) vnode: directory or symlink."""
         op = self.status.operation(token, "FS.FetchData64", vnode)
         data, reply = await op.run(
-            lambda conn, server: FS.FetchData64(conn, _afs_fid(fid), 0, MAX_DIRECTORY)
+            lambda conn, server: FS.FetchData64(conn, afs_fid(fid), 0, MAX_DIRECTORY)
         )
         self.stats.bytes_fetched += len(data)
         status = op.commit(vnode, reply.OutStatus, reply.CallBack)
@@ -551,7 +540,7 @@ class CacheManager:
         for _ in range(3):
             try:
                 return await self._read(fid, offset, size, token, shown)
-            except _DataVersionChanged:
+            except DataVersionChanged:
                 shown = None
         raise FsError(errno.EIO, "file keeps changing while being read")
 
@@ -570,203 +559,7 @@ class CacheManager:
         if dirty is not None:
             data = await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
             return FileData(data, None, dirty.length)
-        chunk = self.store.chunk_size
-        current = status.data_version
-        version, length = current, status.size
-        if trusted and shown is not None and shown[0] != current:
-            end = min(offset + size, shown[1])
-            indexes = range(offset // chunk, (end - 1) // chunk + 1)
-            if all((fid, shown[0], i) in self._memory for i in indexes):
-                version, length = shown
-        size = min(size, length - offset)
-        if size <= 0:
-            return FileData(b"", version, length)
-        first, last = offset // chunk, (offset + size - 1) // chunk
-        self._read_ahead(fid, vnode, token, offset, last, current)
-        start = offset - first * chunk
-        if first == last:
-            data = await self._chunk(fid, vnode, token, version, first, trusted)
-            out = data[start : start + size] if start or size < len(data) else data
-        else:
-            pieces = [
-                await self._chunk(fid, vnode, token, version, index, trusted)
-                for index in range(first, last + 1)
-            ]
-            out = b"".join(pieces)[start : start + size]
-        assert vnode.status is not None
-        if vnode.status.data_version != version:
-            # Pages of a version the file is past may now be in the kernel's cache, put
-            # there after the change was pushed to the kernel: push it again.
-            self._notify(fid)
-        self.stats.bytes_served += len(out)
-        return FileData(out, version, length)
-
-    async def _chunk(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        version: int,
-        index: int,
-        trusted: bool,
-    ) -> bytes:
-        key = (fid, version, index)
-        if trusted:
-            data = self._memory.get(key)
-            if data is None and (waiting := self._inflight.get(key)) is not None:
-                await deadline.wait_for(waiting, self.config.rotation_timeout, "read-ahead")
-                data = self._memory.get(key)
-            if data is None:
-                data = await self.cache.get_chunk(fid, version, index)
-                if data is not None:
-                    self._memory.put(key, data)
-            if data is not None:
-                self.stats.data_hits += 1
-                return data
-        self.stats.data_misses += 1
-        return await self._fetch_chunk(fid, vnode, token, version, index)
-
-    async def _fetch_chunk(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, index: int
-    ) -> bytes:
-        key = (fid, version, index)
-        done = trio.Event()
-        self._inflight.setdefault(key, done)
-        try:
-            chunks = await self._fetch_run(fid, vnode, token, version, index, 1)
-            return chunks[0]
-        finally:
-            self._settle(key, done)
-
-    def _settle(self, key: ChunkKey, event: trio.Event) -> None:
-        if self._inflight.get(key) is event:
-            del self._inflight[key]
-        event.set()
-
-    async def _fetch_run(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, first: int, count: int
-    ) -> list[bytes]:
-        """Chunks first..first+count-1 in one FetchData64, kept in memory and written to the
-        disk cache behind the reader; _DataVersionChanged if the file is no longer at
-        `version` (the chunks are kept under the version they are)."""
-        chunk = self.store.chunk_size
-
-        async def call(conn: ClientConnection, server: FileServer) -> Any:
-            pieces = []
-            async with FS.FetchData64.stream(
-                conn, _afs_fid(fid), first * chunk, count * chunk
-            ) as stream:
-                while stream.remaining:
-                    pieces.append(await stream.read(chunk))
-            return pieces, stream.result
-
-        op = self.status.operation(token, "FS.FetchData64", vnode)
-        pieces, reply = await op.run(call)
-        self.stats.bytes_fetched += sum(map(len, pieces))
-        status = op.commit(vnode, reply.OutStatus, reply.CallBack)
-        if not pieces:
-            pieces.append(b"")  # at or past the end: an empty chunk
-        for offset, data in enumerate(pieces):
-            await self._keep_chunk(fid, status.data_version, first + offset, data)
-        if status.data_version != version:
-            raise _DataVersionChanged
-        return pieces
-
-    async def _keep_chunk(self, fid: AfsFid, version: int, index: int, data: bytes) -> None:
-        """Into memory now, into the disk cache behind the reader."""
-        self._memory.put((fid, version, index), data)
-        await self._clean_writer.put(CleanItem(fid, version, index, data))
-
-    def _read_ahead(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, offset: int, last: int, version: int
-    ) -> None:
-        """A reader that continues where it stopped gets the chunks after `last` fetched
-        (or loaded from the disk cache) in the background.  The window is refilled a
-        call's worth of chunks at a time, so each read-ahead call carries several."""
-        chunk = self.store.chunk_size
-        expected = self._sequential.get(fid)
-        self._sequential[fid] = (last + 1) * chunk
-        window = self.config.readahead_chunks
-        if self._nursery is None or not window:
-            return
-        continues = expected is not None and expected - chunk <= offset <= expected
-        if offset != 0 and not continues:
-            return
-        assert vnode.status is not None
-        end = min(last + 1 + window, (vnode.status.size + chunk - 1) // chunk)
-        wanted = [
-            i
-            for i in range(last + 1, end)
-            if (fid, version, i) not in self._inflight and (fid, version, i) not in self._memory
-        ]
-        batch = max(1, self.config.readahead_call_chunks)
-        if not wanted or (len(wanted) < batch and wanted[-1] != end - 1):
-            return
-        claimed = {i: trio.Event() for i in wanted}
-        for i, event in claimed.items():
-            self._inflight[(fid, version, i)] = event
-        self._nursery.start_soon(self._prefetch, fid, vnode, token, version, claimed)
-
-    async def _prefetch(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        version: int,
-        claimed: dict[int, trio.Event],
-    ) -> None:
-        """Chunks the disk cache holds are loaded into memory; runs of the others are
-        fetched, several chunks per call.  Every claimed chunk is settled at the end."""
-        try:
-            record = await self.cache.get_record(fid)
-            cached = record.chunks if record is not None and record.data_version == version else ()
-            missing = [i for i in claimed if i not in cached]
-            runs: list[list[int]] = []
-            for i in missing:
-                if (
-                    runs
-                    and runs[-1][-1] == i - 1
-                    and len(runs[-1]) < self.config.readahead_call_chunks
-                ):
-                    runs[-1].append(i)
-                else:
-                    runs.append([i])
-            async with trio.open_nursery() as nursery:
-                for i in claimed:
-                    if i in cached:
-                        nursery.start_soon(self._load_ahead, fid, version, i, claimed[i])
-                for run in runs:
-                    nursery.start_soon(self._fetch_ahead, fid, vnode, token, version, run, claimed)
-        except Exception:
-            log.exception("read-ahead of %s failed", tuple(fid))
-        finally:
-            for i, event in claimed.items():
-                self._settle((fid, version, i), event)
-
-    async def _load_ahead(self, fid: AfsFid, version: int, index: int, event: trio.Event) -> None:
-        try:
-            data = await self.cache.get_chunk(fid, version, index)
-            if data is not None:
-                self._memory.put((fid, version, index), data)
-        finally:
-            self._settle((fid, version, index), event)
-
-    async def _fetch_ahead(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        version: int,
-        run: list[int],
-        claimed: dict[int, trio.Event],
-    ) -> None:
-        try:
-            await self._fetch_run(fid, vnode, token, version, run[0], len(run))
-        except (FsError, RxAbort, _DataVersionChanged) as e:
-            log.debug("read-ahead of %s chunks %d-%d: %s", tuple(fid), run[0], run[-1], e)
-        finally:
-            for i in run:
-                self._settle((fid, version, i), claimed[i])
+        return await self.reader.read(fid, vnode, token, status, offset, size, shown, trusted)
 
     @_boundary
     async def readlink(self, fid: AfsFid, who: Identity) -> bytes:
@@ -779,7 +572,7 @@ class CacheManager:
                 if not vnode.status.is_symlink:
                     raise FsError(errno.EINVAL, "not a symlink")
                 return (await self._read(fid, 0, vnode.status.size, token, None)).data
-            except _DataVersionChanged:
+            except DataVersionChanged:
                 continue
         raise FsError(errno.EIO, "link keeps changing while being read")
 
@@ -840,15 +633,15 @@ class CacheManager:
             try:
                 return await self.cache.dirty.read_chunk(fid, index)
             except KeyError:
-                raise _DataVersionChanged from None  # stored or cut meanwhile: read again
+                raise DataVersionChanged from None  # stored or cut meanwhile: read again
         keep = max(0, min(want, dirty.zero_from - start))
         clean = b""
         if keep:
             # The version the writes went over, even if another client has stored since:
-            # from memory or the disk cache, else _DataVersionChanged (the server has only
+            # from memory or the disk cache, else DataVersionChanged (the server has only
             # the newer one), never a mix of the two.
             version = dirty.base_version
-            clean = await self._chunk(fid, vnode, token, version, index, True)
+            clean = await self.reader.chunk(fid, vnode, token, version, index, True)
         return clean[:keep].ljust(want, b"\0")
 
     # -- writing -----------------------------------------------------------------------
@@ -928,7 +721,7 @@ class CacheManager:
                 dirty = await self._begin(fid, vnode, who)
                 try:
                     bases = await self._bases(fid, vnode, token, dirty, offset, len(data))
-                except _DataVersionChanged:
+                except DataVersionChanged:
                     continue
                 await self.cache.dirty.write(fid, offset, data, bases)
                 self._mtimes[fid] = int(time.time())
@@ -958,7 +751,7 @@ class CacheManager:
             assert vnode.status is not None
             trusted = vnode.allows(token, PRSFS_READ, trio.current_time())
             version = dirty.base_version  # as in _dirty_chunk: one version under the writes
-            bases[index] = await self._chunk(fid, vnode, token, version, index, trusted)
+            bases[index] = await self.reader.chunk(fid, vnode, token, version, index, trusted)
         return bases
 
     @_boundary
@@ -1071,7 +864,7 @@ class CacheManager:
         if status.size == dirty.length:
             for index in sorted(dirty.chunks):
                 data = await self.cache.dirty.read_chunk(fid, index)
-                await self._keep_chunk(fid, status.data_version, index, data)
+                await self.reader.keep_chunk(fid, status.data_version, index, data)
         await self.cache.dirty.discard(fid)
         self._mtimes.pop(fid, None)
         if dirty.unsent:
@@ -1132,7 +925,7 @@ class CacheManager:
 
         async def call(conn: ClientConnection, server: FileServer) -> Any:
             async with FS.StoreData64.stream(
-                conn, _afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
+                conn, afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
             ) as stream:
                 for index in piece.chunks:
                     data = await self.cache.dirty.read_chunk(fid, index)
@@ -1190,7 +983,7 @@ class CacheManager:
     async def _store_status(self, fid: AfsFid, token: Token | None, in_status: Any) -> Status:
         vnode = self.vnodes.get(fid)
         op = self.status.operation(token, "FS.StoreStatus", vnode)
-        reply = await op.run(lambda conn, server: FS.StoreStatus(conn, _afs_fid(fid), in_status))
+        reply = await op.run(lambda conn, server: FS.StoreStatus(conn, afs_fid(fid), in_status))
         return op.commit(vnode, reply.OutStatus)
 
     # -- names ---------------------------------------------------------------------------
@@ -1325,7 +1118,7 @@ class CacheManager:
             dir_fid,
             token,
             what,
-            lambda conn: rpc(conn, _afs_fid(dir_fid), raw, in_status),
+            lambda conn: rpc(conn, afs_fid(dir_fid), raw, in_status),
             lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
         return self._commit_new(op, dir_fid, reply)
@@ -1344,7 +1137,7 @@ class CacheManager:
             dir_fid,
             token,
             "FS.Link",
-            lambda conn: FS.Link(conn, _afs_fid(dir_fid), raw, _afs_fid(target)),
+            lambda conn: FS.Link(conn, afs_fid(dir_fid), raw, afs_fid(target)),
             lambda reply: _adding(raw, target.vnode, target.unique),
         )
         status = op.commit(self.vnodes.get(target), reply.OutFidStatus)
@@ -1359,7 +1152,7 @@ class CacheManager:
             dir_fid,
             token,
             "FS.RemoveFile",
-            lambda conn: FS.RemoveFile(conn, _afs_fid(dir_fid), raw),
+            lambda conn: FS.RemoveFile(conn, afs_fid(dir_fid), raw),
             lambda reply: _removing(raw),
             "OutStatus",
         )
@@ -1390,7 +1183,7 @@ class CacheManager:
                 dir_fid,
                 token,
                 "FS.RemoveDir",
-                lambda conn: FS.RemoveDir(conn, _afs_fid(dir_fid), raw),
+                lambda conn: FS.RemoveDir(conn, afs_fid(dir_fid), raw),
                 lambda reply: _removing(raw),
             )
         except FsError as e:
@@ -1420,7 +1213,7 @@ class CacheManager:
         src_vnode, dst_vnode = self.vnodes.get(src_dir), self.vnodes.get(dst_dir)
         op = self.status.operation(token, "FS.Rename", dst_vnode, src_vnode)
         reply = await op.run(
-            lambda conn, server: FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new)
+            lambda conn, server: FS.Rename(conn, afs_fid(src_dir), old, afs_fid(dst_dir), new)
         )
         new_status = reply.OutNewDirStatus
         if src_dir == dst_dir:
@@ -1475,7 +1268,7 @@ class CacheManager:
         """The ACL text of a directory (a file answers with its directory's); fs/acl.py
         parses it."""
         op = self.status.operation(self._token(fid.cell, who), "FS.FetchACL", self.vnodes.get(fid))
-        reply = await op.run(lambda conn, server: FS.FetchACL(conn, _afs_fid(fid)))
+        reply = await op.run(lambda conn, server: FS.FetchACL(conn, afs_fid(fid)))
         return reply.AccessList.rstrip(b"\0").decode("utf-8", "surrogateescape")
 
     @_boundary
@@ -1491,12 +1284,12 @@ class CacheManager:
         async def call(conn: ClientConnection, server: FileServer) -> Any:
             if not server.no_store_acl:
                 try:
-                    return await FS.StoreACL(conn, _afs_fid(fid), body)
+                    return await FS.StoreACL(conn, afs_fid(fid), body)
                 except RxAbort as e:
                     if e.code != RXGEN_OPCODE:
                         raise
                     server.no_store_acl = True
-            return await FS.OldStoreACL(conn, _afs_fid(fid), body)
+            return await FS.OldStoreACL(conn, afs_fid(fid), body)
 
         op = self.status.operation(token, "FS.StoreACL", vnode)
         reply = await op.run(call)

@@ -176,7 +176,7 @@ async def test_sequential_reader_gets_read_ahead(
 
         assert await m.read(fid, 0, 4096, ALICE) == content[:4096]
         with trio.fail_after(10):
-            while m._inflight:
+            while m.reader.inflight:
                 await trio.sleep(0.05)
         # The other seven chunks came in calls of several chunks each.
         assert fetches(m) == before + 1 + -(-7 // FAST.readahead_call_chunks)
