@@ -33,6 +33,10 @@ from afsfuse.rx.interfaces.fs import FS
 
 log = logging.getLogger(__name__)
 
+#: Files whose last read position is remembered for read-ahead, at most; the least recently
+#: read is forgotten first (reading it again from where it stopped starts no read-ahead).
+SEQUENTIAL_FILES = 4096
+
 #: A data version and the file length at that version.
 Shown = tuple[int, int]
 
@@ -83,7 +87,7 @@ class ChunkReader:
         self._nursery = nursery
         #: Chunks being fetched or loaded: readers of the same chunk wait for the event.
         self.inflight: dict[ChunkKey, trio.Event] = {}
-        #: Where each file's last read ended.
+        #: Where each recently read file's last read ended, least recently read first.
         self.sequential: dict[AfsFid, int] = {}
 
     async def read(
@@ -213,8 +217,11 @@ class ChunkReader:
         (or loaded from the disk cache) in the background.  The window is refilled a
         call's worth of chunks at a time, so each read-ahead call carries several."""
         chunk = self.chunk_size
-        expected = self.sequential.get(fid)
-        self.sequential[fid] = (last + 1) * chunk
+        sequential = self.sequential
+        expected = sequential.pop(fid, None)
+        sequential[fid] = (last + 1) * chunk
+        if len(sequential) > SEQUENTIAL_FILES:
+            del sequential[next(iter(sequential))]
         window = self.window
         nursery = self._nursery()
         if nursery is None or not window:
