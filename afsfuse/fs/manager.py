@@ -51,6 +51,7 @@ from afsfuse.fs.volume import VolumeCache, VolumeStatus
 from afsfuse.fs.writeback import StorePiece, store_plan
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
+from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
 from afsfuse.rx.interfaces.fs import (
@@ -96,7 +97,7 @@ class ManagerConfig:
     security: str = "crypt"
     #: Seconds of silence after which a fileserver call is given up (and the server marked
     #: down); VL calls use the same.
-    dead_time: float = 12.0
+    dead_time: float = DEFAULT_DEAD_TIME
     probe_timeout: float = 3.0
     probe_interval: float = 30.0
     #: How long a request waits for fileservers, from its start or their last answer to it
@@ -135,7 +136,11 @@ class ManagerConfig:
         )
 
     def rotation_config(self) -> RotationConfig:
-        return RotationConfig(self.rotation_timeout, self.busy_wait, self.max_busy_waits)
+        return RotationConfig(
+            timeout=self.rotation_timeout,
+            busy_wait=self.busy_wait,
+            max_busy_waits=self.max_busy_waits,
+        )
 
 
 def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
