@@ -18,7 +18,6 @@ import errno
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -29,7 +28,7 @@ import trio
 from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
 from afsfuse.cache.base import MAX_FILE_SIZE
 from afsfuse.cache.dirty import DirtyFile
-from afsfuse.cache.store import CacheStore, CleanItem
+from afsfuse.cache.store import CacheStore
 from afsfuse.fs import deadline
 from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl import Acl
@@ -37,6 +36,8 @@ from afsfuse.fs.callback import Break, CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
+from afsfuse.fs.dir_edit import Listing, ListingEdit, adding, removing, renaming
+from afsfuse.fs.directories import DirectoryCache
 from afsfuse.fs.errors import FsError, fs_error
 from afsfuse.fs.mntpt import link_mode
 from afsfuse.fs.operation import NO_CALLBACK, FsOperation
@@ -65,7 +66,6 @@ from afsfuse.rx.interfaces.fs import (
     CALLBACK_VERSION,
     CB_DROPPED,
     FS,
-    PRSFS_LOOKUP,
     PRSFS_READ,
     PRSFS_WRITE,
     AFSCallBack,
@@ -81,14 +81,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 VolumeKind = Literal["rw", "ro", "bk", "auto"]
 Listener = Callable[[AfsFid | None], None]
-#: A change made to a parsed directory listing: our own change, as the fileserver made it.
-Listing = dict[bytes, afsdir.DirEntry]
-ListingEdit = Callable[[Listing], None]
-
-#: A directory blob is at most this big (1023 pages of 2 KiB).
-MAX_DIRECTORY = afsdir.MAX_PAGES * afsdir.PAGE_SIZE
-#: Status fetched for a directory listing, at most this many at a time without InlineBulkStatus.
-_STATUS_FANOUT = 8
 
 
 @dataclass(frozen=True)
@@ -180,27 +172,6 @@ def _entry_name(name: str | bytes) -> bytes:
     return raw
 
 
-def _adding(name: bytes, vnode: int, unique: int) -> ListingEdit:
-    def add(entries: Listing) -> None:
-        entries[name] = afsdir.DirEntry(vnode, unique)
-
-    return add
-
-
-def _removing(name: bytes) -> ListingEdit:
-    def remove(entries: Listing) -> None:
-        del entries[name]
-
-    return remove
-
-
-def _renaming(old: bytes, new: bytes) -> ListingEdit:
-    def rename(entries: Listing) -> None:
-        entries[new] = entries.pop(old)
-
-    return rename
-
-
 def _written_over(dirty: DirtyFile, server: Status) -> bool:
     """May `dirty` be stored over the server's copy at `server`?  Only over the version it
     was written over, or over the version a store of its own left when the daemon stopped
@@ -257,13 +228,17 @@ class CacheManager:
         )
         self._vl: dict[str, VLClient] = {}
         self._listeners: list[Listener] = []
-        #: Parsed directories by fid: (data version, entries).  Our own changes are made to
-        #: these in memory (see _take_dir_status), so an entry may be ahead of the disk cache.
-        self._dirs: OrderedDict[AfsFid, tuple[int, Listing]] = OrderedDict()
         self._memory = ChunkMemory(config.chunk_memory)
         #: Fetched and stored data on its way to the disk cache, in batches.
         self._clean_writer = CleanWriter(self.cache, config.write_behind_chunks)
         self._nursery: trio.Nursery | None = None
+        self.dirs = DirectoryCache(
+            self.status,
+            self.cache,
+            self._clean_writer,
+            stats,
+            limit=config.directory_memory,
+        )
         self.reader = ChunkReader(
             self.status,
             self.cache,
@@ -317,7 +292,7 @@ class CacheManager:
 
     def _replaced(self, fid: AfsFid) -> None:
         """A reply showed a data version of `fid` someone else made."""
-        self._dirs.pop(fid, None)
+        self.dirs.drop(fid)
         self._notify(fid)
 
     def _notify(self, fid: AfsFid | None) -> None:
@@ -453,56 +428,7 @@ class CacheManager:
     # -- directories -------------------------------------------------------------------
 
     async def _directory(self, fid: AfsFid, who: Identity) -> Listing:
-        token = self._token(fid.cell, who)
-        vnode, trusted = await self.status.status_for(fid, token, PRSFS_LOOKUP)
-        assert vnode.status is not None
-        if not vnode.status.is_dir:
-            raise FsError(errno.ENOTDIR)
-        if not trusted:
-            rights = vnode.rights(token, trio.current_time())
-            if rights is not None:
-                # A directory's CallerAccess is its ACL for this caller: the server's word.
-                raise FsError(errno.EACCES)
-        for _ in range(3):
-            version = vnode.status.data_version
-            held = self._dirs.get(fid)
-            if trusted and held is not None and held[0] == version:
-                self._dirs.move_to_end(fid)
-                self.stats.data_hits += 1
-                return held[1]
-            blob = None
-            if trusted:
-                blob = await self.cache.get_dir(fid, version)
-            if blob is not None:
-                self.stats.data_hits += 1
-            else:
-                self.stats.data_misses += 1
-                fetched_version, blob = await self._fetch_whole(fid, token, vnode)
-                if fetched_version != version:
-                    continue  # changed under us: go again with the new version
-                await self._clean_writer.put(CleanItem(fid, version, None, blob))
-            parsed = afsdir.parse_directory(blob)
-            self._keep_listing(fid, version, parsed)
-            return parsed
-        raise FsError(errno.EIO, "directory keeps changing while being read")
-
-    def _keep_listing(self, fid: AfsFid, version: int, entries: Listing) -> None:
-        self._dirs[fid] = (version, entries)
-        self._dirs.move_to_end(fid)
-        while len(self._dirs) > self.config.directory_memory:
-            self._dirs.popitem(last=False)
-
-    async def _fetch_whole(
-        self, fid: AfsFid, token: Token | None, vnode: Vnode
-    ) -> tuple[int, bytes]:
-        """The whole contents of a (small) vnode: directory or symlink."""
-        op = self.status.operation(token, "FS.FetchData64", vnode)
-        data, reply = await op.run(
-            lambda conn, server: FS.FetchData64(conn, afs_fid(fid), 0, MAX_DIRECTORY)
-        )
-        self.stats.bytes_fetched += len(data)
-        status = op.commit(vnode, reply.OutStatus, reply.CallBack)
-        return status.data_version, data
+        return await self.dirs.listing(fid, self._token(fid.cell, who))
 
     @_boundary
     async def lookup(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> AfsFid:
@@ -1007,32 +933,8 @@ class CacheManager:
         vnode = self.vnodes.get(dir_fid)
         op = self.status.operation(token, name, vnode)
         reply = await op.run(lambda conn, server: call(conn))
-        self._take_dir_status(op, vnode, getattr(reply, status_field), edit(reply))
+        self.dirs.edit_dir(op, vnode, getattr(reply, status_field), edit(reply))
         return op, reply
-
-    def _take_dir_status(
-        self, op: FsOperation, vnode: Vnode, afs_status: Any, edit: ListingEdit | None
-    ) -> None:
-        """The new status of a directory we changed.  When its data version is exactly one
-        past the listing we hold, the fileserver made our change and nothing else: the same
-        edit to our listing gives its new contents, where fetching it again would make n
-        creates in one directory cost n whole-directory fetches (OpenAFS edits its cached
-        copy on the same condition).  The edited listing lives in memory only: writing the
-        whole blob back to the disk cache would cost as much as the fetch it saves.  Any
-        other version means someone else changed the directory too: the listing is dropped
-        and fetched when next needed."""
-        held = self._dirs.get(vnode.fid)
-        version = Status.from_afs(afs_status).data_version
-        ours = None
-        if edit is not None and held is not None and held[0] == version - 1:
-            try:
-                edit(held[1])
-            except KeyError:
-                pass  # the listing lacks what the server changed: fetch it again
-            else:
-                self._keep_listing(vnode.fid, version, held[1])
-                ours = version
-        op.commit(vnode, afs_status, ours=ours)
 
     def _commit_new(self, op: FsOperation, dir_fid: AfsFid, reply: Any) -> tuple[AfsFid, Status]:
         out = reply.OutFid
@@ -1060,7 +962,7 @@ class CacheManager:
         vnode = self.vnodes.peek(fid)
         if vnode is not None:
             vnode.invalidate()
-        self._dirs.pop(fid, None)
+        self.dirs.drop(fid)
         self._notify(fid)
 
     @_boundary
@@ -1081,7 +983,7 @@ class CacheManager:
         if status.is_dir:
             here = afsdir.DirEntry(fid.vnode, fid.unique)
             parent = afsdir.DirEntry(dir_fid.vnode, dir_fid.unique)
-            self._keep_listing(fid, status.data_version, {b".": here, b"..": parent})
+            self.dirs.keep(fid, status.data_version, {b".": here, b"..": parent})
         return fid, status
 
     @_boundary
@@ -1124,7 +1026,7 @@ class CacheManager:
             token,
             what,
             lambda conn: rpc(conn, afs_fid(dir_fid), raw, in_status),
-            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
+            lambda reply: adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
         )
         return self._commit_new(op, dir_fid, reply)
 
@@ -1143,7 +1045,7 @@ class CacheManager:
             token,
             "FS.Link",
             lambda conn: FS.Link(conn, afs_fid(dir_fid), raw, afs_fid(target)),
-            lambda reply: _adding(raw, target.vnode, target.unique),
+            lambda reply: adding(raw, target.vnode, target.unique),
         )
         status = op.commit(self.vnodes.get(target), reply.OutFidStatus)
         return self._local_view(status, target)
@@ -1158,7 +1060,7 @@ class CacheManager:
             token,
             "FS.RemoveFile",
             lambda conn: FS.RemoveFile(conn, afs_fid(dir_fid), raw),
-            lambda reply: _removing(raw),
+            lambda reply: removing(raw),
             "OutStatus",
         )
         self._changed(victim)
@@ -1189,7 +1091,7 @@ class CacheManager:
                 token,
                 "FS.RemoveDir",
                 lambda conn: FS.RemoveDir(conn, afs_fid(dir_fid), raw),
-                lambda reply: _removing(raw),
+                lambda reply: removing(raw),
             )
         except FsError as e:
             # The fileserver says EEXIST (POSIX allows both); Linux programs expect this.
@@ -1222,18 +1124,18 @@ class CacheManager:
         )
         new_status = reply.OutNewDirStatus
         if src_dir == dst_dir:
-            self._take_dir_status(op, dst_vnode, new_status, _renaming(old, new))
+            self.dirs.edit_dir(op, dst_vnode, new_status, renaming(old, new))
         else:
             # What left the source listing is what the target gets, if we saw it leave.
             moving: list[afsdir.DirEntry] = []
-            self._take_dir_status(
+            self.dirs.edit_dir(
                 op,
                 src_vnode,
                 reply.OutOldDirStatus,
                 lambda entries: moving.append(entries.pop(old)),
             )
-            adding = _adding(new, *moving[0]) if moving else None
-            self._take_dir_status(op, dst_vnode, new_status, adding)
+            arrived = adding(new, *moving[0]) if moving else None
+            self.dirs.edit_dir(op, dst_vnode, new_status, arrived)
             self._changed(moved)  # a directory's '..' changed with it
         if replaced != moved:
             self._changed(replaced)
@@ -1338,7 +1240,7 @@ class CacheManager:
         if vnode is not None:
             vnode.invalidate()
             vnode.status = None
-        self._dirs.pop(fid, None)
+        self.dirs.drop(fid)
         self._memory.drop(lambda f: f == fid)
         await self._clean_writer.discard(lambda f: f == fid)
         await self.cache.drop_fid(fid)
@@ -1352,7 +1254,7 @@ class CacheManager:
             for vnode in self.vnodes.all():
                 vnode.invalidate()
             self.vnodes.clear()
-            self._dirs.clear()
+            self.dirs.clear()
             self._memory.clear()
             self.volumes.forget(cell)
             await self._clean_writer.discard(lambda f: True)
@@ -1363,7 +1265,7 @@ class CacheManager:
             if cell is None or vnode.fid.cell == cell:
                 vnode.invalidate()
                 self.vnodes.drop(vnode.fid)
-                self._dirs.pop(vnode.fid, None)
+                self.dirs.drop(vnode.fid)
                 self._notify(vnode.fid)
 
         def in_volume(f: AfsFid) -> bool:

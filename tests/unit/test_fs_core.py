@@ -209,7 +209,7 @@ async def test_malformed_directory_is_eio_and_logged(manager: CacheManager, capl
     async def fetch_whole(fid, token, vnode):
         return 4, b"not a directory" * 10
 
-    manager._fetch_whole = fetch_whole  # type: ignore[method-assign]
+    manager.dirs.fetch_whole = fetch_whole  # type: ignore[method-assign]
     with pytest.raises(FsError) as caught:
         await manager.readdir(fid, Identity(1))
     assert caught.value.errno == errno.EIO
