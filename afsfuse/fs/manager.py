@@ -31,14 +31,15 @@ from afsfuse.cache.dirty import DirtyFile
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs import deadline
 from afsfuse.fs import dir as afsdir
-from afsfuse.fs.acl import Acl
-from afsfuse.fs.callback import Break, CallbackRegistry, Fid
+from afsfuse.fs.acl_ops import AclOps
+from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.fs.dir_edit import Listing, ListingEdit, adding, removing, renaming
 from afsfuse.fs.directories import DirectoryCache
 from afsfuse.fs.errors import FsError, fs_error
+from afsfuse.fs.invalidate import Invalidator
 from afsfuse.fs.mntpt import link_mode
 from afsfuse.fs.operation import NO_CALLBACK, FsOperation
 from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
@@ -54,24 +55,19 @@ from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
 from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import ClientConnection, Endpoint
-from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
+from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import (
     AFS_FSYNC,
     AFS_SETGROUP,
-    AFS_SETMAXQUOTA,
     AFS_SETMODE,
     AFS_SETMODTIME,
     AFS_SETOWNER,
     AFSCBMAX,
-    CALLBACK_VERSION,
-    CB_DROPPED,
     FS,
     PRSFS_READ,
     PRSFS_WRITE,
-    AFSCallBack,
     AFSFid,
     AFSStoreStatus,
-    AFSStoreVolumeStatus,
 )
 from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
@@ -212,7 +208,6 @@ class CacheManager:
         self.registry = registry or CallbackRegistry()
         self.cb_service = CacheManagerService(self.registry, local_cell=cells.this_cell)
         self.cb_service.install(endpoint)
-        self.registry.add_listener(self._on_break)
         self.servers = ServerTable(endpoint, config.server_config())
         tokens.on_forget(self.servers.forget_token)
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
@@ -239,6 +234,22 @@ class CacheManager:
             stats,
             limit=config.directory_memory,
         )
+        self.acls = AclOps(self.status, self._notify)
+        self.invalidator = Invalidator(
+            self.vnodes,
+            self.dirs,
+            self._memory,
+            self._clean_writer,
+            self.cache,
+            self.volumes,
+            self.registry,
+            self.servers,
+            stats,
+            notify=self._notify,
+            known_cells=self.known_cells,
+            probe_timeout=config.probe_timeout,
+        )
+        self.registry.add_listener(self.invalidator.on_break)
         self.reader = ChunkReader(
             self.status,
             self.cache,
@@ -1142,171 +1153,47 @@ class CacheManager:
             if replaced is not None and self.store.dirty.get(replaced) is not None:
                 await self._drop_dirty_if_gone(replaced, token)
 
-    # -- volumes -----------------------------------------------------------------------
+    # -- volumes and access control lists (fs/acl_ops.py) -------------------------------
 
     @_boundary
     async def statfs(self, fid: AfsFid, who: Identity) -> VolumeStatus:
-        op = self.status.operation(
-            self._token(fid.cell, who), "FS.GetVolumeStatus", self.vnodes.get(fid)
-        )
-        reply = await op.run(lambda conn, server: FS.GetVolumeStatus(conn, fid.volume))
-        return VolumeStatus.from_afs(reply)
+        return await self.acls.volume_status(fid, self._token(fid.cell, who))
 
     @_boundary
     async def get_volume_status(self, fid: AfsFid, who: Identity) -> VolumeStatus:
         """The volume's quota, usage and messages (`fs listquota`); the same as statfs."""
-        return await self.statfs(fid, who)
+        return await self.acls.volume_status(fid, self._token(fid.cell, who))
 
     @_boundary
     async def set_quota(self, fid: AfsFid, max_quota_kb: int, who: Identity) -> None:
         """Set the quota of `fid`'s volume in KiB (0: none); the cell's administrators only."""
-        if not 0 <= max_quota_kb < 1 << 31:
-            raise FsError(errno.EINVAL)
-        token = self._token(fid.cell, who)
-        quota = AFSStoreVolumeStatus(Mask=AFS_SETMAXQUOTA, MaxQuota=max_quota_kb)
-        op = self.status.operation(token, "FS.SetVolumeStatus", self.vnodes.get(fid))
-        # Empty name and messages are left as they are by the fileserver.
-        await op.run(lambda conn, server: FS.SetVolumeStatus(conn, fid.volume, quota, "", "", ""))
-
-    # -- access control lists ------------------------------------------------------------
+        await self.acls.set_quota(fid, max_quota_kb, self._token(fid.cell, who))
 
     @_boundary
     async def get_acl(self, fid: AfsFid, who: Identity) -> str:
         """The ACL text of a directory (a file answers with its directory's); fs/acl.py
         parses it."""
-        op = self.status.operation(self._token(fid.cell, who), "FS.FetchACL", self.vnodes.get(fid))
-        reply = await op.run(lambda conn, server: FS.FetchACL(conn, afs_fid(fid)))
-        return reply.AccessList.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        return await self.acls.get_acl(fid, self._token(fid.cell, who))
 
     @_boundary
     async def set_acl(self, fid: AfsFid, text: str | bytes, who: Identity) -> None:
         """Replace a directory's ACL (EINVAL for text fs/acl.py cannot parse)."""
-        try:
-            body = Acl.parse(text).format().encode("utf-8", "surrogateescape") + b"\0"
-        except ValueError as e:
-            raise FsError(errno.EINVAL, str(e)) from None
-        token = self._token(fid.cell, who)
-        vnode = self.vnodes.get(fid)
+        await self.acls.set_acl(fid, text, self._token(fid.cell, who))
 
-        async def call(conn: ClientConnection, server: FileServer) -> Any:
-            if not server.no_store_acl:
-                try:
-                    return await FS.StoreACL(conn, afs_fid(fid), body)
-                except RxAbort as e:
-                    if e.code != RXGEN_OPCODE:
-                        raise
-                    server.no_store_acl = True
-            return await FS.OldStoreACL(conn, afs_fid(fid), body)
-
-        op = self.status.operation(token, "FS.StoreACL", vnode)
-        reply = await op.run(call)
-        op.commit(vnode, reply.OutStatus)
-        self._forget_rights_under(fid)
-
-    def _forget_rights_under(self, dir_fid: AfsFid) -> None:
-        """A directory's ACL decides the rights on it and on its files.  The fileserver
-        breaks other clients' callbacks, not ours, so our record of every identity's rights
-        there goes here; each identity's next request asks the server again."""
-        for vnode in self.vnodes.matching(dir_fid.volume):
-            status = vnode.status
-            if vnode.fid.cell != dir_fid.cell or status is None:
-                continue
-            if vnode.fid == dir_fid or (
-                (status.parent_vnode, status.parent_unique) == (dir_fid.vnode, dir_fid.unique)
-            ):
-                vnode.access.clear()
-                self._notify(vnode.fid)
-
-    # -- invalidation ------------------------------------------------------------------
-
-    def _on_break(self, event: Break) -> None:
-        self.stats.callbacks_received += 1
-        if event.fid is None:
-            hit = [v for v in self.vnodes.all() if v.cb_server == event.server]
-        elif event.fid.vnode == 0:
-            # A volume callback (RO volumes, releases): every file of the volume.
-            hit = list(self.vnodes.matching(event.fid.volume))
-        else:
-            fid = event.fid
-            hit = list(self.vnodes.matching(fid.volume, fid.vnode, fid.unique))
-        for vnode in hit:
-            vnode.invalidate()
-            self._notify(vnode.fid)
+    # -- invalidation (fs/invalidate.py) ---------------------------------------------------
 
     @_boundary
     async def flush_fid(self, fid: AfsFid) -> None:
         """Forget everything about one file (status, rights, cached data)."""
-        vnode = self.vnodes.peek(fid)
-        if vnode is not None:
-            vnode.invalidate()
-            vnode.status = None
-        self.dirs.drop(fid)
-        self._memory.drop(lambda f: f == fid)
-        await self._clean_writer.discard(lambda f: f == fid)
-        await self.cache.drop_fid(fid)
-        self._notify(fid)
+        await self.invalidator.flush_fid(fid)
 
     @_boundary
     async def flush(self, volume: int | None = None, cell: str | None = None) -> None:
         """Forget a volume's files (in `cell`, or any cell), or everything (volume None):
         status, rights, cached data and volume locations."""
-        if volume is None:
-            for vnode in self.vnodes.all():
-                vnode.invalidate()
-            self.vnodes.clear()
-            self.dirs.clear()
-            self._memory.clear()
-            self.volumes.forget(cell)
-            await self._clean_writer.discard(lambda f: True)
-            await self.cache.clear()
-            self._notify(None)
-            return
-        for vnode in list(self.vnodes.matching(volume)):
-            if cell is None or vnode.fid.cell == cell:
-                vnode.invalidate()
-                self.vnodes.drop(vnode.fid)
-                self.dirs.drop(vnode.fid)
-                self._notify(vnode.fid)
-
-        def in_volume(f: AfsFid) -> bool:
-            return f.volume == volume and (cell is None or f.cell == cell)
-
-        self._memory.drop(in_volume)
-        await self._clean_writer.discard(in_volume)
-        for name in [cell] if cell else self.known_cells():
-            await self.cache.drop_volume(name, volume)
+        await self.invalidator.flush(volume, cell)
 
     async def give_up_callbacks(self) -> None:
         """Tell every fileserver we hold callbacks from that we no longer want them
         (at unmount).  Best effort, bounded in time; never raises."""
-        held = self.registry.held()
-        async with trio.open_nursery() as nursery:
-            for addr, fids in held.items():
-                nursery.start_soon(self._give_up, self.servers.get(addr), fids)
-        for vnode in self.vnodes.all():
-            vnode.invalidate()
-
-    async def _give_up(self, server: FileServer, fids: list[Fid]) -> None:
-        conn = self.servers.connection(server, None)
-        with trio.move_on_after(self.config.probe_timeout * 2):
-            try:
-                self.stats.count_rpc("FS.GiveUpAllCallBacks")
-                await FS.GiveUpAllCallBacks(conn)
-                log.info("gave up callbacks at %s", server.addr)
-                return
-            except RxAbort as e:
-                if e.code != RXGEN_OPCODE:
-                    log.info("GiveUpAllCallBacks to %s: %s", server.addr, e)
-                    return
-            for start in range(0, len(fids), AFSCBMAX):
-                batch = fids[start : start + AFSCBMAX]
-                dropped = [AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)]
-                try:
-                    self.stats.count_rpc("FS.GiveUpCallBacks")
-                    await FS.GiveUpCallBacks(
-                        conn, [AFSFid(f.volume, f.vnode, f.unique) for f in batch], dropped
-                    )
-                except RxAbort as e:
-                    log.info("GiveUpCallBacks to %s: %s", server.addr, e)
-                    return
-            log.info("gave up callbacks at %s, %d fids", server.addr, len(fids))
+        await self.invalidator.give_up_callbacks()
