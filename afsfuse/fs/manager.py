@@ -36,12 +36,11 @@ from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
-from afsfuse.fs.dir_edit import Listing, ListingEdit, adding, removing, renaming
+from afsfuse.fs.dir_edit import Listing
 from afsfuse.fs.directories import DirectoryCache
 from afsfuse.fs.errors import FsError, fs_error
 from afsfuse.fs.invalidate import Invalidator
-from afsfuse.fs.mntpt import link_mode
-from afsfuse.fs.operation import NO_CALLBACK, FsOperation
+from afsfuse.fs.names import NameOps, encode_name
 from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
@@ -66,7 +65,6 @@ from afsfuse.rx.interfaces.fs import (
     FS,
     PRSFS_READ,
     PRSFS_WRITE,
-    AFSFid,
     AFSStoreStatus,
 )
 from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
@@ -154,20 +152,6 @@ def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
     return guarded
 
 
-def _encode_name(name: str | bytes) -> bytes:
-    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-
-
-def _entry_name(name: str | bytes) -> bytes:
-    """A name a directory entry may have, as the bytes the fileserver takes."""
-    raw = _encode_name(name)
-    if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
-        raise FsError(errno.EINVAL, f"bad name {name!r}")
-    if len(raw) > afsdir.NAME_MAX:
-        raise FsError(errno.ENAMETOOLONG)
-    return raw
-
-
 def _written_over(dirty: DirtyFile, server: Status) -> bool:
     """May `dirty` be stored over the server's copy at `server`?  Only over the version it
     was written over, or over the version a store of its own left when the daemon stopped
@@ -179,10 +163,6 @@ def _written_over(dirty: DirtyFile, server: Status) -> bool:
 
 def _fid_name(fid: AfsFid) -> str:
     return f"{fid.cell} fid {fid.volume}.{fid.vnode}.{fid.unique}"
-
-
-#: What a reply without a callback promise (StoreData, StoreStatus, Symlink...) stands with.
-_NO_CALLBACK = NO_CALLBACK
 
 
 class CacheManager:
@@ -235,6 +215,13 @@ class CacheManager:
             limit=config.directory_memory,
         )
         self.acls = AclOps(self.status, self._notify)
+        self.names = NameOps(
+            self.status,
+            self.dirs,
+            notify=self._notify,
+            local_view=self._local_view,
+            unlinked=self._drop_dirty_if_gone,
+        )
         self.invalidator = Invalidator(
             self.vnodes,
             self.dirs,
@@ -444,7 +431,7 @@ class CacheManager:
     @_boundary
     async def lookup(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> AfsFid:
         entries = await self._directory(dir_fid, who)
-        entry = entries.get(_encode_name(name))
+        entry = entries.get(encode_name(name))
         if entry is None:
             raise FsError(errno.ENOENT, f"{name!r} not found")
         return AfsFid(dir_fid.cell, dir_fid.volume, entry.vnode, entry.unique)
@@ -928,188 +915,44 @@ class CacheManager:
         reply = await op.run(lambda conn, server: FS.StoreStatus(conn, afs_fid(fid), in_status))
         return op.commit(vnode, reply.OutStatus)
 
-    # -- names ---------------------------------------------------------------------------
-
-    async def _dir_call(
-        self,
-        dir_fid: AfsFid,
-        token: Token | None,
-        name: str,
-        call: Callable[[ClientConnection], Any],
-        edit: Callable[[Any], ListingEdit | None],
-        status_field: str = "OutDirStatus",
-    ) -> tuple[FsOperation, Any]:
-        """A call that changes directory `dir_fid` and answers with its new status in
-        `status_field`; `edit(reply)` says what the call did to the listing."""
-        vnode = self.vnodes.get(dir_fid)
-        op = self.status.operation(token, name, vnode)
-        reply = await op.run(lambda conn, server: call(conn))
-        self.dirs.edit_dir(op, vnode, getattr(reply, status_field), edit(reply))
-        return op, reply
-
-    def _commit_new(self, op: FsOperation, dir_fid: AfsFid, reply: Any) -> tuple[AfsFid, Status]:
-        out = reply.OutFid
-        fid = AfsFid(dir_fid.cell, out.Volume, out.Vnode, out.Unique)
-        vnode = self.vnodes.get(fid)
-        callback = getattr(reply, "CallBack", _NO_CALLBACK)
-        return fid, op.commit(vnode, reply.OutFidStatus, callback)
-
-    async def _entry(self, dir_fid: AfsFid, name: bytes, who: Identity) -> AfsFid | None:
-        """The fid `name` stands for before a change, so its record can be dropped after
-        (None if there is none or the listing cannot be read: the server decides anyway)."""
-        try:
-            entry = (await self._directory(dir_fid, who)).get(name)
-        except FsError:
-            return None
-        if entry is None:
-            return None
-        return AfsFid(dir_fid.cell, dir_fid.volume, entry.vnode, entry.unique)
-
-    def _changed(self, fid: AfsFid | None) -> None:
-        """`fid`'s status changed on the server by our doing (link count, '..'): fetch it
-        again when next asked."""
-        if fid is None:
-            return
-        vnode = self.vnodes.peek(fid)
-        if vnode is not None:
-            vnode.invalidate()
-        self.dirs.drop(fid)
-        self._notify(fid)
+    # -- names (fs/names.py) ---------------------------------------------------------------
 
     @_boundary
     async def create(
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
         """A new empty file; EEXIST if the name is taken."""
-        return await self._new_entry(dir_fid, name, mode, who, "FS.CreateFile", FS.CreateFile)
+        return await self.names.create(dir_fid, name, mode, self._token(dir_fid.cell, who))
 
     @_boundary
     async def mkdir(
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
-        """A new directory; it inherits the parent's ACL on the server.  What it holds is
-        known without asking ('.' and '..'), so a `mkdir -p` or `tar x` does not fetch every
-        directory it has just made."""
-        fid, status = await self._new_entry(dir_fid, name, mode, who, "FS.MakeDir", FS.MakeDir)
-        if status.is_dir:
-            here = afsdir.DirEntry(fid.vnode, fid.unique)
-            parent = afsdir.DirEntry(dir_fid.vnode, dir_fid.unique)
-            self.dirs.keep(fid, status.data_version, {b".": here, b"..": parent})
-        return fid, status
+        """A new directory; it inherits the parent's ACL on the server."""
+        return await self.names.mkdir(dir_fid, name, mode, self._token(dir_fid.cell, who))
 
     @_boundary
     async def symlink(
         self, dir_fid: AfsFid, name: str | bytes, target: str | bytes, who: Identity
     ) -> tuple[AfsFid, Status]:
         """A symlink; text like '#cell:volume.' makes a mount point (mode 0644, fs/mntpt.py)."""
-        contents = _encode_name(target)
-        if not contents:
-            raise FsError(errno.ENOENT, "empty symlink target")
-        return await self._new_entry(
-            dir_fid,
-            name,
-            link_mode(contents),
-            who,
-            "FS.Symlink",
-            lambda conn, fid, raw, status: FS.Symlink(conn, fid, raw, contents, status),
-        )
-
-    async def _new_entry(
-        self,
-        dir_fid: AfsFid,
-        name: str | bytes,
-        mode: int,
-        who: Identity,
-        what: str,
-        rpc: Callable[[ClientConnection, AFSFid, bytes, Any], Awaitable[Any]],
-    ) -> tuple[AfsFid, Status]:
-        """One RPC that makes a new vnode and its name in `dir_fid` (CreateFile, MakeDir,
-        Symlink), with the name added to our copy of the directory."""
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        in_status = AFSStoreStatus(
-            Mask=AFS_SETMODE | AFS_SETMODTIME,
-            ClientModTime=int(time.time()),
-            UnixModeBits=mode & 0o7777,
-        )
-        op, reply = await self._dir_call(
-            dir_fid,
-            token,
-            what,
-            lambda conn: rpc(conn, afs_fid(dir_fid), raw, in_status),
-            lambda reply: adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
-        )
-        return self._commit_new(op, dir_fid, reply)
+        return await self.names.symlink(dir_fid, name, target, self._token(dir_fid.cell, who))
 
     @_boundary
     async def link(
         self, dir_fid: AfsFid, name: str | bytes, target: AfsFid, who: Identity
     ) -> Status:
-        """A hard link to `target`; AFS allows them only within one directory (the
-        fileserver refuses others), never across volumes (EXDEV)."""
-        raw = _entry_name(name)
-        if (target.cell, target.volume) != (dir_fid.cell, dir_fid.volume):
-            raise FsError(errno.EXDEV)
-        token = self._token(dir_fid.cell, who)
-        op, reply = await self._dir_call(
-            dir_fid,
-            token,
-            "FS.Link",
-            lambda conn: FS.Link(conn, afs_fid(dir_fid), raw, afs_fid(target)),
-            lambda reply: adding(raw, target.vnode, target.unique),
-        )
-        status = op.commit(self.vnodes.get(target), reply.OutFidStatus)
-        return self._local_view(status, target)
+        """A hard link to `target`, within one directory's volume (EXDEV across volumes)."""
+        return await self.names.link(dir_fid, name, target, self._token(dir_fid.cell, who))
 
     @_boundary
     async def unlink(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> None:
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        victim = await self._entry(dir_fid, raw, who)
-        await self._dir_call(
-            dir_fid,
-            token,
-            "FS.RemoveFile",
-            lambda conn: FS.RemoveFile(conn, afs_fid(dir_fid), raw),
-            lambda reply: removing(raw),
-            "OutStatus",
-        )
-        self._changed(victim)
-        if victim is not None and self.store.dirty.get(victim) is not None:
-            await self._drop_dirty_if_gone(victim, token)
-
-    async def _drop_dirty_if_gone(self, fid: AfsFid, token: Token | None) -> None:
-        """Unstored data of a file whose last name went has nowhere to go, as on a local
-        filesystem; a file with other links keeps it."""
-        try:
-            await self.status.fetch(fid, token)
-        except FsError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            async with self._file_lock(fid):
-                await self.cache.dirty.discard(fid)
-                self._mtimes.pop(fid, None)
+        await self.names.unlink(dir_fid, name, self._token(dir_fid.cell, who))
 
     @_boundary
     async def rmdir(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> None:
         """ENOTEMPTY unless the directory is empty."""
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        victim = await self._entry(dir_fid, raw, who)
-        try:
-            await self._dir_call(
-                dir_fid,
-                token,
-                "FS.RemoveDir",
-                lambda conn: FS.RemoveDir(conn, afs_fid(dir_fid), raw),
-                lambda reply: removing(raw),
-            )
-        except FsError as e:
-            # The fileserver says EEXIST (POSIX allows both); Linux programs expect this.
-            if e.errno == errno.EEXIST:
-                raise FsError(errno.ENOTEMPTY, e.strerror) from None
-            raise
-        self._changed(victim)
+        await self.names.rmdir(dir_fid, name, self._token(dir_fid.cell, who))
 
     @_boundary
     async def rename(
@@ -1121,37 +964,22 @@ class CacheManager:
         who: Identity,
     ) -> None:
         """Rename within a volume (EXDEV across volumes), replacing an existing target as
-        rename(2) does; the fileserver refuses what rename(2) would (ENOTEMPTY, EISDIR...)."""
-        old, new = _entry_name(name), _entry_name(new_name)
-        if (src_dir.cell, src_dir.volume) != (dst_dir.cell, dst_dir.volume):
-            raise FsError(errno.EXDEV)
-        token = self._token(src_dir.cell, who)
-        moved = await self._entry(src_dir, old, who)
-        replaced = await self._entry(dst_dir, new, who)
-        src_vnode, dst_vnode = self.vnodes.get(src_dir), self.vnodes.get(dst_dir)
-        op = self.status.operation(token, "FS.Rename", dst_vnode, src_vnode)
-        reply = await op.run(
-            lambda conn, server: FS.Rename(conn, afs_fid(src_dir), old, afs_fid(dst_dir), new)
-        )
-        new_status = reply.OutNewDirStatus
-        if src_dir == dst_dir:
-            self.dirs.edit_dir(op, dst_vnode, new_status, renaming(old, new))
-        else:
-            # What left the source listing is what the target gets, if we saw it leave.
-            moving: list[afsdir.DirEntry] = []
-            self.dirs.edit_dir(
-                op,
-                src_vnode,
-                reply.OutOldDirStatus,
-                lambda entries: moving.append(entries.pop(old)),
-            )
-            arrived = adding(new, *moving[0]) if moving else None
-            self.dirs.edit_dir(op, dst_vnode, new_status, arrived)
-            self._changed(moved)  # a directory's '..' changed with it
-        if replaced != moved:
-            self._changed(replaced)
-            if replaced is not None and self.store.dirty.get(replaced) is not None:
-                await self._drop_dirty_if_gone(replaced, token)
+        rename(2) does."""
+        await self.names.rename(src_dir, name, dst_dir, new_name, self._token(src_dir.cell, who))
+
+    async def _drop_dirty_if_gone(self, fid: AfsFid, token: Token | None) -> None:
+        """Unstored data of a file whose last name went has nowhere to go, as on a local
+        filesystem; a file with other links keeps it."""
+        if self.store.dirty.get(fid) is None:
+            return
+        try:
+            await self.status.fetch(fid, token)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            async with self._file_lock(fid):
+                await self.cache.dirty.discard(fid)
+                self._mtimes.pop(fid, None)
 
     # -- volumes and access control lists (fs/acl_ops.py) -------------------------------
 

@@ -15,8 +15,8 @@ from afsfuse.fs import status as fs_status
 from afsfuse.fs.callback import Fid
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.errors import FsError, errno_for, fs_error
-from afsfuse.fs.manager import _NO_CALLBACK as NO_CALLBACK
 from afsfuse.fs.manager import CacheManager, ManagerConfig
+from afsfuse.fs.operation import NO_CALLBACK
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.vnode import AfsFid, Status, Vnode
 from afsfuse.keyring.store import Identity, TokenStore
