@@ -13,21 +13,16 @@ nothing else: unexpected exceptions are logged and turned into EIO at the bounda
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import trio
 
 from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
-from afsfuse.cache.base import MAX_FILE_SIZE
-from afsfuse.cache.dirty import DirtyFile
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs import deadline
 from afsfuse.fs import dir as afsdir
@@ -43,29 +38,20 @@ from afsfuse.fs.invalidate import Invalidator
 from afsfuse.fs.names import NameOps, encode_name
 from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
-from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
+from afsfuse.fs.server import ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
-from afsfuse.fs.status import StatusKeeper, afs_fid
-from afsfuse.fs.unsent import UnsentData
-from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
+from afsfuse.fs.status import StatusKeeper
+from afsfuse.fs.vnode import AfsFid, Status, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
-from afsfuse.fs.writeback import StorePiece, store_plan
+from afsfuse.fs.writer import Writer
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
 from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import (
-    AFS_FSYNC,
-    AFS_SETGROUP,
-    AFS_SETMODE,
-    AFS_SETMODTIME,
-    AFS_SETOWNER,
     AFSCBMAX,
-    FS,
     PRSFS_READ,
-    PRSFS_WRITE,
-    AFSStoreStatus,
 )
 from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
@@ -152,15 +138,6 @@ def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
     return guarded
 
 
-def _written_over(dirty: DirtyFile, server: Status) -> bool:
-    """May `dirty` be stored over the server's copy at `server`?  Only over the version it
-    was written over, or over the version a store of its own left when the daemon stopped
-    mid-store (known by the modification time that store sent)."""
-    if server.data_version == dirty.base_version:
-        return True
-    return dirty.pending is not None and dirty.pending == (server.data_version, server.mtime)
-
-
 def _fid_name(fid: AfsFid) -> str:
     return f"{fid.cell} fid {fid.volume}.{fid.vnode}.{fid.unique}"
 
@@ -220,7 +197,7 @@ class CacheManager:
             self.dirs,
             notify=self._notify,
             local_view=self._local_view,
-            unlinked=self._drop_dirty_if_gone,
+            unlinked=lambda fid, token: self.writer.drop_dirty_if_gone(fid, token),
         )
         self.invalidator = Invalidator(
             self.vnodes,
@@ -250,16 +227,17 @@ class CacheManager:
             changed=self._notify,
             nursery=lambda: self._nursery,
         )
-        #: Per-file locks that put writers, truncations and stores of one file in a row.
-        self._file_locks: dict[AfsFid, tuple[trio.Lock, int]] = {}
-        #: Modification time of dirty files, sent with their store.
-        self._mtimes: dict[AfsFid, int] = {}
-        self._unsent = UnsentData(
-            self.cache.dirty,
-            self._store_unsent,
-            interval=config.store_retry,
-            memory_age=config.dirty_memory_age,
-            max_interval=8 * config.store_retry,
+        self.writer = Writer(
+            self.status,
+            store,
+            self.cache,
+            self.reader,
+            stats,
+            token_for=self._token,
+            notify=self._notify,
+            store_call_bytes=config.store_call_bytes,
+            store_retry=config.store_retry,
+            dirty_memory_age=config.dirty_memory_age,
         )
 
     @property
@@ -277,7 +255,7 @@ class CacheManager:
             try:
                 nursery.start_soon(self.servers.run_prober)
                 await nursery.start(self._clean_writer.run)
-                await nursery.start(self._unsent.run)
+                await nursery.start(self.writer.unsent.run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -484,9 +462,9 @@ class CacheManager:
         # The owner-read bit is checked by the server for ordinary users; a cached copy is
         # only handed out when the server would surely agree.
         trusted = trusted and bool(status.mode & 0o400)
-        dirty = self._shown_dirty(fid, status)
+        dirty = self.writer.shown_dirty(fid, status)
         if dirty is not None:
-            data = await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
+            data = await self.writer.read_dirty(fid, vnode, token, dirty, offset, size, trusted)
             return FileData(data, None, dirty.length)
         return await self.reader.read(fid, vnode, token, status, offset, size, shown, trusted)
 
@@ -505,200 +483,30 @@ class CacheManager:
                 continue
         raise FsError(errno.EIO, "link keeps changing while being read")
 
-    # -- dirty files: what this machine sees before the fileserver does -----------------
+    # -- writing (fs/writer.py) ------------------------------------------------------------
 
     def _local_view(self, status: Status, fid: AfsFid) -> Status:
-        """`status` as seen here: the length and time of data not yet stored count."""
-        dirty = self._shown_dirty(fid, status)
-        if dirty is None:
-            return status
-        return replace(status, size=dirty.length, mtime=self._mtimes.get(fid, status.mtime))
-
-    def _shown_dirty(self, fid: AfsFid, status: Status) -> DirtyFile | None:
-        """The dirty state this mount shows for `fid` with the server at `status`: none for
-        unsent data written over a version the server no longer has (it is set aside in the
-        background, and the server's copy is what the file is)."""
-        dirty = self.store.dirty.get(fid)
-        if dirty is not None and dirty.unsent and not _written_over(dirty, status):
-            if self._unsent is not None:
-                self._unsent.poke()
-            return None
-        return dirty
-
-    async def _read_dirty(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        dirty: DirtyFile,
-        offset: int,
-        size: int,
-        trusted: bool,
-    ) -> bytes:
-        """Read-your-writes: dirty chunks from the dirty store, zeros where a truncation cut
-        the clean bytes off, the fileserver's bytes elsewhere (cache/dirty.py's rules)."""
-        if not trusted:
-            raise FsError(errno.EACCES)
-        size = min(size, dirty.length - offset)
-        if size <= 0:
-            return b""
-        chunk = dirty.chunk_size
-        first, last = offset // chunk, (offset + size - 1) // chunk
-        pieces = [
-            await self._dirty_chunk(fid, vnode, token, dirty, index)
-            for index in range(first, last + 1)
-        ]
-        start = offset - first * chunk
-        out = b"".join(pieces)[start : start + size]
-        self.stats.bytes_served += len(out)
-        return out
-
-    async def _dirty_chunk(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, dirty: DirtyFile, index: int
-    ) -> bytes:
-        start = index * dirty.chunk_size
-        want = min(dirty.chunk_size, dirty.length - start)
-        if index in dirty.chunks:
-            try:
-                return await self.cache.dirty.read_chunk(fid, index)
-            except KeyError:
-                raise DataVersionChanged from None  # stored or cut meanwhile: read again
-        keep = max(0, min(want, dirty.zero_from - start))
-        clean = b""
-        if keep:
-            # The version the writes went over, even if another client has stored since:
-            # from memory or the disk cache, else DataVersionChanged (the server has only
-            # the newer one), never a mix of the two.
-            version = dirty.base_version
-            clean = await self.reader.chunk(fid, vnode, token, version, index, True)
-        return clean[:keep].ljust(want, b"\0")
-
-    # -- writing -----------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _file_lock(self, fid: AfsFid) -> AsyncIterator[None]:
-        """One writer, truncation or store of a file at a time; readers never wait."""
-        lock, users = self._file_locks.get(fid, (None, 0))
-        lock = lock or trio.Lock()
-        self._file_locks[fid] = (lock, users + 1)
-        try:
-            try:
-                # Nearly always free: taking it without the two checkpoints of acquire()
-                # saves ~10 us on every write, and writes come 10 KiB at a time from tar.
-                lock.acquire_nowait()
-            except trio.WouldBlock:
-                await lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            lock, users = self._file_locks[fid]
-            if users == 1:
-                del self._file_locks[fid]
-            else:
-                self._file_locks[fid] = (lock, users - 1)
-
-    async def _writable(self, fid: AfsFid, token: Token | None) -> Vnode:
-        """The vnode of a regular file, with a current status; EACCES when its rights for
-        `token` are known and lack write (the fileserver judges the rest when storing)."""
-        vnode, trusted = await self.status.status_for(fid, token, PRSFS_WRITE)
-        assert vnode.status is not None
-        if vnode.status.is_dir:
-            raise FsError(errno.EISDIR)
-        if not vnode.status.is_file:
-            raise FsError(errno.EINVAL, "not a regular file")
-        if not trusted and vnode.rights(token, trio.current_time()) is not None:
-            raise FsError(errno.EACCES)
-        return vnode
-
-    async def _begin(self, fid: AfsFid, vnode: Vnode, who: Identity) -> DirtyFile:
-        """The dirty state a write goes into.  Unsent data left by a failed store or an
-        earlier run, written over a version the server no longer has, is set aside first:
-        the new write starts from the server's copy."""
-        assert vnode.status is not None
-        status = vnode.status
-        dirty = self.store.dirty.get(fid)
-        if dirty is not None and dirty.unsent and not _written_over(dirty, status):
-            await self._set_aside(fid, dirty, status, "the file changed on the server")
-            dirty = None
-        if dirty is None:
-            writer = (who.uid, who.pag)
-            dirty = await self.cache.dirty.begin(fid, status.data_version, status.size, writer)
-        return dirty
+        return self.writer.local_view(status, fid)
 
     @_boundary
     async def open(self, fid: AfsFid, who: Identity, *, write: bool) -> Status:
         """Check that `who` may open `fid` (for writing: EACCES now, as a local filesystem
         would, rather than at close); the status as getattr gives it."""
         if write:
-            await self._writable(fid, self._token(fid.cell, who))
+            await self.writer.writable(fid, self._token(fid.cell, who))
         return await self.getattr(fid, who)
 
     @_boundary
     async def write(self, fid: AfsFid, offset: int, data: bytes, who: Identity) -> int:
-        """Write into the local copy; it reaches the fileserver at store_data/fsync.  Returns the
-        bytes written."""
-        if offset < 0:
-            raise FsError(errno.EINVAL)
-        if offset + len(data) > MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG)  # before the cache's own filesystem says so
-        token = self._token(fid.cell, who)
-        async with self._file_lock(fid):
-            for _ in range(3):
-                vnode = await self._writable(fid, token)
-                dirty = await self._begin(fid, vnode, who)
-                try:
-                    bases = await self._bases(fid, vnode, token, dirty, offset, len(data))
-                except DataVersionChanged:
-                    continue
-                await self.cache.dirty.write(fid, offset, data, bases)
-                self._mtimes[fid] = int(time.time())
-                return len(data)
-        raise FsError(errno.EIO, "file keeps changing while being written")
-
-    async def _bases(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        dirty: DirtyFile,
-        offset: int,
-        size: int,
-    ) -> dict[int, bytes]:
-        """The clean content of the chunks a write makes dirty; none for a chunk the write
-        covers whole, since none of its clean bytes survive."""
-        chunk = dirty.chunk_size
-        end = offset + size
-        length = max(dirty.length, end)
-        bases = {}
-        for index in dirty.needs_base(offset, size):
-            start = index * chunk
-            if offset <= start and end >= min(start + chunk, length):
-                bases[index] = b""
-                continue
-            assert vnode.status is not None
-            trusted = vnode.allows(token, PRSFS_READ, trio.current_time())
-            version = dirty.base_version  # as in _dirty_chunk: one version under the writes
-            bases[index] = await self.reader.chunk(fid, vnode, token, version, index, trusted)
-        return bases
+        """Write into the local copy; it reaches the fileserver at store_data/fsync.  Returns
+        the bytes written."""
+        return await self.writer.write(fid, offset, data, who)
 
     @_boundary
     async def truncate(self, fid: AfsFid, length: int, who: Identity) -> None:
         """Set the length of the local copy (growing leaves a hole); stored with the rest at
         store_data/fsync.  For truncate(2) without an open file, see setattr(size=)."""
-        async with self._file_lock(fid):
-            await self._truncate(fid, length, who)
-
-    async def _truncate(self, fid: AfsFid, length: int, who: Identity) -> DirtyFile:
-        if length < 0:
-            raise FsError(errno.EINVAL)
-        if length > MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG)
-        token = self._token(fid.cell, who)
-        await self._begin(fid, await self._writable(fid, token), who)
-        self._mtimes[fid] = int(time.time())
-        return await self.cache.dirty.truncate(fid, length)
+        await self.writer.truncate(fid, length, who)
 
     def unstored(self, fid: AfsFid) -> bool:
         """Does `fid` have data the fileserver has not got yet?  (A close of a clean file
@@ -711,160 +519,19 @@ class CacheManager:
         to do for a clean file.  Success means the data is on the server.  On failure the
         errno a local filesystem would give (EDQUOT, ENOSPC, EACCES, ETIMEDOUT...) and the
         data stays dirty: a later store retries it."""
-        return await self._store_and_stat(fid, who, sync=False)
+        await self.writer.store_now(fid, who, sync=False)
+        return await self.getattr(fid, who)
 
     @_boundary
     async def fsync(self, fid: AfsFid, who: Identity) -> Status:
         """Like store_data, and the fileserver writes the file to its disk before it answers."""
-        return await self._store_and_stat(fid, who, sync=True)
-
-    async def _store_and_stat(self, fid: AfsFid, who: Identity, *, sync: bool) -> Status:
-        token = self._token(fid.cell, who)
-        async with self._file_lock(fid):
-            dirty = self.store.dirty.get(fid)
-            if dirty is not None:
-                await self._store(fid, token, dirty, sync=sync)
+        await self.writer.store_now(fid, who, sync=True)
         return await self.getattr(fid, who)
-
-    async def _store(
-        self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool
-    ) -> None:
-        """Store `dirty`, then forget it.  A failure leaves it unsent: on disk, retried in the
-        background (fs/unsent.py), and raised to the caller."""
-        try:
-            try:
-                await self._store_over(fid, token, dirty, sync=sync)
-            except RxAbort as e:
-                raise fs_error(e.code, "store") from None
-        except FsError as e:
-            if e.errno in (errno.ENOENT, errno.ESTALE):
-                vnode = self.vnodes.get(fid)
-                await self._set_aside(fid, dirty, None, "the file is gone from the server")
-                vnode.invalidate()
-                raise
-            if self.store.dirty.get(fid) is not None:
-                await self.cache.dirty.update(fid, unsent=True)
-                await self.cache.dirty.persist(fid)
-                log.warning(
-                    "store of %s (%d bytes) failed: %s; kept in the cache and tried again "
-                    "every %.0f s or at the next close",
-                    _fid_name(fid), dirty.length, e.strerror or e, self.config.store_retry,
-                )  # fmt: skip
-            raise
-
-    async def _store_over(
-        self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool
-    ) -> None:
-        """StoreData64 calls per writeback.store_plan, made only while the fileserver still
-        has the version the data was written over; then the dirty chunks become the clean
-        copy at the new data version.  Data written over a version another client has since
-        replaced is set aside (cache/leftovers.py), never stored over theirs."""
-        vnode = self.vnodes.get(fid)
-        if not vnode.callback_valid(trio.current_time()):
-            await self.status.fetch(fid, token)
-        status = vnode.status
-        assert status is not None
-        if not _written_over(dirty, status):
-            await self._set_aside(fid, dirty, status, "another client changed the file")
-            if dirty.unsent:
-                return  # not this caller's writes: its close has nothing to report
-            raise FsError(
-                errno.EIO, "the file changed on the server; this client's data was set aside"
-            )
-        expected = status.data_version
-        mask = AFS_SETMODTIME | (AFS_FSYNC if sync else 0)
-        # A store that failed or was cut short said which mtime it sent: send that one
-        # again, so its version, if it landed after all, is still known as ours.
-        mtime = self._mtimes.get(fid) or (dirty.pending[1] if dirty.pending else 0)
-        mtime = mtime or int(time.time())
-        in_status = AFSStoreStatus(Mask=mask, ClientModTime=mtime)
-        for piece in store_plan(dirty, self.config.store_call_bytes):
-            # Said before sending: after a crash, that version may be ours (fs/unsent.py).
-            await self.cache.dirty.update(fid, pending=(expected + 1, mtime))
-            status = await self._store_piece(fid, vnode, token, piece, in_status, expected + 1)
-            if status.data_version != expected + 1:
-                log.warning(
-                    "%s: another client stored the file during this client's store "
-                    "(data version %d, expected %d)",
-                    _fid_name(fid), status.data_version, expected + 1,
-                )  # fmt: skip
-            expected = status.data_version
-            await self.cache.dirty.update(fid, base_version=expected, pending=None)
-        if status.size == dirty.length:
-            for index in sorted(dirty.chunks):
-                data = await self.cache.dirty.read_chunk(fid, index)
-                await self.reader.keep_chunk(fid, status.data_version, index, data)
-        await self.cache.dirty.discard(fid)
-        self._mtimes.pop(fid, None)
-        if dirty.unsent:
-            log.info("unsent data of %s (%d bytes) is stored", _fid_name(fid), dirty.length)
-
-    async def _set_aside(
-        self, fid: AfsFid, dirty: DirtyFile, server: Status | None, why: str
-    ) -> None:
-        """Move unsent data out of the way of the server's copy, where its writer finds it."""
-        leftover = await self.cache.set_aside(
-            fid,
-            reason=why,
-            server_version=server.data_version if server else None,
-            base_version=dirty.base_version,
-        )
-        self._mtimes.pop(fid, None)
-        self.stats.leftovers += 1
-        log.warning(
-            "%s: %s since this client wrote it; its %d unsent bytes (written over data "
-            "version %d, the server has %s) are kept as leftover %s: see "
-            "'afsfuse-ctl leftovers'",
-            _fid_name(fid), why, dirty.length, dirty.base_version,
-            server.data_version if server else "none", leftover.id,
-        )  # fmt: skip
-        self._notify(fid)
-
-    async def _store_unsent(self, fid: AfsFid) -> None:
-        """Store unsent data with its writer's token (fs/unsent.py calls this); FsError if
-        it still cannot be."""
-        try:
-            async with self._file_lock(fid):
-                dirty = self.store.dirty.get(fid)
-                if dirty is None or not dirty.unsent:
-                    return
-                who = Identity(*dirty.writer) if dirty.writer else Identity(0)
-                await self._store(fid, self._token(fid.cell, who), dirty, sync=True)
-        except RxAbort as e:
-            raise fs_error(e.code, "store") from None
 
     async def keep_unsent(self) -> None:
         """Put every dirty file kept in memory on disk (at unmount): unsent data outlives the
         daemon."""
-        for fid in self.store.dirty.held_in_memory_since(float("inf")):
-            with contextlib.suppress(KeyError):
-                await self.cache.dirty.persist(fid)
-
-    async def _store_piece(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        piece: StorePiece,
-        in_status: Any,
-        ours: int,
-    ) -> Status:
-        """One StoreData64.  `ours` is the data version it makes: that new version is our
-        own doing, and the kernel's copy of what we wrote must not be thrown away for it."""
-
-        async def call(conn: ClientConnection, server: FileServer) -> Any:
-            async with FS.StoreData64.stream(
-                conn, afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
-            ) as stream:
-                for index in piece.chunks:
-                    data = await self.cache.dirty.read_chunk(fid, index)
-                    await stream.send(data)
-            return stream.result
-
-        op = self.status.operation(token, "FS.StoreData64", vnode)
-        reply = await op.run(call)
-        self.stats.bytes_stored += piece.length
-        return op.commit(vnode, reply.OutStatus, ours=ours)
+        await self.writer.keep_unsent()
 
     @_boundary
     async def setattr(
@@ -880,40 +547,10 @@ class CacheManager:
     ) -> Status:
         """Change a file's status on the fileserver now (StoreStatus).  A new size is stored
         now too (truncate(2) has no close to wait for), with the file's other dirty data."""
-        token = self._token(fid.cell, who)
-        async with self._file_lock(fid):
-            if size is not None:
-                dirty = await self._truncate(fid, size, who)
-                if mtime is not None:
-                    self._mtimes[fid] = mtime
-                await self._store(fid, token, dirty, sync=False)
-            mask = 0
-            if mode is not None:
-                mask |= AFS_SETMODE
-            if mtime is not None:
-                mask |= AFS_SETMODTIME
-                if self.store.dirty.get(fid) is not None:
-                    self._mtimes[fid] = mtime  # the store to come sends it again
-            if owner is not None:
-                mask |= AFS_SETOWNER
-            if group is not None:
-                mask |= AFS_SETGROUP
-            if mask:
-                in_status = AFSStoreStatus(
-                    Mask=mask,
-                    ClientModTime=mtime or 0,
-                    Owner=owner or 0,
-                    Group=group or 0,
-                    UnixModeBits=(mode or 0) & 0o7777,
-                )
-                await self._store_status(fid, token, in_status)
+        await self.writer.setattr(
+            fid, who, mode=mode, mtime=mtime, owner=owner, group=group, size=size
+        )
         return await self.getattr(fid, who)
-
-    async def _store_status(self, fid: AfsFid, token: Token | None, in_status: Any) -> Status:
-        vnode = self.vnodes.get(fid)
-        op = self.status.operation(token, "FS.StoreStatus", vnode)
-        reply = await op.run(lambda conn, server: FS.StoreStatus(conn, afs_fid(fid), in_status))
-        return op.commit(vnode, reply.OutStatus)
 
     # -- names (fs/names.py) ---------------------------------------------------------------
 
@@ -966,20 +603,6 @@ class CacheManager:
         """Rename within a volume (EXDEV across volumes), replacing an existing target as
         rename(2) does."""
         await self.names.rename(src_dir, name, dst_dir, new_name, self._token(src_dir.cell, who))
-
-    async def _drop_dirty_if_gone(self, fid: AfsFid, token: Token | None) -> None:
-        """Unstored data of a file whose last name went has nowhere to go, as on a local
-        filesystem; a file with other links keeps it."""
-        if self.store.dirty.get(fid) is None:
-            return
-        try:
-            await self.status.fetch(fid, token)
-        except FsError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            async with self._file_lock(fid):
-                await self.cache.dirty.discard(fid)
-                self._mtimes.pop(fid, None)
 
     # -- volumes and access control lists (fs/acl_ops.py) -------------------------------
 
