@@ -184,8 +184,8 @@ class ChunkReader:
         `version` (the chunks are kept under the version they are)."""
         chunk = self.chunk_size
 
-        async def call(conn: ClientConnection, server: FileServer) -> Any:
-            pieces = []
+        async def call(conn: ClientConnection, server: FileServer) -> tuple[list[bytes], Any]:
+            pieces: list[bytes] = []
             async with FS.FetchData64.stream(
                 conn, afs_fid(fid), first * chunk, count * chunk
             ) as stream:

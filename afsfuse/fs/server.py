@@ -20,7 +20,7 @@ from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import FS
 from afsfuse.rx.rxkad import LEVELS_BY_NAME, RxkadClient
-from afsfuse.rx.security import RXNULL
+from afsfuse.rx.security import RXNULL, ClientSecurity
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class ServerTable:
             conn.close()
             conn = None
         if conn is None:
+            security: ClientSecurity
             if token is None:
                 security = RXNULL
             else:
@@ -167,7 +168,9 @@ class ServerTable:
             server._probing = None
             done.set()
 
-    async def run_prober(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run_prober(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Background task: probe the servers that are down, every probe_interval."""
         task_status.started()
         while True:
