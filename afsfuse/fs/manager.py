@@ -18,7 +18,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -53,13 +53,11 @@ from afsfuse.rx.interfaces.fs import (
     AFSCBMAX,
     PRSFS_READ,
 )
-from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-VolumeKind = Literal["rw", "ro", "bk", "auto"]
 Listener = Callable[[AfsFid | None], None]
 
 
@@ -314,37 +312,6 @@ class CacheManager:
         client = await self._vlclient(cell)
         self.stats.count_rpc("VL.GetEntryByNameU")
         return await client.locate(volume)
-
-    @_boundary
-    async def volume_root(self, cell: str, volume: str, kind: VolumeKind, who: Identity) -> AfsFid:
-        """The root fid of a volume named or numbered `volume`.  A .readonly/.backup suffix
-        or a numeric id decides the type by itself; otherwise `kind` does ("auto": RO when
-        the volume has RO sites, else RW).  ENOENT when there is no such volume."""
-        found = await self.cell(cell)
-        if found is None:
-            raise FsError(errno.ENOENT, f"unknown cell {cell}")
-        try:
-            location = await self.volumes.location(found.name, volume)
-        except RxAbort as e:
-            raise fs_error(e.code, f"volume {volume} in {found.name}") from None
-        if volume.isdigit():
-            volume_id = int(volume)
-            if location.type_of(volume_id) is None:
-                raise FsError(errno.ENOENT, f"volume {volume} in {found.name}")
-        else:
-            voltype = RWVOL
-            if volume.endswith(".readonly"):
-                voltype = ROVOL
-            elif volume.endswith(".backup"):
-                voltype = BACKVOL
-            elif kind == "ro" or (kind == "auto" and location.ro_id and location.sites[ROVOL]):
-                voltype = ROVOL
-            elif kind == "bk":
-                voltype = BACKVOL
-            volume_id = location.volume_ids[voltype]
-            if not volume_id or not location.sites[voltype]:
-                raise FsError(errno.ENOENT, f"volume {volume} has no {('RW', 'RO', 'BK')[voltype]}")
-        return AfsFid(found.name, volume_id, 1, 1)
 
     # -- status ------------------------------------------------------------------------
 
