@@ -7,8 +7,24 @@ while the callback promise holds; file data and directories are kept in the disk
 data version, so after a break, a restart or an expired promise one FetchStatus decides
 whether the cached bytes are still the file's.
 
-Every RPC goes through the Rotator (fs/rotate.py).  Every public method raises FsError and
-nothing else: unexpected exceptions are logged and turned into EIO at the boundary.
+Every RPC is an FsOperation (fs/operation.py) through the Rotator (fs/rotate.py).  Every
+public method raises FsError and nothing else: unexpected exceptions are logged and turned
+into EIO at the boundary.
+
+This is the façade: it builds the components and keeps the public API that vfs/ and ctl/
+call.  Where things are:
+
+- status, bulk status, commit status: fs/status.py;
+- directory listings and our own edits to them: fs/directories.py, fs/dir_edit.py;
+- chunks, reads and the read-ahead decision: fs/reader.py;
+- writes, truncation, stores and setting unsent data aside: fs/writer.py (stores retried in
+  the background: fs/unsent.py);
+- create, mkdir, symlink, link, unlink, rmdir, rename: fs/names.py;
+- ACLs, quotas and volume status: fs/acl_ops.py;
+- callback breaks, flushes, giving callbacks back: fs/invalidate.py.
+
+Over 500 lines: one documented method per public operation (the contract vfs/ and ctl/
+rely on), each a few lines of delegation; splitting them would split the API.
 """
 
 from __future__ import annotations
