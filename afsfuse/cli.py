@@ -33,6 +33,7 @@ from afsfuse.cache.store import CacheStore
 from afsfuse.config import (
     CALLBACK_PORT,
     DEFAULT_CONFIG,
+    SECURITY_LEVELS,
     Cells,
     ConfigError,
     MountConfig,
@@ -119,7 +120,7 @@ _MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         "else any free port)"}),
     (("--sysname",), {"action": "append", "metavar": "NAME",
         "help": "what @sys expands to, first match wins (repeatable)"}),
-    (("--security",), {"choices": ("clear", "auth", "crypt"),
+    (("--security",), {"choices": SECURITY_LEVELS,
         "help": "rxkad level for calls with a token (default crypt)"}),
     (("--max-tasks",), {"type": int, "metavar": "N",
         "help": "FUSE requests served at once (default 256)"}),

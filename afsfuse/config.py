@@ -24,13 +24,15 @@ from typing import Any
 
 from afsfuse.cache.store import parse_size
 from afsfuse.fs.sysname import check_sysnames, default_sysname
+from afsfuse.rx.connection import DEFAULT_DEAD_TIME
+from afsfuse.rx.rxkad import LEVELS_BY_NAME
 from afsfuse.vl import cellservdb
 
 DEFAULT_CONFIG = Path("/etc/afsfuse/afsfuse.toml")
 DEFAULT_CACHE_SIZE = 1 << 30
 #: The port OpenAFS cache managers use for callbacks; root's mount takes it when free.
 CALLBACK_PORT = 7001
-SECURITY_LEVELS = ("clear", "auth", "crypt")
+SECURITY_LEVELS = tuple(LEVELS_BY_NAME)
 
 #: Used when neither --cellservdb nor /etc/openafs/CellServDB exists; other cells are
 #: found through DNS.
@@ -65,7 +67,7 @@ class MountConfig:
     dns_server: list[tuple[str, int]] | None = None
     #: Seconds of silence after which a fileserver or VL call is given up and the server
     #: marked down, so rotation moves on to another site.
-    dead_time: float = 12.0
+    dead_time: float = DEFAULT_DEAD_TIME
     #: How long a request waits for fileservers (every site, read-ahead it needs included),
     #: counted from its start or from their last answer to it; past it, ETIMEDOUT.
     server_timeout: float = 120.0

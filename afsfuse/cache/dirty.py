@@ -38,6 +38,7 @@ it to a worker thread only when it must.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -403,7 +404,7 @@ class DirtyStore:
                 self._on_disk(fid, True)
         self.sync(fid)
 
-    def held_in_memory_since(self, before: float) -> list[FidKey]:
+    def held_in_memory_since(self, before: float) -> builtins.list[FidKey]:
         """Files kept in memory since before `before` (monotonic time)."""
         with self._lock:
             return [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from afsfuse.fs.cell import Cell
 from afsfuse.fs.errors import FsError
-from afsfuse.fs.manager import FileData, Shown
+from afsfuse.fs.reader import FileData, Shown
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.fs.volume import VolumeStatus
 from afsfuse.keyring.store import Identity

@@ -14,6 +14,8 @@ import logging
 import socket
 import struct
 import uuid
+from collections.abc import Sequence
+from typing import NoReturn
 
 from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.rx.driver import Endpoint, ServerCall
@@ -24,6 +26,7 @@ from afsfuse.rx.interfaces.cb import (
     CLIENT_CAPABILITY_ERRORTRANS,
     interfaceAddr,
 )
+from afsfuse.rx.interfaces.fs import AFSCallBack, AFSFid
 from afsfuse.rx.rpc import make_dispatcher
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,9 @@ class CacheManagerService:
 
     # -- the RPCs ----------------------------------------------------------------------
 
-    async def CallBack(self, call: ServerCall, Fids_Array, CallBacks_Array) -> None:
+    async def CallBack(
+        self, call: ServerCall, Fids_Array: Sequence[AFSFid], CallBacks_Array: Sequence[AFSCallBack]
+    ) -> None:
         server = call.peer[0]
         fids = [Fid(f.Volume, f.Vnode, f.Unique) for f in Fids_Array]
         log.debug("callback break from %s: %s", server, fids)
@@ -111,19 +116,19 @@ class CacheManagerService:
         self.registry.break_server(call.peer[0])
         return self._interfaces()
 
-    async def TellMeAboutYourself(self, call: ServerCall):
+    async def TellMeAboutYourself(self, call: ServerCall) -> tuple[interfaceAddr, tuple[int, ...]]:
         return self._interfaces(), (CLIENT_CAPABILITY_ERRORTRANS,)
 
     async def GetLocalCell(self, call: ServerCall) -> str:
         return self.local_cell
 
-    async def GetLock(self, call: ServerCall, index: int):
+    async def GetLock(self, call: ServerCall, index: int) -> NoReturn:
         raise RxAbort(_END_OF_LIST, "no locks held")
 
-    async def GetCE(self, call: ServerCall, index: int):
+    async def GetCE(self, call: ServerCall, index: int) -> NoReturn:
         raise RxAbort(_END_OF_LIST, "cache entry listing not provided")
 
-    async def GetCE64(self, call: ServerCall, index: int):
+    async def GetCE64(self, call: ServerCall, index: int) -> NoReturn:
         raise RxAbort(_END_OF_LIST, "cache entry listing not provided")
 
     async def XStatsVersion(self, call: ServerCall) -> int:

@@ -7,84 +7,74 @@ while the callback promise holds; file data and directories are kept in the disk
 data version, so after a break, a restart or an expired promise one FetchStatus decides
 whether the cached bytes are still the file's.
 
-Every RPC goes through the Rotator (fs/rotate.py).  Every public method raises FsError and
-nothing else: unexpected exceptions are logged and turned into EIO at the boundary.
+Every RPC is an FsOperation (fs/operation.py) through the Rotator (fs/rotate.py).  Every
+public method raises FsError and nothing else: unexpected exceptions are logged and turned
+into EIO at the boundary.
+
+This is the façade: it builds the components and keeps the public API that vfs/ and ctl/
+call.  Where things are:
+
+- status, bulk status, commit status: fs/status.py;
+- directory listings and our own edits to them: fs/directories.py, fs/dir_edit.py;
+- chunks, reads and the read-ahead decision: fs/reader.py;
+- writes, truncation, stores and setting unsent data aside: fs/writer.py (stores retried in
+  the background: fs/unsent.py);
+- create, mkdir, symlink, link, unlink, rmdir, rename: fs/names.py;
+- ACLs, quotas and volume status: fs/acl_ops.py;
+- callback breaks, flushes, giving callbacks back: fs/invalidate.py.
+
+Over 500 lines: one documented method per public operation (the contract vfs/ and ctl/
+rely on), each a few lines of delegation; splitting them would split the API.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import trio
 
 from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
-from afsfuse.cache.base import MAX_FILE_SIZE
-from afsfuse.cache.dirty import DirtyFile
-from afsfuse.cache.store import CacheStore, CleanItem
+from afsfuse.cache.store import CacheStore
 from afsfuse.fs import deadline
 from afsfuse.fs import dir as afsdir
-from afsfuse.fs.acl import Acl
-from afsfuse.fs.callback import Break, CallbackRegistry, Fid
+from afsfuse.fs.acl_ops import AclOps
+from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cell import Cell, CellDB
-from afsfuse.fs.chunkmem import ChunkKey, ChunkMemory
+from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
+from afsfuse.fs.dir_edit import Listing
+from afsfuse.fs.directories import DirectoryCache
 from afsfuse.fs.errors import FsError, fs_error
-from afsfuse.fs.mntpt import link_mode
+from afsfuse.fs.invalidate import Invalidator
+from afsfuse.fs.names import NameOps, encode_name
+from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
-from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
+from afsfuse.fs.server import ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
-from afsfuse.fs.unsent import UnsentData
-from afsfuse.fs.vnode import AfsFid, Status, Vnode, VnodeTable
+from afsfuse.fs.status import StatusKeeper
+from afsfuse.fs.vnode import AfsFid, Status, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
-from afsfuse.fs.writeback import StorePiece, store_plan
+from afsfuse.fs.writer import Writer
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
+from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import ClientConnection, Endpoint
-from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
+from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import (
-    AFS_FSYNC,
-    AFS_SETGROUP,
-    AFS_SETMAXQUOTA,
-    AFS_SETMODE,
-    AFS_SETMODTIME,
-    AFS_SETOWNER,
     AFSCBMAX,
-    CALLBACK_VERSION,
-    CB_DROPPED,
-    FS,
-    PRSFS_LOOKUP,
     PRSFS_READ,
-    PRSFS_WRITE,
-    AFSCallBack,
-    AFSFid,
-    AFSStoreStatus,
-    AFSStoreVolumeStatus,
 )
-from afsfuse.rx.interfaces.vl import BACKVOL, ROVOL, RWVOL
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-VolumeKind = Literal["rw", "ro", "bk", "auto"]
 Listener = Callable[[AfsFid | None], None]
-#: A change made to a parsed directory listing: our own change, as the fileserver made it.
-Listing = dict[bytes, afsdir.DirEntry]
-ListingEdit = Callable[[Listing], None]
-
-#: A directory blob is at most this big (1023 pages of 2 KiB).
-MAX_DIRECTORY = afsdir.MAX_PAGES * afsdir.PAGE_SIZE
-#: Status fetched for a directory listing, at most this many at a time without InlineBulkStatus.
-_STATUS_FANOUT = 8
 
 
 @dataclass(frozen=True)
@@ -93,7 +83,7 @@ class ManagerConfig:
     security: str = "crypt"
     #: Seconds of silence after which a fileserver call is given up (and the server marked
     #: down); VL calls use the same.
-    dead_time: float = 12.0
+    dead_time: float = DEFAULT_DEAD_TIME
     probe_timeout: float = 3.0
     probe_interval: float = 30.0
     #: How long a request waits for fileservers, from its start or their last answer to it
@@ -132,25 +122,11 @@ class ManagerConfig:
         )
 
     def rotation_config(self) -> RotationConfig:
-        return RotationConfig(self.rotation_timeout, self.busy_wait, self.max_busy_waits)
-
-
-#: A data version and the file length at that version.
-Shown = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class FileData:
-    """Bytes read from a file, and the data version and length they belong to (version None:
-    this mount's own data, not stored yet)."""
-
-    data: bytes
-    version: int | None
-    length: int
-
-
-class _DataVersionChanged(Exception):
-    """The file changed while a read was assembling chunks: start the read again."""
+        return RotationConfig(
+            timeout=self.rotation_timeout,
+            busy_wait=self.busy_wait,
+            max_busy_waits=self.max_busy_waits,
+        )
 
 
 def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -176,60 +152,8 @@ def _boundary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
     return guarded
 
 
-def _afs_fid(fid: AfsFid) -> Any:
-    return AFSFid(fid.volume, fid.vnode, fid.unique)
-
-
-def _encode_name(name: str | bytes) -> bytes:
-    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
-
-
-def _entry_name(name: str | bytes) -> bytes:
-    """A name a directory entry may have, as the bytes the fileserver takes."""
-    raw = _encode_name(name)
-    if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
-        raise FsError(errno.EINVAL, f"bad name {name!r}")
-    if len(raw) > afsdir.NAME_MAX:
-        raise FsError(errno.ENAMETOOLONG)
-    return raw
-
-
-def _adding(name: bytes, vnode: int, unique: int) -> ListingEdit:
-    def add(entries: Listing) -> None:
-        entries[name] = afsdir.DirEntry(vnode, unique)
-
-    return add
-
-
-def _removing(name: bytes) -> ListingEdit:
-    def remove(entries: Listing) -> None:
-        del entries[name]
-
-    return remove
-
-
-def _renaming(old: bytes, new: bytes) -> ListingEdit:
-    def rename(entries: Listing) -> None:
-        entries[new] = entries.pop(old)
-
-    return rename
-
-
-def _written_over(dirty: DirtyFile, server: Status) -> bool:
-    """May `dirty` be stored over the server's copy at `server`?  Only over the version it
-    was written over, or over the version a store of its own left when the daemon stopped
-    mid-store (known by the modification time that store sent)."""
-    if server.data_version == dirty.base_version:
-        return True
-    return dirty.pending is not None and dirty.pending == (server.data_version, server.mtime)
-
-
 def _fid_name(fid: AfsFid) -> str:
     return f"{fid.cell} fid {fid.volume}.{fid.vnode}.{fid.unique}"
-
-
-#: What a reply without a callback promise (StoreData, StoreStatus, Symlink...) stands with.
-_NO_CALLBACK = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
 
 
 class CacheManager:
@@ -255,34 +179,79 @@ class CacheManager:
         self.registry = registry or CallbackRegistry()
         self.cb_service = CacheManagerService(self.registry, local_cell=cells.this_cell)
         self.cb_service.install(endpoint)
-        self.registry.add_listener(self._on_break)
         self.servers = ServerTable(endpoint, config.server_config())
         tokens.on_forget(self.servers.forget_token)
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
         self.rotator = Rotator(self.servers, self.volumes, config.rotation_config(), stats)
         self.vnodes = VnodeTable()
+        self.status = StatusKeeper(
+            self.vnodes,
+            self.registry,
+            self.rotator,
+            stats,
+            callback_margin=config.callback_margin,
+            replaced=self._replaced,
+        )
         self._vl: dict[str, VLClient] = {}
         self._listeners: list[Listener] = []
-        #: Parsed directories by fid: (data version, entries).  Our own changes are made to
-        #: these in memory (see _take_dir_status), so an entry may be ahead of the disk cache.
-        self._dirs: OrderedDict[AfsFid, tuple[int, Listing]] = OrderedDict()
-        #: Chunks being fetched or loaded: readers of the same chunk wait for the event.
-        self._inflight: dict[ChunkKey, trio.Event] = {}
         self._memory = ChunkMemory(config.chunk_memory)
         #: Fetched and stored data on its way to the disk cache, in batches.
         self._clean_writer = CleanWriter(self.cache, config.write_behind_chunks)
-        self._sequential: dict[AfsFid, int] = {}
         self._nursery: trio.Nursery | None = None
-        #: Per-file locks that put writers, truncations and stores of one file in a row.
-        self._file_locks: dict[AfsFid, tuple[trio.Lock, int]] = {}
-        #: Modification time of dirty files, sent with their store.
-        self._mtimes: dict[AfsFid, int] = {}
-        self._unsent = UnsentData(
-            self.cache.dirty,
-            self._store_unsent,
-            interval=config.store_retry,
-            memory_age=config.dirty_memory_age,
-            max_interval=8 * config.store_retry,
+        self.dirs = DirectoryCache(
+            self.status,
+            self.cache,
+            self._clean_writer,
+            stats,
+            limit=config.directory_memory,
+        )
+        self.acls = AclOps(self.status, self._notify)
+        self.names = NameOps(
+            self.status,
+            self.dirs,
+            notify=self._notify,
+            local_view=self._local_view,
+            unlinked=lambda fid, token: self.writer.drop_dirty_if_gone(fid, token),
+        )
+        self.invalidator = Invalidator(
+            self.vnodes,
+            self.dirs,
+            self._memory,
+            self._clean_writer,
+            self.cache,
+            self.volumes,
+            self.registry,
+            self.servers,
+            stats,
+            notify=self._notify,
+            known_cells=self.known_cells,
+            probe_timeout=config.probe_timeout,
+        )
+        self.registry.add_listener(self.invalidator.on_break)
+        self.reader = ChunkReader(
+            self.status,
+            self.cache,
+            self._clean_writer,
+            self._memory,
+            stats,
+            chunk_size=store.chunk_size,
+            timeout=config.rotation_timeout,
+            window=config.readahead_chunks,
+            call_chunks=config.readahead_call_chunks,
+            changed=self._notify,
+            nursery=lambda: self._nursery,
+        )
+        self.writer = Writer(
+            self.status,
+            store,
+            self.cache,
+            self.reader,
+            stats,
+            token_for=self._token,
+            notify=self._notify,
+            store_call_bytes=config.store_call_bytes,
+            store_retry=config.store_retry,
+            dirty_memory_age=config.dirty_memory_age,
         )
 
     @property
@@ -300,7 +269,7 @@ class CacheManager:
             try:
                 nursery.start_soon(self.servers.run_prober)
                 await nursery.start(self._clean_writer.run)
-                await nursery.start(self._unsent.run)
+                await nursery.start(self.writer.unsent.run)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -310,6 +279,11 @@ class CacheManager:
         """`callback(fid)` after a callback break or a data-version change of `fid`;
         `callback(None)` when everything was dropped."""
         self._listeners.append(callback)
+
+    def _replaced(self, fid: AfsFid) -> None:
+        """A reply showed a data version of `fid` someone else made."""
+        self.dirs.drop(fid)
+        self._notify(fid)
 
     def _notify(self, fid: AfsFid | None) -> None:
         for listener in list(self._listeners):
@@ -355,37 +329,6 @@ class CacheManager:
         self.stats.count_rpc("VL.GetEntryByNameU")
         return await client.locate(volume)
 
-    @_boundary
-    async def volume_root(self, cell: str, volume: str, kind: VolumeKind, who: Identity) -> AfsFid:
-        """The root fid of a volume named or numbered `volume`.  A .readonly/.backup suffix
-        or a numeric id decides the type by itself; otherwise `kind` does ("auto": RO when
-        the volume has RO sites, else RW).  ENOENT when there is no such volume."""
-        found = await self.cell(cell)
-        if found is None:
-            raise FsError(errno.ENOENT, f"unknown cell {cell}")
-        try:
-            location = await self.volumes.location(found.name, volume)
-        except RxAbort as e:
-            raise fs_error(e.code, f"volume {volume} in {found.name}") from None
-        if volume.isdigit():
-            volume_id = int(volume)
-            if location.type_of(volume_id) is None:
-                raise FsError(errno.ENOENT, f"volume {volume} in {found.name}")
-        else:
-            voltype = RWVOL
-            if volume.endswith(".readonly"):
-                voltype = ROVOL
-            elif volume.endswith(".backup"):
-                voltype = BACKVOL
-            elif kind == "ro" or (kind == "auto" and location.ro_id and location.sites[ROVOL]):
-                voltype = ROVOL
-            elif kind == "bk":
-                voltype = BACKVOL
-            volume_id = location.volume_ids[voltype]
-            if not volume_id or not location.sites[voltype]:
-                raise FsError(errno.ENOENT, f"volume {volume} has no {('RW', 'RO', 'BK')[voltype]}")
-        return AfsFid(found.name, volume_id, 1, 1)
-
     # -- status ------------------------------------------------------------------------
 
     def _token(self, cell: str, who: Identity) -> Token | None:
@@ -402,105 +345,7 @@ class CacheManager:
             assert vnode.status is not None
             self.stats.status_hits += 1
             return self._local_view(vnode.status.with_access(rights), fid)
-        return self._local_view(await self._fetch_status(fid, token), fid)
-
-    async def _fetch_status(self, fid: AfsFid, token: Token | None) -> Status:
-        vnode = self.vnodes.get(fid)
-        breaks = vnode.breaks
-        self.stats.status_misses += 1
-
-        async def op(conn: ClientConnection, server: FileServer) -> tuple[FileServer, float, Any]:
-            sent = trio.current_time()
-            return server, sent, await FS.FetchStatus(conn, _afs_fid(fid))
-
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.FetchStatus", op
-        )
-        return self._absorb_fetched(
-            vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks
-        )
-
-    def _absorb(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-        ours: int | None = None,
-    ) -> Status:
-        """Take a status (and the callback that came with it) from a reply made with
-        `token`, sent at `sent` while `vnode.breaks` was `breaks`.  A new data version drops
-        the parsed directory and tells the listeners, unless it is `ours`: the version our
-        own change made, which the caller has already applied."""
-        status = Status.from_afs(afs_status)
-        previous = vnode.status
-        if (
-            previous is not None
-            and status.data_version < previous.data_version
-            and sent < vnode.status_taken
-        ):
-            # Overtaken: asked for before the held status came, answered before the change
-            # it shows.  What it returned is its own version's (its data is labelled with
-            # it), but the file is past that version.
-            return status
-        vnode.status = status
-        vnode.status_taken = trio.current_time()
-        if vnode.breaks != breaks:
-            # A break arrived while we waited: the promise may already be gone.
-            vnode.cb_expires = 0.0
-            vnode.access.clear()
-        elif callback.CallBackType != CB_DROPPED and callback.ExpirationTime > 0:
-            expires = sent + callback.ExpirationTime - self.config.callback_margin
-            if expires > trio.current_time():
-                if vnode.cb_server != server.addr or vnode.cb_expires <= trio.current_time():
-                    vnode.access.clear()
-                vnode.cb_server = server.addr
-                vnode.cb_expires = expires
-                vnode.access[token] = status.caller_access
-                fid = vnode.fid
-                self.registry.promise(server.addr, Fid(fid.volume, fid.vnode, fid.unique), expires)
-        if (
-            previous is not None
-            and previous.data_version != status.data_version
-            and status.data_version != ours
-        ):
-            self._dirs.pop(vnode.fid, None)
-            self._notify(vnode.fid)
-        return status
-
-    def _absorb_fetched(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-    ) -> Status:
-        """`_absorb` for a status the server was asked for (FetchStatus, InlineBulkStatus),
-        answering with the file's status: a reply `_absorb` found overtaken (our own store,
-        typically, whose reply came first) gives the held status, with the caller's rights
-        from the reply.  Giving the kernel the reply's length would be the length from
-        before our writes, and O_APPEND would write there."""
-        status = self._absorb(vnode, token, afs_status, callback, server, sent, breaks)
-        held = vnode.status
-        if held is not None and held.data_version > status.data_version:
-            return held.with_access(status.caller_access)
-        return status
-
-    async def _status_for(
-        self, fid: AfsFid, token: Token | None, wanted: int
-    ) -> tuple[Vnode, bool]:
-        """The vnode with a current status, and whether `token` surely has `wanted` rights
-        on it (False: let the fileserver decide, by asking it with that token)."""
-        vnode = self.vnodes.get(fid)
-        if not vnode.allows(token, wanted, trio.current_time()):
-            await self._fetch_status(fid, token)
-        return vnode, vnode.allows(token, wanted, trio.current_time())
+        return self._local_view(await self.status.fetch(fid, token), fid)
 
     @_boundary
     async def bulk_status(self, fids: Sequence[AfsFid], who: Identity) -> list[Status | FsError]:
@@ -511,7 +356,7 @@ class CacheManager:
         Each status is this mount's view (`_local_view`) at the moment it was taken: a held
         status together with the dirty state of that same moment, a fetched one with the
         dirty state its reply finds (or the held one, if our store overtook the reply: see
-        `_absorb_fetched`).  Joining a held status to the dirty state of later, after
+        `StatusKeeper.commit_fetched`).  Joining a held status to the dirty state of later, after
         waiting for the fetches, would pair the server's length from before a store with no
         dirty data once that store ended meanwhile: the length from before the writes,
         given to the kernel after them, and O_APPEND writes there."""
@@ -532,137 +377,22 @@ class CacheManager:
             token = self._token(cell, who)
             for start in range(0, len(indexes), AFSCBMAX):
                 batch = indexes[start : start + AFSCBMAX]
-                statuses = await self._bulk(cell, volume, [fids[i] for i in batch], token)
+                statuses = await self.status.bulk(cell, volume, [fids[i] for i in batch], token)
                 for i, status in zip(batch, statuses, strict=True):
                     results[i] = (
                         self._local_view(status, fids[i]) if isinstance(status, Status) else status
                     )
         return [r for r in results if r is not None]
 
-    async def _bulk(
-        self, cell: str, volume: int, fids: list[AfsFid], token: Token | None
-    ) -> list[Status | FsError]:
-        vnodes = [self.vnodes.get(fid) for fid in fids]
-        breaks = [v.breaks for v in vnodes]
-        self.stats.status_misses += len(fids)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            if server.no_inline_bulk:
-                return server, 0.0, None
-            sent = trio.current_time()
-            try:
-                return server, sent, await FS.InlineBulkStatus(conn, [_afs_fid(f) for f in fids])
-            except RxAbort as e:
-                if e.code != RXGEN_OPCODE:
-                    raise
-                server.no_inline_bulk = True
-                return server, sent, None
-
-        server, sent, reply = await self.rotator.call(
-            cell, volume, token, "FS.InlineBulkStatus", op
-        )
-        if reply is None:
-            return await self._status_one_by_one(fids, token)
-        if len(reply.StatArray) != len(fids):
-            log.error("InlineBulkStatus: %d statuses for %d fids", len(reply.StatArray), len(fids))
-            raise FsError(errno.EIO, "InlineBulkStatus reply does not match the request")
-        callbacks = list(reply.CBArray) + [None] * (len(fids) - len(reply.CBArray))
-        out: list[Status | FsError] = []
-        for vnode, before, afs_status, callback in zip(
-            vnodes, breaks, reply.StatArray, callbacks, strict=True
-        ):
-            if afs_status.errorCode:
-                out.append(fs_error(afs_status.errorCode, f"status of {tuple(vnode.fid)}"))
-                continue
-            out.append(
-                self._absorb_fetched(
-                    vnode, token, afs_status, callback or _NO_CALLBACK, server, sent, before
-                )
-            )
-        return out
-
-    async def _status_one_by_one(
-        self, fids: list[AfsFid], token: Token | None
-    ) -> list[Status | FsError]:
-        out: list[Status | FsError | None] = [None] * len(fids)
-        limit = trio.Semaphore(_STATUS_FANOUT)
-
-        async def one(i: int) -> None:
-            async with limit:
-                try:
-                    out[i] = await self._fetch_status(fids[i], token)
-                except FsError as e:
-                    out[i] = e
-
-        async with trio.open_nursery() as nursery:
-            for i in range(len(fids)):
-                nursery.start_soon(one, i)
-        return [r for r in out if r is not None]
-
     # -- directories -------------------------------------------------------------------
 
     async def _directory(self, fid: AfsFid, who: Identity) -> Listing:
-        token = self._token(fid.cell, who)
-        vnode, trusted = await self._status_for(fid, token, PRSFS_LOOKUP)
-        assert vnode.status is not None
-        if not vnode.status.is_dir:
-            raise FsError(errno.ENOTDIR)
-        if not trusted:
-            rights = vnode.rights(token, trio.current_time())
-            if rights is not None:
-                # A directory's CallerAccess is its ACL for this caller: the server's word.
-                raise FsError(errno.EACCES)
-        for _ in range(3):
-            version = vnode.status.data_version
-            held = self._dirs.get(fid)
-            if trusted and held is not None and held[0] == version:
-                self._dirs.move_to_end(fid)
-                self.stats.data_hits += 1
-                return held[1]
-            blob = None
-            if trusted:
-                blob = await self.cache.get_dir(fid, version)
-            if blob is not None:
-                self.stats.data_hits += 1
-            else:
-                self.stats.data_misses += 1
-                fetched_version, blob = await self._fetch_whole(fid, token, vnode)
-                if fetched_version != version:
-                    continue  # changed under us: go again with the new version
-                await self._clean_writer.put(CleanItem(fid, version, None, blob))
-            parsed = afsdir.parse_directory(blob)
-            self._keep_listing(fid, version, parsed)
-            return parsed
-        raise FsError(errno.EIO, "directory keeps changing while being read")
-
-    def _keep_listing(self, fid: AfsFid, version: int, entries: Listing) -> None:
-        self._dirs[fid] = (version, entries)
-        self._dirs.move_to_end(fid)
-        while len(self._dirs) > self.config.directory_memory:
-            self._dirs.popitem(last=False)
-
-    async def _fetch_whole(
-        self, fid: AfsFid, token: Token | None, vnode: Vnode
-    ) -> tuple[int, bytes]:
-        """The whole contents of a (small) vnode: directory or symlink."""
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            data, reply = await FS.FetchData64(conn, _afs_fid(fid), 0, MAX_DIRECTORY)
-            return server, sent, data, reply
-
-        server, sent, data, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.FetchData64", op
-        )
-        self.stats.bytes_fetched += len(data)
-        status = self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
-        return status.data_version, data
+        return await self.dirs.listing(fid, self._token(fid.cell, who))
 
     @_boundary
     async def lookup(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> AfsFid:
         entries = await self._directory(dir_fid, who)
-        entry = entries.get(_encode_name(name))
+        entry = entries.get(encode_name(name))
         if entry is None:
             raise FsError(errno.ENOENT, f"{name!r} not found")
         return AfsFid(dir_fid.cell, dir_fid.volume, entry.vnode, entry.unique)
@@ -700,14 +430,14 @@ class CacheManager:
         for _ in range(3):
             try:
                 return await self._read(fid, offset, size, token, shown)
-            except _DataVersionChanged:
+            except DataVersionChanged:
                 shown = None
         raise FsError(errno.EIO, "file keeps changing while being read")
 
     async def _read(
         self, fid: AfsFid, offset: int, size: int, token: Token | None, shown: Shown | None
     ) -> FileData:
-        vnode, trusted = await self._status_for(fid, token, PRSFS_READ)
+        vnode, trusted = await self.status.status_for(fid, token, PRSFS_READ)
         status = vnode.status
         assert status is not None
         if status.is_dir:
@@ -715,210 +445,11 @@ class CacheManager:
         # The owner-read bit is checked by the server for ordinary users; a cached copy is
         # only handed out when the server would surely agree.
         trusted = trusted and bool(status.mode & 0o400)
-        dirty = self._shown_dirty(fid, status)
+        dirty = self.writer.shown_dirty(fid, status)
         if dirty is not None:
-            data = await self._read_dirty(fid, vnode, token, dirty, offset, size, trusted)
+            data = await self.writer.read_dirty(fid, vnode, token, dirty, offset, size, trusted)
             return FileData(data, None, dirty.length)
-        chunk = self.store.chunk_size
-        current = status.data_version
-        version, length = current, status.size
-        if trusted and shown is not None and shown[0] != current:
-            end = min(offset + size, shown[1])
-            indexes = range(offset // chunk, (end - 1) // chunk + 1)
-            if all((fid, shown[0], i) in self._memory for i in indexes):
-                version, length = shown
-        size = min(size, length - offset)
-        if size <= 0:
-            return FileData(b"", version, length)
-        first, last = offset // chunk, (offset + size - 1) // chunk
-        self._read_ahead(fid, vnode, token, offset, last, current)
-        start = offset - first * chunk
-        if first == last:
-            data = await self._chunk(fid, vnode, token, version, first, trusted)
-            out = data[start : start + size] if start or size < len(data) else data
-        else:
-            pieces = [
-                await self._chunk(fid, vnode, token, version, index, trusted)
-                for index in range(first, last + 1)
-            ]
-            out = b"".join(pieces)[start : start + size]
-        assert vnode.status is not None
-        if vnode.status.data_version != version:
-            # Pages of a version the file is past may now be in the kernel's cache, put
-            # there after the change was pushed to the kernel: push it again.
-            self._notify(fid)
-        self.stats.bytes_served += len(out)
-        return FileData(out, version, length)
-
-    async def _chunk(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        version: int,
-        index: int,
-        trusted: bool,
-    ) -> bytes:
-        key = (fid, version, index)
-        if trusted:
-            data = self._memory.get(key)
-            if data is None and (waiting := self._inflight.get(key)) is not None:
-                await deadline.wait_for(waiting, self.config.rotation_timeout, "read-ahead")
-                data = self._memory.get(key)
-            if data is None:
-                data = await self.cache.get_chunk(fid, version, index)
-                if data is not None:
-                    self._memory.put(key, data)
-            if data is not None:
-                self.stats.data_hits += 1
-                return data
-        self.stats.data_misses += 1
-        return await self._fetch_chunk(fid, vnode, token, version, index)
-
-    async def _fetch_chunk(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, index: int
-    ) -> bytes:
-        key = (fid, version, index)
-        done = trio.Event()
-        self._inflight.setdefault(key, done)
-        try:
-            chunks = await self._fetch_run(fid, vnode, token, version, index, 1)
-            return chunks[0]
-        finally:
-            self._settle(key, done)
-
-    def _settle(self, key: ChunkKey, event: trio.Event) -> None:
-        if self._inflight.get(key) is event:
-            del self._inflight[key]
-        event.set()
-
-    async def _fetch_run(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, first: int, count: int
-    ) -> list[bytes]:
-        """Chunks first..first+count-1 in one FetchData64, kept in memory and written to the
-        disk cache behind the reader; _DataVersionChanged if the file is no longer at
-        `version` (the chunks are kept under the version they are)."""
-        chunk = self.store.chunk_size
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            pieces = []
-            async with FS.FetchData64.stream(
-                conn, _afs_fid(fid), first * chunk, count * chunk
-            ) as stream:
-                while stream.remaining:
-                    pieces.append(await stream.read(chunk))
-            return server, sent, pieces, stream.result
-
-        server, sent, pieces, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.FetchData64", op
-        )
-        self.stats.bytes_fetched += sum(map(len, pieces))
-        status = self._absorb(vnode, token, reply.OutStatus, reply.CallBack, server, sent, breaks)
-        if not pieces:
-            pieces.append(b"")  # at or past the end: an empty chunk
-        for offset, data in enumerate(pieces):
-            await self._keep_chunk(fid, status.data_version, first + offset, data)
-        if status.data_version != version:
-            raise _DataVersionChanged
-        return pieces
-
-    async def _keep_chunk(self, fid: AfsFid, version: int, index: int, data: bytes) -> None:
-        """Into memory now, into the disk cache behind the reader."""
-        self._memory.put((fid, version, index), data)
-        await self._clean_writer.put(CleanItem(fid, version, index, data))
-
-    def _read_ahead(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, offset: int, last: int, version: int
-    ) -> None:
-        """A reader that continues where it stopped gets the chunks after `last` fetched
-        (or loaded from the disk cache) in the background.  The window is refilled a
-        call's worth of chunks at a time, so each read-ahead call carries several."""
-        chunk = self.store.chunk_size
-        expected = self._sequential.get(fid)
-        self._sequential[fid] = (last + 1) * chunk
-        window = self.config.readahead_chunks
-        if self._nursery is None or not window:
-            return
-        continues = expected is not None and expected - chunk <= offset <= expected
-        if offset != 0 and not continues:
-            return
-        assert vnode.status is not None
-        end = min(last + 1 + window, (vnode.status.size + chunk - 1) // chunk)
-        wanted = [
-            i
-            for i in range(last + 1, end)
-            if (fid, version, i) not in self._inflight and (fid, version, i) not in self._memory
-        ]
-        batch = max(1, self.config.readahead_call_chunks)
-        if not wanted or (len(wanted) < batch and wanted[-1] != end - 1):
-            return
-        claimed = {i: trio.Event() for i in wanted}
-        for i, event in claimed.items():
-            self._inflight[(fid, version, i)] = event
-        self._nursery.start_soon(self._prefetch, fid, vnode, token, version, claimed)
-
-    async def _prefetch(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        version: int,
-        claimed: dict[int, trio.Event],
-    ) -> None:
-        """Chunks the disk cache holds are loaded into memory; runs of the others are
-        fetched, several chunks per call.  Every claimed chunk is settled at the end."""
-        try:
-            record = await self.cache.get_record(fid)
-            cached = record.chunks if record is not None and record.data_version == version else ()
-            missing = [i for i in claimed if i not in cached]
-            runs: list[list[int]] = []
-            for i in missing:
-                if (
-                    runs
-                    and runs[-1][-1] == i - 1
-                    and len(runs[-1]) < self.config.readahead_call_chunks
-                ):
-                    runs[-1].append(i)
-                else:
-                    runs.append([i])
-            async with trio.open_nursery() as nursery:
-                for i in claimed:
-                    if i in cached:
-                        nursery.start_soon(self._load_ahead, fid, version, i, claimed[i])
-                for run in runs:
-                    nursery.start_soon(self._fetch_ahead, fid, vnode, token, version, run, claimed)
-        except Exception:
-            log.exception("read-ahead of %s failed", tuple(fid))
-        finally:
-            for i, event in claimed.items():
-                self._settle((fid, version, i), event)
-
-    async def _load_ahead(self, fid: AfsFid, version: int, index: int, event: trio.Event) -> None:
-        try:
-            data = await self.cache.get_chunk(fid, version, index)
-            if data is not None:
-                self._memory.put((fid, version, index), data)
-        finally:
-            self._settle((fid, version, index), event)
-
-    async def _fetch_ahead(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        version: int,
-        run: list[int],
-        claimed: dict[int, trio.Event],
-    ) -> None:
-        try:
-            await self._fetch_run(fid, vnode, token, version, run[0], len(run))
-        except (FsError, RxAbort, _DataVersionChanged) as e:
-            log.debug("read-ahead of %s chunks %d-%d: %s", tuple(fid), run[0], run[-1], e)
-        finally:
-            for i in run:
-                self._settle((fid, version, i), claimed[i])
+        return await self.reader.read(fid, vnode, token, status, offset, size, shown, trusted)
 
     @_boundary
     async def readlink(self, fid: AfsFid, who: Identity) -> bytes:
@@ -926,209 +457,39 @@ class CacheManager:
         token = self._token(fid.cell, who)
         for _ in range(3):
             try:
-                vnode, _ = await self._status_for(fid, token, PRSFS_READ)
+                vnode, _ = await self.status.status_for(fid, token, PRSFS_READ)
                 assert vnode.status is not None
                 if not vnode.status.is_symlink:
                     raise FsError(errno.EINVAL, "not a symlink")
                 return (await self._read(fid, 0, vnode.status.size, token, None)).data
-            except _DataVersionChanged:
+            except DataVersionChanged:
                 continue
         raise FsError(errno.EIO, "link keeps changing while being read")
 
-    # -- dirty files: what this machine sees before the fileserver does -----------------
+    # -- writing (fs/writer.py) ------------------------------------------------------------
 
     def _local_view(self, status: Status, fid: AfsFid) -> Status:
-        """`status` as seen here: the length and time of data not yet stored count."""
-        dirty = self._shown_dirty(fid, status)
-        if dirty is None:
-            return status
-        return replace(status, size=dirty.length, mtime=self._mtimes.get(fid, status.mtime))
-
-    def _shown_dirty(self, fid: AfsFid, status: Status) -> DirtyFile | None:
-        """The dirty state this mount shows for `fid` with the server at `status`: none for
-        unsent data written over a version the server no longer has (it is set aside in the
-        background, and the server's copy is what the file is)."""
-        dirty = self.store.dirty.get(fid)
-        if dirty is not None and dirty.unsent and not _written_over(dirty, status):
-            if self._unsent is not None:
-                self._unsent.poke()
-            return None
-        return dirty
-
-    async def _read_dirty(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        dirty: DirtyFile,
-        offset: int,
-        size: int,
-        trusted: bool,
-    ) -> bytes:
-        """Read-your-writes: dirty chunks from the dirty store, zeros where a truncation cut
-        the clean bytes off, the fileserver's bytes elsewhere (cache/dirty.py's rules)."""
-        if not trusted:
-            raise FsError(errno.EACCES)
-        size = min(size, dirty.length - offset)
-        if size <= 0:
-            return b""
-        chunk = dirty.chunk_size
-        first, last = offset // chunk, (offset + size - 1) // chunk
-        pieces = [
-            await self._dirty_chunk(fid, vnode, token, dirty, index)
-            for index in range(first, last + 1)
-        ]
-        start = offset - first * chunk
-        out = b"".join(pieces)[start : start + size]
-        self.stats.bytes_served += len(out)
-        return out
-
-    async def _dirty_chunk(
-        self, fid: AfsFid, vnode: Vnode, token: Token | None, dirty: DirtyFile, index: int
-    ) -> bytes:
-        start = index * dirty.chunk_size
-        want = min(dirty.chunk_size, dirty.length - start)
-        if index in dirty.chunks:
-            try:
-                return await self.cache.dirty.read_chunk(fid, index)
-            except KeyError:
-                raise _DataVersionChanged from None  # stored or cut meanwhile: read again
-        keep = max(0, min(want, dirty.zero_from - start))
-        clean = b""
-        if keep:
-            # The version the writes went over, even if another client has stored since:
-            # from memory or the disk cache, else _DataVersionChanged (the server has only
-            # the newer one), never a mix of the two.
-            version = dirty.base_version
-            clean = await self._chunk(fid, vnode, token, version, index, True)
-        return clean[:keep].ljust(want, b"\0")
-
-    # -- writing -----------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _file_lock(self, fid: AfsFid) -> AsyncIterator[None]:
-        """One writer, truncation or store of a file at a time; readers never wait."""
-        lock, users = self._file_locks.get(fid, (None, 0))
-        lock = lock or trio.Lock()
-        self._file_locks[fid] = (lock, users + 1)
-        try:
-            try:
-                # Nearly always free: taking it without the two checkpoints of acquire()
-                # saves ~10 us on every write, and writes come 10 KiB at a time from tar.
-                lock.acquire_nowait()
-            except trio.WouldBlock:
-                await lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            lock, users = self._file_locks[fid]
-            if users == 1:
-                del self._file_locks[fid]
-            else:
-                self._file_locks[fid] = (lock, users - 1)
-
-    async def _writable(self, fid: AfsFid, token: Token | None) -> Vnode:
-        """The vnode of a regular file, with a current status; EACCES when its rights for
-        `token` are known and lack write (the fileserver judges the rest when storing)."""
-        vnode, trusted = await self._status_for(fid, token, PRSFS_WRITE)
-        assert vnode.status is not None
-        if vnode.status.is_dir:
-            raise FsError(errno.EISDIR)
-        if not vnode.status.is_file:
-            raise FsError(errno.EINVAL, "not a regular file")
-        if not trusted and vnode.rights(token, trio.current_time()) is not None:
-            raise FsError(errno.EACCES)
-        return vnode
-
-    async def _begin(self, fid: AfsFid, vnode: Vnode, who: Identity) -> DirtyFile:
-        """The dirty state a write goes into.  Unsent data left by a failed store or an
-        earlier run, written over a version the server no longer has, is set aside first:
-        the new write starts from the server's copy."""
-        assert vnode.status is not None
-        status = vnode.status
-        dirty = self.store.dirty.get(fid)
-        if dirty is not None and dirty.unsent and not _written_over(dirty, status):
-            await self._set_aside(fid, dirty, status, "the file changed on the server")
-            dirty = None
-        if dirty is None:
-            writer = (who.uid, who.pag)
-            dirty = await self.cache.dirty.begin(fid, status.data_version, status.size, writer)
-        return dirty
+        return self.writer.local_view(status, fid)
 
     @_boundary
     async def open(self, fid: AfsFid, who: Identity, *, write: bool) -> Status:
         """Check that `who` may open `fid` (for writing: EACCES now, as a local filesystem
         would, rather than at close); the status as getattr gives it."""
         if write:
-            await self._writable(fid, self._token(fid.cell, who))
+            await self.writer.writable(fid, self._token(fid.cell, who))
         return await self.getattr(fid, who)
 
     @_boundary
     async def write(self, fid: AfsFid, offset: int, data: bytes, who: Identity) -> int:
-        """Write into the local copy; it reaches the fileserver at store_data/fsync.  Returns the
-        bytes written."""
-        if offset < 0:
-            raise FsError(errno.EINVAL)
-        if offset + len(data) > MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG)  # before the cache's own filesystem says so
-        token = self._token(fid.cell, who)
-        async with self._file_lock(fid):
-            for _ in range(3):
-                vnode = await self._writable(fid, token)
-                dirty = await self._begin(fid, vnode, who)
-                try:
-                    bases = await self._bases(fid, vnode, token, dirty, offset, len(data))
-                except _DataVersionChanged:
-                    continue
-                await self.cache.dirty.write(fid, offset, data, bases)
-                self._mtimes[fid] = int(time.time())
-                return len(data)
-        raise FsError(errno.EIO, "file keeps changing while being written")
-
-    async def _bases(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        dirty: DirtyFile,
-        offset: int,
-        size: int,
-    ) -> dict[int, bytes]:
-        """The clean content of the chunks a write makes dirty; none for a chunk the write
-        covers whole, since none of its clean bytes survive."""
-        chunk = dirty.chunk_size
-        end = offset + size
-        length = max(dirty.length, end)
-        bases = {}
-        for index in dirty.needs_base(offset, size):
-            start = index * chunk
-            if offset <= start and end >= min(start + chunk, length):
-                bases[index] = b""
-                continue
-            assert vnode.status is not None
-            trusted = vnode.allows(token, PRSFS_READ, trio.current_time())
-            version = dirty.base_version  # as in _dirty_chunk: one version under the writes
-            bases[index] = await self._chunk(fid, vnode, token, version, index, trusted)
-        return bases
+        """Write into the local copy; it reaches the fileserver at store_data/fsync.  Returns
+        the bytes written."""
+        return await self.writer.write(fid, offset, data, who)
 
     @_boundary
     async def truncate(self, fid: AfsFid, length: int, who: Identity) -> None:
         """Set the length of the local copy (growing leaves a hole); stored with the rest at
         store_data/fsync.  For truncate(2) without an open file, see setattr(size=)."""
-        async with self._file_lock(fid):
-            await self._truncate(fid, length, who)
-
-    async def _truncate(self, fid: AfsFid, length: int, who: Identity) -> DirtyFile:
-        if length < 0:
-            raise FsError(errno.EINVAL)
-        if length > MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG)
-        token = self._token(fid.cell, who)
-        await self._begin(fid, await self._writable(fid, token), who)
-        self._mtimes[fid] = int(time.time())
-        return await self.cache.dirty.truncate(fid, length)
+        await self.writer.truncate(fid, length, who)
 
     def unstored(self, fid: AfsFid) -> bool:
         """Does `fid` have data the fileserver has not got yet?  (A close of a clean file
@@ -1141,165 +502,19 @@ class CacheManager:
         to do for a clean file.  Success means the data is on the server.  On failure the
         errno a local filesystem would give (EDQUOT, ENOSPC, EACCES, ETIMEDOUT...) and the
         data stays dirty: a later store retries it."""
-        return await self._store_and_stat(fid, who, sync=False)
+        await self.writer.store_now(fid, who, sync=False)
+        return await self.getattr(fid, who)
 
     @_boundary
     async def fsync(self, fid: AfsFid, who: Identity) -> Status:
         """Like store_data, and the fileserver writes the file to its disk before it answers."""
-        return await self._store_and_stat(fid, who, sync=True)
-
-    async def _store_and_stat(self, fid: AfsFid, who: Identity, *, sync: bool) -> Status:
-        token = self._token(fid.cell, who)
-        async with self._file_lock(fid):
-            dirty = self.store.dirty.get(fid)
-            if dirty is not None:
-                await self._store(fid, token, dirty, sync=sync)
+        await self.writer.store_now(fid, who, sync=True)
         return await self.getattr(fid, who)
-
-    async def _store(
-        self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool
-    ) -> None:
-        """Store `dirty`, then forget it.  A failure leaves it unsent: on disk, retried in the
-        background (fs/unsent.py), and raised to the caller."""
-        try:
-            try:
-                await self._store_over(fid, token, dirty, sync=sync)
-            except RxAbort as e:
-                raise fs_error(e.code, "store") from None
-        except FsError as e:
-            if e.errno in (errno.ENOENT, errno.ESTALE):
-                vnode = self.vnodes.get(fid)
-                await self._set_aside(fid, dirty, None, "the file is gone from the server")
-                vnode.invalidate()
-                raise
-            if self.store.dirty.get(fid) is not None:
-                await self.cache.dirty.update(fid, unsent=True)
-                await self.cache.dirty.persist(fid)
-                log.warning(
-                    "store of %s (%d bytes) failed: %s; kept in the cache and tried again "
-                    "every %.0f s or at the next close",
-                    _fid_name(fid), dirty.length, e.strerror or e, self.config.store_retry,
-                )  # fmt: skip
-            raise
-
-    async def _store_over(
-        self, fid: AfsFid, token: Token | None, dirty: DirtyFile, *, sync: bool
-    ) -> None:
-        """StoreData64 calls per writeback.store_plan, made only while the fileserver still
-        has the version the data was written over; then the dirty chunks become the clean
-        copy at the new data version.  Data written over a version another client has since
-        replaced is set aside (cache/leftovers.py), never stored over theirs."""
-        vnode = self.vnodes.get(fid)
-        if not vnode.callback_valid(trio.current_time()):
-            await self._fetch_status(fid, token)
-        status = vnode.status
-        assert status is not None
-        if not _written_over(dirty, status):
-            await self._set_aside(fid, dirty, status, "another client changed the file")
-            if dirty.unsent:
-                return  # not this caller's writes: its close has nothing to report
-            raise FsError(
-                errno.EIO, "the file changed on the server; this client's data was set aside"
-            )
-        expected = status.data_version
-        mask = AFS_SETMODTIME | (AFS_FSYNC if sync else 0)
-        # A store that failed or was cut short said which mtime it sent: send that one
-        # again, so its version, if it landed after all, is still known as ours.
-        mtime = self._mtimes.get(fid) or (dirty.pending[1] if dirty.pending else 0)
-        mtime = mtime or int(time.time())
-        in_status = AFSStoreStatus(Mask=mask, ClientModTime=mtime)
-        for piece in store_plan(dirty, self.config.store_call_bytes):
-            # Said before sending: after a crash, that version may be ours (fs/unsent.py).
-            await self.cache.dirty.update(fid, pending=(expected + 1, mtime))
-            status = await self._store_piece(fid, vnode, token, piece, in_status, expected + 1)
-            if status.data_version != expected + 1:
-                log.warning(
-                    "%s: another client stored the file during this client's store "
-                    "(data version %d, expected %d)",
-                    _fid_name(fid), status.data_version, expected + 1,
-                )  # fmt: skip
-            expected = status.data_version
-            await self.cache.dirty.update(fid, base_version=expected, pending=None)
-        if status.size == dirty.length:
-            for index in sorted(dirty.chunks):
-                data = await self.cache.dirty.read_chunk(fid, index)
-                await self._keep_chunk(fid, status.data_version, index, data)
-        await self.cache.dirty.discard(fid)
-        self._mtimes.pop(fid, None)
-        if dirty.unsent:
-            log.info("unsent data of %s (%d bytes) is stored", _fid_name(fid), dirty.length)
-
-    async def _set_aside(
-        self, fid: AfsFid, dirty: DirtyFile, server: Status | None, why: str
-    ) -> None:
-        """Move unsent data out of the way of the server's copy, where its writer finds it."""
-        leftover = await self.cache.set_aside(
-            fid,
-            reason=why,
-            server_version=server.data_version if server else None,
-            base_version=dirty.base_version,
-        )
-        self._mtimes.pop(fid, None)
-        self.stats.leftovers += 1
-        log.warning(
-            "%s: %s since this client wrote it; its %d unsent bytes (written over data "
-            "version %d, the server has %s) are kept as leftover %s: see "
-            "'afsfuse-ctl leftovers'",
-            _fid_name(fid), why, dirty.length, dirty.base_version,
-            server.data_version if server else "none", leftover.id,
-        )  # fmt: skip
-        self._notify(fid)
-
-    async def _store_unsent(self, fid: AfsFid) -> None:
-        """Store unsent data with its writer's token (fs/unsent.py calls this); FsError if
-        it still cannot be."""
-        try:
-            async with self._file_lock(fid):
-                dirty = self.store.dirty.get(fid)
-                if dirty is None or not dirty.unsent:
-                    return
-                who = Identity(*dirty.writer) if dirty.writer else Identity(0)
-                await self._store(fid, self._token(fid.cell, who), dirty, sync=True)
-        except RxAbort as e:
-            raise fs_error(e.code, "store") from None
 
     async def keep_unsent(self) -> None:
         """Put every dirty file kept in memory on disk (at unmount): unsent data outlives the
         daemon."""
-        for fid in self.store.dirty.held_in_memory_since(float("inf")):
-            with contextlib.suppress(KeyError):
-                await self.cache.dirty.persist(fid)
-
-    async def _store_piece(
-        self,
-        fid: AfsFid,
-        vnode: Vnode,
-        token: Token | None,
-        piece: StorePiece,
-        in_status: Any,
-        ours: int,
-    ) -> Status:
-        """One StoreData64.  `ours` is the data version it makes: that new version is our
-        own doing, and the kernel's copy of what we wrote must not be thrown away for it."""
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            async with FS.StoreData64.stream(
-                conn, _afs_fid(fid), in_status, piece.pos, piece.length, piece.file_length
-            ) as stream:
-                for index in piece.chunks:
-                    data = await self.cache.dirty.read_chunk(fid, index)
-                    await stream.send(data)
-            return server, sent, stream.result
-
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.StoreData64", op
-        )
-        self.stats.bytes_stored += piece.length
-        return self._absorb(
-            vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks, ours=ours
-        )
+        await self.writer.keep_unsent()
 
     @_boundary
     async def setattr(
@@ -1315,280 +530,49 @@ class CacheManager:
     ) -> Status:
         """Change a file's status on the fileserver now (StoreStatus).  A new size is stored
         now too (truncate(2) has no close to wait for), with the file's other dirty data."""
-        token = self._token(fid.cell, who)
-        async with self._file_lock(fid):
-            if size is not None:
-                dirty = await self._truncate(fid, size, who)
-                if mtime is not None:
-                    self._mtimes[fid] = mtime
-                await self._store(fid, token, dirty, sync=False)
-            mask = 0
-            if mode is not None:
-                mask |= AFS_SETMODE
-            if mtime is not None:
-                mask |= AFS_SETMODTIME
-                if self.store.dirty.get(fid) is not None:
-                    self._mtimes[fid] = mtime  # the store to come sends it again
-            if owner is not None:
-                mask |= AFS_SETOWNER
-            if group is not None:
-                mask |= AFS_SETGROUP
-            if mask:
-                in_status = AFSStoreStatus(
-                    Mask=mask,
-                    ClientModTime=mtime or 0,
-                    Owner=owner or 0,
-                    Group=group or 0,
-                    UnixModeBits=(mode or 0) & 0o7777,
-                )
-                await self._store_status(fid, token, in_status)
+        await self.writer.setattr(
+            fid, who, mode=mode, mtime=mtime, owner=owner, group=group, size=size
+        )
         return await self.getattr(fid, who)
 
-    async def _store_status(self, fid: AfsFid, token: Token | None, in_status: Any) -> Status:
-        vnode = self.vnodes.get(fid)
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            return server, sent, await FS.StoreStatus(conn, _afs_fid(fid), in_status)
-
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.StoreStatus", op
-        )
-        return self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
-
-    # -- names ---------------------------------------------------------------------------
-
-    async def _dir_call(
-        self,
-        dir_fid: AfsFid,
-        token: Token | None,
-        name: str,
-        call: Callable[[ClientConnection], Any],
-        edit: Callable[[Any], ListingEdit | None],
-        status_field: str = "OutDirStatus",
-    ) -> tuple[FileServer, float, Any]:
-        """A call that changes directory `dir_fid` and answers with its new status in
-        `status_field`; `edit(reply)` says what the call did to the listing."""
-        vnode = self.vnodes.get(dir_fid)
-        breaks = vnode.breaks
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            return server, sent, await call(conn)
-
-        server, sent, reply = await self.rotator.call(dir_fid.cell, dir_fid.volume, token, name, op)
-        dir_status = getattr(reply, status_field)
-        await self._take_dir_status(vnode, token, dir_status, server, sent, breaks, edit(reply))
-        return server, sent, reply
-
-    async def _take_dir_status(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
-        edit: ListingEdit | None,
-    ) -> None:
-        """The new status of a directory we changed.  When its data version is exactly one
-        past the listing we hold, the fileserver made our change and nothing else: the same
-        edit to our listing gives its new contents, where fetching it again would make n
-        creates in one directory cost n whole-directory fetches (OpenAFS edits its cached
-        copy on the same condition).  The edited listing lives in memory only: writing the
-        whole blob back to the disk cache would cost as much as the fetch it saves.  Any
-        other version means someone else changed the directory too: the listing is dropped
-        and fetched when next needed."""
-        held = self._dirs.get(vnode.fid)
-        version = Status.from_afs(afs_status).data_version
-        ours = None
-        if edit is not None and held is not None and held[0] == version - 1:
-            try:
-                edit(held[1])
-            except KeyError:
-                pass  # the listing lacks what the server changed: fetch it again
-            else:
-                self._keep_listing(vnode.fid, version, held[1])
-                ours = version
-        self._absorb(vnode, token, afs_status, _NO_CALLBACK, server, sent, breaks, ours=ours)
-
-    async def _absorb_new(
-        self,
-        dir_fid: AfsFid,
-        token: Token | None,
-        reply: Any,
-        server: FileServer,
-        sent: float,
-    ) -> tuple[AfsFid, Status]:
-        out = reply.OutFid
-        fid = AfsFid(dir_fid.cell, out.Volume, out.Vnode, out.Unique)
-        vnode = self.vnodes.get(fid)
-        callback = getattr(reply, "CallBack", _NO_CALLBACK)
-        status = self._absorb(
-            vnode, token, reply.OutFidStatus, callback, server, sent, vnode.breaks
-        )
-        return fid, status
-
-    async def _entry(self, dir_fid: AfsFid, name: bytes, who: Identity) -> AfsFid | None:
-        """The fid `name` stands for before a change, so its record can be dropped after
-        (None if there is none or the listing cannot be read: the server decides anyway)."""
-        try:
-            entry = (await self._directory(dir_fid, who)).get(name)
-        except FsError:
-            return None
-        if entry is None:
-            return None
-        return AfsFid(dir_fid.cell, dir_fid.volume, entry.vnode, entry.unique)
-
-    def _changed(self, fid: AfsFid | None) -> None:
-        """`fid`'s status changed on the server by our doing (link count, '..'): fetch it
-        again when next asked."""
-        if fid is None:
-            return
-        vnode = self.vnodes.peek(fid)
-        if vnode is not None:
-            vnode.invalidate()
-        self._dirs.pop(fid, None)
-        self._notify(fid)
+    # -- names (fs/names.py) ---------------------------------------------------------------
 
     @_boundary
     async def create(
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
         """A new empty file; EEXIST if the name is taken."""
-        return await self._new_entry(dir_fid, name, mode, who, "FS.CreateFile", FS.CreateFile)
+        return await self.names.create(dir_fid, name, mode, self._token(dir_fid.cell, who))
 
     @_boundary
     async def mkdir(
         self, dir_fid: AfsFid, name: str | bytes, mode: int, who: Identity
     ) -> tuple[AfsFid, Status]:
-        """A new directory; it inherits the parent's ACL on the server.  What it holds is
-        known without asking ('.' and '..'), so a `mkdir -p` or `tar x` does not fetch every
-        directory it has just made."""
-        fid, status = await self._new_entry(dir_fid, name, mode, who, "FS.MakeDir", FS.MakeDir)
-        if status.is_dir:
-            here = afsdir.DirEntry(fid.vnode, fid.unique)
-            parent = afsdir.DirEntry(dir_fid.vnode, dir_fid.unique)
-            self._keep_listing(fid, status.data_version, {b".": here, b"..": parent})
-        return fid, status
+        """A new directory; it inherits the parent's ACL on the server."""
+        return await self.names.mkdir(dir_fid, name, mode, self._token(dir_fid.cell, who))
 
     @_boundary
     async def symlink(
         self, dir_fid: AfsFid, name: str | bytes, target: str | bytes, who: Identity
     ) -> tuple[AfsFid, Status]:
         """A symlink; text like '#cell:volume.' makes a mount point (mode 0644, fs/mntpt.py)."""
-        contents = _encode_name(target)
-        if not contents:
-            raise FsError(errno.ENOENT, "empty symlink target")
-        return await self._new_entry(
-            dir_fid,
-            name,
-            link_mode(contents),
-            who,
-            "FS.Symlink",
-            lambda conn, fid, raw, status: FS.Symlink(conn, fid, raw, contents, status),
-        )
-
-    async def _new_entry(
-        self,
-        dir_fid: AfsFid,
-        name: str | bytes,
-        mode: int,
-        who: Identity,
-        what: str,
-        rpc: Callable[[ClientConnection, AFSFid, bytes, Any], Awaitable[Any]],
-    ) -> tuple[AfsFid, Status]:
-        """One RPC that makes a new vnode and its name in `dir_fid` (CreateFile, MakeDir,
-        Symlink), with the name added to our copy of the directory."""
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        in_status = AFSStoreStatus(
-            Mask=AFS_SETMODE | AFS_SETMODTIME,
-            ClientModTime=int(time.time()),
-            UnixModeBits=mode & 0o7777,
-        )
-        server, sent, reply = await self._dir_call(
-            dir_fid,
-            token,
-            what,
-            lambda conn: rpc(conn, _afs_fid(dir_fid), raw, in_status),
-            lambda reply: _adding(raw, reply.OutFid.Vnode, reply.OutFid.Unique),
-        )
-        return await self._absorb_new(dir_fid, token, reply, server, sent)
+        return await self.names.symlink(dir_fid, name, target, self._token(dir_fid.cell, who))
 
     @_boundary
     async def link(
         self, dir_fid: AfsFid, name: str | bytes, target: AfsFid, who: Identity
     ) -> Status:
-        """A hard link to `target`; AFS allows them only within one directory (the
-        fileserver refuses others), never across volumes (EXDEV)."""
-        raw = _entry_name(name)
-        if (target.cell, target.volume) != (dir_fid.cell, dir_fid.volume):
-            raise FsError(errno.EXDEV)
-        token = self._token(dir_fid.cell, who)
-        server, sent, reply = await self._dir_call(
-            dir_fid,
-            token,
-            "FS.Link",
-            lambda conn: FS.Link(conn, _afs_fid(dir_fid), raw, _afs_fid(target)),
-            lambda reply: _adding(raw, target.vnode, target.unique),
-        )
-        vnode = self.vnodes.get(target)
-        status = self._absorb(
-            vnode, token, reply.OutFidStatus, _NO_CALLBACK, server, sent, vnode.breaks
-        )
-        return self._local_view(status, target)
+        """A hard link to `target`, within one directory's volume (EXDEV across volumes)."""
+        return await self.names.link(dir_fid, name, target, self._token(dir_fid.cell, who))
 
     @_boundary
     async def unlink(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> None:
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        victim = await self._entry(dir_fid, raw, who)
-        await self._dir_call(
-            dir_fid,
-            token,
-            "FS.RemoveFile",
-            lambda conn: FS.RemoveFile(conn, _afs_fid(dir_fid), raw),
-            lambda reply: _removing(raw),
-            "OutStatus",
-        )
-        self._changed(victim)
-        if victim is not None and self.store.dirty.get(victim) is not None:
-            await self._drop_dirty_if_gone(victim, token)
-
-    async def _drop_dirty_if_gone(self, fid: AfsFid, token: Token | None) -> None:
-        """Unstored data of a file whose last name went has nowhere to go, as on a local
-        filesystem; a file with other links keeps it."""
-        try:
-            await self._fetch_status(fid, token)
-        except FsError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            async with self._file_lock(fid):
-                await self.cache.dirty.discard(fid)
-                self._mtimes.pop(fid, None)
+        await self.names.unlink(dir_fid, name, self._token(dir_fid.cell, who))
 
     @_boundary
     async def rmdir(self, dir_fid: AfsFid, name: str | bytes, who: Identity) -> None:
         """ENOTEMPTY unless the directory is empty."""
-        raw = _entry_name(name)
-        token = self._token(dir_fid.cell, who)
-        victim = await self._entry(dir_fid, raw, who)
-        try:
-            await self._dir_call(
-                dir_fid,
-                token,
-                "FS.RemoveDir",
-                lambda conn: FS.RemoveDir(conn, _afs_fid(dir_fid), raw),
-                lambda reply: _removing(raw),
-            )
-        except FsError as e:
-            # The fileserver says EEXIST (POSIX allows both); Linux programs expect this.
-            if e.errno == errno.EEXIST:
-                raise FsError(errno.ENOTEMPTY, e.strerror) from None
-            raise
-        self._changed(victim)
+        await self.names.rmdir(dir_fid, name, self._token(dir_fid.cell, who))
 
     @_boundary
     async def rename(
@@ -1600,231 +584,53 @@ class CacheManager:
         who: Identity,
     ) -> None:
         """Rename within a volume (EXDEV across volumes), replacing an existing target as
-        rename(2) does; the fileserver refuses what rename(2) would (ENOTEMPTY, EISDIR...)."""
-        old, new = _entry_name(name), _entry_name(new_name)
-        if (src_dir.cell, src_dir.volume) != (dst_dir.cell, dst_dir.volume):
-            raise FsError(errno.EXDEV)
-        token = self._token(src_dir.cell, who)
-        moved = await self._entry(src_dir, old, who)
-        replaced = await self._entry(dst_dir, new, who)
-        src_vnode, dst_vnode = self.vnodes.get(src_dir), self.vnodes.get(dst_dir)
-        src_breaks, dst_breaks = src_vnode.breaks, dst_vnode.breaks
+        rename(2) does."""
+        await self.names.rename(src_dir, name, dst_dir, new_name, self._token(src_dir.cell, who))
 
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            reply = await FS.Rename(conn, _afs_fid(src_dir), old, _afs_fid(dst_dir), new)
-            return server, sent, reply
-
-        server, sent, reply = await self.rotator.call(
-            dst_dir.cell, dst_dir.volume, token, "FS.Rename", op
-        )
-        new_status = reply.OutNewDirStatus
-        if src_dir == dst_dir:
-            await self._take_dir_status(
-                dst_vnode, token, new_status, server, sent, dst_breaks, _renaming(old, new)
-            )
-        else:
-            # What left the source listing is what the target gets, if we saw it leave.
-            moving: list[afsdir.DirEntry] = []
-            await self._take_dir_status(
-                src_vnode,
-                token,
-                reply.OutOldDirStatus,
-                server,
-                sent,
-                src_breaks,
-                lambda entries: moving.append(entries.pop(old)),
-            )
-            adding = _adding(new, *moving[0]) if moving else None
-            await self._take_dir_status(
-                dst_vnode, token, new_status, server, sent, dst_breaks, adding
-            )
-            self._changed(moved)  # a directory's '..' changed with it
-        if replaced != moved:
-            self._changed(replaced)
-            if replaced is not None and self.store.dirty.get(replaced) is not None:
-                await self._drop_dirty_if_gone(replaced, token)
-
-    # -- volumes -----------------------------------------------------------------------
+    # -- volumes and access control lists (fs/acl_ops.py) -------------------------------
 
     @_boundary
     async def statfs(self, fid: AfsFid, who: Identity) -> VolumeStatus:
-        token = self._token(fid.cell, who)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            return await FS.GetVolumeStatus(conn, fid.volume)
-
-        reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.GetVolumeStatus", op)
-        return VolumeStatus.from_afs(reply)
+        return await self.acls.volume_status(fid, self._token(fid.cell, who))
 
     @_boundary
     async def get_volume_status(self, fid: AfsFid, who: Identity) -> VolumeStatus:
         """The volume's quota, usage and messages (`fs listquota`); the same as statfs."""
-        return await self.statfs(fid, who)
+        return await self.acls.volume_status(fid, self._token(fid.cell, who))
 
     @_boundary
     async def set_quota(self, fid: AfsFid, max_quota_kb: int, who: Identity) -> None:
         """Set the quota of `fid`'s volume in KiB (0: none); the cell's administrators only."""
-        if not 0 <= max_quota_kb < 1 << 31:
-            raise FsError(errno.EINVAL)
-        token = self._token(fid.cell, who)
-        quota = AFSStoreVolumeStatus(Mask=AFS_SETMAXQUOTA, MaxQuota=max_quota_kb)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            # Empty name and messages are left as they are by the fileserver.
-            return await FS.SetVolumeStatus(conn, fid.volume, quota, "", "", "")
-
-        await self.rotator.call(fid.cell, fid.volume, token, "FS.SetVolumeStatus", op)
-
-    # -- access control lists ------------------------------------------------------------
+        await self.acls.set_quota(fid, max_quota_kb, self._token(fid.cell, who))
 
     @_boundary
     async def get_acl(self, fid: AfsFid, who: Identity) -> str:
         """The ACL text of a directory (a file answers with its directory's); fs/acl.py
         parses it."""
-        token = self._token(fid.cell, who)
-
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            return await FS.FetchACL(conn, _afs_fid(fid))
-
-        reply = await self.rotator.call(fid.cell, fid.volume, token, "FS.FetchACL", op)
-        return reply.AccessList.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        return await self.acls.get_acl(fid, self._token(fid.cell, who))
 
     @_boundary
     async def set_acl(self, fid: AfsFid, text: str | bytes, who: Identity) -> None:
         """Replace a directory's ACL (EINVAL for text fs/acl.py cannot parse)."""
-        try:
-            body = Acl.parse(text).format().encode("utf-8", "surrogateescape") + b"\0"
-        except ValueError as e:
-            raise FsError(errno.EINVAL, str(e)) from None
-        token = self._token(fid.cell, who)
-        vnode = self.vnodes.get(fid)
-        breaks = vnode.breaks
+        await self.acls.set_acl(fid, text, self._token(fid.cell, who))
 
-        async def op(conn: ClientConnection, server: FileServer) -> Any:
-            sent = trio.current_time()
-            if not server.no_store_acl:
-                try:
-                    return server, sent, await FS.StoreACL(conn, _afs_fid(fid), body)
-                except RxAbort as e:
-                    if e.code != RXGEN_OPCODE:
-                        raise
-                    server.no_store_acl = True
-            return server, sent, await FS.OldStoreACL(conn, _afs_fid(fid), body)
-
-        server, sent, reply = await self.rotator.call(
-            fid.cell, fid.volume, token, "FS.StoreACL", op
-        )
-        self._absorb(vnode, token, reply.OutStatus, _NO_CALLBACK, server, sent, breaks)
-        self._forget_rights_under(fid)
-
-    def _forget_rights_under(self, dir_fid: AfsFid) -> None:
-        """A directory's ACL decides the rights on it and on its files.  The fileserver
-        breaks other clients' callbacks, not ours, so our record of every identity's rights
-        there goes here; each identity's next request asks the server again."""
-        for vnode in self.vnodes.matching(dir_fid.volume):
-            status = vnode.status
-            if vnode.fid.cell != dir_fid.cell or status is None:
-                continue
-            if vnode.fid == dir_fid or (
-                (status.parent_vnode, status.parent_unique) == (dir_fid.vnode, dir_fid.unique)
-            ):
-                vnode.access.clear()
-                self._notify(vnode.fid)
-
-    # -- invalidation ------------------------------------------------------------------
-
-    def _on_break(self, event: Break) -> None:
-        self.stats.callbacks_received += 1
-        if event.fid is None:
-            hit = [v for v in self.vnodes.all() if v.cb_server == event.server]
-        elif event.fid.vnode == 0:
-            # A volume callback (RO volumes, releases): every file of the volume.
-            hit = list(self.vnodes.matching(event.fid.volume))
-        else:
-            fid = event.fid
-            hit = list(self.vnodes.matching(fid.volume, fid.vnode, fid.unique))
-        for vnode in hit:
-            vnode.invalidate()
-            self._notify(vnode.fid)
+    # -- invalidation (fs/invalidate.py) ---------------------------------------------------
 
     @_boundary
     async def flush_fid(self, fid: AfsFid) -> None:
         """Forget everything about one file (status, rights, cached data)."""
-        vnode = self.vnodes.peek(fid)
-        if vnode is not None:
-            vnode.invalidate()
-            vnode.status = None
-        self._dirs.pop(fid, None)
-        self._memory.drop(lambda f: f == fid)
-        await self._clean_writer.discard(lambda f: f == fid)
-        await self.cache.drop_fid(fid)
-        self._notify(fid)
+        await self.invalidator.flush_fid(fid)
 
     @_boundary
     async def flush(self, volume: int | None = None, cell: str | None = None) -> None:
         """Forget a volume's files (in `cell`, or any cell), or everything (volume None):
         status, rights, cached data and volume locations."""
-        if volume is None:
-            for vnode in self.vnodes.all():
-                vnode.invalidate()
-            self.vnodes.clear()
-            self._dirs.clear()
-            self._memory.clear()
-            self.volumes.forget(cell)
-            await self._clean_writer.discard(lambda f: True)
-            await self.cache.clear()
-            self._notify(None)
-            return
-        for vnode in list(self.vnodes.matching(volume)):
-            if cell is None or vnode.fid.cell == cell:
-                vnode.invalidate()
-                self.vnodes.drop(vnode.fid)
-                self._dirs.pop(vnode.fid, None)
-                self._notify(vnode.fid)
-
-        def in_volume(f: AfsFid) -> bool:
-            return f.volume == volume and (cell is None or f.cell == cell)
-
-        self._memory.drop(in_volume)
-        await self._clean_writer.discard(in_volume)
-        for name in [cell] if cell else self.known_cells():
-            await self.cache.drop_volume(name, volume)
+        await self.invalidator.flush(volume, cell)
 
     async def give_up_callbacks(self) -> None:
         """Tell every fileserver we hold callbacks from that we no longer want them
         (at unmount).  Best effort, bounded in time; never raises."""
-        held = self.registry.held()
-        async with trio.open_nursery() as nursery:
-            for addr, fids in held.items():
-                nursery.start_soon(self._give_up, self.servers.get(addr), fids)
-        for vnode in self.vnodes.all():
-            vnode.invalidate()
-
-    async def _give_up(self, server: FileServer, fids: list[Fid]) -> None:
-        conn = self.servers.connection(server, None)
-        with trio.move_on_after(self.config.probe_timeout * 2):
-            try:
-                self.stats.count_rpc("FS.GiveUpAllCallBacks")
-                await FS.GiveUpAllCallBacks(conn)
-                log.info("gave up callbacks at %s", server.addr)
-                return
-            except RxAbort as e:
-                if e.code != RXGEN_OPCODE:
-                    log.info("GiveUpAllCallBacks to %s: %s", server.addr, e)
-                    return
-            for start in range(0, len(fids), AFSCBMAX):
-                batch = fids[start : start + AFSCBMAX]
-                dropped = [AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)]
-                try:
-                    self.stats.count_rpc("FS.GiveUpCallBacks")
-                    await FS.GiveUpCallBacks(
-                        conn, [AFSFid(f.volume, f.vnode, f.unique) for f in batch], dropped
-                    )
-                except RxAbort as e:
-                    log.info("GiveUpCallBacks to %s: %s", server.addr, e)
-                    return
-            log.info("gave up callbacks at %s, %d fids", server.addr, len(fids))
+        await self.invalidator.give_up_callbacks()
 
     # -- for the FUSE face and the control socket (fs/api.py) ---------------------------
 

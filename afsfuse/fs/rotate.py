@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,6 +46,7 @@ from afsfuse.keyring.token import Token
 from afsfuse.rx.driver import ClientConnection
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort, RxSecurityError
 from afsfuse.rx.interfaces.fs import VICETOKENDEAD, VNOSERVICE
+from afsfuse.vl.vlclient import VolumeLocation, VolumeSite
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class Rotator:
         if quiet >= min(self.servers.config.probe_timeout, self.config.timeout / 2):
             self.servers.mark_silent(server, quiet)
 
-    async def _locate(self, cell: str, volume: int, *, fresh: bool = False):
+    async def _locate(self, cell: str, volume: int, *, fresh: bool = False) -> VolumeLocation:
         if fresh:
             self.stats.vldb_refreshes += 1
         try:
@@ -190,7 +191,9 @@ class Rotator:
         except RxAbort as e:
             raise fs_error(e.code, f"locating volume {volume} in {cell}") from None
 
-    async def _next_server(self, sites, tried: set[FileServer]) -> FileServer | None:
+    async def _next_server(
+        self, sites: Sequence[VolumeSite], tried: set[FileServer]
+    ) -> FileServer | None:
         """The first site address not yet tried whose server is up; failing that, the first
         down one that answers a probe."""
         candidates = [self.servers.get(addr) for site in sites for addr in site.addresses]

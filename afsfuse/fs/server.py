@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 import trio
 
 from afsfuse.keyring.token import Token
+from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import FS
-from afsfuse.rx.rxkad import Level, RxkadClient
-from afsfuse.rx.security import RXNULL
+from afsfuse.rx.rxkad import LEVELS_BY_NAME, RxkadClient
+from afsfuse.rx.security import RXNULL, ClientSecurity
 
 log = logging.getLogger(__name__)
 
 FS_PORT = 7000
-SECURITY_LEVELS = {"clear": Level.CLEAR, "auth": Level.AUTH, "crypt": Level.CRYPT}
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ServerConfig:
     #: rxkad level for authenticated calls: "clear", "auth" or "crypt".
     security: str = "crypt"
     #: Seconds of silence after which a call to a fileserver is declared dead.
-    dead_time: float = 12.0
+    dead_time: float = DEFAULT_DEAD_TIME
     #: Dead time of a liveness probe.
     probe_timeout: float = 3.0
     #: How often down servers are probed in the background.
@@ -66,11 +66,11 @@ class ServerTable:
     """Every fileserver this cache manager has talked to, by address."""
 
     def __init__(self, endpoint: Endpoint, config: ServerConfig) -> None:
-        if config.security not in SECURITY_LEVELS:
-            raise ValueError(f"security must be one of {sorted(SECURITY_LEVELS)}")
+        if config.security not in LEVELS_BY_NAME:
+            raise ValueError(f"security must be one of {sorted(LEVELS_BY_NAME)}")
         self._endpoint = endpoint
         self.config = config
-        self.level = SECURITY_LEVELS[config.security]
+        self.level = LEVELS_BY_NAME[config.security]
         self._servers: dict[tuple[str, int], FileServer] = {}
 
     def get(self, addr: str, port: int = FS_PORT) -> FileServer:
@@ -90,6 +90,7 @@ class ServerTable:
             conn.close()
             conn = None
         if conn is None:
+            security: ClientSecurity
             if token is None:
                 security = RXNULL
             else:
@@ -167,7 +168,9 @@ class ServerTable:
             server._probing = None
             done.set()
 
-    async def run_prober(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run_prober(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Background task: probe the servers that are down, every probe_interval."""
         task_status.started()
         while True:

@@ -9,10 +9,11 @@ token's rights along with the promise, because an ACL change breaks callbacks to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from afsfuse.cache.store import FidKey
+from afsfuse.cache.base import FidKey
 from afsfuse.keyring.token import Token
 from afsfuse.rx.interfaces.fs import FILE_DIRECTORY, FILE_FILE, FILE_SYMLINK
 
@@ -144,7 +145,9 @@ class VnodeTable:
     def peek(self, fid: AfsFid) -> Vnode | None:
         return self._vnodes.get(fid)
 
-    def matching(self, volume: int, vnode: int | None = None, unique: int | None = None):
+    def matching(
+        self, volume: int, vnode: int | None = None, unique: int | None = None
+    ) -> Iterator[Vnode]:
         """Records of a volume (any cell), optionally of one vnode."""
         for fid, record in self._vnodes.items():
             if fid.volume != volume:

@@ -17,7 +17,7 @@ from types import TracebackType
 import trio
 
 from .call import SEND_BACKLOG, Call, CallState
-from .connection import Connection
+from .connection import DEFAULT_DEAD_TIME, Connection
 from .core import RxCore
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_EOF, RX_USER_ABORT, RxAbort, RxTimeout
 from .peer import Address
@@ -305,7 +305,7 @@ class Endpoint:
         service_id: int,
         security: ClientSecurity = RXNULL,
         *,
-        dead_time: float = 12.0,
+        dead_time: float = DEFAULT_DEAD_TIME,
         hard_timeout: float | None = None,
         idle_timeout: float | None = None,
     ) -> ClientConnection:

@@ -39,6 +39,10 @@ class Level(IntEnum):
     CRYPT = 2  # plus the whole payload encrypted
 
 
+#: The levels by the names configuration gives them: "clear", "auth", "crypt".
+LEVELS_BY_NAME = {level.name.lower(): level for level in Level}
+
+
 _RXK_BASE = 19270400
 RXKADINCONSISTENCY = _RXK_BASE + 0
 RXKADPACKETSHORT = _RXK_BASE + 1

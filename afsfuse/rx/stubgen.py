@@ -56,7 +56,9 @@ def _value_type(value: object) -> str:
 
 def _defined_here(module: ModuleType, name: str) -> bool:
     source = Path(module.__file__ or "").read_text()
-    return re.search(rf"^{re.escape(name)}\s*=", source, re.MULTILINE) is not None
+    # `NAME = ...`, or NAME among the targets of `A, B, C = 1, 2, 3`.
+    targets = rf"^(?:\w+\s*,\s*)*{re.escape(name)}(?:\s*,\s*\w+)*\s*="
+    return re.search(targets, source, re.MULTILINE) is not None
 
 
 def _is_struct(value: object) -> bool:

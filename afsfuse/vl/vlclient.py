@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
 from afsfuse.rx.interfaces.vl import (
     ANYVOL,
@@ -183,7 +184,7 @@ class VLClient:
         hosts: Sequence[str],
         security: ClientSecurity = RXNULL,
         *,
-        dead_time: float = 12.0,
+        dead_time: float = DEFAULT_DEAD_TIME,
         hard_timeout: float | None = 60.0,
     ) -> VLClient:
         """A client whose connections are made on an afsfuse.rx.driver.Endpoint."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from volumes import volume_root
 
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs.cell import CellDB
@@ -102,7 +103,7 @@ async def write(m: CacheManager, fid: AfsFid, data: bytes, pos: int = 0, length:
 
 
 async def scratch_volume(m: CacheManager) -> AfsFid:
-    return await m.volume_root(m.this_cell, "test", "rw", ADMIN)
+    return await volume_root(m, m.this_cell, "test", "rw")
 
 
 def fetches(m: CacheManager, rpc: str = "FS.FetchData64") -> int:
@@ -176,7 +177,7 @@ async def test_sequential_reader_gets_read_ahead(
 
         assert await m.read(fid, 0, 4096, ALICE) == content[:4096]
         with trio.fail_after(10):
-            while m._inflight:
+            while m.reader.inflight:
                 await trio.sleep(0.05)
         # The other seven chunks came in calls of several chunks each.
         assert fetches(m) == before + 1 + -(-7 // FAST.readahead_call_chunks)
@@ -276,8 +277,8 @@ async def test_errors_are_errnos(cell: Cell, token_db: TokenStore, tmp_path: Pat
     async with manager(cell, tmp_path / "c", token_db) as m:
         root = await scratch_volume(m)
         expected = [
-            (m.volume_root(cell.name, "no.such.volume", "auto", ALICE), errno.ENOENT),
-            (m.volume_root("no.such.cell", "root.cell", "auto", ALICE), errno.ENOENT),
+            (volume_root(m, cell.name, "no.such.volume", "auto"), errno.ENOENT),
+            (volume_root(m, "no.such.cell", "root.cell", "auto"), errno.ENOENT),
             (m.read(root, 0, 10, ADMIN), errno.EISDIR),
             (m.getattr(AfsFid(root.cell, root.volume, 777_777, 5), ADMIN), errno.ENOENT),
         ]
@@ -309,7 +310,7 @@ async def test_read_only_volume_fails_over(
     token_db = TokenStore()
     token_db.set(ADMIN, admin_token(cell2, tmp_path / "cc", monkeypatch))
     async with manager(cell2, tmp_path / "c", token_db) as m:
-        root = await m.volume_root(cell2.name, "root.cell", "auto", ADMIN)
+        root = await volume_root(m, cell2.name, "root.cell", "auto")
         location = m.volumes.cached(cell2.name, root.volume)
         assert location is not None and root.volume == location.ro_id
         assert {n for n, _ in await m.readdir(root, ADMIN)} >= {".", ".."}

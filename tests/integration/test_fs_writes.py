@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from volumes import volume_root
 
 from afsfuse.cache.store import CacheStore
 from afsfuse.fs.acl import Acl
@@ -60,7 +61,7 @@ async def manager(cell: Cell, cache_dir: Path, tokens: TokenStore) -> AsyncItera
 
 async def alice_dir(m: CacheManager, volume: str = "test") -> AfsFid:
     """A fresh directory where alice may write."""
-    root = await m.volume_root(m.this_cell, volume, "rw", ADMIN)
+    root = await volume_root(m, m.this_cell, volume, "rw")
     top, _ = await m.mkdir(root, "w-" + secrets.token_hex(4), 0o755, ADMIN)
     await m.set_acl(top, ALICE_WRITES, ADMIN)
     return top
@@ -277,7 +278,7 @@ async def test_namespace_operations(cell: Cell, token_db: TokenStore, tmp_path: 
         await trio.to_thread.run_sync(
             lambda: cell.exec("vos", "create", cell.servers[0].addr, "a", volume, "-localauth")
         )
-        other_root = await m.volume_root(cell.name, volume, "rw", ADMIN)
+        other_root = await volume_root(m, cell.name, volume, "rw")
         assert await errno_of(m.rename(top, "ln", other_root, "ln", ADMIN)) == errno.EXDEV
         assert await errno_of(m.link(other_root, "ln", link, ADMIN)) == errno.EXDEV
 
@@ -292,7 +293,7 @@ async def test_store_failures_keep_the_data_for_a_retry(
         )
     )
     async with manager(cell, tmp_path / "c", token_db) as m:
-        root = await m.volume_root(cell.name, volume, "rw", ADMIN)
+        root = await volume_root(m, cell.name, volume, "rw")
         assert (await m.get_volume_status(root, ADMIN)).max_quota == 100
         fid, _ = await m.create(root, "big", 0o644, ADMIN)
         # The fileserver lets a store overrun the quota by 1 MB (its -spare default).

@@ -22,6 +22,7 @@ from conftest import kinit
 from mounting import BIN, SYSNAME, Mount, acl, afs_mount, process_gone
 from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
 from test_fs_manager import ADMIN, admin, afs, fid_of, manager, write
+from volumes import volume_root
 
 from afsfuse.fs.vnode import AfsFid
 from afsfuse.keyring import Token
@@ -51,13 +52,13 @@ async def _populate(cell: Cell, cache: Path, token: Token, big_source: Path) -> 
     store = TokenStore()
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
-        root_cell = await m.volume_root(cell.name, "root.cell", "rw", ADMIN)
+        root_cell = await volume_root(m, cell.name, "root.cell", "rw")
         await admin(m, root_cell, FS.OldStoreACL, afs(root_cell), acl("system:anyuser 9"))
         mode_0644 = AFSStoreStatus(Mask=AFS_SETMODE, UnixModeBits=0o644)
         await admin(
             m, root_cell, FS.Symlink, afs(root_cell), "test", f"#{cell.name}:test.", mode_0644
         )
-        test = await m.volume_root(cell.name, "test", "rw", ADMIN)
+        test = await volume_root(m, cell.name, "test", "rw")
         await admin(m, test, FS.OldStoreACL, afs(test), acl("system:anyuser 9"))
 
         async def new_file(parent: AfsFid, name: str, data: bytes) -> AfsFid:

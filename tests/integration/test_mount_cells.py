@@ -24,6 +24,7 @@ import pytest
 import trio
 from mounting import acl, start_daemon, stop_daemon
 from test_fs_manager import ADMIN, admin, admin_token, afs, make_file, manager
+from volumes import volume_root
 
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
@@ -106,7 +107,7 @@ async def _open_to_anyone(cell: Cell, cache: Path, token: Token, files: dict[str
     store = TokenStore()
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
-        root = await m.volume_root(cell.name, "root.cell", "rw", ADMIN)
+        root = await volume_root(m, cell.name, "root.cell", "rw")
         await admin(m, root, FS.OldStoreACL, afs(root), acl(ANYONE_READS))
         for name, data in files.items():
             await make_file(m, root, name, data)
@@ -182,7 +183,7 @@ async def _cross_cell_volume(cell: Cell, cache: Path, token: Token, target: str)
     store = TokenStore()
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
-        root = await m.volume_root(cell.name, name, "rw", ADMIN)
+        root = await volume_root(m, cell.name, name, "rw")
         await admin(m, root, FS.OldStoreACL, afs(root), acl(ANYONE_READS))
         mode_0644 = AFSStoreStatus(Mask=AFS_SETMODE, UnixModeBits=0o644)
         await admin(m, root, FS.Symlink, afs(root), "other", target, mode_0644)

@@ -31,6 +31,7 @@ from conftest import kinit
 from mounting import BIN, SYSNAME, Mount, acl, afs_mount, process_gone, start_daemon, stop_daemon
 from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
 from test_fs_manager import ADMIN, admin, afs, fid_of, manager, write
+from volumes import volume_root
 
 from afsfuse.fs.manager import CacheManager
 from afsfuse.fs.vnode import AfsFid
@@ -143,7 +144,7 @@ def volume(cell: Cell, admin_cm: Admin) -> Volume:
     readable = acl("system:anyuser 9")
 
     async def populate(m: CacheManager) -> Volume:
-        root = await m.volume_root(cell.name, name, "rw", ADMIN)
+        root = await volume_root(m, cell.name, name, "rw")
         await admin(m, root, FS.OldStoreACL, afs(root), readable)
         fids = {"": root}
         for file, data in (

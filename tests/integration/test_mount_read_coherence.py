@@ -21,6 +21,7 @@ from mounting import Mount, afs_mount
 from rewrite_load import PAGE, length_of
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 from test_fs_writes import ADMIN, manager
+from volumes import volume_root
 
 from afsfuse.keyring import Token
 from afsfuse.keyring.store import TokenStore
@@ -48,7 +49,7 @@ async def _open_to_alice(cell: Cell, cache: Path, token: Token, volume: str) -> 
     store = TokenStore()
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
-        root = await m.volume_root(cell.name, volume, "rw", ADMIN)
+        root = await volume_root(m, cell.name, volume, "rw")
         await m.set_acl(root, ALICE_WRITES, ADMIN)
 
 

@@ -31,6 +31,7 @@ import trio
 from mounting import Mount, acl, afs_mount
 from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
 from test_fs_manager import ADMIN, admin, afs, make_file, manager
+from volumes import volume_root
 
 from afsfuse.keyring import Token
 from afsfuse.keyring.store import TokenStore
@@ -58,7 +59,7 @@ async def _populate(cell: Cell, cache: Path, token: Token, volume: str, content:
     store = TokenStore()
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
-        root = await m.volume_root(cell.name, volume, "rw", ADMIN)
+        root = await volume_root(m, cell.name, volume, "rw")
         await admin(m, root, FS.OldStoreACL, afs(root), acl("system:anyuser 9"))
         await make_file(m, root, "data.bin", content)
 

@@ -26,6 +26,7 @@ import trio
 from mounting import Mount, afs_mount
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 from test_fs_writes import ADMIN, manager
+from volumes import volume_root
 
 from afsfuse.cache.base import MAX_FILE_SIZE
 from afsfuse.fs.acl import Acl
@@ -56,9 +57,9 @@ async def _prepare(cell: Cell, cache: Path, token: Token, names: Volumes) -> Non
     store.set(ADMIN, token)
     async with manager(cell, cache, store) as m:
         for volume in (names.work, names.quota, names.other):
-            root = await m.volume_root(cell.name, volume, "rw", ADMIN)
+            root = await volume_root(m, cell.name, volume, "rw")
             await m.set_acl(root, ALICE_ALL, ADMIN)
-        work = await m.volume_root(cell.name, names.work, "rw", ADMIN)
+        work = await volume_root(m, cell.name, names.work, "rw")
         public, _ = await m.mkdir(work, "public", 0o777, ADMIN)
         await m.set_acl(public, ANYONE_WRITES, ADMIN)
 

@@ -27,6 +27,7 @@ from mounting import Mount, afs_mount, process_gone, start_daemon
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 from test_fs_writes import ADMIN, manager
 from test_mount_write import ALICE_ALL, ANYONE_WRITES, eventually, feed, ok, run
+from volumes import volume_root
 
 from afsfuse.keyring import Token
 from afsfuse.keyring.store import TokenStore
@@ -50,7 +51,7 @@ def volume(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPa
         store = TokenStore()
         store.set(ADMIN, tokens["admin"])
         async with manager(cell, tmp_path_factory.mktemp("prepare"), store) as m:
-            root = await m.volume_root(cell.name, name, "rw", ADMIN)
+            root = await volume_root(m, cell.name, name, "rw")
             await m.set_acl(root, ALICE_ALL, ADMIN)
             public, _ = await m.mkdir(root, "public", 0o777, ADMIN)
             await m.set_acl(public, ANYONE_WRITES, ADMIN)

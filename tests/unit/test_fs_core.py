@@ -11,11 +11,12 @@ import pytest
 import trio
 
 from afsfuse.cache.store import CacheStore
+from afsfuse.fs import status as fs_status
 from afsfuse.fs.callback import Fid
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.errors import FsError, errno_for, fs_error
-from afsfuse.fs.manager import _NO_CALLBACK as NO_CALLBACK
 from afsfuse.fs.manager import CacheManager, ManagerConfig
+from afsfuse.fs.operation import NO_CALLBACK
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.vnode import AfsFid, Status, Vnode
 from afsfuse.keyring.store import Identity, TokenStore
@@ -193,7 +194,7 @@ async def test_api_boundary_turns_surprises_into_eio(manager: CacheManager, capl
     async def broken(*args, **kwargs):
         raise KeyError("surprise")
 
-    manager._fetch_status = broken  # type: ignore[method-assign]
+    manager.status.fetch = broken  # type: ignore[method-assign]
     with pytest.raises(FsError) as caught:
         await manager.getattr(AfsFid("home.example", 1, 1, 1), Identity(1))
     assert caught.value.errno == errno.EIO
@@ -208,7 +209,7 @@ async def test_malformed_directory_is_eio_and_logged(manager: CacheManager, capl
     async def fetch_whole(fid, token, vnode):
         return 4, b"not a directory" * 10
 
-    manager._fetch_whole = fetch_whole  # type: ignore[method-assign]
+    manager.dirs.fetch_whole = fetch_whole  # type: ignore[method-assign]
     with pytest.raises(FsError) as caught:
         await manager.readdir(fid, Identity(1))
     assert caught.value.errno == errno.EIO
@@ -260,12 +261,14 @@ async def test_bulk_status_shows_a_held_status_with_the_dirty_state_of_its_momen
         manager.store.dirty.discard(written)
         return [Status.from_afs(afs_status(Length=7, DataVersion=1))]
 
-    manager._bulk = bulk  # type: ignore[method-assign]
+    manager.status.bulk = bulk  # type: ignore[method-assign]
     shown = await manager.bulk_status([written, other], Identity(0))
     assert [s.size for s in shown] == [3000, 7]  # type: ignore[union-attr]
 
 
-async def test_a_status_answered_before_our_store_does_not_undo_it(manager: CacheManager) -> None:
+async def test_a_status_answered_before_our_store_does_not_undo_it(
+    manager: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A status fetch that the server answered before this client's store, whose reply came
     after the store's, is older than what the store left: the store's status stays, and
     the fetch is shown with it, not with the length from before the writes."""
@@ -278,17 +281,23 @@ async def test_a_status_answered_before_our_store_does_not_undo_it(manager: Cach
     seen: list = []
     manager.on_invalidate(seen.append)
 
-    async def call(cell, volume, token, name, op):
-        sent = trio.current_time()
+    async def inline_bulk_status(conn, fids):
         await trio.sleep(0.001)
         # The server answered this call at version 5; then the writer's store ended.
         store_reply = afs_status(Length=3000, DataVersion=6)
-        manager._absorb(vnode, None, store_reply, NO_CALLBACK, server, sent, vnode.breaks, ours=6)
+        manager.status.commit(
+            vnode, None, store_reply, NO_CALLBACK, server, sent, vnode.breaks, ours=6
+        )  # type: ignore[arg-type]
         manager.store.dirty.discard(written)
         callback = SimpleNamespace(CallBackType=1, ExpirationTime=3600)
         old = afs_status(Length=1000, DataVersion=5, CallerAccess=0x9)
-        return server, sent, SimpleNamespace(StatArray=[old], CBArray=[callback])
+        return SimpleNamespace(StatArray=[old], CBArray=[callback])
 
+    async def call(cell, volume, token, name, op):
+        return await op(None, server)
+
+    sent = trio.current_time()
+    monkeypatch.setattr(fs_status.FS, "InlineBulkStatus", inline_bulk_status)
     manager.rotator.call = call  # type: ignore[method-assign]
     [shown] = await manager.bulk_status([written], Identity(0))
     assert (shown.size, shown.data_version, shown.caller_access) == (3000, 6, 0x9)  # type: ignore[union-attr]
@@ -299,7 +308,7 @@ async def test_a_status_answered_before_our_store_does_not_undo_it(manager: Cach
     # restored from a dump): taken.
     restored = afs_status(Length=10, DataVersion=2)
     later = trio.current_time() + 1
-    manager._absorb_fetched(vnode, None, restored, NO_CALLBACK, server, later, vnode.breaks)  # type: ignore[arg-type]
+    manager.status.commit_fetched(vnode, None, restored, NO_CALLBACK, server, later, vnode.breaks)  # type: ignore[arg-type]
     assert vnode.status.data_version == 2 and seen == [written]
 
 
@@ -313,7 +322,7 @@ async def test_a_reply_overtaken_by_a_later_one_does_not_take_the_file_back(
 
     def absorb(version: int, sent: float) -> Status:
         reply = afs_status(DataVersion=version, Length=version)
-        return manager._absorb(vnode, None, reply, none, server, sent, vnode.breaks)  # type: ignore[arg-type]
+        return manager.status.commit(vnode, None, reply, none, server, sent, vnode.breaks)  # type: ignore[arg-type]
 
     now = trio.current_time()
     absorb(7, sent=now)

@@ -14,9 +14,9 @@ import trio
 from afsfuse.cache import AsyncCacheStore, CacheStore, CleanItem, FidKey
 from afsfuse.cache.dirty import DirtyStore
 from afsfuse.fs.errors import FsError
-from afsfuse.fs.manager import _written_over
 from afsfuse.fs.unsent import UnsentData
 from afsfuse.fs.vnode import Status
+from afsfuse.fs.writer import written_over as _written_over
 
 KiB = 1 << 10
 CHUNK = 64 * KiB

@@ -44,3 +44,13 @@ def test_mypy_rejects_mistyped_replies_and_arguments_and_accepts_the_right_ones(
     errors = re.findall(r"^(\S+?):(\d+): error: ", run.stdout, re.MULTILINE)
     assert {Path(path).name for path, _ in errors} == {"reply_mistyped.py"}, run.stdout
     assert {int(line) for _, line in errors} == marked, run.stdout
+
+
+def test_constants_assigned_together_are_in_the_stubs() -> None:
+    """`CB_EXCLUSIVE, CB_SHARED, CB_DROPPED = 1, 2, 3` was left out of the stubs, so a
+    type checker said the module had no CB_DROPPED."""
+    from afsfuse.rx.interfaces import fs, vl
+
+    fs_stub = stubgen.stub(fs, stubgen._homes())
+    assert "CB_DROPPED: int" in fs_stub and "FILE_SYMLINK: int" in fs_stub
+    assert "BACKVOL: int" in stubgen.stub(vl, stubgen._homes())

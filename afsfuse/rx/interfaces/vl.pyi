@@ -14,6 +14,12 @@ NMAXNSERVERS: int
 
 MAXTYPES: int
 
+RWVOL: int
+
+ROVOL: int
+
+BACKVOL: int
+
 ANYVOL: int
 
 VLF_RWEXISTS: int
