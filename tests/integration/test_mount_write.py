@@ -754,3 +754,75 @@ def test_appends_land_at_the_end_while_the_directory_is_listed(
         shutil.rmtree(public)
     assert [p.returncode for p in others] == [0, 0], problems
     assert ok(done).stdout.startswith(b"ok: "), done.stdout.decode()
+
+
+#: Append (O_APPEND) 1 KiB blocks, each naming its number, to a file of about 60 of them,
+#: while two threads read it whole: every block read must be one a write put there.  The
+#: file is rewritten ("wb") back to 45-75 blocks once it reaches 120, with the readers
+#: held off (a read racing a truncation is another matter).  Prints "ok: ..." or the first
+#: wrong read.
+APPEND_AND_READ = r"""
+import random, sys, threading, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+def blocks(version, first, count):
+    out = []
+    for i in range(first, first + count):
+        header = b"v%d b%d\n" % (version, i)
+        out.append((header * (1024 // len(header) + 1))[:1024])
+    return b"".join(out)
+with open(path, "wb") as f:
+    f.write(blocks(0, 0, 60))
+stop = threading.Event()
+gates = [threading.Lock(), threading.Lock()]
+wrong = []
+reads = [0]
+def reader(gate):
+    while not stop.is_set() and not wrong:
+        with gate, open(path, "rb") as f:
+            data = f.read()
+        reads[0] += 1
+        for i in range(len(data) // 1024):
+            got = data[i * 1024 : (i + 1) * 1024]
+            version = got[1 : got.index(b" ")] if got.startswith(b"v") else b""
+            if not version.isdigit() or got != blocks(int(version), i, 1):
+                wrong.append(f"read {reads[0]}: block {i} of {len(data)} bytes: {got[:24]!r}")
+                break
+readers = [threading.Thread(target=reader, args=(gate,)) for gate in gates]
+for t in readers:
+    t.start()
+rng = random.Random(5)
+length, version, appends = 60, 0, 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline and not wrong:
+    version += 1
+    if length < 120:
+        count = rng.randint(1, 16)
+        with open(path, "ab", buffering=0) as f:
+            f.write(blocks(version, length, count))
+        length += count
+        appends += 1
+    else:
+        length = rng.randint(45, 75)
+        with gates[0], gates[1], open(path, "wb", buffering=0) as f:
+            f.write(blocks(version, 0, length))
+stop.set()
+for t in readers:
+    t.join()
+print(wrong[0] if wrong else f"ok: {appends} appends, {reads[0]} reads")
+"""
+
+
+def test_readers_on_the_appending_mount_see_only_written_blocks(
+    writer: Mount, volumes: Volumes
+) -> None:
+    """A file appended to over and over while readers on the same mount read it whole:
+    no read holds zeros or a block no write put there.
+
+    Between a write and the close that stores it, this mount shows the file with the
+    length of its writes beside the data version they went over.  Remembered as the
+    kernel's version and length, that pair, once the close had stored a newer version,
+    had reads served from the older version up to the longer length: they came back
+    short, and the kernel filled the rest of its pages with zeros."""
+    d = volume_path(writer, volumes.work) / fresh_dir(writer, volumes.work, user=None)
+    done = python(writer, APPEND_AND_READ, str(d / "f"), "15", user=None)
+    assert ok(done).stdout.startswith(b"ok: "), done.stdout.decode()
