@@ -44,6 +44,9 @@ class Status:
     parent_vnode: int
     parent_unique: int
     lock_count: int = 0
+    #: The size and mtime are this mount's, with writes the fileserver has not got yet:
+    #: `data_version` is the version they were written over, which is shorter or longer.
+    unstored: bool = field(default=False, compare=False)
 
     @classmethod
     def from_afs(cls, fs: Any) -> Status:

@@ -118,7 +118,8 @@ class Writer:
         dirty = self.shown_dirty(fid, status)
         if dirty is None:
             return status
-        return replace(status, size=dirty.length, mtime=self._mtimes.get(fid, status.mtime))
+        mtime = self._mtimes.get(fid, status.mtime)
+        return replace(status, size=dirty.length, mtime=mtime, unstored=True)
 
     def shown_dirty(self, fid: AfsFid, status: Status) -> DirtyFile | None:
         """The dirty state this mount shows for `fid` with the server at `status`: none for

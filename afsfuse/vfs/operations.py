@@ -87,6 +87,8 @@ __all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
 
 #: The kernel's page: it reads ahead in whole pages, up to the one its length ends in.
 _PAGE = mmap.PAGESIZE
+#: The length of a remembered version (`_shown`) when the kernel's is this mount's writes'.
+_WRITTEN = -1
 #: Directory entries whose status is fetched together in one readdir step.
 READDIR_BATCH = 100
 #: How long statfs trusts "the last node this process touched" (see statfs).
@@ -238,9 +240,24 @@ class AfsOperations(pyfuse3.Operations):
             self._show(*child.shown)
 
     def _show(self, fid: AfsFid, status: Status) -> None:
-        """The kernel now has these attributes: remember a file's version (see `read`)."""
+        """The kernel now has these attributes: remember a file's version (see `read`).
+        A length with this mount's unstored writes is no version's: the version beside it
+        is the one they went over, and serving that version up to that length, once they
+        are stored, would come back short and leave zeros in the kernel's pages.  Nor is
+        the kernel's length a version's once this mount writes: its writes set it."""
         if status.is_file:
-            self._shown[fid] = (status.data_version, status.size)
+            self._shown[fid] = (status.data_version, _WRITTEN if status.unstored else status.size)
+
+    def _written(self, fid: AfsFid) -> None:
+        """This mount writes `fid`: the kernel's length is its writes' (see `_show`)."""
+        shown = self._shown.get(fid)
+        if shown is not None:
+            self._shown[fid] = (shown[0], _WRITTEN)
+
+    def _shown_version(self, fid: AfsFid) -> Shown | None:
+        """The version and length the kernel has of `fid`, if its length is a version's."""
+        shown = self._shown.get(fid)
+        return None if shown is None or shown[1] == _WRITTEN else shown
 
     def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
         probe = entry.make(0)
@@ -366,7 +383,9 @@ class AfsOperations(pyfuse3.Operations):
             # change may still be on its way: drop them now (the pages with this open).  It
             # asks for the attributes before it reads again, and gets this version's.
             self.invalidator.attributes_now(inode)
-            self._shown[node.fid] = (status.data_version, status.size)
+            self._show(node.fid, status)
+        if flags & os.O_TRUNC:
+            self._written(node.fid)
         fh = self._open_file(node.fid, inode, who, write, direct=bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
@@ -413,8 +432,8 @@ class AfsOperations(pyfuse3.Operations):
         the old one for the end of the file."""
         handle = self._file_handle(fh)
         fid = handle.fid
-        got = await self.manager.read_shown(fid, off, size, handle.who, self._shown.get(fid))
-        shown = self._shown.get(fid)  # now: the kernel may have been given more meanwhile
+        got = await self.manager.read_shown(fid, off, size, handle.who, self._shown_version(fid))
+        shown = self._shown_version(fid)  # now: the kernel may have been given more meanwhile
         if got.version is None or shown is None:
             return got.data
         if got.version == shown[0]:
@@ -442,6 +461,7 @@ class AfsOperations(pyfuse3.Operations):
     @guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._file_handle(fh, writing=True)
+        self._written(handle.fid)
         return await self.manager.write(handle.fid, off, bytes(buf), handle.who)
 
     @guard
