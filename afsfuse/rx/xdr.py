@@ -14,6 +14,8 @@ round-trips any bytes (as `os.fsdecode` does); encoding accepts `str` or `bytes`
 
 Decoding checks every length and count against the buffer and raises `XdrError` and
 nothing else, so a hostile peer cannot make it raise IndexError or allocate without bound.
+
+Over 500 lines: every codec and quirk of the wire format in one place, on purpose.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ The KDC runs on the host, listening on the bridge address.
 
 starts a cell, runs COMMAND with the cell described in its environment (see Cell.env),
 tears everything down and exits with COMMAND's status.
+
+Over 500 lines: one harness that starts, populates and tears down a whole cell, every
+step beside the cleanup that undoes it.
 """
 
 from __future__ import annotations

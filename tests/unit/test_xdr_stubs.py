@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from afsfuse.rx import stubgen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +18,6 @@ def test_the_stubs_match_the_declarations() -> None:
 
 
 def test_mypy_rejects_mistyped_replies_and_arguments_and_accepts_the_right_ones() -> None:
-    pytest.importorskip("mypy")
     marked = {
         number
         for number, line in enumerate((TYPING / "reply_mistyped.py").read_text().splitlines(), 1)
