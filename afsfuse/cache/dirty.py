@@ -316,8 +316,8 @@ class DirtyStore:
         data: bytes,
         bases: Mapping[int, bytes],
         length: int,
-        new_chunks: list[int],
-    ) -> list[tuple[int, bytes | bytearray]]:
+        new_chunks: builtins.list[int],
+    ) -> builtins.list[tuple[int, bytes | bytearray]]:
         """What a write puts where: a newly dirty chunk whole (its base, then the new
         bytes: no stale byte survives in it), into an already dirty chunk just the bytes."""
         size = dirty.chunk_size
