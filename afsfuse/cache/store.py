@@ -30,10 +30,11 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
+from typing import Any, Protocol, Self, cast
 
 import diskcache
 
@@ -93,7 +94,11 @@ def _dir_key(prefix: str, data_version: int) -> str:
     return f"{prefix}d{data_version}"
 
 
-class _ChunkDisk(diskcache.Disk):
+#: What diskcache's Disk.store returns: the size, mode, file name and value of a row.
+_Row = tuple[int, int, str | None, object]
+
+
+class _ChunkDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no types: Disk is Any
     """diskcache's own Disk writes a bytes value line by line (hundreds of writes for a
     random 64 KiB chunk) and spreads files over 65536 directories; this writes a value
     with one call into at most 256 directories, which halves the cost of a set here."""
@@ -103,9 +108,9 @@ class _ChunkDisk(diskcache.Disk):
         filename = os.path.join(name[:2], name)
         return filename, os.path.join(self._directory, filename)
 
-    def store(self, value: object, read: bool, key: object = None) -> tuple:
+    def store(self, value: object, read: bool, key: object = None) -> _Row:
         if type(value) is not bytes or len(value) < self.min_file_size:
-            return super().store(value, read, key=key)
+            return cast(_Row, super().store(value, read, key=key))  # diskcache: untyped
         filename, full_path = self.filename()
         try:
             file = open(full_path, "xb")  # noqa: SIM115 - closed below
@@ -115,6 +120,23 @@ class _ChunkDisk(diskcache.Disk):
         with file:
             file.write(value)
         return len(value), diskcache.core.MODE_BINARY, filename, None
+
+
+class _Values(Protocol):
+    """The part of diskcache.Cache used here, typed (diskcache ships no type information)."""
+
+    size_limit: int
+
+    def get(self, key: str) -> Any: ...  # whatever was stored under key
+    def set(self, key: str, value: object, *, tag: str) -> bool: ...
+    def delete(self, key: str) -> bool: ...
+    def evict(self, tag: str) -> int: ...
+    def iterkeys(self) -> Iterator[str]: ...
+    def transact(self) -> AbstractContextManager[None]: ...
+    def volume(self) -> int: ...
+    def cull(self) -> int: ...
+    def clear(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class CacheStore:
@@ -144,7 +166,7 @@ class CacheStore:
         except BaseException:
             self._lock_file.close()
             raise
-        self._clean = diskcache.Cache(
+        self._clean: _Values = diskcache.Cache(
             str(self.path / "clean"),
             disk=_ChunkDisk,
             size_limit=size_limit,
@@ -201,19 +223,28 @@ class CacheStore:
         return _fid_prefix(fid) in self._recorded
 
     def get_record(self, fid: FidKey) -> FileRecord | None:
-        return self._clean.get(_fid_prefix(fid) + "r")
+        return self._record(_fid_prefix(fid))
 
     def get_chunk(self, fid: FidKey, data_version: int, index: int) -> bytes | None:
         """Chunk `index` of `fid` at `data_version`, or None unless it is cached complete.
         The last chunk of a file may be shorter than the chunk size."""
         prefix = _fid_prefix(fid)
-        record = self._clean.get(prefix + "r")
+        record = self._record(prefix)
         if record is None or record.data_version != data_version or index not in record.chunks:
             return None
-        return self._clean.get(_chunk_key(prefix, data_version, index))
+        return self._data(_chunk_key(prefix, data_version, index))
 
     def get_dir(self, fid: FidKey, data_version: int) -> bytes | None:
-        return self._clean.get(_dir_key(_fid_prefix(fid), data_version))
+        return self._data(_dir_key(_fid_prefix(fid), data_version))
+
+    # diskcache gives back whatever was stored, untyped: a record key holds a FileRecord
+    # (written by _put only), a chunk or directory key bytes.
+
+    def _record(self, prefix: str) -> FileRecord | None:
+        return cast(FileRecord | None, self._clean.get(prefix + "r"))
+
+    def _data(self, key: str) -> bytes | None:
+        return cast(bytes | None, self._clean.get(key))
 
     def put_many(self, items: Iterable[CleanItem]) -> None:
         """Cache chunks (complete; a file's last may be short) and directories in one
@@ -236,7 +267,7 @@ class CacheStore:
     def _put(self, item: CleanItem) -> None:
         prefix = _fid_prefix(item.fid)
         version = item.data_version
-        old = self._clean.get(prefix + "r") if prefix in self._recorded else None
+        old = self._record(prefix) if prefix in self._recorded else None
         if old is not None and old.data_version != version:
             self._delete_version(prefix, old)
             old = None
