@@ -13,9 +13,9 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from afsfuse.rx.connection import DEFAULT_DEAD_TIME
+from afsfuse.rx.driver import Endpoint
 from afsfuse.rx.errors import RXGEN_OPCODE, RxAbort
 from afsfuse.rx.interfaces.vl import (
     ANYVOL,
@@ -35,6 +35,9 @@ from afsfuse.rx.interfaces.vl import (
     VLSF_RWVOL,
     VLSF_UUID,
     ListAddrByAttributes,
+    nvldbentry,
+    uvldbentry,
+    vldbentry,
 )
 from afsfuse.rx.rpc import ConnectionLike
 from afsfuse.rx.security import RXNULL, ClientSecurity
@@ -42,6 +45,8 @@ from afsfuse.rx.security import RXNULL, ClientSecurity
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+#: A VLDB entry in any of the three layouts (see _GENERATIONS).
+Entry = uvldbentry | nvldbentry | vldbentry
 
 #: Ubik's error codes: the database replica cannot serve us now, another may.
 UBIK_ERRORS = range(5376, 5632)
@@ -97,11 +102,12 @@ class VolumeLocation:
         return () if voltype is None else self.sites[voltype]
 
 
-def _existing_ids(entry: Any) -> tuple[int, int, int]:
+def _existing_ids(entry: Entry) -> tuple[int, int, int]:
     """The entry's ids, 0 for a type its flags say does not exist: the VLDB reserves RO and
     BK ids at creation, long before (if ever) such a volume is made."""
     wanted = (VLF_RWEXISTS, VLF_ROEXISTS, VLF_BACKEXISTS)
-    return tuple(i if entry.flags & f else 0 for i, f in zip(entry.volumeId, wanted, strict=True))
+    rw, ro, bk = (i if entry.flags & f else 0 for i, f in zip(entry.volumeId, wanted, strict=True))
+    return rw, ro, bk
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,16 @@ def ipv4_text(value: int) -> str:
     return str(ipaddress.IPv4Address(value & 0xFFFFFFFF))
 
 
-def _raw_sites(entry: Any, generation: str) -> list[_RawSite]:
+def _raw_sites(entry: Entry) -> list[_RawSite]:
     """The per-site columns of any of the three entry layouts, as rows."""
     count = max(0, min(entry.nServers, len(entry.serverFlags)))
     sites = []
     for i in range(count):
         flags = entry.serverFlags[i]
-        if generation == "U":
-            number: uuid.UUID = entry.serverNumber[i]
-            server: int | uuid.UUID = number if flags & VLSF_UUID else number.time_low
+        server: int | uuid.UUID
+        if isinstance(entry, uvldbentry):
+            number = entry.serverNumber[i]
+            server = number if flags & VLSF_UUID else number.time_low
             unique = entry.serverUnique[i]
         else:
             server, unique = entry.serverNumber[i], 0
@@ -180,7 +187,7 @@ class VLClient:
     @classmethod
     def on_endpoint(
         cls,
-        endpoint: Any,
+        endpoint: Endpoint,
         hosts: Sequence[str],
         security: ClientSecurity = RXNULL,
         *,
@@ -244,7 +251,7 @@ class VLClient:
                 generation += 1
                 self._generation[addr] = generation
                 log.debug("VL server %s:%d is older: trying %s", *addr, _GENERATIONS[generation])
-        raw = _raw_sites(entry, kind)
+        raw = _raw_sites(entry)
         resolved: dict[uuid.UUID, tuple[str, ...]] = {}
         for site in raw:
             if _usable(site) and isinstance(site.server, uuid.UUID) and site.server not in resolved:
@@ -263,15 +270,17 @@ class VLClient:
         )
 
     @staticmethod
-    async def _fetch_entry(conn: ConnectionLike, kind: str, volume: str | int) -> Any:
+    async def _fetch_entry(conn: ConnectionLike, kind: str, volume: str | int) -> Entry:
         if kind == "U":
             # The VL server looks an all-digit name up as an id, as OpenAFS's CM relies on.
             return await VL.GetEntryByNameU(conn, str(volume))
         if isinstance(volume, int):
-            rpc = VL.GetEntryByIDN if kind == "N" else VL.GetEntryByID
-            return await rpc(conn, volume, ANYVOL)
-        rpc = VL.GetEntryByNameN if kind == "N" else VL.GetEntryByNameO
-        return await rpc(conn, volume)
+            if kind == "N":
+                return await VL.GetEntryByIDN(conn, volume, ANYVOL)
+            return await VL.GetEntryByID(conn, volume, ANYVOL)
+        if kind == "N":
+            return await VL.GetEntryByNameN(conn, volume)
+        return await VL.GetEntryByNameO(conn, volume)
 
     async def _server_addresses(self, conn: ConnectionLike, site: _RawSite) -> tuple[str, ...]:
         """All addresses of a multi-homed fileserver, cached until its uniquifier changes."""
