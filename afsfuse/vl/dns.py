@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dns.asyncbackend
 import dns.asyncresolver
@@ -32,6 +32,7 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 import trio
 
 VLSERVER = "afs3-vlserver"
@@ -119,6 +120,16 @@ _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 def _usable_ipv4(text: str) -> bool:
     address = ipaddress.IPv4Address(text)
     return not (address.is_unspecified or address.is_multicast or address == _BROADCAST)
+
+
+class _Answer(NamedTuple):
+    """What a lookup takes from a DNS answer that has records."""
+
+    rrset: dns.rrset.RRset
+    #: The owner of the records: the name asked for, or where its CNAMEs led.
+    canonical_name: dns.name.Name
+    #: The smallest TTL on the way, CNAMEs included.
+    minimum_ttl: int
 
 
 class _Pending:
@@ -235,9 +246,7 @@ class CellResolver:
         servers = tuple(replace(server, port=port) for server in vl.servers)
         return replace(vl, service=service, servers=servers)
 
-    async def _query(
-        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
-    ) -> dns.resolver.Answer | None:
+    async def _query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> _Answer | None:
         """One DNS question; None when the name or the type does not exist."""
         try:
             answer = await self._resolver.resolve(
@@ -253,7 +262,9 @@ class CellResolver:
             raise CellLookupTimeout(f"{name} {rdtype.name}: {error}") from None
         except dns.exception.DNSException as error:
             raise CellLookupError(f"{name} {rdtype.name}: {error}") from None
-        return answer if answer.rrset is not None else None
+        if answer.rrset is None:
+            return None
+        return _Answer(answer.rrset, answer.canonical_name, answer.chaining_result.minimum_ttl)
 
     async def _from_srv(self, domain: dns.name.Name, service: str) -> CellServers | None:
         owner = dns.name.from_text(f"_{service}._udp", origin=domain)
@@ -271,9 +282,7 @@ class CellResolver:
             if len(candidates) == MAX_HOSTS:
                 break
         cell = _cell_of_srv(answer.canonical_name, service) or domain.to_text(omit_final_dot=True)
-        return await self._addresses(
-            cell, service, "srv", candidates, answer.chaining_result.minimum_ttl
-        )
+        return await self._addresses(cell, service, "srv", candidates, answer.minimum_ttl)
 
     async def _from_afsdb(self, domain: dns.name.Name) -> CellServers | None:
         answer = await self._query(domain, dns.rdatatype.AFSDB)
@@ -289,9 +298,7 @@ class CellResolver:
             if len(candidates) == MAX_HOSTS:
                 break
         cell = _hostname(answer.canonical_name) or domain.to_text(omit_final_dot=True)
-        return await self._addresses(
-            cell, VLSERVER, "afsdb", candidates, answer.chaining_result.minimum_ttl
-        )
+        return await self._addresses(cell, VLSERVER, "afsdb", candidates, answer.minimum_ttl)
 
     async def _addresses(
         self,
@@ -314,7 +321,7 @@ class CellResolver:
                 return
             if answer is None:
                 return
-            ttls.append(answer.chaining_result.minimum_ttl)
+            ttls.append(answer.minimum_ttl)
             found[index] = [
                 DnsServer(hostname, record.address, port, rank)
                 for record in answer.rrset
