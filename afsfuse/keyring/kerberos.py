@@ -17,8 +17,11 @@ import time
 from collections.abc import Callable
 
 import gssapi
-import gssapi.exceptions
 import krb5
+
+# gssapi.exceptions.GSSError is this same class, re-exported there in a way that strict
+# type checking does not see.
+from gssapi.raw.misc import GSSError
 
 from afsfuse.keyring.token import Token, TokenError
 from afsfuse.rx.rxkad import MAX_TICKET_LEN, derive_des_key
@@ -56,9 +59,12 @@ def token_from_ccache(cell: str, ccache: str | None = None, realm: str | None = 
             else krb5.cc_resolve(context, ccache.encode())
         )
         client_realm = krb5.cc_get_principal(context, cache).realm.decode()
-        cache_name = f"{cache.cache_type.decode()}:{cache.name.decode()}"
+        cache_name = (
+            f"{krb5.cc_get_type(context, cache).decode()}:"
+            f"{krb5.cc_get_name(context, cache).decode()}"
+        )
         gss_creds = gssapi.Credentials(usage="initiate", store={b"ccache": cache_name.encode()})
-    except (krb5.Krb5Error, gssapi.exceptions.GSSError) as error:
+    except (krb5.Krb5Error, GSSError) as error:
         raise TokenError(
             f"no usable Kerberos credentials in {ccache or 'the default cache'}: {error}"
         ) from error
@@ -70,7 +76,7 @@ def token_from_ccache(cell: str, ccache: str | None = None, realm: str | None = 
         target = gssapi.Name(service, gssapi.NameType.kerberos_principal)
         try:
             gssapi.SecurityContext(name=target, creds=gss_creds, usage="initiate").step()
-        except gssapi.exceptions.GSSError as error:
+        except GSSError as error:
             if error.min_code == _PRINCIPAL_UNKNOWN_MINOR:
                 raise _UnknownService from error
             raise TokenError(f"cannot get a ticket for {service}: {error}") from error
@@ -132,8 +138,16 @@ def _newest_ticket(context: krb5.Context, cache_name: str, service: str) -> krb5
     return max(tickets, key=lambda creds: creds.times.endtime)
 
 
+def _name(principal: krb5.Principal) -> str:
+    """A principal's full name (pykrb5 gives None only for a NULL principal)."""
+    name = principal.name
+    if name is None:
+        raise TokenError("libkrb5 returned a ticket without a principal")
+    return name.decode()
+
+
 def _token(cell: str, creds: krb5.Creds) -> Token:
-    service = creds.server.name.decode()
+    service = _name(creds.server)
     if not creds.ticket.startswith(b"\x61"):
         raise TokenError(f"the ticket for {service} is not a DER Kerberos 5 Ticket")
     if len(creds.ticket) > MAX_TICKET_LEN:
@@ -151,7 +165,7 @@ def _token(cell: str, creds: krb5.Creds) -> Token:
     return Token(
         cell=cell,
         realm=creds.server.realm.decode(),
-        client=creds.client.name.decode(),
+        client=_name(creds.client),
         session_key=session_key,
         ticket=creds.ticket,
         begin=times.starttime or times.authtime,
