@@ -40,6 +40,8 @@ class KernelKeep:
         found = keyutils.search(
             keyutils.KEY_SPEC_USER_KEYRING, self.name.encode(), keyType=b"keyring"
         )
+        #: The keyring's serial number (keyutils ships no types: its calls give Any).
+        self._ring: int
         if found:
             self._ring = found
         else:
