@@ -188,7 +188,7 @@ def _explained(error: FsError) -> str:
         return "no such file (the vnode does not exist)"
     if error.errno == errno.ETIMEDOUT:
         return f"the server did not answer ({error.strerror})"
-    return error.strerror or os.strerror(error.errno)
+    return error.strerror
 
 
 async def _give_up_callbacks(conn: ClientConnection) -> None:

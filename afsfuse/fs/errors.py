@@ -34,6 +34,10 @@ from afsfuse.rx.interfaces import vl as vlint
 class FsError(OSError):
     """A cache-manager failure, as the errno a local filesystem would give."""
 
+    # Always set, unlike an OSError's.
+    errno: int
+    strerror: str
+
     def __init__(self, err: int, message: str | None = None) -> None:
         super().__init__(err, message or os.strerror(err))
 
