@@ -5,13 +5,13 @@ Every RPC the cache manager makes on a vnode is an `FsOperation` (as kAFS's
 count then; `run(call)` sends `call(connection, server)` through the one rotation path
 (fs/rotate.py) and records the server and send time of the attempt that answered; `commit`
 then hands a returned status (and callback) to the status keeper (fs/status.py) with those
-facts, so no caller carries them around by hand.
+facts (a `ReplyOrigin`), so no caller carries them around by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import trio
 
@@ -31,30 +31,31 @@ T = TypeVar("T")
 NO_CALLBACK = AFSCallBack(CALLBACK_VERSION, 0, CB_DROPPED)
 
 
+class ReplyOrigin(NamedTuple):
+    """Where a status in a reply came from, for one vnode: the call was made with `token`,
+    `server` answered the attempt sent at `sent`, and the vnode's callback-break count was
+    `breaks` before the call."""
+
+    token: Token | None
+    server: FileServer
+    sent: float
+    breaks: int
+
+
 class Committer(Protocol):
     """The status keeper's side of an operation (fs/status.py)."""
 
     def commit(
         self,
         vnode: Vnode,
-        token: Token | None,
         afs_status: AFSFetchStatus,
         callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
+        origin: ReplyOrigin,
         ours: int | None = None,
     ) -> Status: ...
 
     def commit_fetched(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: AFSFetchStatus,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
+        self, vnode: Vnode, afs_status: AFSFetchStatus, callback: Any, origin: ReplyOrigin
     ) -> Status: ...
 
 
@@ -99,9 +100,11 @@ class FsOperation:
 
         return await self.rotator.call(self.cell, self.volume, self.token, self.name, attempt)
 
-    def _breaks(self, vnode: Vnode) -> int:
+    def _origin(self, vnode: Vnode) -> ReplyOrigin:
+        assert self.server is not None, "commit before the call answered"
         # A vnode the call made (a new file) had nothing before it: its count now.
-        return self.before.get(vnode.fid, vnode.breaks)
+        breaks = self.before.get(vnode.fid, vnode.breaks)
+        return ReplyOrigin(self.token, self.server, self.sent, breaks)
 
     def commit(
         self,
@@ -113,23 +116,10 @@ class FsOperation:
     ) -> Status:
         """Take `vnode`'s status (and callback) from the reply; `ours` is a data version
         this operation made itself (fs/status.py)."""
-        assert self.server is not None, "commit before the call answered"
-        return self.keeper.commit(
-            vnode,
-            self.token,
-            afs_status,
-            callback,
-            self.server,
-            self.sent,
-            self._breaks(vnode),
-            ours,
-        )
+        return self.keeper.commit(vnode, afs_status, callback, self._origin(vnode), ours)
 
     def commit_fetched(
         self, vnode: Vnode, afs_status: AFSFetchStatus, callback: Any = NO_CALLBACK
     ) -> Status:
         """`commit` for a status the server was asked for (fs/status.py)."""
-        assert self.server is not None, "commit before the call answered"
-        return self.keeper.commit_fetched(
-            vnode, self.token, afs_status, callback, self.server, self.sent, self._breaks(vnode)
-        )
+        return self.keeper.commit_fetched(vnode, afs_status, callback, self._origin(vnode))

@@ -18,7 +18,7 @@ import trio
 
 from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.fs.errors import FsError, fs_error
-from afsfuse.fs.operation import NO_CALLBACK, FsOperation
+from afsfuse.fs.operation import NO_CALLBACK, FsOperation, ReplyOrigin
 from afsfuse.fs.rotate import Rotator
 from afsfuse.fs.server import FileServer
 from afsfuse.fs.stats import Stats
@@ -71,18 +71,15 @@ class StatusKeeper:
     def commit(
         self,
         vnode: Vnode,
-        token: Token | None,
         afs_status: AFSFetchStatus,
         callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
+        origin: ReplyOrigin,
         ours: int | None = None,
     ) -> Status:
-        """Take a status (and the callback that came with it) from a reply made with
-        `token`, sent at `sent` while `vnode.breaks` was `breaks`.  A new data version tells
-        `replaced`, unless it is `ours`: the version our own change made, which the caller
-        has already applied."""
+        """Take a status (and the callback that came with it) from a reply, made and
+        answered as `origin` says.  A new data version tells `replaced`, unless it is
+        `ours`: the version our own change made, which the caller has already applied."""
+        token, server, sent, breaks = origin
         status = Status.from_afs(afs_status)
         previous = vnode.status
         now = trio.current_time()
@@ -120,21 +117,14 @@ class StatusKeeper:
         return status
 
     def commit_fetched(
-        self,
-        vnode: Vnode,
-        token: Token | None,
-        afs_status: AFSFetchStatus,
-        callback: Any,
-        server: FileServer,
-        sent: float,
-        breaks: int,
+        self, vnode: Vnode, afs_status: AFSFetchStatus, callback: Any, origin: ReplyOrigin
     ) -> Status:
         """`commit` for a status the server was asked for (FetchStatus, InlineBulkStatus),
         answering with the file's status: a reply `commit` found overtaken (our own store,
         typically, whose reply came first) gives the held status, with the caller's rights
         from the reply.  Giving the kernel the reply's length would be the length from
         before our writes, and O_APPEND would write there."""
-        status = self.commit(vnode, token, afs_status, callback, server, sent, breaks)
+        status = self.commit(vnode, afs_status, callback, origin)
         held = vnode.status
         if held is not None and held.data_version > status.data_version:
             return held.with_access(status.caller_access)

@@ -16,7 +16,7 @@ from afsfuse.fs.callback import Fid
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.errors import FsError, errno_for, fs_error
 from afsfuse.fs.manager import CacheManager, ManagerConfig
-from afsfuse.fs.operation import NO_CALLBACK
+from afsfuse.fs.operation import NO_CALLBACK, ReplyOrigin
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.vnode import AfsFid, Status, Vnode
 from afsfuse.keyring.store import Identity, TokenStore
@@ -285,9 +285,8 @@ async def test_a_status_answered_before_our_store_does_not_undo_it(
         await trio.sleep(0.001)
         # The server answered this call at version 5; then the writer's store ended.
         store_reply = afs_status(Length=3000, DataVersion=6)
-        manager.status.commit(
-            vnode, None, store_reply, NO_CALLBACK, server, sent, vnode.breaks, ours=6
-        )  # type: ignore[arg-type]
+        origin = ReplyOrigin(None, server, sent, vnode.breaks)  # type: ignore[arg-type]
+        manager.status.commit(vnode, store_reply, NO_CALLBACK, origin, ours=6)
         manager.store.dirty.discard(written)
         callback = SimpleNamespace(CallBackType=1, ExpirationTime=3600)
         old = afs_status(Length=1000, DataVersion=5, CallerAccess=0x9)
@@ -308,7 +307,8 @@ async def test_a_status_answered_before_our_store_does_not_undo_it(
     # restored from a dump): taken.
     restored = afs_status(Length=10, DataVersion=2)
     later = trio.current_time() + 1
-    manager.status.commit_fetched(vnode, None, restored, NO_CALLBACK, server, later, vnode.breaks)  # type: ignore[arg-type]
+    origin = ReplyOrigin(None, server, later, vnode.breaks)  # type: ignore[arg-type]
+    manager.status.commit_fetched(vnode, restored, NO_CALLBACK, origin)
     assert vnode.status.data_version == 2 and seen == [written]
 
 
@@ -322,7 +322,8 @@ async def test_a_reply_overtaken_by_a_later_one_does_not_take_the_file_back(
 
     def absorb(version: int, sent: float) -> Status:
         reply = afs_status(DataVersion=version, Length=version)
-        return manager.status.commit(vnode, None, reply, none, server, sent, vnode.breaks)  # type: ignore[arg-type]
+        origin = ReplyOrigin(None, server, sent, vnode.breaks)  # type: ignore[arg-type]
+        return manager.status.commit(vnode, reply, none, origin)
 
     now = trio.current_time()
     absorb(7, sent=now)
