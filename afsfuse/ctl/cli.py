@@ -1,5 +1,5 @@
 """`afsfuse-ctl`: talk to a running afsfuse mount (tokens, sysname, statistics, ACLs,
-quotas, mount points).
+quotas, mount points, flushes).
 
 Output follows the OpenAFS commands of the same names; --json prints the daemon's replies
 for scripts.  Exit status: 0 on success, 1 when something was refused or failed, 2 for
@@ -24,7 +24,8 @@ from afsfuse.keyring import TokenError, token_from_ccache
 
 PROG = "afsfuse-ctl"
 _DESCRIPTION = (
-    "Talk to a running afsfuse mount: tokens, sysname, statistics, ACLs, quotas, mount points."
+    "Talk to a running afsfuse mount: tokens, sysname, statistics, ACLs, quotas, mount points,"
+    " flushes."
 )
 
 
@@ -98,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     setacl.add_argument("--negative", action="store_true", help="edit the negative rights")
     listquota = command("listquota", _listquota, "show the quota and usage of volumes")
     listquota.add_argument("paths", nargs="+", metavar="PATH")
+    setquota = command("setquota", _setquota, "set the quota of the volume a path is in")
+    setquota.add_argument("path", metavar="PATH")
+    setquota.add_argument(
+        "max", type=int, metavar="KB", help="the quota in kilobytes (0: no limit)"
+    )
+    flush = command("flush", _flush, "forget what is cached of files and directories")
+    flush.add_argument("paths", nargs="+", metavar="PATH")
+    flushvolume = command(
+        "flushvolume", _flushvolume, "forget what is cached of the volumes paths are in"
+    )
+    flushvolume.add_argument("paths", nargs="+", metavar="PATH")
+    command("flushall", _flushall, "forget everything cached (root only)")
     mkmount = command("mkmount", _mkmount, "make a mount point for a volume")
     mkmount.add_argument("dir", metavar="DIR")
     mkmount.add_argument("volume", metavar="VOLUME")
@@ -347,6 +360,22 @@ def _listquota(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         print(f"{result['volume']:<25}{limit:>10}{used:>11}{percent:>6}{partition:>9}%")
 
     return _each(client, "listquota", args.paths, show, _object_path)
+
+
+def _setquota(client: ControlClient, args: argparse.Namespace) -> Any:
+    return client.call("setquota", path=_object_path(args.path), max=args.max)
+
+
+def _flush(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    return _each(client, "flush", args.paths, lambda path, result: None, _object_path)
+
+
+def _flushvolume(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    return _each(client, "flushvolume", args.paths, lambda path, result: None, _object_path)
+
+
+def _flushall(client: ControlClient, args: argparse.Namespace) -> Any:
+    return client.call("flushall")
 
 
 def _mkmount(client: ControlClient, args: argparse.Namespace) -> Any:

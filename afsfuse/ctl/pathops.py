@@ -1,5 +1,6 @@
-"""Control ops on paths inside the mount: ACLs, quotas and mount points (`fs listacl`,
-`fs setacl`, `fs listquota`, `fs mkmount`, `fs lsmount`, `fs rmmount`).
+"""Control ops on paths inside the mount: ACLs, quotas, mount points and flushes (`fs
+listacl`, `fs setacl`, `fs listquota`, `fs setquota`, `fs mkmount`, `fs lsmount`, `fs
+rmmount`, `fs flush`, `fs flushvolume`, `fs flushall`).
 
 The client sends an absolute path with every directory in it already resolved (it runs in
 the caller's process, so symlinks are followed with the caller's rights); the daemon walks
@@ -23,6 +24,8 @@ from afsfuse.keyring.store import Identity
 
 #: At most this many `who rights` pairs in one setacl.
 MAX_ACL_ENTRIES = 64
+#: The largest quota SetVolumeStatus carries (a signed 32-bit count of KiB).
+MAX_QUOTA_KB = 2**31 - 1
 _NAME_LIMIT = 256
 
 
@@ -44,7 +47,8 @@ def _refuse(error: FsError) -> ControlError:
 
 
 class PathOps:
-    """listacl, setacl, listquota, mkmount, lsmount, rmmount."""
+    """listacl, setacl, listquota, setquota, mkmount, lsmount, rmmount, flush,
+    flushvolume, flushall."""
 
     def __init__(self, manager: CacheManagerApi, paths: PathResolver) -> None:
         self._manager = manager
@@ -121,6 +125,51 @@ class PathOps:
             "partition_free": status.partition_blocks_available,
             "partition_size": status.partition_max_blocks,
         }
+
+    @op("setquota")
+    async def setquota(self, request: Request) -> dict[str, Any]:
+        """`max` KiB for the volume (0: no limit); the fileserver allows it only to the
+        cell's administrators.  Answers as listquota does, with the new figures."""
+        limit = request.args.get("max")
+        if type(limit) is not int or not 0 <= limit <= MAX_QUOTA_KB:
+            raise ControlError("EINVAL", f"'max' must be a quota in KiB, 0 to {MAX_QUOTA_KB}")
+        try:
+            await self._manager.set_quota(await self._fid(request), limit, request.identity)
+        except FsError as e:
+            raise _refuse(e) from None
+        return await self.listquota(request)
+
+    @op("flush")
+    async def flush(self, request: Request) -> dict[str, Any]:
+        """Forget the cached status and data of what a path names, so the next use fetches
+        it again.  Anyone who can reach it may: it costs others nothing but a fetch, and
+        unsent data is never part of what is forgotten."""
+        try:
+            await self._manager.flush_fid(await self._fid(request))
+        except FsError as e:
+            raise _refuse(e) from None
+        return {}
+
+    @op("flushvolume")
+    async def flushvolume(self, request: Request) -> dict[str, Any]:
+        """flush, for every file of the volume a path is in."""
+        try:
+            fid = await self._fid(request)
+            await self._manager.flush(fid.volume, fid.cell)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {"cell": fid.cell, "volume": fid.volume}
+
+    @op("flushall")
+    async def flushall(self, request: Request) -> dict[str, Any]:
+        """flush, for everything cached of every cell, volume locations too; root only,
+        since every user of the mount pays for it."""
+        request.require_root("flush everything")
+        try:
+            await self._manager.flush()
+        except FsError as e:
+            raise _refuse(e) from None
+        return {}
 
     @op("mkmount")
     async def mkmount(self, request: Request) -> dict[str, Any]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import secrets
 import select
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import textwrap
@@ -23,6 +25,7 @@ from subprocess import PIPE
 
 import pytest
 import trio
+from conftest import kinit
 from mounting import Mount, afs_mount
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 from test_fs_writes import ADMIN, manager
@@ -537,6 +540,97 @@ def test_mount_points_and_quota(writer: Mount, volumes: Volumes) -> None:
     ok(writer.ctl("alice", "rmmount", str(d / "x")))
     ok(run(writer, "rmdir", str(d / "q"), user="alice"))
     assert os.listdir(d) == []
+
+
+FLUSHED_WHILE_OPEN = r"""
+import hashlib, os, sys
+data = os.urandom(200 << 10)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, data)
+print("written", hashlib.sha256(data).hexdigest(), flush=True)
+sys.stdin.readline()
+os.close(fd)
+print("closed", flush=True)
+"""
+
+
+def test_flushes_forget_what_is_cached_but_never_unsent_data(
+    writer: Mount, reader: Mount, volumes: Volumes
+) -> None:
+    where = fresh_dir(writer, volumes.work)
+    d = volume_path(writer, volumes.work) / where
+    data = secrets.token_bytes(300 << 10)
+    ok(feed(writer, d / "cached", data))
+
+    def fetched() -> int:
+        return writer.stats()["rpcs"].get("FS.FetchData64", 0)
+
+    def read_back() -> bytes:
+        return ok(run(writer, "cat", str(d / "cached"), user="alice")).stdout
+
+    assert read_back() == data
+    before = fetched()
+    assert read_back() == data and fetched() == before  # the cache answers
+    for verb in ("flush", "flushvolume"):
+        ok(writer.ctl("alice", verb, str(d / "cached")))
+        assert read_back() == data and fetched() > before, verb  # fetched again
+        before = fetched()
+    done = writer.ctl("alice", "flushall")
+    assert done.returncode == 1 and b"only root may flush everything" in done.stderr
+    ok(writer.ctl(None, "flushall"))
+    assert read_back() == data and fetched() > before
+
+    # Written and not yet closed: no flush forgets it, and the close then stores it.
+    env = {"PATH": "/usr/bin:/bin", **writer.user_env["alice"]}
+    argv = ["python3", "-c", FLUSHED_WHILE_OPEN, str(d / "open")]
+    child = subprocess.Popen(
+        [*as_user(writer.local["alice"]), *argv], stdin=PIPE, stdout=PIPE, env=env
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        said, digest = child.stdout.readline().split()
+        assert said == b"written"
+        ok(writer.ctl("alice", "flush", str(d / "open")))
+        ok(writer.ctl("alice", "flushvolume", str(d)))
+        ok(writer.ctl(None, "flushall"))
+        shown = ok(run(writer, "cat", str(d / "open"), user="alice")).stdout
+        assert hashlib.sha256(shown).hexdigest().encode() == digest
+        child.stdin.write(b"close\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == b"closed\n"
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+    seen = volume_path(reader, volumes.work) / where / "open"
+    stored = lambda: ok(run(reader, "cat", str(seen), user="alice")).stdout  # noqa: E731
+    eventually(lambda: hashlib.sha256(stored()).hexdigest().encode() == digest, 30)
+
+
+def test_setquota_is_for_the_cells_administrators(
+    cell: Cell, writer: Mount, volumes: Volumes, tmp_path: Path
+) -> None:
+    path = str(volume_path(writer, volumes.quota))
+    done = writer.ctl("alice", "setquota", path, str(2 * QUOTA_KB))
+    assert done.returncode == 1 and b"setquota" in done.stderr
+    done = writer.ctl("alice", "setquota", path, "-1")
+    assert done.returncode == 1 and b"'max' must be a quota in KiB" in done.stderr
+
+    # Root with the cell admin's ticket acts with the admin's token.
+    admin_env = {**kinit(cell, "admin", tmp_path / "krb5cc"), "PATH": "/usr/bin:/bin"}
+    ctl = [sys.executable, "-m", "afsfuse.ctl.cli", "--mount", str(writer.path)]
+
+    def as_admin(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return ok(subprocess.run([*ctl, *args], env=admin_env, capture_output=True, timeout=60))
+
+    as_admin("aklog")
+    try:
+        listed = json.loads(as_admin("setquota", "--json", path, str(2 * QUOTA_KB)).stdout)
+        assert listed["volume"] == volumes.quota and listed["quota"] == 2 * QUOTA_KB
+        shown = json.loads(ok(writer.ctl("alice", "listquota", "--json", path)).stdout)
+        assert shown[0]["quota"] == 2 * QUOTA_KB
+    finally:
+        as_admin("setquota", path, str(QUOTA_KB))
+        as_admin("unlog")
 
 
 def test_rights_decide_who_may_write(writer: Mount, volumes: Volumes) -> None:
