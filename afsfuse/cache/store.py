@@ -146,6 +146,9 @@ class CacheStore:
     One process per directory: a second open of the same directory raises `BlockingIOError`.
     """
 
+    #: The fewest file names `may_hold` keeps before it looks at the disk again.
+    RESCAN_MIN = 10_000
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -179,8 +182,10 @@ class CacheStore:
         self._record_lock = threading.Lock()
         #: Key prefixes of the files with a record: a file not here has nothing cached, which
         #: the cache manager can know without a worker thread (every cold read asks).  May
-        #: name a file whose record was evicted since: that only costs a look.
-        self._recorded = {key[:-1] for key in self._clean.iterkeys() if key.endswith("/r")}
+        #: name a file whose record was evicted since: that only costs a look, and a new scan
+        #: once it has twice the names it had at the last keeps it from growing forever.
+        self._recorded = self._scan_recorded()
+        self._rescan_at = max(2 * len(self._recorded), self.RESCAN_MIN)
         self.dirty = DirtyStore(self.path / "dirty", chunk_size, dirty_memory)
         self.leftovers = LeftoverStore(self.path / "leftovers")
 
@@ -281,6 +286,12 @@ class CacheStore:
         if record is not old:
             self._clean.set(prefix + "r", record, tag=prefix)
             self._recorded.add(prefix)
+            if len(self._recorded) > self._rescan_at:
+                self._recorded = self._scan_recorded()
+                self._rescan_at = max(2 * len(self._recorded), self.RESCAN_MIN)
+
+    def _scan_recorded(self) -> set[str]:
+        return {key[:-1] for key in self._clean.iterkeys() if key.endswith("/r")}
 
     def _delete_version(self, prefix: str, record: FileRecord) -> None:
         for index in record.chunks:

@@ -54,6 +54,11 @@ class CallbackRegistry:
         """Record a callback that `server` granted on `fid` until `expires` (our clock)."""
         self._promises[fid] = _Promise(server, expires)
 
+    def forget(self, fid: Fid) -> None:
+        """The client no longer keeps `fid`: its promise is no use to it.  (The fileserver
+        keeps its side until the promise expires or it breaks it.)"""
+        self._promises.pop(fid, None)
+
     def valid(self, fid: Fid, now: float) -> bool:
         promise = self._promises.get(fid)
         return promise is not None and promise.expires > now

@@ -43,7 +43,7 @@ from afsfuse.cache.store import CacheStore
 from afsfuse.fs import deadline
 from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl_ops import AclOps
-from afsfuse.fs.callback import CallbackRegistry
+from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmservice import CacheManagerService
@@ -183,7 +183,7 @@ class CacheManager:
         tokens.on_forget(self.servers.forget_token)
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
         self.rotator = Rotator(self.servers, self.volumes, config.rotation_config(), stats)
-        self.vnodes = VnodeTable()
+        self.vnodes = VnodeTable(evicted=self._evicted)
         self.status = StatusKeeper(
             self.vnodes,
             self.registry,
@@ -283,6 +283,13 @@ class CacheManager:
     def _replaced(self, fid: AfsFid) -> None:
         """A reply showed a data version of `fid` someone else made."""
         self.dirs.drop(fid)
+        self._notify(fid)
+
+    def _evicted(self, fid: AfsFid) -> None:
+        """A vnode record made room for another: with its promise gone, a break would no
+        longer reach the kernel, so the kernel stops trusting what it holds now, as after
+        a break."""
+        self.registry.forget(Fid(fid.volume, fid.vnode, fid.unique))
         self._notify(fid)
 
     def _notify(self, fid: AfsFid | None) -> None:

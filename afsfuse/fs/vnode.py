@@ -9,7 +9,8 @@ token's rights along with the promise, because an ACL change breaks callbacks to
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,11 @@ AfsFid = FidKey
 
 #: Whose rights: the token a request used, or None for anonymous (rxnull).
 RightsKey = Token | None
+
+#: Vnode records kept (each about a kilobyte with its promise and rights): as many files
+#: as a big build tree, while a daemon that meets millions of files over its life stays
+#: within about a hundred megabytes for them.
+DEFAULT_VNODE_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -134,15 +140,38 @@ class Vnode:
 
 
 class VnodeTable:
-    """Vnode records by fid."""
+    """Vnode records by fid, at most `limit` of them: the least recently used go first.
 
-    def __init__(self) -> None:
-        self._vnodes: dict[AfsFid, Vnode] = {}
+    A record is a cache like any other (a status, a promise, rights): one that goes is
+    fetched again when next wanted.  `evicted(fid)` is told, so the promise goes too.  An
+    operation still holding an evicted record commits into it harmlessly: nothing looks it
+    up any more, and the fid's next record starts with no status and no promise.
+    """
+
+    def __init__(
+        self, limit: int = DEFAULT_VNODE_LIMIT, evicted: Callable[[AfsFid], None] | None = None
+    ) -> None:
+        self.limit = limit
+        self._evicted = evicted
+        self._vnodes: OrderedDict[AfsFid, Vnode] = OrderedDict()
+        #: The fids of each volume number (any cell): a callback break names a volume.
+        self._by_volume: dict[int, set[AfsFid]] = {}
+
+    def __len__(self) -> int:
+        return len(self._vnodes)
 
     def get(self, fid: AfsFid) -> Vnode:
         vnode = self._vnodes.get(fid)
-        if vnode is None:
-            vnode = self._vnodes[fid] = Vnode(fid)
+        if vnode is not None:
+            self._vnodes.move_to_end(fid)
+            return vnode
+        vnode = self._vnodes[fid] = Vnode(fid)
+        self._by_volume.setdefault(fid.volume, set()).add(fid)
+        while len(self._vnodes) > self.limit:
+            oldest, _ = self._vnodes.popitem(last=False)
+            self._unindex(oldest)
+            if self._evicted is not None:
+                self._evicted(oldest)
         return vnode
 
     def peek(self, fid: AfsFid) -> Vnode | None:
@@ -152,22 +181,30 @@ class VnodeTable:
         self, volume: int, vnode: int | None = None, unique: int | None = None
     ) -> Iterator[Vnode]:
         """Records of a volume (any cell), optionally of one vnode."""
-        for fid, record in self._vnodes.items():
-            if fid.volume != volume:
-                continue
+        for fid in list(self._by_volume.get(volume, ())):
             if vnode is not None and (fid.vnode != vnode or fid.unique != unique):
                 continue
-            yield record
+            record = self._vnodes.get(fid)
+            if record is not None:
+                yield record
 
     def all(self) -> list[Vnode]:
         return list(self._vnodes.values())
 
     def drop(self, fid: AfsFid) -> None:
-        self._vnodes.pop(fid, None)
+        if self._vnodes.pop(fid, None) is not None:
+            self._unindex(fid)
 
     def drop_volume(self, cell: str, volume: int) -> None:
-        for fid in [f for f in self._vnodes if f.cell == cell and f.volume == volume]:
-            del self._vnodes[fid]
+        for fid in [f for f in self._by_volume.get(volume, ()) if f.cell == cell]:
+            self.drop(fid)
 
     def clear(self) -> None:
         self._vnodes.clear()
+        self._by_volume.clear()
+
+    def _unindex(self, fid: AfsFid) -> None:
+        fids = self._by_volume[fid.volume]
+        fids.discard(fid)
+        if not fids:
+            del self._by_volume[fid.volume]

@@ -600,3 +600,22 @@ def test_files_with_nothing_cached_are_known_without_the_disk(tmp_path: Path) ->
         assert not s.may_hold(FID) and s.may_hold(ELSEWHERE)
         s.clear()
         assert not s.may_hold(ELSEWHERE)
+
+
+def test_names_of_files_the_size_bound_evicted_do_not_pile_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that meets millions of files keeps names only for about twice the files
+    its cache holds, however many went through it."""
+    monkeypatch.setattr(CacheStore, "RESCAN_MIN", 16)
+    limit = 2 * MiB
+    with CacheStore(tmp_path, limit, chunk_size=64 * KiB) as s:
+        files = 400  # 25 MiB through a 2 MiB cache: at most 32 files fit at once
+        for n in range(files):
+            put_chunk(s, FidKey("example.org", 2, n, 1), 1, 0, chunk(n, 64 * KiB))
+        held = sum(s.get_record(FidKey("example.org", 2, n, 1)) is not None for n in range(files))
+        assert held <= 32
+        names = sum(s.may_hold(FidKey("example.org", 2, n, 1)) for n in range(files))
+        assert names <= 2 * max(held, CacheStore.RESCAN_MIN) + 1
+        newest = FidKey("example.org", 2, files - 1, 1)
+        assert s.may_hold(newest) and s.get_chunk(newest, 1, 0) == chunk(files - 1, 64 * KiB)

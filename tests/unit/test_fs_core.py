@@ -190,6 +190,33 @@ async def test_breaks_invalidate_and_notify(manager: CacheManager) -> None:
     assert manager.stats.callbacks_received == 3
 
 
+async def test_vnode_records_are_bounded_and_an_evicted_one_is_as_if_broken(
+    manager: CacheManager,
+) -> None:
+    """Records beyond the limit go least recently used first; the kernel is told of each
+    (its promise is gone, so no break would reach it), and the fid starts afresh."""
+    seen: list = []
+    manager.on_invalidate(seen.append)
+    manager.vnodes.limit = 3
+    a, b, c, d = (AfsFid("home.example", 5, n, n) for n in (2, 3, 4, 5))
+    records = {fid: held(manager, fid) for fid in (a, b, c)}
+    for fid in (a, b, c, d):
+        promised = Fid(fid.volume, fid.vnode, fid.unique)
+        manager.registry.promise("10.9.0.1", promised, trio.current_time() + 100)
+    manager.vnodes.get(a)  # a is used again: b is now the oldest
+    held(manager, d)
+    assert len(manager.vnodes) == 3 and manager.vnodes.peek(b) is None
+    assert seen == [b]
+    assert not manager.registry.valid(Fid(5, 3, 3), trio.current_time())
+    assert manager.registry.valid(Fid(5, 2, 2), trio.current_time())
+    fresh = manager.vnodes.get(b)
+    assert fresh is not records[b] and fresh.status is None
+    # Breaks find the records through the volume index, and never an evicted one.
+    manager.registry.break_fids("10.9.0.1", [Fid(5, 0, 0)])
+    assert set(seen[1:]) >= {a, d} and records[b].breaks == 0
+    assert list(manager.vnodes.matching(6)) == []
+
+
 async def test_api_boundary_turns_surprises_into_eio(manager: CacheManager, caplog) -> None:
     async def broken(*args, **kwargs):
         raise KeyError("surprise")
