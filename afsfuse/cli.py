@@ -38,6 +38,7 @@ from afsfuse.config import (
     ConfigError,
     MountConfig,
     build_config,
+    read_client_files,
     read_config_file,
 )
 from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
@@ -109,9 +110,15 @@ _MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--config",), {"type": Path, "metavar": "FILE",
         "help": f"settings file (default {DEFAULT_CONFIG}, if it exists)"}),
     (("--cellservdb",), {"metavar": "FILE",
-        "help": "the cells' database servers (default /etc/openafs/CellServDB)"}),
+        "help": "the cells' database servers, this file alone (default: CellServDB, "
+        "CellServDB.local in the OpenAFS directory, and kAFS's cells)"}),
     (("--thiscell",), {"metavar": "CELL",
         "help": "the home cell (default: the one in /etc/openafs/ThisCell)"}),
+    (("--openafs-dir",), {"metavar": "DIR",
+        "help": "where OpenAFS's client files are: CellServDB, ThisCell, CellAlias, "
+        "afs.conf.client, cacheinfo (default /etc/openafs)"}),
+    (("--kafs-config",), {"metavar": "FILE",
+        "help": "kAFS's client configuration (default /etc/kafs/client.conf)"}),
     (("--cache-dir",), {"metavar": "DIR",
         "help": "disk cache directory, one per mount (default /var/cache/afsfuse for root, "
         "~/.cache/afsfuse otherwise)"}),
@@ -157,15 +164,16 @@ def _parser() -> argparse.ArgumentParser:
     mount = commands.add_parser(
         "mount", help="mount AFS (normally on /afs)", description="Mount AFS."
     )
-    mount.add_argument("mountpoint", type=Path, help="where to mount, normally /afs")
+    mount.add_argument("mountpoint", type=Path, nargs="?",
+                       help="where to mount (default: cacheinfo's, else /afs)")  # fmt: skip
     check = commands.add_parser(
         "check-config",
         help="check the configuration and whatever a mount needs, then say what was found",
         description="Check what `afsfuse mount` would check before mounting, and mount "
         "nothing.  Takes the same options.",
     )
-    check.add_argument("mountpoint", type=Path, nargs="?", default=Path("/afs"),
-                       help="the mount point to check (default /afs)")  # fmt: skip
+    check.add_argument("mountpoint", type=Path, nargs="?",
+                       help="the mount point to check (default: as for mount)")  # fmt: skip
     for sub in (mount, check):
         for names, kwargs in _MOUNT_OPTIONS:
             sub.add_argument(*names, **kwargs)
@@ -180,12 +188,14 @@ def _config(args: argparse.Namespace) -> MountConfig:
     options = {
         key: getattr(args, key)
         for key in (
-            "cellservdb", "thiscell", "cache_dir", "cache_size", "port", "sysname",
-            "security", "max_tasks", "log_file", "foreground", "debug", "dns_server",
-            "dead_time", "server_timeout", "store_retry", "xattrs",
+            "openafs_dir", "kafs_config", "cellservdb", "thiscell", "cache_dir",
+            "cache_size", "port", "sysname", "security", "max_tasks", "log_file",
+            "foreground", "debug", "dns_server", "dead_time", "server_timeout",
+            "store_retry", "xattrs",
         )
     }  # fmt: skip
-    return build_config(args.mountpoint, file_values, options)
+    found = read_client_files(file_values, options)
+    return build_config(args.mountpoint, file_values, options, found)
 
 
 #: syslog's facility for a file system daemon without one of its own.

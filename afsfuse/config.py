@@ -11,6 +11,12 @@ The file takes the command line's long option names as keys (`cache-size` or
     dns-server = ["192.0.2.53:53"]   # cell lookups ask these, not the system resolver
     dead-time = 12                   # a fileserver silent this long is given up
     server-timeout = 120             # bound on one operation over every site: ETIMEDOUT
+
+Below the file come the files other AFS clients leave (clientfiles.py), and the lowest
+layer wins least: built-in defaults, kAFS's client.conf, OpenAFS's files (ThisCell,
+afs.conf.client, cacheinfo), afsfuse.toml, the command line.  OpenAFS's files go over kAFS's
+because a machine that has both most likely ran OpenAFS's afsd, whose files an
+administrator edits; afsfuse's own settings go over both.
 """
 
 from __future__ import annotations
@@ -23,12 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from afsfuse.cache.store import parse_size
+from afsfuse.clientfiles import (
+    FileError,
+    Found,
+    parse_afs_conf_client,
+    parse_cacheinfo,
+    read_kafs_config,
+    read_text,
+)
 from afsfuse.fs.sysname import check_sysnames, default_sysname
 from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.rxkad import LEVELS_BY_NAME
 from afsfuse.vl import cellservdb
 
 DEFAULT_CONFIG = Path("/etc/afsfuse/afsfuse.toml")
+DEFAULT_MOUNTPOINT = Path("/afs")
+DEFAULT_OPENAFS_DIR = cellservdb.CONFIG_DIR
+DEFAULT_KAFS_CONFIG = Path("/etc/kafs/client.conf")
 DEFAULT_CACHE_SIZE = 1 << 30
 #: The port OpenAFS cache managers use for callbacks; root's mount takes it when free.
 CALLBACK_PORT = 7001
@@ -49,7 +66,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class MountConfig:
-    mountpoint: Path
+    mountpoint: Path = DEFAULT_MOUNTPOINT
+    #: Where OpenAFS's client files are (afsd's -confdir), and kAFS's client.conf.
+    openafs_dir: Path = field(default_factory=lambda: DEFAULT_OPENAFS_DIR)
+    kafs_config: Path = field(default_factory=lambda: DEFAULT_KAFS_CONFIG)
     cellservdb: Path | None = None
     thiscell: str | None = None
     cache_dir: Path | None = None
@@ -76,6 +96,9 @@ class MountConfig:
     #: The afs.* extended attributes.  Off, getxattr answers ENOSYS once and the kernel
     #: asks no more: `ls -l` stops asking two per file and each write(2) one, at ~50 us each.
     xattrs: bool = True
+    #: The other clients' files read, lowest first, and where each setting came from.
+    found: list[Found] = field(default_factory=list, compare=False, repr=False)
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -86,13 +109,13 @@ class MountConfig:
         return Path(base) / "afsfuse"
 
 
-_KEYS = {f.name for f in fields(MountConfig)} - {"mountpoint"}
+_KEYS = {f.name for f in fields(MountConfig)} - {"found", "origins"}
 
 
 def _convert(key: str, value: Any) -> Any:
     if value is None:
         return None
-    if key in ("cellservdb", "cache_dir", "log_file"):
+    if key in ("mountpoint", "openafs_dir", "kafs_config", "cellservdb", "cache_dir", "log_file"):
         return Path(str(value))
     if key == "cache_size":
         return value if isinstance(value, int) else parse_size(str(value))
@@ -146,10 +169,26 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def build_config(
-    mountpoint: str, file_values: dict[str, Any], options: dict[str, Any]
+    mountpoint: str | os.PathLike[str] | None,
+    file_values: dict[str, Any],
+    options: dict[str, Any],
+    found: list[Found] | None = None,
 ) -> MountConfig:
-    """Defaults, then the file, then options given on the command line (None: not given)."""
-    values = {**file_values, **{k: v for k, v in options.items() if v is not None}}
+    """Defaults, then what the other clients' files give (lowest first), then the settings
+    file, then the command line (None: not given)."""
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    given = {k: v for k, v in options.items() if v is not None}
+    if mountpoint is not None:
+        given["mountpoint"] = mountpoint
+    layers = [
+        *((f.settings, f.where) for f in found or ()),
+        (file_values, dict.fromkeys(file_values, "the settings file")),
+        (given, dict.fromkeys(given, "the command line")),
+    ]
+    for settings, where in layers:
+        values.update(settings)
+        origins.update(where)
     unknown = set(values) - _KEYS
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -158,8 +197,47 @@ def build_config(
         try:
             converted[key] = _convert(key, value)
         except ValueError as e:
-            raise ConfigError(f"{key}: {e}") from None
-    return MountConfig(Path(mountpoint), **{k: v for k, v in converted.items() if v is not None})
+            prefix = f"{origins[key]}: " if ":" in origins[key] else ""
+            raise ConfigError(f"{prefix}{key.replace('_', '-')}: {e}") from None
+    config = MountConfig(**{k: v for k, v in converted.items() if v is not None})
+    config.found, config.origins = list(found or ()), origins
+    return config
+
+
+def read_client_files(file_values: dict[str, Any], options: dict[str, Any]) -> list[Found]:
+    """The other clients' files, lowest first, from the directories the settings file or
+    the command line name.  cacheinfo is root's only: it describes the machine's /afs (as
+    for afsd, which only root runs), never an ordinary user's own mount."""
+    named = {**file_values, **{k: v for k, v in options.items() if v is not None}}
+    openafs = Path(named.get("openafs_dir", DEFAULT_OPENAFS_DIR))
+    kafs = Path(named.get("kafs_config", DEFAULT_KAFS_CONFIG))
+    found = []
+    try:
+        if _present(kafs):
+            found.append(read_kafs_config(kafs))
+        this_cell = openafs / "ThisCell"
+        if _present(this_cell):
+            found.append(Found(this_cell))
+            name = cellservdb.parse_thiscell(read_text(this_cell))
+            if name:
+                found[-1].give("thiscell", name, this_cell, 1)
+        conf = openafs / "afs.conf.client"
+        if _present(conf):
+            found.append(parse_afs_conf_client(read_text(conf), conf))
+        cacheinfo = openafs / "cacheinfo"
+        if os.geteuid() == 0 and _present(cacheinfo):
+            found.append(parse_cacheinfo(read_text(cacheinfo), cacheinfo))
+    except FileError as e:
+        raise ConfigError(str(e)) from None
+    return found
+
+
+def _present(path: Path) -> bool:
+    """Whether to read path: it exists, or cannot be looked at (the read then says why)."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return True
 
 
 #: CellServDB entries, the home cell and the cell aliases.
@@ -169,16 +247,15 @@ Cells = tuple[dict[str, cellservdb.CellEntry], str, dict[str, str]]
 def cellservdb_files(config: MountConfig) -> list[Path]:
     """The CellServDB files to read, a later one's cells over an earlier one's.
 
-    The cellservdb setting alone when given.  Otherwise /etc/openafs/CellServDB, or where
-    it is missing CellServDB.dist (the cells as OpenAFS distributes them), then
-    CellServDB.local (the site's own cells) over either, as OpenAFS's init scripts merge
-    them.  None: the built-in CellServDB.
+    The cellservdb setting alone when given.  Otherwise CellServDB, or where it is missing
+    CellServDB.dist (the cells as OpenAFS distributes them), then CellServDB.local (the
+    site's own cells) over either, as OpenAFS's init scripts merge them.
     """
     if config.cellservdb is not None:
         return [config.cellservdb]
-    directory = cellservdb.CONFIG_DIR
+    directory = config.openafs_dir
     base = next(
-        (path for path in (cellservdb.DEFAULT_CELLSERVDB, directory / "CellServDB.dist")
+        (path for path in (directory / "CellServDB", directory / "CellServDB.dist")
          if path.exists()),
         None,
     )  # fmt: skip
@@ -186,35 +263,48 @@ def cellservdb_files(config: MountConfig) -> list[Path]:
     return [path for path in (base, local) if path is not None and path.exists()]
 
 
+def kafs_cells(config: MountConfig) -> Found | None:
+    """kAFS's client.conf, when it was read, gave cells and no cellservdb setting says
+    that file alone."""
+    if config.cellservdb is not None:
+        return None
+    return next((f for f in config.found if f.cells), None)
+
+
 def load_cells(config: MountConfig) -> Cells:
-    """CellServDB entries, the home cell and cell aliases as the configuration selects them;
+    """Cells, the home cell and cell aliases as the configuration selects them: kAFS's cells,
+    then the CellServDB files' over them (or the built-in CellServDB when there are none);
     CellAlias is the one beside the (last) CellServDB read."""
     files = cellservdb_files(config)
-    cells: dict[str, cellservdb.CellEntry] = {}
-    origin: dict[str, Path] = {}
+    kafs = kafs_cells(config)
+    cells: dict[str, cellservdb.CellEntry] = dict(kafs.cells) if kafs else {}
+    origin: dict[str, Path] = dict.fromkeys(cells, kafs.path) if kafs else {}
     for path in files:
         try:
             read = cellservdb.read_cellservdb(path)
         except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e}") from None
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
         except cellservdb.CellServDBError as e:
             raise ConfigError(str(e)) from None
         cells.update(read)
         origin.update(dict.fromkeys(read, path))
-    if not files:
+    if not cells:
         cells = cellservdb.parse_cellservdb(BUILTIN_CELLSERVDB, "built-in CellServDB")
-    this_cell, named_by = config.thiscell, "the thiscell setting"
-    if this_cell is None and cellservdb.DEFAULT_THISCELL.exists():
-        this_cell = cellservdb.read_thiscell(cellservdb.DEFAULT_THISCELL)
-        named_by = str(cellservdb.DEFAULT_THISCELL)
+    this_cell = config.thiscell
     if not this_cell:
-        raise ConfigError(f"no home cell: give --thiscell or write {cellservdb.DEFAULT_THISCELL}")
-    if files:
-        # Without any CellServDB file the home cell may still come from DNS.
-        home_file = origin.get(cellservdb.cell_key(this_cell))
-        named = home_file or Path(" and ".join(map(str, files)))
+        raise ConfigError(
+            f"no home cell: give --thiscell or write {config.openafs_dir / 'ThisCell'}"
+        )
+    if origin:
+        # Without any file's cells the home cell may still come from DNS.
+        read_from = ([kafs.path] if kafs else []) + files
+        named = origin.get(cellservdb.cell_key(this_cell)) or Path(
+            " and ".join(map(str, read_from))
+        )
+        where = config.origins.get("thiscell", "")
+        named_by = where if ":" in where else "the thiscell setting"
         _check_home_cell(named, cells, this_cell, named_by)
-    alias_file = (files[-1].parent if files else cellservdb.CONFIG_DIR) / "CellAlias"
+    alias_file = (files[-1].parent if files else config.openafs_dir) / "CellAlias"
     aliases = {}
     if alias_file.exists():
         try:

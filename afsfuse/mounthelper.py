@@ -18,9 +18,9 @@ from collections.abc import Sequence
 #: `afsfuse mount` options that take a value, and those that are flags.
 VALUE_OPTIONS = frozenset(
     (
-        "config", "cellservdb", "thiscell", "cache-dir", "cache-size", "port", "sysname",
-        "security", "max-tasks", "dns-server", "dead-time", "server-timeout",
-        "store-retry", "log-file",
+        "config", "openafs-dir", "kafs-config", "cellservdb", "thiscell", "cache-dir",
+        "cache-size", "port", "sysname", "security", "max-tasks", "dns-server", "dead-time",
+        "server-timeout", "store-retry", "log-file",
     )
 )  # fmt: skip
 FLAG_OPTIONS = frozenset(("no-xattrs", "debug", "foreground"))

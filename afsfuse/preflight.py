@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -27,6 +28,7 @@ from afsfuse.config import (
     ConfigError,
     MountConfig,
     cellservdb_files,
+    kafs_cells,
     load_cells,
 )
 from afsfuse.ctl.protocol import control_socket_path, registry_path
@@ -64,20 +66,50 @@ def check(config: MountConfig, *, mounting: bool = False) -> tuple[Cells, list[s
         cells, this_cell, aliases = load_cells(config)
     except ConfigError as e:
         raise MountError(Exit.CONFIG, str(e)) from None
-    found = [
-        f"home cell: {this_cell}",
+    found = [*files_read(config), f"home cell: {this_cell} (from {_origin(config, 'thiscell')})"]
+    kafs = kafs_cells(config)
+    sources = ([kafs.path] if kafs else []) + cellservdb_files(config)
+    found.append(
         f"cells: {len(cells)} known from "
-        + (" + ".join(map(str, cellservdb_files(config))) or "the built-in CellServDB")
+        + (" + ".join(map(str, sources)) or "the built-in CellServDB")
         + (f", {len(aliases)} alias(es)" if aliases else "")
-        + ", others looked up in DNS",
-    ]
+        + ", others looked up in DNS"
+    )
     found.append(f"mount point: {check_mountpoint(config.mountpoint, detach_dead=mounting)}")
     found.append(f"FUSE: {check_fuse()}")
-    found.append(
-        f"cache: {check_cache_dir(config.resolved_cache_dir())}, {config.cache_size >> 20} MiB"
-    )
+    cache_dir = check_cache_dir(config.resolved_cache_dir(), config.origins.get("cache_dir"))
+    found.append(f"cache: {cache_dir}, {config.cache_size >> 20} MiB")
     found.append(f"callback port: {check_port(config.port)}")
     return (cells, this_cell, aliases), found
+
+
+def files_read(config: MountConfig) -> list[str]:
+    """A line per other client's file read: the settings it gave (and which of them a
+    higher layer overrode), what of it is not followed."""
+    lines = []
+    for found in config.found:
+        given = [
+            f"{key.replace('_', '-')} = {_shown(value)}"
+            + ("" if config.origins.get(key) == found.where[key]
+               else f" (overridden by {_origin(config, key)})")
+            for key, value in found.settings.items()
+        ]  # fmt: skip
+        if found.cells:
+            given.append(f"{len(found.cells)} cell(s)")
+        if len(found.files) > 1:
+            given.append(f"with {', '.join(map(str, found.files[1:]))}")
+        if found.ignored:
+            given.append(f"not followed: {', '.join(found.ignored)}")
+        lines.append(f"read {found.path}: {'; '.join(given) or 'nothing to take'}")
+    return lines
+
+
+def _origin(config: MountConfig, key: str) -> str:
+    return config.origins.get(key, "the default")
+
+
+def _shown(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def mounted_at(path: Path) -> str | None:
@@ -170,8 +202,34 @@ def check_fuse() -> str:
     return f"/dev/fuse, {helper}"
 
 
-def check_cache_dir(path: Path) -> str:
-    """The cache directory is usable and no other afsfuse holds it (its lock is free)."""
+#: What OpenAFS's afsd keeps in its cache directory: its index files, the V<n> chunk files
+#: and (with -files_per_subdir) the D<n> directories holding them.
+_AFSD_CACHE = re.compile(r"CacheItems|VolumeItems|CellItems|[VD]\d+")
+
+
+def afsd_cache_file(path: Path) -> str | None:
+    """The first file of an OpenAFS afsd cache found in path, if any."""
+    try:
+        with os.scandir(path) as entries:
+            return next((e.name for e in entries if _AFSD_CACHE.fullmatch(e.name)), None)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise MountError(Exit.CACHE, f"cache directory {path}: {e.strerror}") from None
+
+
+def check_cache_dir(path: Path, origin: str | None = None) -> str:
+    """The cache directory is usable, is not OpenAFS's afsd's (which would delete our files
+    as strangers, and whose files we would count as ours), and no other afsfuse holds it
+    (its lock is free)."""
+    afsd_file = afsd_cache_file(path)
+    if afsd_file is not None:
+        named = f" (from {origin})" if origin and ":" in origin else ""
+        raise MountError(
+            Exit.CACHE,
+            f"cache directory {path}{named} is OpenAFS afsd's cache (it holds {afsd_file}): "
+            "give afsfuse a directory of its own (cache-dir in afsfuse.toml, or --cache-dir)",
+        )
     lock = path / "lock"
     try:
         with open(lock, "a") as f:

@@ -43,7 +43,7 @@ class CellDB:
         self._configured = {
             key: Cell(
                 entry.name,
-                tuple((s.address, VL.port) for s in entry.servers),
+                tuple((s.address, s.port or VL.port) for s in entry.servers),
                 linked_cell=entry.linked_cell,
             )
             for key, entry in cells.items()

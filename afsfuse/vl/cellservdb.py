@@ -42,6 +42,8 @@ class CellServer(NamedTuple):
     address: str
     hostname: str
     clone: bool = False
+    #: The VL server's UDP port, when not the standard one (kAFS's client.conf may say).
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,19 +142,28 @@ def parse_cellservdb(text: str, source: str = "CellServDB") -> dict[str, CellEnt
     return cells
 
 
+def not_text(data: bytes) -> str | None:
+    """Why data is no text file (`LINE: not a text file (byte 0x..)`), or None if it is.
+
+    A control byte marks random or binary data; bytes that are not UTF-8 are tolerated
+    (old files have Latin-1 comments)."""
+    control = _NOT_TEXT.search(data)
+    if control is None:
+        return None
+    line = data.count(b"\n", 0, control.start()) + 1
+    return f"{line}: not a text file (byte 0x{data[control.start()]:02x})"
+
+
 def read_cellservdb(path: str | os.PathLike[str] = DEFAULT_CELLSERVDB) -> dict[str, CellEntry]:
-    """The cells of a CellServDB file; CellServDBError if it is empty, not text (a control
-    byte: random or binary data) or has no cell; OSError if it cannot be read.  Bytes that
-    are not UTF-8 are tolerated (old files have Latin-1 comments)."""
+    """The cells of a CellServDB file; CellServDBError if it is empty, not text or has no
+    cell; OSError if it cannot be read."""
     path = Path(path)
     data = path.read_bytes()
     if not data.strip():
         raise CellServDBError(f"{path}: is empty")
-    control = _NOT_TEXT.search(data)
-    if control is not None:
-        line = data.count(b"\n", 0, control.start()) + 1
-        byte = data[control.start()]
-        raise CellServDBError(f"{path}:{line}: not a text file (byte 0x{byte:02x})")
+    why = not_text(data)
+    if why is not None:
+        raise CellServDBError(f"{path}:{why}")
     cells = parse_cellservdb(data.decode("utf-8", errors="replace"), str(path))
     if not cells:
         raise CellServDBError(f"{path}: no '>cell' line; not a CellServDB")

@@ -113,10 +113,19 @@ def start_daemon(
     argv = [
         BIN / "afsfuse", "mount", str(mountpoint), "--cellservdb", str(cell.cellservdb),
         "--thiscell", cell.name, "--cache-dir", str(cache), "--log-file", str(log_file),
-        "--debug", *(f"--sysname={name}" for name in sysnames), *extra_args,
+        "--debug", *(f"--sysname={name}" for name in sysnames),
+        *no_client_files(log_file.parent), *extra_args,
     ]  # fmt: skip
     subprocess.run(argv, check=True, timeout=60)
     return daemon_pid(mountpoint)
+
+
+def no_client_files(scratch: Path) -> list[str]:
+    """Options that keep a mount from the machine's own OpenAFS and kAFS files (an
+    openafs-client's cacheinfo would set its cache size): empty places in scratch."""
+    empty = scratch / "no-client-files"
+    empty.mkdir(exist_ok=True)
+    return ["--openafs-dir", str(empty), "--kafs-config", str(empty / "client.conf")]
 
 
 def stop_daemon(mountpoint: Path, pid: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import kinit
-from mounting import BIN, acl, process_gone
+from mounting import BIN, acl, no_client_files, process_gone
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 
 from afsfuse.ctl.protocol import control_socket_path, registry_path
@@ -101,6 +101,7 @@ async def test_a_user_mounts_reads_with_her_token_and_unmounts(
         user_python.interpreter, str(BIN / "afsfuse"), "mount", str(mnt),
         "--cellservdb", str(cell.cellservdb), "--thiscell", cell.name,
         "--cache-dir", str(home / "cache"), "--log-file", str(home / "afsfuse.log"),
+        *no_client_files(home),
     )  # fmt: skip
     socket = control_socket_path(mnt, home / "run" / "afsfuse")
     pid = int(json.loads(registry_path(socket).read_text())["pid"])
