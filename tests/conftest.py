@@ -1,4 +1,5 @@
-"""Shared fixtures: the real OpenAFS test cell."""
+"""Shared fixtures: the real OpenAFS test cell; no test reads the machine's own AFS client
+files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from afsfuse import config
 from afsfuse.testing.cell import Cell, running_cell
+
+
+@pytest.fixture(autouse=True)
+def no_client_files(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """The default places of OpenAFS's and kAFS's files, in this process, are empty ones of
+    the test's (an openafs-client's cacheinfo would set the cache size of what a test
+    configures); commands a test runs are given --openafs-dir and --kafs-config."""
+    empty = tmp_path_factory.mktemp("etc")
+    monkeypatch.setattr(config, "DEFAULT_OPENAFS_DIR", empty / "openafs")
+    monkeypatch.setattr(config, "DEFAULT_KAFS_CONFIG", empty / "kafs" / "client.conf")
 
 
 @pytest.fixture(scope="session")
