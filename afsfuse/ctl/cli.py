@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from afsfuse import __version__
+from afsfuse.ctl import renew
 from afsfuse.ctl.client import ControlClient, ControlFailed, MountNotFound, find_control_socket
 from afsfuse.ctl.protocol import token_to_wire
 from afsfuse.keyring import TokenError, token_from_ccache
@@ -80,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     aklog.add_argument("cells", nargs="*", metavar="CELL", help="default: the mount's own cell")
     aklog.add_argument("-c", "--cell", action="append", default=[], help="a cell (repeatable)")
     aklog.add_argument("-k", "--realm", help="the Kerberos realm of the cell's afs principal")
+    aklog.add_argument(
+        "--renew", action="store_true",
+        help="then stay (in the foreground) and hand over fresh tokens whenever the Kerberos "
+        "ticket is renewed or replaced, until SIGTERM, SIGINT or kdestroy",
+    )  # fmt: skip
+    aklog.add_argument(
+        "--interval", type=float, default=renew.DEFAULT_INTERVAL, metavar="SECONDS",
+        help=f"with --renew, how often to look at the ticket cache "
+        f"(default {renew.DEFAULT_INTERVAL:g})",
+    )  # fmt: skip
     command("tokens", _tokens, "list your tokens")
     unlog = command("unlog", _unlog, "discard your tokens")
     unlog.add_argument("cells", nargs="*", metavar="CELL", help="default: all cells")
@@ -153,9 +164,40 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: dict[str, Any
 
 
 def _aklog(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    if args.renew and not args.interval > 0:
+        raise _Usage("--interval must be more than 0 seconds")
     cells = [*args.cells, *args.cell] or [client.call("wscell")["cell"]]
+    cells = list(dict.fromkeys(cell.lower() for cell in cells))
+    results, failed = _hand_over(client, cells, args)
+    if failed:
+        raise _Failed
+    if args.renew:
+        client.close()  # each renewal reaches the daemon afresh: it may have restarted
+
+        def again() -> bool:
+            try:
+                with ControlClient(client.path) as fresh:
+                    done, failed = _hand_over(fresh, cells, args)
+            except (MountNotFound, ControlFailed, OSError) as error:
+                print(f"{PROG}: aklog: cannot hand over the tokens: {error}", file=sys.stderr)
+                return False
+            for reply in done:
+                token = reply["token"]
+                print(f"{PROG}: aklog: new token for {token['cell']}, expires "
+                      f"{time.ctime(token['end'])}", flush=True)  # fmt: skip
+            return not failed
+
+        renew.watch(again, interval=args.interval, prog=PROG)
+    return results
+
+
+def _hand_over(
+    client: ControlClient, cells: list[str], args: argparse.Namespace
+) -> tuple[list[Any], bool]:
+    """A token for each cell from the caller's ticket cache, handed to the daemon; the
+    daemon's replies, and whether some cell got none (said on stderr)."""
     results, failed = [], False
-    for cell in dict.fromkeys(cell.lower() for cell in cells):
+    for cell in cells:
         try:
             # Kerberos runs here, in the caller's process with the caller's ticket cache.
             token = token_from_ccache(cell, None, args.realm)
@@ -164,9 +206,7 @@ def _aklog(client: ControlClient, args: argparse.Namespace) -> list[Any]:
             failed = True
             continue
         results.append(client.call("settoken", uid=args.uid, token=token_to_wire(token)))
-    if failed:
-        raise _Failed
-    return results
+    return results, failed
 
 
 def _tokens(client: ControlClient, args: argparse.Namespace) -> Any:

@@ -29,6 +29,41 @@ from afsfuse.rx.rxkad import MAX_TICKET_LEN, derive_des_key
 # KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN: libkrb5 returns it signed, GSS-API minor status unsigned.
 _PRINCIPAL_UNKNOWN = -1765328377
 _PRINCIPAL_UNKNOWN_MINOR = _PRINCIPAL_UNKNOWN & 0xFFFFFFFF
+# KRB5_FCC_NOFILE: "No credentials cache found" (kdestroy, or never a kinit).
+_NO_CACHE = -1765328189
+
+
+class TicketCacheGone(TokenError):
+    """The ticket cache does not exist (any more)."""
+
+
+#: The ticket-granting tickets of a cache: its client, and per TGT its service, auth time,
+#: start time and end time.  kinit -R changes the times, a new kinit the auth time too.
+TicketState = tuple[str, tuple[tuple[str, int, int, int], ...]]
+
+
+def ticket_state(ccache: str | None = None) -> TicketState:
+    """What the ticket-granting tickets in a cache are now (None: the default cache), for
+    telling when they were renewed or replaced.  TicketCacheGone when there is no cache."""
+    context = krb5.init_context()
+    try:
+        cache = (
+            krb5.cc_default(context)
+            if ccache is None
+            else krb5.cc_resolve(context, ccache.encode())
+        )
+        client = _name(krb5.cc_get_principal(context, cache))
+        tgts = sorted(
+            (_name(c.server), c.times.authtime, c.times.starttime, c.times.endtime)
+            for c in cache
+            if _name(c.server).startswith("krbtgt/")
+        )
+    except krb5.Krb5Error as error:
+        where = ccache or "the default cache"
+        if error.err_code == _NO_CACHE:
+            raise TicketCacheGone(f"there is no ticket cache {where}") from error
+        raise TokenError(f"cannot read the ticket cache {where}: {error}") from error
+    return client, tuple(tgts)
 
 
 class _UnknownService(Exception):
