@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path("/etc/openafs")
 DEFAULT_CELLSERVDB = CONFIG_DIR / "CellServDB"
-DEFAULT_THISCELL = CONFIG_DIR / "ThisCell"
 DEFAULT_CELLALIAS = CONFIG_DIR / "CellAlias"
 #: OpenAFS keeps this many database servers per cell and warns about the rest.
 MAX_HOSTS_PER_CELL = 8
@@ -174,10 +173,6 @@ def parse_thiscell(text: str) -> str | None:
     """The home cell: the first word of the file (None if it is empty)."""
     words = text.split()
     return words[0] if words else None
-
-
-def read_thiscell(path: str | os.PathLike[str] = DEFAULT_THISCELL) -> str | None:
-    return parse_thiscell(Path(path).read_text(encoding="utf-8", errors="replace"))
 
 
 def parse_cellalias(text: str, source: str = "CellAlias") -> dict[str, str]:
