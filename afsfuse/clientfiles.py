@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -61,8 +62,27 @@ def read_text(path: Path) -> str:
 # -- OpenAFS: cacheinfo ------------------------------------------------------------------------
 
 
+#: What OpenAFS's afsd keeps in its cache directory: its index files, the V<n> chunk files
+#: and (with -files_per_subdir) the D<n> directories holding them.
+_AFSD_CACHE = re.compile(r"CacheItems|VolumeItems|CellItems|[VD]\d+")
+
+
+def afsd_cache_file(path: Path) -> str | None:
+    """The first file of an OpenAFS afsd cache found in path, if any (OSError: the
+    directory cannot be looked at)."""
+    try:
+        with os.scandir(path) as entries:
+            return next((e.name for e in entries if _AFSD_CACHE.fullmatch(e.name)), None)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def parse_cacheinfo(text: str, path: Path) -> Found:
-    """afsd's one line, `MOUNTPOINT:CACHEDIR:SIZE` (SIZE in 1 KiB blocks)."""
+    """afsd's one line, `MOUNTPOINT:CACHEDIR:SIZE` (SIZE in 1 KiB blocks).
+
+    A cache directory afsd has used is not taken (afsd deletes files it does not know, and
+    afsfuse would take afsd's for its own): the mount keeps its own default directory, with
+    cacheinfo's size, so that installing afsfuse where openafs-client ran just works."""
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise FileError(f"{path}: is empty")
@@ -80,7 +100,14 @@ def parse_cacheinfo(text: str, path: Path) -> Found:
         raise FileError(f"{path}:{number}: the cache size {blocks!r} is not a number of KiB")
     found = Found(path)
     found.give("mountpoint", mountpoint, path, number)
-    found.give("cache_dir", cache_dir, path, number)
+    try:
+        afsd_file = afsd_cache_file(Path(cache_dir))
+    except OSError:
+        afsd_file = None  # the mount's own check of the directory says what is wrong
+    if afsd_file is None:
+        found.give("cache_dir", cache_dir, path, number)
+    else:
+        found.ignored.append(f"cache directory {cache_dir} (afsd's: it holds {afsd_file})")
     found.give("cache_size", int(blocks) << 10, path, number)
     return found
 

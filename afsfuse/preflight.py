@@ -14,7 +14,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import stat
@@ -22,6 +21,7 @@ import subprocess
 from enum import IntEnum
 from pathlib import Path
 
+from afsfuse.clientfiles import afsd_cache_file
 from afsfuse.config import (
     CALLBACK_PORT,
     Cells,
@@ -202,27 +202,14 @@ def check_fuse() -> str:
     return f"/dev/fuse, {helper}"
 
 
-#: What OpenAFS's afsd keeps in its cache directory: its index files, the V<n> chunk files
-#: and (with -files_per_subdir) the D<n> directories holding them.
-_AFSD_CACHE = re.compile(r"CacheItems|VolumeItems|CellItems|[VD]\d+")
-
-
-def afsd_cache_file(path: Path) -> str | None:
-    """The first file of an OpenAFS afsd cache found in path, if any."""
-    try:
-        with os.scandir(path) as entries:
-            return next((e.name for e in entries if _AFSD_CACHE.fullmatch(e.name)), None)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as e:
-        raise MountError(Exit.CACHE, f"cache directory {path}: {e.strerror}") from None
-
-
 def check_cache_dir(path: Path, origin: str | None = None) -> str:
     """The cache directory is usable, is not OpenAFS's afsd's (which would delete our files
     as strangers, and whose files we would count as ours), and no other afsfuse holds it
     (its lock is free)."""
-    afsd_file = afsd_cache_file(path)
+    try:
+        afsd_file = afsd_cache_file(path)
+    except OSError as e:
+        raise MountError(Exit.CACHE, f"cache directory {path}: {e.strerror}") from None
     if afsd_file is not None:
         named = f" (from {origin})" if origin and ":" in origin else ""
         raise MountError(

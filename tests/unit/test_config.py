@@ -211,32 +211,53 @@ def test_check_config_lists_each_file_read_and_what_it_took(
     assert f"cache: {tmp_path}/mine (to be created), 4 MiB" in out
 
 
-def test_a_cache_directory_of_openafs_afsd_is_refused(
+def test_a_cache_directory_of_openafs_afsd_is_never_used(
     openafs_dir: Path, tmp_path: Path, as_root: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Debian's openafs-client names /var/cache/openafs in cacheinfo: once afsd has used it,
-    afsfuse refuses it (exit status 4) rather than share it."""
+    afsfuse keeps to its own directory (with cacheinfo's size), and refuses it when a
+    setting names it (exit status 4) rather than share it."""
     afsd_cache = tmp_path / "openafs-cache"
     afsd_cache.mkdir()
     (afsd_cache / "CacheItems").write_bytes(b"\0" * 64)
     (openafs_dir / "cacheinfo").write_text(f"/afs:{afsd_cache}:50000\n")
     cells = ["--thiscell", "example.org", "--cellservdb", str(tmp_path / "CellServDB")]
     (tmp_path / "CellServDB").write_text(">example.org #\n192.0.2.1 #db\n")
-    status = main(["check-config", str(tmp_path), *cells])
+    own = tmp_path / "own"
+    status = main(
+        ["check-config", str(tmp_path), *cells, "--config", str(_settings(tmp_path, own))]
+    )
+    out = capsys.readouterr().out
+    assert status == Exit.OK
+    assert (
+        f"read {openafs_dir}/cacheinfo: mountpoint = /afs (overridden by the command line); "
+        f"cache-size = {50000 << 10}; not followed: cache directory {afsd_cache} (afsd's: it "
+        "holds CacheItems)"
+    ) in out
+    assert f"cache: {own} (to be created), 48 MiB" in out
+    status = main(["check-config", str(tmp_path), *cells, "--cache-dir", str(afsd_cache)])
     assert (status, capsys.readouterr().err) == (Exit.CACHE, (
-        f"afsfuse: cache directory {afsd_cache} (from {openafs_dir}/cacheinfo:1) is OpenAFS "
-        "afsd's cache (it holds CacheItems): give afsfuse a directory of its own (cache-dir in "
-        "afsfuse.toml, or --cache-dir)\n"
+        f"afsfuse: cache directory {afsd_cache} is OpenAFS afsd's cache (it holds CacheItems): "
+        "give afsfuse a directory of its own (cache-dir in afsfuse.toml, or --cache-dir)\n"
     ))  # fmt: skip
     (afsd_cache / "CacheItems").unlink()
     (afsd_cache / "D0").mkdir()
     (afsd_cache / "D0" / "V1").write_bytes(b"")
     status = main(["check-config", str(tmp_path), *cells, "--cache-dir", str(afsd_cache)])
     assert status == Exit.CACHE and "(it holds D0)" in capsys.readouterr().err
-    # Empty (never used by afsd), it is afsfuse's.
+    # Empty (never used by afsd), it is afsfuse's, cacheinfo's own included.
     (afsd_cache / "D0" / "V1").unlink()
     (afsd_cache / "D0").rmdir()
     assert main(["check-config", str(tmp_path), *cells]) == Exit.OK
+    assert f"cache: {afsd_cache}, 48 MiB" in capsys.readouterr().out
+
+
+def _settings(tmp_path: Path, cache_dir: Path) -> Path:
+    """A settings file naming the default cache directory a root mount would get, here a
+    scratch one (cacheinfo is below the settings file, so it does not override it)."""
+    path = tmp_path / "afsfuse.toml"
+    path.write_text(f'cache-dir = "{cache_dir}"\n')
+    return path
 
 
 def test_garbage_in_cacheinfo_stops_the_mount_with_status_78(
