@@ -141,6 +141,8 @@ _MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--store-retry",), {"type": float, "metavar": "SECONDS",
         "help": "how often data whose store failed is tried again (default 30, doubling "
         "while it fails)"}),
+    (("--no-dns",), {"dest": "dns", "action": "store_const", "const": False,
+        "help": "never look cells up in DNS: only the cells the files list are known"}),
     (("--no-xattrs",), {"dest": "xattrs", "action": "store_const", "const": False,
         "help": "no afs.* extended attributes: ls -l and small writes cost fewer FUSE "
         "requests"}),
@@ -191,7 +193,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
             "openafs_dir", "kafs_config", "cellservdb", "thiscell", "cache_dir",
             "cache_size", "port", "sysname", "security", "max_tasks", "log_file",
             "foreground", "debug", "dns_server", "dead_time", "server_timeout",
-            "store_retry", "xattrs",
+            "store_retry", "xattrs", "dns",
         )
     }  # fmt: skip
     found = read_client_files(file_values, options)
@@ -344,9 +346,8 @@ def _mount_options(config: MountConfig) -> set[str]:
 
 async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> None:
     cell_entries, this_cell, aliases = cells
-    celldb = CellDB(
-        cell_entries, this_cell, aliases, CellResolver(make_resolver(config.dns_server))
-    )
+    resolver = CellResolver(make_resolver(config.dns_server)) if config.dns else None
+    celldb = CellDB(cell_entries, this_cell, aliases, resolver)
     keep_name = mount_key(config.mountpoint)
     tokens = TokenStore(keep=open_keep(keep_name))
     if tokens.holders():

@@ -154,9 +154,13 @@ def parse_afs_conf_client(text: str, path: Path) -> Found:
         elif name == "AFS_SYSNAME":
             if value.split():
                 found.give("sysname", value.split(), path, number)
-        elif name in ("AFS_AFSDB", "AFS_DYNROOT", "AFS_FAKESTAT"):
-            # afsfuse always looks cells up in DNS, has a dynamic /afs and fakes the stat of
-            # mount points: only a setting that asks otherwise is not followed.
+        elif name == "AFS_AFSDB":
+            if flag not in _TRUE + _FALSE:
+                raise FileError(f"{path}:{number}: AFS_AFSDB is true or false, not {value!r}")
+            found.give("dns", flag in _TRUE, path, number)
+        elif name in ("AFS_DYNROOT", "AFS_FAKESTAT"):
+            # afsfuse always has a dynamic /afs and fakes the stat of mount points: only a
+            # setting that asks otherwise is not followed.
             if flag not in _TRUE:
                 found.ignored.append(f"{name}={value}")
         else:

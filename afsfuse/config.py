@@ -96,6 +96,8 @@ class MountConfig:
     #: The afs.* extended attributes.  Off, getxattr answers ENOSYS once and the kernel
     #: asks no more: `ls -l` stops asking two per file and each write(2) one, at ~50 us each.
     xattrs: bool = True
+    #: Cells no file lists are looked up in DNS (AFSDB, SRV), as OpenAFS's afsd -afsdb.
+    dns: bool = True
     #: The other clients' files read, lowest first, and where each setting came from.
     found: list[Found] = field(default_factory=list, compare=False, repr=False)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -139,7 +141,7 @@ def _convert(key: str, value: Any) -> Any:
         if value not in SECURITY_LEVELS:
             raise ValueError(f"security is one of {', '.join(SECURITY_LEVELS)}")
         return value
-    if key in ("foreground", "debug", "xattrs"):
+    if key in ("foreground", "debug", "xattrs", "dns"):
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
         return value

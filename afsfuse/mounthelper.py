@@ -23,7 +23,7 @@ VALUE_OPTIONS = frozenset(
         "server-timeout", "store-retry", "log-file",
     )
 )  # fmt: skip
-FLAG_OPTIONS = frozenset(("no-xattrs", "debug", "foreground"))
+FLAG_OPTIONS = frozenset(("no-xattrs", "no-dns", "debug", "foreground"))
 #: Generic mount options, meant for mount(8), mount.fuse3 or the kernel, that reach a
 #: helper all the same.  afsfuse mounts nosuid,nodev,noatime in any case.
 GENERIC_OPTIONS = frozenset(

@@ -164,6 +164,24 @@ def test_cell_found_through_dns_server_and_unknown_names_remembered(
             assert dns.queries.total() == asked  # "no such cell" is remembered
 
 
+def test_without_dns_only_the_listed_cells_are_known(public_cell: Cell, tmp_path: Path) -> None:
+    """--no-dns (afs.conf.client's AFS_AFSDB=false): a cell only DNS knows is not there,
+    and no query is made."""
+    vl_host = f"vl.{DNS_CELL}."
+    records = [
+        f"_afs3-vlserver._udp.{DNS_CELL}. 300 SRV 10 0 7003 {vl_host}",
+        f"{vl_host} 300 A {public_cell.db_server.addr}",
+    ]
+    with dns_in_thread(records) as dns:
+        server = f"{dns.addr[0]}:{dns.addr[1]}"
+        with afsfuse_mount(tmp_path, [public_cell], "--dns-server", server, "--no-dns") as mounted:
+            with pytest.raises(FileNotFoundError):
+                os.stat(mounted.path / DNS_CELL)
+            listed = mounted.path / public_cell.name
+            assert mounted.xattr(listed, "afs.cell") == public_cell.name.encode()
+            assert dns.queries.total() == 0
+
+
 # -- 2. a mount point into another cell ---------------------------------------------------
 
 

@@ -69,8 +69,8 @@ AFS_FAKESTAT=true
 
 def test_debians_afs_conf_client_asks_for_what_afsfuse_does_anyway() -> None:
     found = parse_afs_conf_client(DEBIAN_AFS_CONF_CLIENT, Path("afs.conf.client"))
-    assert found.settings == {"security": "crypt"}
-    assert found.where == {"security": "afs.conf.client:3"}
+    assert found.settings == {"dns": True, "security": "crypt"}
+    assert found.where == {"dns": "afs.conf.client:2", "security": "afs.conf.client:3"}
     assert found.ignored == ["AFS_CLIENT"]
 
 
@@ -83,10 +83,13 @@ def test_afs_conf_client_settings_afsfuse_has_and_those_it_does_not_follow() -> 
         "export_me=1\n"
     )
     found = parse_afs_conf_client(text, Path("c"))
-    assert found.settings == {"security": "clear", "sysname": ["amd64_linux26", "amd64_linux"]}
-    assert found.where == {"security": "c:2", "sysname": "c:3"}
+    assert found.settings == {
+        "security": "clear",
+        "sysname": ["amd64_linux26", "amd64_linux"],
+        "dns": False,
+    }
+    assert found.where == {"security": "c:2", "sysname": "c:3", "dns": "c:4"}
     assert found.ignored == [
-        "AFS_AFSDB=false",
         "AFS_DYNROOT=Sparse",
         "AFS_FAKESTAT=no",
         "export_me",
@@ -97,6 +100,7 @@ def test_afs_conf_client_settings_afsfuse_has_and_those_it_does_not_follow() -> 
     ("text", "message"),
     [
         ("AFS_CRYPT=true\nmodprobe openafs\n", "c:2: not a NAME=value line"),
+        ("AFS_AFSDB=maybe\n", "c:1: AFS_AFSDB is true or false, not 'maybe'"),
         ("AFS_CRYPT=true extra\n", "c:1: not a NAME=value line"),
         ("\n\nAFS_SYSNAME=$(uname -m)\n", "c:3: AFS_SYSNAME: expansions ($, `) are not read"),
         ('AFS_CRYPT="true\n', "c:1: No closing quotation"),
