@@ -89,14 +89,18 @@ class Request:
     #: The uid the request acts for: the sender's, or one root named.
     uid: int
     args: dict[str, Any]
+    #: The sender's PAG, when it is in one.
+    pag: int | None = None
+    #: For a request from another machine (rmtsys), that machine's address.
+    host: str | None = None
 
     @property
     def identity(self) -> Identity:
-        return Identity(self.uid)
+        return Identity(self.uid, self.pag, self.host)
 
     @property
     def from_root(self) -> bool:
-        return self.peer.uid == 0
+        return self.peer.uid == 0 and self.host is None
 
     def require_root(self, what: str) -> None:
         if not self.from_root:

@@ -19,19 +19,26 @@ from afsfuse.keyring.token import Token
 
 @dataclass(frozen=True)
 class Identity:
-    """Who asks; decides which token (if any) a request uses."""
+    """Who asks; decides which token (if any) a request uses.
+
+    host is None for this machine's users; a remote rmtsys client's users are other people
+    than the local users of the same uid, so their tokens are kept apart by host.
+    """
 
     uid: int
     pag: int | None = None
+    host: str | None = None
 
 
-#: The holder of a set of tokens: ("uid", n) or ("pag", n).  A PAG is shared by every
-#: process in it whatever their uid, so it is keyed by its number alone.
+#: The holder of a set of tokens: ("uid", n) or ("pag", n), prefixed "<host>/" for a remote
+#: host's.  A PAG is shared by every process in it whatever their uid, so it is keyed by its
+#: number alone.
 _Holder = tuple[str, int]
 
 
 def _holder(who: Identity) -> _Holder:
-    return ("uid", who.uid) if who.pag is None else ("pag", who.pag)
+    kind, number = ("uid", who.uid) if who.pag is None else ("pag", who.pag)
+    return (kind if who.host is None else f"{who.host}/{kind}", number)
 
 
 class Keep(Protocol):
@@ -95,7 +102,17 @@ class TokenStore:
 
     def remove(self, who: Identity, cell: str | None = None) -> None:
         """Forget the token for cell, or every token of who when cell is None."""
-        holder = _holder(who)
+        self._remove(_holder(who), cell)
+
+    def remove_host(self, host: str) -> int:
+        """Forget every token the users of a remote host set; how many holders had some."""
+        prefix = f"{host}/"
+        holders = [holder for holder in self._tokens if holder[0].startswith(prefix)]
+        for holder in holders:
+            self._remove(holder, None)
+        return len(holders)
+
+    def _remove(self, holder: _Holder, cell: str | None) -> None:
         held = self._tokens.get(holder)
         if not held:
             return

@@ -70,6 +70,24 @@ def test_a_pag_has_its_own_tokens_whatever_the_uid() -> None:
     assert store.get(ALICE, "afsfuse.test") is uid_token
 
 
+def test_a_remote_hosts_users_are_not_this_machines_and_go_together() -> None:
+    store = TokenStore(clock=Clock())
+    local, remote = token(), token(client="alice@ELSEWHERE")
+    store.set(ALICE, local)
+    store.set(Identity(1001, host="192.0.2.5"), remote)
+    store.set(Identity(1002, pag=77, host="192.0.2.5"), remote)
+    store.set(Identity(1001, host="192.0.2.6"), remote)
+
+    assert store.get(ALICE, "afsfuse.test") is local
+    assert store.get(Identity(1001, host="192.0.2.5"), "afsfuse.test") is remote
+    assert store.get(Identity(1002, pag=77), "afsfuse.test") is None  # a local PAG 77
+    assert store.remove_host("192.0.2.5") == 2
+    assert store.list(Identity(1001, host="192.0.2.5")) == []
+    assert store.list(Identity(1002, pag=77, host="192.0.2.5")) == []
+    assert store.get(Identity(1001, host="192.0.2.6"), "afsfuse.test") is remote
+    assert store.get(ALICE, "afsfuse.test") is local
+
+
 def test_an_expired_token_is_listed_but_not_used() -> None:
     clock = Clock()
     store = TokenStore(clock=clock)
