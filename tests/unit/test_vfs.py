@@ -441,7 +441,7 @@ async def test_control_paths_are_walked_like_lookups(ops) -> None:
     assert await paths.parent(f"/nonexistent-afs/{CELL}/new", Identity(0)) == (root, b"new")
     assert await paths.fid(f"/nonexistent-afs/{CELL}/mnt", Identity(0)) == AfsFid(CELL, 20, 1, 1)
     for path, err in (
-        ("/elsewhere/x", errno.EXDEV),
+        ("/elsewhere/x", errno.EINVAL),
         ("relative", errno.EINVAL),
         ("/nonexistent-afs", errno.EINVAL),  # the dynamic root is no AFS vnode
         (f"/nonexistent-afs/{CELL}/private/secret", errno.EACCES),
@@ -451,6 +451,44 @@ async def test_control_paths_are_walked_like_lookups(ops) -> None:
             await paths.fid(path, Identity(1002))
         assert e.value.errno == err, path
     assert len(ops.inodes) == 1  # nothing was handed to the kernel, so nothing was kept
+
+
+async def test_pioctl_paths_are_resolved_as_the_kernel_walks_them(ops) -> None:
+    """rmtsys sends paths as tools were given them: `..` and symbolic links, in the mount
+    read as the caller, are resolved by the daemon (a link with exec bits is no mount)."""
+    manager = ops.manager
+    root = AfsFid(CELL, 11, 1, 1)
+    links = {"rel": b"../ex/pub", "abs": b"/nonexistent-afs/ex/private", "loop": b"loop"}
+    for n, (name, target) in enumerate(links.items()):
+        fid = AfsFid(CELL, 11, 30 + n, 30 + n)
+        manager.files[fid] = status(FILE_SYMLINK, 0o755, RL)
+        manager.dirs[root][name] = fid
+        manager.links[fid] = target
+    paths = MountPaths(ops, "/nonexistent-afs")
+    alice = Identity(1001)
+    # The alias `ex` in the dynamic root is itself a link, to the cell.
+    assert await paths.canonical("/nonexistent-afs/ex/rel", alice) == f"/nonexistent-afs/{CELL}/pub"
+    assert await paths.canonical("/nonexistent-afs/ex/abs/secret", alice) == (
+        f"/nonexistent-afs/{CELL}/private/secret"
+    )
+    assert await paths.canonical("/nonexistent-afs/ex/./pub/../rel", alice, follow=False) == (
+        f"/nonexistent-afs/{CELL}/rel"
+    )
+    assert await paths.canonical("/nonexistent-afs/../nonexistent-afs/ex", alice) == (
+        f"/nonexistent-afs/{CELL}"
+    )
+    for path, err in (
+        (f"/nonexistent-afs/{CELL}/loop", errno.ELOOP),
+        (f"/nonexistent-afs/{CELL}/nothing/x", errno.ENOENT),
+        ("relative/path", errno.EINVAL),
+    ):
+        with pytest.raises((FsError, pyfuse3.FUSEError)) as e:
+            await paths.canonical(path, alice)
+        assert e.value.errno == err, path
+    # Bob may not look into the private directory, so a link through it stops there.
+    with pytest.raises(FsError) as e:
+        await paths.canonical(f"/nonexistent-afs/{CELL}/abs/secret", Identity(1002))
+    assert e.value.errno == errno.EACCES
 
 
 async def test_without_xattrs_the_kernel_is_told_to_stop_asking() -> None:
