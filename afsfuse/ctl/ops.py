@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from afsfuse.cache.leftovers import Leftover, LeftoverStore
-from afsfuse.ctl.protocol import token_from_wire, token_summary
+from afsfuse.ctl.protocol import token_from_wire, token_summary, token_to_wire
 from afsfuse.ctl.server import ControlError, Request, WithFd, op
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
@@ -33,7 +33,8 @@ MAX_SYSNAME_BYTES = 127
 
 
 class TokenOps:
-    """tokens, settoken, unlog, wscell: each acts on the requester's own tokens only.
+    """tokens, settoken, gettoken, unlog, getpag, wscell, nukenfscreds: each acts on the
+    requester's own tokens only (nukenfscreds, root's, on a remote host's).
 
     Tokens are obtained in the caller's process, from the caller's Kerberos credentials, and
     handed over with settoken: the daemon never reads anyone's ticket cache.
@@ -62,17 +63,61 @@ class TokenOps:
 
     @op("settoken")
     async def settoken(self, request: Request) -> dict[str, Any]:
+        """A token for its cell (the workstation's when it names none).  Its AFS id is the
+        PT server's when the token names its Kerberos client; a token set by a pioctl
+        names none, and keeps the id its setter gave, which only `tokens` shows."""
+        data = request.args.get("token")
+        if isinstance(data, dict) and "cell" not in data:
+            data = {**data, "cell": self._this_cell}
         try:
-            token = token_from_wire(request.args.get("token"))
+            token = token_from_wire(data)
         except ValueError as error:
             raise ControlError("EINVAL", f"bad token: {error}") from None
         if token.end <= self._clock():
             raise ControlError("EINVAL", f"the token for {token.cell} has expired")
-        if self._fill_viceid is not None:
+        if self._fill_viceid is not None and token.client:
             token = await self._with_viceid(replace(token, viceid=None))
         self._store.set(request.identity, token)
         log.info("uid %d set a token for %s (%s)", request.uid, token.cell, token.client)
         return {"token": token_summary(token)}
+
+    @op("gettoken")
+    async def gettoken(self, request: Request) -> dict[str, Any]:
+        """One of the requester's own tokens, key and ticket included (as OpenAFS's GETTOK
+        gives a token to its owner): the `index`th, or the one for `cell` (default: the
+        workstation's).  EDOM when there is no such token, ENOTCONN when it has expired."""
+        held = self._store.list(request.identity)
+        index = request.args.get("index")
+        if index is not None:
+            if type(index) is not int:
+                raise ControlError("EINVAL", "'index' must be a number")
+            if not 0 <= index < len(held):
+                raise ControlError("EDOM", f"no token number {index}")
+            token = held[index]
+        else:
+            cell = (request.text("cell", "", limit=64) or self._this_cell).lower()
+            found = [token for token in held if token.cell.lower() == cell]
+            if not found:
+                raise ControlError("EDOM", f"no token for {cell}")
+            token = found[0]
+        if token.end <= self._clock():
+            raise ControlError("ENOTCONN", f"the token for {token.cell} has expired")
+        return {
+            "uid": request.uid,
+            "token": token_to_wire(token),
+            "primary": token.cell.lower() == self._this_cell.lower(),
+        }
+
+    @op("getpag")
+    async def getpag(self, request: Request) -> dict[str, Any]:
+        return {"pag": request.pag}
+
+    @op("nukenfscreds")
+    async def nukenfscreds(self, request: Request) -> dict[str, Any]:
+        """Forget every token the users of a remote rmtsys host set; root only."""
+        request.require_root("discard another host's tokens")
+        host = request.text("host", limit=64)
+        return {"host": host, "holders": self._store.remove_host(host)}
 
     @op("unlog")
     async def unlog(self, request: Request) -> dict[str, Any]:

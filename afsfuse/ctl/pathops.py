@@ -1,6 +1,7 @@
-"""Control ops on paths inside the mount: ACLs, quotas, mount points and flushes (`fs
-listacl`, `fs setacl`, `fs listquota`, `fs setquota`, `fs mkmount`, `fs lsmount`, `fs
-rmmount`, `fs flush`, `fs flushvolume`, `fs flushall`).
+"""Control ops on paths inside the mount: ACLs, quotas, mount points, flushes and where
+things are (`fs listacl`, `fs setacl`, `fs listquota`, `fs setquota`, `fs mkmount`, `fs
+lsmount`, `fs rmmount`, `fs flushmount`, `fs flush`, `fs flushvolume`, `fs flushall`, `fs
+whichcell`, `fs getfid`, `fs whereis`).
 
 The client sends an absolute path with every directory in it already resolved (it runs in
 the caller's process, so symlinks are followed with the caller's rights); the daemon walks
@@ -27,6 +28,9 @@ MAX_ACL_ENTRIES = 64
 #: The largest quota SetVolumeStatus carries (a signed 32-bit count of KiB).
 MAX_QUOTA_KB = 2**31 - 1
 _NAME_LIMIT = 256
+#: OpenAFS's limits: ACL text StoreACL is given, a volume's offline message.
+_ACL_TEXT_LIMIT = 1023
+_VOLUME_MESSAGE_LIMIT = 255
 
 
 class PathResolver(Protocol):
@@ -62,9 +66,12 @@ class PathOps:
 
     @op("listacl")
     async def listacl(self, request: Request) -> dict[str, Any]:
+        """The entries, and `text`: the whole list as StoreACL takes it (rights as numbers,
+        nothing lost), which is what VIOCGETAL gives."""
         try:
             fid = await self._fid(request)
             acl = Acl.parse(await self._manager.get_acl(fid, request.identity))
+            text = acl.format()
         except FsError as e:
             raise _refuse(e) from None
         except ValueError as e:
@@ -72,12 +79,18 @@ class PathOps:
         return {
             "positive": [[name, rights_to_letters(r)] for name, r in acl.positive.items()],
             "negative": [[name, rights_to_letters(r)] for name, r in acl.negative.items()],
+            "text": text,
         }
 
     @op("setacl")
     async def setacl(self, request: Request) -> dict[str, Any]:
         """`entries` [[who, rights], ...] ("none" removes who); `clear` starts from an empty
-        list, `negative` edits the negative entries."""
+        list, `negative` edits the negative entries.  Or `text`: a whole list, as listacl's
+        `text` and VIOCSETAL give it, stored as it is (and not read back, since the new
+        list may leave the requester unable to read it)."""
+        text = request.text("text", None, limit=_ACL_TEXT_LIMIT)
+        if text is not None:
+            return await self._store_acl(request, text)
         entries = request.args.get("entries")
         if (
             not isinstance(entries, list)
@@ -110,8 +123,21 @@ class PathOps:
             raise ControlError("EINVAL", str(e)) from None
         return await self.listacl(request)
 
+    async def _store_acl(self, request: Request, text: str) -> dict[str, Any]:
+        try:
+            stored = Acl.parse(text).format()
+        except ValueError as e:
+            raise ControlError("EINVAL", str(e)) from None
+        try:
+            await self._manager.set_acl(await self._fid(request), stored, request.identity)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {"text": stored}
+
     @op("listquota")
     async def listquota(self, request: Request) -> dict[str, Any]:
+        """The volume's status as GetVolumeStatus gives it (`fs listquota`, `fs quota`,
+        `fs examine`, `fs diskfree`)."""
         try:
             status = await self._manager.get_volume_status(
                 await self._fid(request), request.identity
@@ -124,17 +150,33 @@ class PathOps:
             "used": status.blocks_in_use,
             "partition_free": status.partition_blocks_available,
             "partition_size": status.partition_max_blocks,
+            "volume_id": status.volume_id,
+            "parent_id": status.parent_id,
+            "online": status.online,
+            "in_service": status.in_service,
+            "blessed": status.blessed,
+            "needs_salvage": status.needs_salvage,
+            "type": status.type,
+            "min_quota": status.min_quota,
+            "offline_message": status.offline_message,
+            "motd": status.motd,
         }
 
     @op("setquota")
     async def setquota(self, request: Request) -> dict[str, Any]:
-        """`max` KiB for the volume (0: no limit); the fileserver allows it only to the
-        cell's administrators.  Answers as listquota does, with the new figures."""
+        """`max` KiB for the volume (0: no limit), and or an `offline_message` (`fs
+        setvol`); the fileserver allows it only to the cell's administrators.  Answers as
+        listquota does, with the new figures."""
         limit = request.args.get("max")
-        if type(limit) is not int or not 0 <= limit <= MAX_QUOTA_KB:
+        message = request.text("offline_message", None, limit=_VOLUME_MESSAGE_LIMIT)
+        if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_QUOTA_KB):
             raise ControlError("EINVAL", f"'max' must be a quota in KiB, 0 to {MAX_QUOTA_KB}")
+        if limit is None and message is None:
+            raise ControlError("EINVAL", "setquota needs 'max' or 'offline_message'")
         try:
-            await self._manager.set_quota(await self._fid(request), limit, request.identity)
+            await self._manager.set_quota(
+                await self._fid(request), limit, request.identity, offline_message=message or ""
+            )
         except FsError as e:
             raise _refuse(e) from None
         return await self.listquota(request)
@@ -159,6 +201,54 @@ class PathOps:
         except FsError as e:
             raise _refuse(e) from None
         return {"cell": fid.cell, "volume": fid.volume}
+
+    @op("flushmount")
+    async def flushmount(self, request: Request) -> dict[str, Any]:
+        """Forget what is cached of a mount point itself (its text), not of its volume."""
+        try:
+            fid, _, _, _ = await self._mount_point(request)
+            await self._manager.flush_fid(fid)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {}
+
+    @op("whichcell")
+    async def whichcell(self, request: Request) -> dict[str, Any]:
+        try:
+            fid = await self._fid(request)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {"cell": fid.cell}
+
+    @op("getfid")
+    async def getfid(self, request: Request) -> dict[str, Any]:
+        """The AFS fid; cell_number is the cell's place in the cache manager's list of
+        cells, which is what a VenusFid carries."""
+        try:
+            fid = await self._fid(request)
+        except FsError as e:
+            raise _refuse(e) from None
+        known = [cell.lower() for cell in self._manager.known_cells()]
+        number = known.index(fid.cell.lower()) + 1 if fid.cell.lower() in known else 0
+        return {
+            "cell": fid.cell, "cell_number": number, "volume": fid.volume,
+            "vnode": fid.vnode, "unique": fid.unique,
+        }  # fmt: skip
+
+    @op("whereis")
+    async def whereis(self, request: Request) -> dict[str, Any]:
+        """The fileservers holding the volume a path is in (the first address of each)."""
+        try:
+            fid = await self._fid(request)
+            location = await self._manager.volume_location(fid.cell, fid.volume)
+        except FsError as e:
+            raise _refuse(e) from None
+        sites = location.sites_for(fid.volume)
+        return {
+            "cell": fid.cell,
+            "volume": fid.volume,
+            "servers": [site.addresses[0] for site in sites if site.addresses],
+        }
 
     @op("flushall")
     async def flushall(self, request: Request) -> dict[str, Any]:
@@ -191,7 +281,8 @@ class PathOps:
             raise _refuse(e) from None
         return {"mountpoint": text[:-1]}
 
-    async def _mount_point(self, request: Request) -> tuple[AfsFid, bytes, str]:
+    async def _mount_point(self, request: Request) -> tuple[AfsFid, AfsFid, bytes, str]:
+        """The mount point's own vnode, its directory and name, and its text."""
         directory, name = await self._parent(request)
         fid = await self._manager.lookup(directory, name, request.identity)
         status = await self._manager.getattr(fid, request.identity)
@@ -200,12 +291,12 @@ class PathOps:
             contents = await self._manager.readlink(fid, request.identity)
         if not is_mount_point(status.mode, contents):
             raise ControlError("EINVAL", "not a mount point")
-        return directory, name, contents.decode("utf-8", "replace").removesuffix(".")
+        return fid, directory, name, contents.decode("utf-8", "replace").removesuffix(".")
 
     @op("lsmount")
     async def lsmount(self, request: Request) -> dict[str, Any]:
         try:
-            _, _, text = await self._mount_point(request)
+            _, _, _, text = await self._mount_point(request)
         except FsError as e:
             raise _refuse(e) from None
         return {"mountpoint": text}
@@ -213,7 +304,7 @@ class PathOps:
     @op("rmmount")
     async def rmmount(self, request: Request) -> dict[str, Any]:
         try:
-            directory, name, text = await self._mount_point(request)
+            _, directory, name, text = await self._mount_point(request)
             await self._manager.unlink(directory, name, request.identity)
         except FsError as e:
             raise _refuse(e) from None

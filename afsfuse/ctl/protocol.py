@@ -134,8 +134,9 @@ def token_from_wire(data: object) -> Token:
     viceid = None if data.get("viceid") is None else _int(data, "viceid", -(2**31), 2**31 - 1)
     return Token(
         cell=cell,
-        realm=_text(data, "realm", 256),
-        client=_text(data, "client", 512),
+        # Empty for a token set by a pioctl: the ticket is sealed, and names no one to us.
+        realm=_text(data, "realm", 256, empty=True),
+        client=_text(data, "client", 512, empty=True),
         session_key=session_key,
         ticket=ticket,
         begin=begin,
@@ -145,10 +146,11 @@ def token_from_wire(data: object) -> Token:
     )
 
 
-def _text(data: dict[str, Any], name: str, limit: int) -> str:
+def _text(data: dict[str, Any], name: str, limit: int, empty: bool = False) -> str:
     value = data.get(name)
-    if not isinstance(value, str) or not 0 < len(value) <= limit or "\0" in value:
-        raise ValueError(f"{name} must be a string of 1 to {limit} characters")
+    shortest = 0 if empty else 1
+    if not isinstance(value, str) or not shortest <= len(value) <= limit or "\0" in value:
+        raise ValueError(f"{name} must be a string of {shortest} to {limit} characters")
     return value
 
 

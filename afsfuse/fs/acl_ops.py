@@ -32,13 +32,21 @@ class AclOps:
         reply = await op.run(lambda conn, server: FS.GetVolumeStatus(conn, fid.volume))
         return VolumeStatus.from_afs(reply)
 
-    async def set_quota(self, fid: AfsFid, max_quota_kb: int, token: Token | None) -> None:
-        if not 0 <= max_quota_kb < 1 << 31:
+    async def set_quota(
+        self, fid: AfsFid, max_quota_kb: int | None, token: Token | None, offline_message: str
+    ) -> None:
+        if max_quota_kb is not None and not 0 <= max_quota_kb < 1 << 31:
             raise FsError(errno.EINVAL)
-        quota = AFSStoreVolumeStatus(Mask=AFS_SETMAXQUOTA, MaxQuota=max_quota_kb)
+        quota = AFSStoreVolumeStatus(
+            Mask=0 if max_quota_kb is None else AFS_SETMAXQUOTA, MaxQuota=max_quota_kb or 0
+        )
         op = self.status.operation(token, "FS.SetVolumeStatus", self.vnodes.get(fid))
         # Empty name and messages are left as they are by the fileserver.
-        await op.run(lambda conn, server: FS.SetVolumeStatus(conn, fid.volume, quota, "", "", ""))
+        await op.run(
+            lambda conn, server: FS.SetVolumeStatus(
+                conn, fid.volume, quota, "", offline_message, ""
+            )
+        )
 
     async def get_acl(self, fid: AfsFid, token: Token | None) -> str:
         op = self.status.operation(token, "FS.FetchACL", self.vnodes.get(fid))

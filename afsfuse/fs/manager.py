@@ -606,9 +606,12 @@ class CacheManager:
         return await self.acls.volume_status(fid, self._token(fid.cell, who))
 
     @_boundary
-    async def set_quota(self, fid: AfsFid, max_quota_kb: int, who: Identity) -> None:
-        """Set the quota of `fid`'s volume in KiB (0: none); the cell's administrators only."""
-        await self.acls.set_quota(fid, max_quota_kb, self._token(fid.cell, who))
+    async def set_quota(
+        self, fid: AfsFid, max_quota_kb: int | None, who: Identity, *, offline_message: str = ""
+    ) -> None:
+        """Set the quota of `fid`'s volume in KiB (0: none; None: as it is), and its offline
+        message when one is given; the cell's administrators only."""
+        await self.acls.set_quota(fid, max_quota_kb, self._token(fid.cell, who), offline_message)
 
     @_boundary
     async def get_acl(self, fid: AfsFid, who: Identity) -> str:
@@ -638,6 +641,22 @@ class CacheManager:
         """Tell every fileserver we hold callbacks from that we no longer want them
         (at unmount).  Best effort, bounded in time; never raises."""
         await self.invalidator.give_up_callbacks()
+
+    # -- fileservers and volume locations (fs/server.py, fs/volume.py) ----------------------
+
+    async def check_servers(self, probe: bool) -> list[str]:
+        """Addresses of the fileservers that are down; with probe, asked first."""
+        return [server.addr for server in await self.servers.check(probe)]
+
+    def probe_interval(self, seconds: float | None = None) -> float:
+        """Seconds between probes of down servers; sets it first when seconds is given."""
+        if seconds is not None:
+            self.servers.set_probe_interval(seconds)
+        return self.servers.config.probe_interval
+
+    def forget_volume_locations(self) -> None:
+        """Look every volume up again at its next use (`fs checkvolumes`)."""
+        self.volumes.forget()
 
     # -- for the FUSE face and the control socket (fs/api.py) ---------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -167,6 +167,20 @@ class ServerTable:
             server.last_probe = trio.current_time()
             server._probing = None
             done.set()
+
+    async def check(self, probe: bool) -> list[FileServer]:
+        """The servers that are down (`fs checkservers`); with probe, every server is asked
+        first, at once."""
+        if probe:
+            async with trio.open_nursery() as nursery:
+                for server in self._servers.values():
+                    server.last_probe = -math.inf  # asked for now, however recent the last
+                    nursery.start_soon(self.probe, server)
+        return [server for server in self._servers.values() if not server.up]
+
+    def set_probe_interval(self, seconds: float) -> None:
+        """How often down servers are probed from now on (`fs checkservers -interval`)."""
+        self.config = replace(self.config, probe_interval=seconds)
 
     async def run_prober(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -36,6 +36,8 @@ class VolumeStatus:
     partition_max_blocks: int
     offline_message: str
     motd: str
+    parent_id: int = 0
+    blessed: bool = True
 
     @classmethod
     def from_afs(cls, reply: Any) -> VolumeStatus:
@@ -54,6 +56,8 @@ class VolumeStatus:
             partition_max_blocks=s.PartMaxBlocks,
             offline_message=reply.OfflineMsg,
             motd=reply.Motd,
+            parent_id=s.ParentId & 0xFFFFFFFF,
+            blessed=bool(s.Blessed),
         )
 
 
