@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,9 +41,11 @@ from afsfuse.config import (
     read_client_files,
     read_config_file,
 )
+from afsfuse.ctl.cellops import CellOps
 from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
 from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path, mount_key
+from afsfuse.ctl.rmtsys import RmtsysService
 from afsfuse.ctl.server import Handlers, serve_control
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.manager import CacheManager, ManagerConfig
@@ -146,6 +148,14 @@ _MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--no-xattrs",), {"dest": "xattrs", "action": "store_const", "const": False,
         "help": "no afs.* extended attributes: ls -l and small writes cost fewer FUSE "
         "requests"}),
+    (("--rmtsys",), {"metavar": "ADDRESS[:PORT]",
+        "help": "serve OpenAFS's fs, tokens, aklog and unlog (rmtsys) here (default "
+        "127.0.0.1:7009)"}),
+    (("--no-rmtsys",), {"dest": "rmtsys", "action": "store_const", "const": False,
+        "help": "no rmtsys service"}),
+    (("--rmtsys-allow",), {"action": "append", "metavar": "CIDR",
+        "help": "also serve rmtsys to hosts in this network (repeatable; their users are "
+        "who their host says)"}),
     (("--log-file",), {"metavar": "FILE", "help": "log here (default: stderr in the "
         "foreground, which systemd sends to the journal; syslog in the background)"}),
     (("--foreground", "-f"), {"action": "store_const", "const": True,
@@ -193,7 +203,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
             "openafs_dir", "kafs_config", "cellservdb", "thiscell", "cache_dir",
             "cache_size", "port", "sysname", "security", "max_tasks", "log_file",
             "foreground", "debug", "dns_server", "dead_time", "server_timeout",
-            "store_retry", "xattrs", "dns",
+            "store_retry", "xattrs", "dns", "rmtsys", "rmtsys_allow",
         )
     }  # fmt: skip
     found = read_client_files(file_values, options)
@@ -210,7 +220,8 @@ def _setup_logging(config: MountConfig, stream: TextIO | None) -> None:
     handler: logging.Handler
     formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
     if config.log_file is not None:
-        handler = logging.FileHandler(config.log_file)
+        # Names from requests may not be UTF-8 (surrogate escapes): logged escaped.
+        handler = logging.FileHandler(config.log_file, errors="backslashreplace")
     elif stream is None:
         handler = logging.handlers.SysLogHandler(
             SYSLOG_SOCKET, logging.handlers.SysLogHandler.LOG_DAEMON
@@ -250,7 +261,9 @@ def _daemonize(config: MountConfig, cells: Cells) -> int:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             message = pipe.read().decode(errors="replace")
-        if message == "ok":
+        if message == "ok" or message.startswith("ok\n"):
+            for warning in message.splitlines()[1:]:
+                print(f"afsfuse: warning: {warning}", file=sys.stderr)
             return Exit.OK
         status, _, text = message.partition(" ")
         if not status.isdigit():
@@ -310,11 +323,14 @@ def _tell(fd: int | None, message: str) -> None:
         os.close(fd)
 
 
-async def _ready_when_answering(mountpoint: str, ready_fd: int | None) -> None:
+async def _ready_when_answering(
+    mountpoint: str, ready_fd: int | None, warnings: Sequence[str] = ()
+) -> None:
     """Say the mount is ready once it answers a stat (from a worker thread: this thread
-    serves it): to `afsfuse mount`'s parent, or to systemd (Type=notify)."""
+    serves it): to `afsfuse mount`'s parent, with what it should warn of, or to systemd
+    (Type=notify)."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
-    _tell(ready_fd, "ok")
+    _tell(ready_fd, "\n".join(["ok", *warnings]))
     daemon.notify(f"READY=1\nSTATUS=AFS mounted on {mountpoint}")
 
 
@@ -374,6 +390,11 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                 conn = endpoint.connect((host, PT.port), PT.service_id, RXNULL)
                 return await with_viceid(token, conn)
 
+            async def cache_usage() -> tuple[int, int]:
+                used = await trio.to_thread.run_sync(store.clean_bytes)
+                return store.size_limit // 1024, used // 1024
+
+            paths = MountPaths(operations, config.mountpoint)
             handlers = Handlers(
                 TokenOps(tokens, this_cell, fill_viceid),
                 SysnameOps(
@@ -382,11 +403,13 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                 ),
                 StatsOps(stats.snapshot),
                 LeftoverOps(store.leftovers),
-                PathOps(manager, MountPaths(operations, config.mountpoint)),
+                PathOps(manager, paths),
+                CellOps(manager, this_cell, cache_usage),
             )
             mountpoint = os.fspath(config.mountpoint)
             unmounted = False
-            async with trio.open_nursery() as nursery:
+            rmtsys = _rmtsys_service(config, handlers, paths)
+            async with rmtsys as warnings, trio.open_nursery() as nursery:
                 # Before the mount exists: the control server resolves the mountpoint's
                 # path, which must not wait on the FUSE session this thread serves.
                 control = functools.partial(serve_control, mountpoint=mountpoint)
@@ -401,7 +424,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                         "afsfuse %s mounted on %s (cell %s, callback port %d)",
                         os.getpid(), mountpoint, this_cell, endpoint.port,
                     )  # fmt: skip
-                    nursery.start_soon(_ready_when_answering, mountpoint, ready_fd)
+                    nursery.start_soon(_ready_when_answering, mountpoint, ready_fd, warnings)
                     await pyfuse3.main(min_tasks=4, max_tasks=config.max_tasks)
                     log.info("FUSE session ended; stopping")
                     daemon.notify("STOPPING=1")
@@ -415,6 +438,36 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                         forget_keep(keep_name)  # kept tokens stay for the next run
                     log.info("unmounted %s%s", mountpoint, "" if unmounted else " after an error")
                     nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _rmtsys_service(
+    config: MountConfig, handlers: Handlers, paths: MountPaths
+) -> AsyncIterator[list[str]]:
+    """Serve rmtsys on an Rx endpoint of its own while the context lasts; yields what to
+    warn of: a port another mount holds is a warning (this mount runs without it), not a
+    failure."""
+    if config.rmtsys is None:
+        yield []
+        return
+    host, port = config.rmtsys
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            endpoint = await stack.enter_async_context(open_endpoint(host, port))
+        except OSError as e:
+            message = (
+                f"rmtsys: cannot listen on {host}:{port} ({e.strerror}), so OpenAFS's tools "
+                "cannot reach this mount; another afsfuse mount may have the port "
+                "(--rmtsys ADDRESS:PORT picks another, --no-rmtsys turns it off)"
+            )
+            log.warning("%s", message)
+            yield [message]
+            return
+        service = RmtsysService(handlers, paths, daemon_uid=os.geteuid(), allow=config.rmtsys_allow)
+        service.install(endpoint)
+        allowed = ", ".join(str(net) for net in config.rmtsys_allow) or "none"
+        log.info("rmtsys on %s:%d (other hosts allowed: %s)", host, port, allowed)
+        yield []
 
 
 #: The kernel's read-ahead on the mount, in KiB: its reads then reach us 1 MiB at a time

@@ -11,6 +11,8 @@ The file takes the command line's long option names as keys (`cache-size` or
     dns-server = ["192.0.2.53:53"]   # cell lookups ask these, not the system resolver
     dead-time = 12                   # a fileserver silent this long is given up
     server-timeout = 120             # bound on one operation over every site: ETIMEDOUT
+    rmtsys = "127.0.0.1:7009"        # where OpenAFS's tools reach the mount; false: nowhere
+    rmtsys-allow = ["192.0.2.0/24"]  # other hosts whose tools may use it (default: none)
 
 Below the file come the files other AFS clients leave (clientfiles.py), and the lowest
 layer wins least: built-in defaults, kAFS's client.conf, OpenAFS's files (ThisCell,
@@ -46,6 +48,8 @@ DEFAULT_CONFIG = Path("/etc/afsfuse/afsfuse.toml")
 DEFAULT_MOUNTPOINT = Path("/afs")
 DEFAULT_OPENAFS_DIR = cellservdb.CONFIG_DIR
 DEFAULT_KAFS_CONFIG = Path("/etc/kafs/client.conf")
+#: Where the rmtsys service listens unless told otherwise (OpenAFS's tools send to 7009).
+RMTSYS_ADDRESS = ("127.0.0.1", 7009)
 DEFAULT_CACHE_SIZE = 1 << 30
 #: The port OpenAFS cache managers use for callbacks; root's mount takes it when free.
 CALLBACK_PORT = 7001
@@ -101,6 +105,10 @@ class MountConfig:
     #: The other clients' files read, lowest first, and where each setting came from.
     found: list[Found] = field(default_factory=list, compare=False, repr=False)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: Where the rmtsys service listens (OpenAFS's fs, tokens, aklog, unlog); None: off.
+    rmtsys: tuple[str, int] | None = RMTSYS_ADDRESS
+    #: Networks of other hosts whose rmtsys requests are served (loopback always is).
+    rmtsys_allow: list[ipaddress.IPv4Network] = field(default_factory=list)
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -126,6 +134,15 @@ def _convert(key: str, value: Any) -> Any:
         if not 0 <= number < 65536 and key == "port":
             raise ValueError(f"port out of range: {number}")
         return number
+    if key == "rmtsys":
+        if value is False:
+            return False
+        if not isinstance(value, str):
+            raise ValueError('"ADDRESS[:PORT]", or false to turn it off')
+        return _host_port(value, RMTSYS_ADDRESS[1])
+    if key == "rmtsys_allow":
+        texts = [value] if isinstance(value, str) else list(value)
+        return [ipaddress.IPv4Network(str(text), strict=False) for text in texts]
     if key == "dns_server":
         texts = [value] if isinstance(value, str) else list(value)
         return [_host_port(str(text)) for text in texts]
@@ -148,12 +165,12 @@ def _convert(key: str, value: Any) -> Any:
     return str(value)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    """`ADDRESS[:PORT]` (port 53 when absent), the address an IPv4 literal."""
+def _host_port(text: str, default_port: int = 53) -> tuple[str, int]:
+    """`ADDRESS[:PORT]` (default_port when absent), the address an IPv4 literal."""
     host, _, port_text = text.partition(":")
     try:
         ipaddress.IPv4Address(host)
-        port = int(port_text) if port_text else 53
+        port = int(port_text) if port_text else default_port
     except ValueError:
         raise ValueError(f"not ADDRESS[:PORT]: {text!r}") from None
     if not 0 < port < 65536:
@@ -201,7 +218,10 @@ def build_config(
         except ValueError as e:
             prefix = f"{origins[key]}: " if ":" in origins[key] else ""
             raise ConfigError(f"{prefix}{key.replace('_', '-')}: {e}") from None
-    config = MountConfig(**{k: v for k, v in converted.items() if v is not None})
+    kept = {k: v for k, v in converted.items() if v is not None}
+    if kept.get("rmtsys") is False:
+        kept["rmtsys"] = None
+    config = MountConfig(**kept)
     config.found, config.origins = list(found or ()), origins
     return config
 

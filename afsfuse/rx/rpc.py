@@ -406,12 +406,20 @@ class Rpc:
 
     # Server side.
 
-    async def serve(self, call: CallLike, method: Callable[..., Awaitable[Any]]) -> None:
-        """Run one request (whose opcode was already read) through an implementation."""
+    async def serve(
+        self,
+        call: CallLike,
+        method: Callable[..., Awaitable[Any]],
+        max_request: int | None = None,
+    ) -> None:
+        """Run one request (whose opcode was already read) through an implementation; a
+        request longer than max_request bytes is refused before it is all read."""
         what = f"{self.qualified_name} request"
         if isinstance(self.split, StoreSplit):
             with _eof_means(RXGEN_SS_UNMARSHAL, what):
                 body = await call.recv_exactly(self._args.fixed_size or 0)
+        elif max_request is not None:
+            body = await _recv_at_most(call, max_request, what)
         else:
             body = await call.recv_rest()
         args = self.decode_args(body)._asdict()
@@ -463,11 +471,26 @@ class Interface:
         raise AttributeError(f"interface {self.name} has no RPC {name}")
 
 
-def make_dispatcher(interface: Interface, impl: object) -> Callable[[Any], Awaitable[None]]:
+async def _recv_at_most(call: CallLike, limit: int, what: str) -> bytes:
+    buf = bytearray(limit + 1)
+    view = memoryview(buf)
+    got = 0
+    while got <= limit:
+        n = await call.recv_into(view[got:])
+        if not n:
+            return bytes(view[:got])
+        got += n
+    raise RxAbort(RXGEN_SS_UNMARSHAL, f"{what} longer than {limit} bytes")
+
+
+def make_dispatcher(
+    interface: Interface, impl: object, *, max_request: int | None = None
+) -> Callable[[Any], Awaitable[None]]:
     """The handler for Endpoint.serve: dispatch each call by opcode to `impl.<RpcName>`.
 
     RPCs the implementation lacks answer RXGEN_OPCODE, which is how rxgen servers signal
-    "not implemented" and how clients know to fall back to an older RPC.
+    "not implemented" and how clients know to fall back to an older RPC.  A service open
+    to untrusted peers bounds each request with max_request (bytes after the opcode).
     """
     methods = {
         rpc.opcode: (rpc, getattr(impl, rpc.name))
@@ -483,6 +506,6 @@ def make_dispatcher(interface: Interface, impl: object) -> Callable[[Any], Await
         if found is None:
             raise RxAbort(RXGEN_OPCODE, f"{interface.name} has no RPC {opcode}")
         rpc, method = found
-        await rpc.serve(call, method)
+        await rpc.serve(call, method, max_request)
 
     return dispatch

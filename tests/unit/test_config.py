@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,31 @@ def test_xattrs_are_on_unless_the_file_or_the_command_line_says_no(tmp_path: Pat
     assert _config(args).xattrs is False
     with pytest.raises(ValueError):
         build_config(tmp_path, {"xattrs": "no"}, {})
+
+
+def test_rmtsys_listens_on_loopback_7009_unless_told_otherwise(tmp_path: Path) -> None:
+    assert build_config(tmp_path, {}, {}).rmtsys == ("127.0.0.1", 7009)
+    assert build_config(tmp_path, {}, {}).rmtsys_allow == []
+    settings = tmp_path / "afsfuse.toml"
+    settings.write_text('rmtsys = "127.0.0.2"\nrmtsys-allow = ["192.0.2.0/24"]\n')
+    config = build_config(tmp_path, read_config_file(settings), {})
+    assert (config.rmtsys, config.rmtsys_allow) == (
+        ("127.0.0.2", 7009),
+        [IPv4Network("192.0.2.0/24")],
+    )
+    args = _parser().parse_args(["mount", str(tmp_path), "--config", str(settings), "--no-rmtsys"])
+    assert _config(args).rmtsys is None
+    settings.write_text("rmtsys = false\n")
+    assert build_config(tmp_path, read_config_file(settings), {}).rmtsys is None
+    args = _parser().parse_args(
+        ["mount", str(tmp_path), "--rmtsys", "127.0.0.9:7100", "--rmtsys-allow", "10.1.0.0/16"]
+    )
+    assert (_config(args).rmtsys, _config(args).rmtsys_allow) == (
+        ("127.0.0.9", 7100), [IPv4Network("10.1.0.0/16")],
+    )  # fmt: skip
+    for bad in ({"rmtsys": "localhost"}, {"rmtsys": True}, {"rmtsys_allow": ["10.0.0.0/40"]}):
+        with pytest.raises(ConfigError):
+            build_config(tmp_path, bad, {})
 
 
 def _cells_of(tmp_path: Path, text: str, thiscell: str = "home.example"):
