@@ -149,8 +149,8 @@ _MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         "help": "no afs.* extended attributes: ls -l and small writes cost fewer FUSE "
         "requests"}),
     (("--rmtsys",), {"metavar": "ADDRESS[:PORT]",
-        "help": "serve OpenAFS's fs, tokens, aklog and unlog (rmtsys) here (default "
-        "127.0.0.1:7009)"}),
+        "help": "serve OpenAFS's fs, tokens, aklog and unlog (rmtsys) here (root's mount: "
+        "127.0.0.1:7009 by default; a user's mount: only when given)"}),
     (("--no-rmtsys",), {"dest": "rmtsys", "action": "store_const", "const": False,
         "help": "no rmtsys service"}),
     (("--rmtsys-allow",), {"action": "append", "metavar": "CIDR",

@@ -106,7 +106,11 @@ class MountConfig:
     found: list[Found] = field(default_factory=list, compare=False, repr=False)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: Where the rmtsys service listens (OpenAFS's fs, tokens, aklog, unlog); None: off.
-    rmtsys: tuple[str, int] | None = RMTSYS_ADDRESS
+    #: Root's mount listens on 127.0.0.1:7009 unless told otherwise; a user's mount only
+    #: where told: whoever holds the port receives the tokens the tools hand over.
+    rmtsys: tuple[str, int] | None = field(
+        default_factory=lambda: RMTSYS_ADDRESS if os.geteuid() == 0 else None
+    )
     #: Networks of other hosts whose rmtsys requests are served (loopback always is).
     rmtsys_allow: list[ipaddress.IPv4Network] = field(default_factory=list)
 

@@ -489,3 +489,70 @@ def test_a_second_mount_runs_without_the_port_and_says_so(
         finally:
             stop_daemon(mountpoint, daemon_pid(mountpoint))
             shutil.rmtree(where, ignore_errors=True)
+
+
+REMOTE = r"""
+import json, struct, sys, time, trio
+from afsfuse.rx.driver import open_endpoint
+from afsfuse.rx.interfaces.rmtsys import RMTSYS, clientcred
+
+async def main(host, uid, ticket_byte, set_it):
+    async with open_endpoint() as endpoint:
+        conn = endpoint.connect((host, 7009), RMTSYS.service_id)
+        cred = clientcred(uid=uid, group0=0, group1=0)
+        now = int(time.time())
+        ticket = bytes([ticket_byte]) * 80
+        settok = (struct.pack(">i", len(ticket)) + ticket + struct.pack(">i", 24)
+                  + struct.pack(">i8siii", 256, b"remote!!", 42, now, now + 3601)
+                  + struct.pack(">i", 0) + b"afsfuse.test\0")
+        calls = [(0x40185603, settok)] * set_it + [(0x40184307, struct.pack("=i", 0))]
+        results = []
+        for cmd, data in calls:
+            out, number = await RMTSYS.Pioctl(conn, cred, "__FOO__", cmd, 0, data, bytes(16384))
+            results.append([number, ticket in out])
+        print(json.dumps(results))
+
+trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+"""
+
+
+def test_other_hosts_only_when_allowed_and_their_users_are_theirs(
+    tools: Tools, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A client in the cell's network namespace is another host: refused by default; with
+    --rmtsys-allow its users' tokens are kept for that host alone, its root is nobody."""
+    cell = tools.cell
+    alice = tools.mount.local["alice"]
+    netns = cell.servers[0].netns
+
+    def remote(uid: int, ticket_byte: int, set_it: bool = True) -> list:
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-c", REMOTE, cell.host_addr]
+        done = subprocess.run(
+            [*argv, str(uid), str(ticket_byte), str(int(set_it))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    for allow, expected in (
+        ((), [[errno.EACCES, False], [errno.EACCES, False]]),
+        (("--rmtsys-allow", f"{cell.servers[0].addr}/32"), [[0, False], [0, True]]),
+    ):
+        extra = ("--rmtsys", f"{cell.host_addr}:7009", *allow)
+        cache = tmp_path_factory.mktemp("remote-cache")
+        with afs_mount(
+            cell, tools.mount.local, tools.mount.python, cache, extra_args=extra
+        ) as mount:
+            assert remote(alice.uid, 1) == expected
+            if not allow:
+                continue
+            # The host's uid of alice's number is not alice here.
+            done = mount.ctl("alice", "--json", "tokens")
+            assert json.loads(done.stdout)["tokens"] == []
+            # The host's root is its nobody: what one sets, the other gets.
+            assert remote(0, 2) == [[0, False], [0, True]]
+            assert remote(65534, 2, set_it=False) == [[0, True]]
+            assert remote(alice.uid, 1, set_it=False) == [[0, True]]
+            assert "rmtsys: refused" not in mount.log()

@@ -26,8 +26,15 @@ def test_xattrs_are_on_unless_the_file_or_the_command_line_says_no(tmp_path: Pat
         build_config(tmp_path, {"xattrs": "no"}, {})
 
 
-def test_rmtsys_listens_on_loopback_7009_unless_told_otherwise(tmp_path: Path) -> None:
+def test_rmtsys_listens_on_loopback_7009_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert build_config(tmp_path, {}, {}).rmtsys == ("127.0.0.1", 7009)
+    with monkeypatch.context() as user:
+        user.setattr(os, "geteuid", lambda: 1001)  # a user's own mount: only where told
+        assert build_config(tmp_path, {}, {}).rmtsys is None
+        assert build_config(tmp_path, {"rmtsys": "127.0.0.3"}, {}).rmtsys == ("127.0.0.3", 7009)
     assert build_config(tmp_path, {}, {}).rmtsys_allow == []
     settings = tmp_path / "afsfuse.toml"
     settings.write_text('rmtsys = "127.0.0.2"\nrmtsys-allow = ["192.0.2.0/24"]\n')
