@@ -1,9 +1,10 @@
 """Control ops on the cache manager as a whole: its cells, its fileservers, its volume
 location cache and its disk cache (`fs listcells`, `fs getcellstatus`, `fs checkservers`,
-`fs checkvolumes`, `fs getcacheparms`)."""
+`fs checkvolumes`, `fs getserverprefs`, `fs setserverprefs`, `fs getcacheparms`)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,13 +16,17 @@ CELL_NO_SETUID = 0x02
 CELL_LINKED = 0x20
 #: `fs checkservers -interval` takes at most ten minutes.
 MAX_PROBE_INTERVAL = 600
+#: Preferences set in one request, and the largest rank (an unsigned short in OpenAFS).
+MAX_PREFS = 1024
+MAX_RANK = 0xFFFF
 
 #: The disk cache's size and what it holds, in KiB.
 CacheUsage = Callable[[], Awaitable[tuple[int, int]]]
 
 
 class CellOps:
-    """listcells, getcellstatus, checkservers, checkvolumes, getcacheparms."""
+    """listcells, getcellstatus, checkservers, checkvolumes, getserverprefs,
+    setserverprefs, getcacheparms."""
 
     def __init__(self, manager: CacheManagerApi, this_cell: str, cache_usage: CacheUsage) -> None:
         self._manager = manager
@@ -87,6 +92,37 @@ class CellOps:
         anyone may, as in OpenAFS: it costs a VL call per volume."""
         self._manager.forget_volume_locations()
         return {}
+
+    @op("getserverprefs")
+    async def getserverprefs(self, request: Request) -> dict[str, Any]:
+        """[[address, rank], ...] of the fileservers met (or, with `vlservers`, of the
+        known cells' VL servers); lower ranks are tried first."""
+        ranks = await self._manager.server_ranks(vlservers=bool(request.args.get("vlservers")))
+        return {"servers": [[address, rank] for address, rank in ranks]}
+
+    @op("setserverprefs")
+    async def setserverprefs(self, request: Request) -> dict[str, Any]:
+        """`servers` [[address, rank], ...] for fileservers; root only.  VL servers are
+        asked in the order the cell lists them: `vlservers` is refused."""
+        request.require_root("set server preferences")
+        if request.args.get("vlservers"):
+            raise ControlError("EINVAL", "VL server preferences are not kept")
+        servers = request.args.get("servers")
+        if not isinstance(servers, list) or len(servers) > MAX_PREFS:
+            raise ControlError("EINVAL", "'servers' must be a list of [address, rank] pairs")
+        checked = []
+        for entry in servers:
+            try:
+                address, rank = entry
+                address = str(ipaddress.IPv4Address(address))
+            except (TypeError, ValueError):
+                raise ControlError("EINVAL", f"not [address, rank]: {entry!r}") from None
+            if type(rank) is not int or not 0 <= rank <= MAX_RANK:
+                raise ControlError("EINVAL", f"a rank is 0 to {MAX_RANK}: {entry!r}")
+            checked.append((address, rank))
+        for address, rank in checked:
+            self._manager.set_server_rank(address, rank)
+        return {"servers": [list(pair) for pair in checked]}
 
     @op("getcacheparms")
     async def getcacheparms(self, request: Request) -> dict[str, Any]:

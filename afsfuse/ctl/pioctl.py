@@ -405,6 +405,48 @@ def _encode_checkservers(result: Any, args: dict[str, Any]) -> bytes:
     return b"".join(_ipv4(host) for host in result["down"])
 
 
+#: struct spref: an IPv4 address (network order), an unsigned short rank, padding.
+_SPREF = struct.Struct("=4sHxx")
+_DB_SERVERS = 1
+
+
+def _decode_getsprefs(reader: Reader) -> dict[str, Any]:
+    """sprefrequest {offset, num_servers, flags}, or the 3.3 one without flags."""
+    if reader.remaining < 4:
+        raise PioctlError(errno.ENOENT, "no sprefrequest")
+    offset, _count = struct.unpack("=HH", reader.take(4))
+    flags = struct.unpack("=H", reader.take(2))[0] if reader.remaining >= 2 else 0
+    return {"vlservers": bool(flags & _DB_SERVERS), "offset": offset}
+
+
+def _encode_sprefs(result: Any, args: dict[str, Any]) -> bytes:
+    servers = result["servers"][args.get("offset", 0) :]
+    out = struct.pack("=HH", 0, len(servers))
+    return out + b"".join(_SPREF.pack(_ipv4(address), rank) for address, rank in servers)
+
+
+def _sprefs(reader: Reader, count: int) -> list[list[Any]]:
+    if reader.remaining < count * _SPREF.size:
+        raise PioctlError(errno.EINVAL, f"fewer than {count} server preferences")
+    found = []
+    for _ in range(count):
+        packed, rank = _SPREF.unpack(reader.take(_SPREF.size))
+        found.append([str(ipaddress.IPv4Address(packed)), rank])
+    return found
+
+
+def _decode_setsprefs(reader: Reader) -> dict[str, Any]:
+    """setspref {flags, num_servers, spref[]}."""
+    if reader.remaining < 4 + _SPREF.size:
+        raise PioctlError(errno.EINVAL, "no setspref")
+    flags, count = struct.unpack("=HH", reader.take(4))
+    return {"vlservers": bool(flags & _DB_SERVERS), "servers": _sprefs(reader, count)}
+
+
+def _decode_setsprefs33(reader: Reader) -> dict[str, Any]:
+    return {"servers": _sprefs(reader, reader.remaining // _SPREF.size)}
+
+
 def _encode_pag(result: Any, args: dict[str, Any]) -> bytes:
     pag = result["pag"]
     return struct.pack("=I", NOPAG if pag is None else pag)
@@ -452,6 +494,9 @@ TABLE: dict[tuple[str, int], Pioctl] = {
     ("V", 37): Pioctl("VIOC_FLUSHVOLUME", "flushvolume", _O, _nothing, _empty),
     ("V", 38): Pioctl("VIOC_AFS_SYSNAME", "sysname", _N, _decode_sysname, _encode_sysname),
     ("V", 40): Pioctl("VIOCGETCACHEPARMS", "getcacheparms", _N, _decode_cacheparms, _encode_cacheparms),
+    ("V", 42): Pioctl("VIOC_SETSPREFS33", "setserverprefs", _N, _decode_setsprefs33, _empty),
+    ("V", 43): Pioctl("VIOC_GETSPREFS", "getserverprefs", _N, _decode_getsprefs, _encode_sprefs),
+    ("V", 46): Pioctl("VIOC_SETSPREFS", "setserverprefs", _N, _decode_setsprefs, _empty),
     ("V", 52): Pioctl("VIOC_AFS_FLUSHMOUNT", "flushmount", _P, _decode_name, _empty),
     ("C", 7): Pioctl("VIOC_GETTOK2", "gettoken", _N, _decode_gettok2, _encode_gettok2, MAX_TOKEN_OUT),
     ("C", 8): Pioctl("VIOC_SETTOK2", "settoken", _N, _decode_settok2, _empty),

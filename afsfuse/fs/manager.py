@@ -654,6 +654,21 @@ class CacheManager:
             self.servers.set_probe_interval(seconds)
         return self.servers.config.probe_interval
 
+    async def server_ranks(self, vlservers: bool = False) -> list[tuple[str, int]]:
+        """(address, rank) of every fileserver met, or of every known cell's VL servers."""
+        if not vlservers:
+            return [(server.addr, self.servers.rank(server)) for server in self.servers.all()]
+        found: dict[str, int] = {}
+        for name in self.known_cells():
+            cell = await self.cell(name)
+            for host, _ in cell.vlservers if cell is not None else ():
+                found.setdefault(host, self.servers.rank(host))
+        return list(found.items())
+
+    def set_server_rank(self, addr: str, rank: int) -> None:
+        """Prefer the fileserver at `addr` by `rank` (lowest first) among a volume's sites."""
+        self.servers.set_rank(addr, rank)
+
     def forget_volume_locations(self) -> None:
         """Look every volume up again at its next use (`fs checkvolumes`)."""
         self.volumes.forget()

@@ -194,10 +194,11 @@ class Rotator:
     async def _next_server(
         self, sites: Sequence[VolumeSite], tried: set[FileServer]
     ) -> FileServer | None:
-        """The first site address not yet tried whose server is up; failing that, the first
-        down one that answers a probe."""
+        """The best ranked site address not yet tried whose server is up; failing that, the
+        first down one that answers a probe."""
         candidates = [self.servers.get(addr) for site in sites for addr in site.addresses]
         candidates = [s for s in dict.fromkeys(candidates) if s not in tried]
+        candidates.sort(key=self.servers.rank)
         for server in candidates:
             if server.up:
                 return server

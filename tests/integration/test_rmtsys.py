@@ -556,3 +556,27 @@ def test_other_hosts_only_when_allowed_and_their_users_are_theirs(
             assert remote(65534, 2, set_it=False) == [[0, True]]
             assert remote(alice.uid, 1, set_it=False) == [[0, True]]
             assert "rmtsys: refused" not in mount.log()
+
+
+def test_server_preferences(tools: Tools) -> None:
+    """Ranks as OpenAFS gives them by distance (the fileserver is on one of this host's
+    subnets: 20000), root's own preferences, and no VL server preferences at all."""
+    server = tools.cell.servers[0].addr
+    listed = tools.ok("bob", "fs", "getserverprefs", "-numeric")
+    assert f"{server:<50} {20000:5d}\n" in listed
+    assert (
+        tools.ok("bob", "fs", "getserverprefs", "-vlservers")
+        == f"{host_name(server):<50} {20000:5d}\n"
+    )
+    refused = tools.run("alice", "fs", "setserverprefs", "-servers", server, "7000")
+    assert refused.stderr == "Permission denied: requires root access.\n"
+    try:
+        assert tools.ok(None, "fs", "setserverprefs", "-servers", server, "7000") == ""
+        assert f"{server:<50} {7000:5d}\n" in tools.ok("alice", "fs", "getserverprefs", "-numeric")
+        # Files are still reached (the only site, now preferred).
+        assert tools.ok("alice", "fs", "checkservers") == "All servers are running.\n"
+        vl = tools.run(None, "fs", "setserverprefs", "-vlservers", server, "100")
+        assert vl.returncode == 1
+        assert vl.stderr == "This cache manager does not support VL server preferences.\n"
+    finally:
+        tools.ok(None, "fs", "setserverprefs", "-servers", server, "20000")

@@ -218,6 +218,21 @@ def test_listcells_and_checkservers() -> None:
     assert spec("V", 10).encode({"down": ["10.0.0.1"]}, {}) == socket.inet_aton("10.0.0.1")
 
 
+def test_server_preferences_are_native_sprefs() -> None:
+    assert decode("V", 43, struct.pack("=HHH", 2, 255, 1)) == {"vlservers": True, "offset": 2}
+    assert decode("V", 43, struct.pack("=HH", 0, 255)) == {"vlservers": False, "offset": 0}
+    servers = {"servers": [["10.0.0.1", 20000], ["10.0.0.2", 40000], ["10.0.0.3", 7]]}
+    out = spec("V", 43).encode(servers, {"offset": 1})
+    assert out == struct.pack("=HH", 0, 2) + socket.inet_aton("10.0.0.2") + struct.pack(
+        "=Hxx", 40000
+    ) + socket.inet_aton("10.0.0.3") + struct.pack("=Hxx", 7)
+    setspref = struct.pack("=HH", 0, 1) + socket.inet_aton("10.0.0.9") + struct.pack("=Hxx", 123)
+    assert decode("V", 46, setspref) == {"vlservers": False, "servers": [["10.0.0.9", 123]]}
+    with pytest.raises(PioctlError):
+        decode("V", 46, struct.pack("=HH", 0, 3) + bytes(8))  # three announced, one there
+    assert decode("V", 42, setspref[4:] * 2) == {"servers": [["10.0.0.9", 123]] * 2}
+
+
 def test_getpag_without_a_pag_is_nopag() -> None:
     assert spec("C", 13).encode({"pag": None}, {}) == struct.pack("=I", NOPAG)
 
@@ -228,7 +243,7 @@ def test_no_indata_breaks_a_decoder(key: tuple[str, int], data: bytes) -> None:
     try:
         args = TABLE[key].decode(Reader(data))
     except PioctlError as e:
-        assert e.errno in (errno.EINVAL, errno.E2BIG)
+        assert e.errno in (errno.EINVAL, errno.E2BIG, errno.ENOENT)
     else:
         assert isinstance(args, dict)
 
