@@ -19,19 +19,16 @@ from typing import Any
 
 from afsfuse import __version__
 from afsfuse.ctl import renew
+from afsfuse.ctl.clibase import PROG, Failed, Usage, each, entry_path, object_path
 from afsfuse.ctl.client import ControlClient, ControlFailed, MountNotFound, find_control_socket
+from afsfuse.ctl.fsverbs import add_verbs
 from afsfuse.ctl.protocol import token_to_wire
 from afsfuse.keyring import TokenError, token_from_ccache
 
-PROG = "afsfuse-ctl"
 _DESCRIPTION = (
     "Talk to a running afsfuse mount: tokens, sysname, statistics, ACLs, quotas, mount points,"
     " flushes."
 )
-
-
-class _Failed(Exception):
-    """A command that ran but did not fully succeed; already reported."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,9 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControlFailed as error:
         reason = "not allowed: " if error.code == "EPERM" else ""
         return _fail(f"{args.name}: {reason}{error.message}")
-    except _Failed:
+    except Failed:
         return 1
-    except _Usage as error:
+    except Usage as error:
         print(f"{PROG}: {args.name}: {error}", file=sys.stderr)
         return 2
     except OSError as error:
@@ -68,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_common_options(parser, {"mount": None, "socket": None, "json": False, "uid": None})
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def command(name: str, function: Any, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+    def command(
+        name: str, function: Any, help: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, aliases=list(aliases))
         # Also accepted after the command name; absent there, they keep the value from before.
         _add_common_options(
             sub, dict.fromkeys(("mount", "socket", "json", "uid"), argparse.SUPPRESS)
@@ -98,19 +97,27 @@ def _parser() -> argparse.ArgumentParser:
     sysname.add_argument("names", nargs="*", metavar="NAME")
     command("stats", _stats, "show the daemon's statistics")
     command("wscell", _wscell, "show the mount's own cell")
-    listacl = command("listacl", _listacl, "show the access control list of directories")
+    listacl = command(
+        "listacl", _listacl, "show the access control list of directories", aliases=["la"]
+    )
     listacl.add_argument("paths", nargs="+", metavar="PATH")
-    setacl = command("setacl", _setacl, "change a directory's access control list")
+    setacl = command("setacl", _setacl, "change a directory's access control list", aliases=["sa"])
     setacl.add_argument("path", metavar="PATH")
     setacl.add_argument(
         "acl", nargs="+", metavar="WHO RIGHTS",
         help="pairs: a user or group and rlidwka letters, or read, write, all, none",
     )  # fmt: skip
-    setacl.add_argument("--clear", action="store_true", help="start from an empty list")
-    setacl.add_argument("--negative", action="store_true", help="edit the negative rights")
-    listquota = command("listquota", _listquota, "show the quota and usage of volumes")
+    setacl.add_argument("-clear", "--clear", action="store_true", help="start from an empty list")
+    setacl.add_argument(
+        "-negative", "--negative", action="store_true", help="edit the negative rights"
+    )
+    listquota = command(
+        "listquota", _listquota, "show the quota and usage of volumes", aliases=["lq"]
+    )
     listquota.add_argument("paths", nargs="+", metavar="PATH")
-    setquota = command("setquota", _setquota, "set the quota of the volume a path is in")
+    setquota = command(
+        "setquota", _setquota, "set the quota of the volume a path is in", aliases=["sq"]
+    )
     setquota.add_argument("path", metavar="PATH")
     setquota.add_argument(
         "max", type=int, metavar="KB", help="the quota in kilobytes (0: no limit)"
@@ -125,8 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     mkmount = command("mkmount", _mkmount, "make a mount point for a volume")
     mkmount.add_argument("dir", metavar="DIR")
     mkmount.add_argument("volume", metavar="VOLUME")
-    mkmount.add_argument("--cell", help="the volume's cell (default: the directory's)")
-    mkmount.add_argument("--rw", action="store_true", help="always the read/write volume")
+    mkmount.add_argument("-cell", "--cell", help="the volume's cell (default: the directory's)")
+    mkmount.add_argument("-rw", "--rw", action="store_true", help="always the read/write volume")
     lsmount = command("lsmount", _lsmount, "show which volume a mount point leads to")
     lsmount.add_argument("dirs", nargs="+", metavar="DIR")
     rmmount = command("rmmount", _rmmount, "remove a mount point")
@@ -141,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     leftovers.add_argument("dest", nargs="?", metavar="DEST", help="where restore writes")
     leftovers.add_argument("--force", action="store_true", help="restore over an existing DEST")
     leftovers.add_argument("--keep", action="store_true", help="keep it after a restore")
+    add_verbs(command)
     return parser
 
 
@@ -165,12 +173,12 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: dict[str, Any
 
 def _aklog(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     if args.renew and not args.interval > 0:
-        raise _Usage("--interval must be more than 0 seconds")
+        raise Usage("--interval must be more than 0 seconds")
     cells = [*args.cells, *args.cell] or [client.call("wscell")["cell"]]
     cells = list(dict.fromkeys(cell.lower() for cell in cells))
     results, failed = _hand_over(client, cells, args)
     if failed:
-        raise _Failed
+        raise Failed
     if args.renew:
         client.close()  # each renewal reaches the daemon afresh: it may have restarted
 
@@ -215,17 +223,18 @@ def _tokens(client: ControlClient, args: argparse.Namespace) -> Any:
         print("\nTokens held by the Cache Manager:\n")
         now = time.time()
         for token in result["tokens"]:
-            who = (
-                f"AFS ID {token['viceid']}"
+            # As OpenAFS's tokens: a token without an AFS id shows no owner.
+            whose = (
+                f"User's (AFS ID {token['viceid']}) rxkad tokens"
                 if token["viceid"] is not None
-                else f"Unix UID {result['uid']}"
+                else "RxkadTokens"
             )
             expiry = (
                 f"Expires {time.ctime(token['end'])[4:16]}"
                 if token["end"] > now
                 else ">> Expired <<"
             )
-            print(f"User's ({who}) rxkad tokens for {token['cell']} [{expiry}]")
+            print(f"{whose} for {token['cell']} [{expiry}]")
         print("   --End of list--")
     return result
 
@@ -256,11 +265,11 @@ def _leftovers(client: ControlClient, args: argparse.Namespace) -> Any:
                 print(_leftover_line(item))
         return result
     if args.id is None:
-        raise _Usage(f"{args.action} needs the leftover's ID")
+        raise Usage(f"{args.action} needs the leftover's ID")
     if args.action == "discard":
         return client.call("leftover_discard", id=args.id)
     if args.dest is None:
-        raise _Usage("restore needs the leftover's ID and a DEST to write it to")
+        raise Usage("restore needs the leftover's ID and a DEST to write it to")
     item, fd = client.call_with_fd("leftover_open", id=args.id)
     try:
         with os.fdopen(fd, "rb") as source:
@@ -322,44 +331,6 @@ def _wscell(client: ControlClient, args: argparse.Namespace) -> Any:
     return result
 
 
-def _object_path(path: str) -> str:
-    """The path the daemon should walk: resolved here, as the caller and with the caller's
-    rights (the daemon makes no syscalls on its own mount)."""
-    return os.path.realpath(path)
-
-
-def _entry_path(path: str) -> str:
-    """A path whose last name is itself the subject (a mount point, which the kernel shows
-    as a directory, or a name to make): only the directories above it are resolved."""
-    head, name = os.path.split(os.path.abspath(path))
-    if name in ("", ".", ".."):
-        raise _Usage(f"{path!r} does not end in a name")
-    return os.path.join(os.path.realpath(head), name)
-
-
-class _Usage(Exception):
-    """Arguments no daemon request can be made from."""
-
-
-def _each(
-    client: ControlClient, op: str, paths: Sequence[str], show: Any, path_of: Any, **args: Any
-) -> list[Any]:
-    """One request per path; every failure is reported, and the command then fails."""
-    results, failed = [], False
-    for path in paths:
-        try:
-            result = client.call(op, path=path_of(path), **args)
-        except ControlFailed as error:
-            print(f"{PROG}: {op}: {path}: {error.message}", file=sys.stderr)
-            failed = True
-            continue
-        results.append(result)
-        show(path, result)
-    if failed:
-        raise _Failed
-    return results
-
-
 def _listacl(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     def show(path: str, result: Any) -> None:
         if args.json:
@@ -371,47 +342,54 @@ def _listacl(client: ControlClient, args: argparse.Namespace) -> list[Any]:
                 for who, rights in result[key]:
                     print(f"  {who} {rights}")
 
-    return _each(client, "listacl", args.paths, show, _object_path)
+    return each(client, "listacl", args.paths, show, object_path)
 
 
 def _setacl(client: ControlClient, args: argparse.Namespace) -> Any:
     if len(args.acl) % 2:
         print(f"{PROG}: setacl: WHO and RIGHTS come in pairs", file=sys.stderr)
-        raise _Failed
+        raise Failed
     entries = [list(pair) for pair in zip(args.acl[::2], args.acl[1::2], strict=True)]
     return client.call(
-        "setacl", path=_object_path(args.path), entries=entries,
+        "setacl", path=object_path(args.path), entries=entries,
         clear=args.clear, negative=args.negative,
     )  # fmt: skip
 
 
 def _listquota(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    """fs listquota's table, column for column."""
     if not args.json:
-        print(f"{'Volume Name':<25}{'Quota':>10}{'Used':>11}{'%Used':>6}{'Partition':>10}")
+        heading = ("Volume Name", "      Quota", "       Used", " %Used", "  Partition")
+        print("{:<25}{:<11}{:<11}{:<7}{:<11}".format(*heading))
 
     def show(path: str, result: Any) -> None:
         if args.json:
             return
         quota, used = result["quota"], result["used"]
-        size = result["partition_size"] or 1
-        partition = 100 * (size - result["partition_free"]) // size
-        percent = f"{100 * used // quota}%" if quota else "-"
-        limit = quota if quota else "no limit"
-        print(f"{result['volume']:<25}{limit:>10}{used:>11}{percent:>6}{partition:>9}%")
+        size, free = result["partition_size"], result["partition_free"]
+        limits = f" {quota:10d} {used:10d}" if quota else f"   no limit {used:10d}"
+        share = 100.0 * used / quota if quota else 0.0
+        partition = 100.0 - 100.0 * free / size if size else 0.0
+        warn = share > 90.0 or partition > 97.0
+        marks = ["<<" if share > 90.0 else "  ", "<<" if partition > 97.0 else "  "]
+        line = (
+            f"{result['volume']:<25.25}{limits}{share:5.0f}%{marks[0]}{partition:9.0f}%{marks[1]}"
+        )
+        print(line + ("  <<WARNING" if warn else ""))
 
-    return _each(client, "listquota", args.paths, show, _object_path)
+    return each(client, "listquota", args.paths, show, object_path)
 
 
 def _setquota(client: ControlClient, args: argparse.Namespace) -> Any:
-    return client.call("setquota", path=_object_path(args.path), max=args.max)
+    return client.call("setquota", path=object_path(args.path), max=args.max)
 
 
 def _flush(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return _each(client, "flush", args.paths, lambda path, result: None, _object_path)
+    return each(client, "flush", args.paths, lambda path, result: None, object_path)
 
 
 def _flushvolume(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return _each(client, "flushvolume", args.paths, lambda path, result: None, _object_path)
+    return each(client, "flushvolume", args.paths, lambda path, result: None, object_path)
 
 
 def _flushall(client: ControlClient, args: argparse.Namespace) -> Any:
@@ -420,7 +398,7 @@ def _flushall(client: ControlClient, args: argparse.Namespace) -> Any:
 
 def _mkmount(client: ControlClient, args: argparse.Namespace) -> Any:
     return client.call(
-        "mkmount", path=_entry_path(args.dir), volume=args.volume, cell=args.cell, rw=args.rw
+        "mkmount", path=entry_path(args.dir), volume=args.volume, cell=args.cell, rw=args.rw
     )
 
 
@@ -429,11 +407,11 @@ def _lsmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         if not args.json:
             print(f"'{path}' is a mount point for volume '{result['mountpoint']}'")
 
-    return _each(client, "lsmount", args.dirs, show, _entry_path)
+    return each(client, "lsmount", args.dirs, show, entry_path)
 
 
 def _rmmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return _each(client, "rmmount", args.dirs, lambda path, result: None, _entry_path)
+    return each(client, "rmmount", args.dirs, lambda path, result: None, entry_path)
 
 
 if __name__ == "__main__":

@@ -235,6 +235,20 @@ class PathOps:
             "vnode": fid.vnode, "unique": fid.unique,
         }  # fmt: skip
 
+    @op("getcalleraccess")
+    async def getcalleraccess(self, request: Request) -> dict[str, Any]:
+        """The requester's rights on what a path names, and everyone's (anonymous)."""
+        try:
+            fid = await self._fid(request)
+            status = await self._manager.getattr(fid, request.identity)
+        except FsError as e:
+            raise _refuse(e) from None
+        return {
+            "rights": status.caller_access,
+            "anyone": status.anonymous_access,
+            "volume_root": fid.vnode == 1 and fid.unique == 1,
+        }
+
     @op("whereis")
     async def whereis(self, request: Request) -> dict[str, Any]:
         """The fileservers holding the volume a path is in (the first address of each)."""

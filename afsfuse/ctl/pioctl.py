@@ -447,6 +447,16 @@ def _decode_setsprefs33(reader: Reader) -> dict[str, Any]:
     return {"servers": _sprefs(reader, reader.remaining // _SPREF.size)}
 
 
+#: The mvstat of a volume's root (AFS_MVSTAT_ROOT); a plain file or directory is 0.
+_MVSTAT_ROOT = 2
+
+
+def _encode_vcxstat2(result: Any, args: dict[str, Any]) -> bytes:
+    """struct vcxstat2 {callerAccess, cbExpires, anyAccess, char mvstat}, native."""
+    mvstat = _MVSTAT_ROOT if result["volume_root"] else 0
+    return struct.pack("=iiib3x", result["rights"], 0, result["anyone"], mvstat)
+
+
 def _encode_pag(result: Any, args: dict[str, Any]) -> bytes:
     pag = result["pag"]
     return struct.pack("=I", NOPAG if pag is None else pag)
@@ -498,6 +508,7 @@ TABLE: dict[tuple[str, int], Pioctl] = {
     ("V", 43): Pioctl("VIOC_GETSPREFS", "getserverprefs", _N, _decode_getsprefs, _encode_sprefs),
     ("V", 46): Pioctl("VIOC_SETSPREFS", "setserverprefs", _N, _decode_setsprefs, _empty),
     ("V", 52): Pioctl("VIOC_AFS_FLUSHMOUNT", "flushmount", _P, _decode_name, _empty),
+    ("V", 69): Pioctl("VIOC_GETVCXSTATUS2", "getcalleraccess", _O, _nothing, _encode_vcxstat2),
     ("C", 7): Pioctl("VIOC_GETTOK2", "gettoken", _N, _decode_gettok2, _encode_gettok2, MAX_TOKEN_OUT),
     ("C", 8): Pioctl("VIOC_SETTOK2", "settoken", _N, _decode_settok2, _empty),
     ("C", 13): Pioctl("VIOC_GETPAG", "getpag", _N, _nothing, _encode_pag),

@@ -573,6 +573,7 @@ def test_server_preferences(tools: Tools) -> None:
     try:
         assert tools.ok(None, "fs", "setserverprefs", "-servers", server, "7000") == ""
         assert f"{server:<50} {7000:5d}\n" in tools.ok("alice", "fs", "getserverprefs", "-numeric")
+        assert [server, 7000] in tools.ctl_json("alice", "getserverprefs")["servers"]
         # Files are still reached (the only site, now preferred).
         assert tools.ok("alice", "fs", "checkservers") == "All servers are running.\n"
         vl = tools.run(None, "fs", "setserverprefs", "-vlservers", server, "100")
@@ -580,3 +581,60 @@ def test_server_preferences(tools: Tools) -> None:
         assert vl.stderr == "This cache manager does not support VL server preferences.\n"
     finally:
         tools.ok(None, "fs", "setserverprefs", "-servers", server, "20000")
+
+
+def test_afsfuse_ctl_speaks_as_fs(tools: Tools, volume: str) -> None:
+    """The verbs fs has, in afsfuse-ctl under the same names and arguments, print what fs
+    prints: one op answers both, over the control socket and over rmtsys."""
+    cell = tools.cell
+    path = volume_dir(tools, volume)
+    for user in ("alice", "bob"):
+        tools.ok(user, "aklog", "-c", cell.name)
+    verbs = [
+        ["whereis", path], ["examine", path], ["listvol", path], ["getfid", path],
+        ["whichcell", path], ["diskfree", path], ["df", path], ["quota", path],
+        ["listquota", path], ["lq", path], ["listacl", path], ["la", path],
+        ["getcalleraccess", path], ["gca", path], ["listcells"], ["listcells", "-numeric"],
+        ["getcellstatus", cell.name], ["getserverprefs", "-numeric"], ["gp", "-vlservers"],
+        ["checkservers"], ["checkservers", "-fast"], ["checkservers", "-interval", "0"],
+        ["checkvolumes"], ["wscell"], ["sysname"],
+    ]  # fmt: skip
+    for user in ("alice", "bob"):
+        for argv in verbs:
+            done = tools.mount.ctl(user, *argv)
+            assert done.returncode == 0, (argv, done.stderr)
+            assert done.stdout.decode() == tools.ok(user, "fs", *argv), argv
+        # tokens, as OpenAFS's own prints them.
+        assert tools.mount.ctl(user, "tokens").stdout.decode() == tools.ok(user, "tokens")
+    cache = tools.mount.ctl("bob", "getcacheparms").stdout.decode()
+    assert re.fullmatch(r"AFS using \d+ of the cache's available 1048576 1K byte blocks.\n", cache)
+    assert json.loads(tools.mount.ctl("bob", "--json", "whereis", path).stdout)[0]["servers"] == [
+        cell.servers[0].addr
+    ]
+
+    # What afsfuse-ctl changes, fs sees.
+    sub = f"{path}/copy-{secrets.token_hex(3)}"
+    assert tools.run("alice", "mkdir", sub, afsserver=False).returncode == 0
+    assert tools.ok("alice", "fs", "setacl", sub, "bob", "rl") == ""
+    done = tools.mount.ctl("alice", "copyacl", path, sub)
+    assert done.returncode == 0, done.stderr
+    entries = tools.ok("alice", "fs", "listacl", path).splitlines()[1:]
+    assert sorted(tools.ok("alice", "fs", "listacl", sub).splitlines()[1:]) == sorted(
+        [*entries, "  bob rl"]
+    )
+    done = tools.mount.ctl("alice", "copyacl", "-clear", path, sub)
+    assert done.returncode == 0, done.stderr
+    assert tools.ok("alice", "fs", "listacl", sub) == tools.ok(
+        "alice", "fs", "listacl", path
+    ).replace(path, sub)
+    refused = tools.mount.ctl("alice", "setvol", path, "-offlinemsg", "gone fishing")
+    assert refused.returncode == 1
+    done = tools.mount.ctl(None, "setvol", path, "-offlinemsg", "gone fishing")
+    assert done.returncode == 0, done.stderr
+    assert "Current offline message is gone fishing\n" in tools.ok("bob", "fs", "examine", path)
+    assert (
+        "Current offline message is gone fishing\n"
+        in tools.mount.ctl("bob", "examine", path).stdout.decode()
+    )
+    refused = tools.mount.ctl("bob", "setserverprefs", "-servers", cell.servers[0].addr, "9")
+    assert refused.returncode == 1 and b"not allowed" in refused.stderr

@@ -360,8 +360,8 @@ async def test_cli_output(
     expiry = time.ctime(store.list(Identity(0))[1].end)[4:16]
     assert status == 0 and out == (
         "\nTokens held by the Cache Manager:\n\n"
-        f"User's (Unix UID 0) rxkad tokens for {CELL} [>> Expired <<]\n"
-        f"User's (Unix UID 0) rxkad tokens for other.test [Expires {expiry}]\n"
+        f"RxkadTokens for {CELL} [>> Expired <<]\n"
+        f"RxkadTokens for other.test [Expires {expiry}]\n"
         "   --End of list--\n"
     )
     status, out, _ = await run("tokens", "--json")
