@@ -21,7 +21,7 @@ from afsfuse import __version__
 from afsfuse.ctl import renew
 from afsfuse.ctl.clibase import PROG, Failed, Usage, each, entry_path, object_path
 from afsfuse.ctl.client import ControlClient, ControlFailed, MountNotFound, find_control_socket
-from afsfuse.ctl.fsverbs import add_verbs
+from afsfuse.ctl.fsverbs import add_paths, add_verbs, given
 from afsfuse.ctl.protocol import token_to_wire
 from afsfuse.keyring import TokenError, token_from_ccache
 
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     listacl = command(
         "listacl", _listacl, "show the access control list of directories", aliases=["la"]
     )
-    listacl.add_argument("paths", nargs="+", metavar="PATH")
+    add_paths(listacl)
     setacl = command("setacl", _setacl, "change a directory's access control list", aliases=["sa"])
     setacl.add_argument("path", metavar="PATH")
     setacl.add_argument(
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     listquota = command(
         "listquota", _listquota, "show the quota and usage of volumes", aliases=["lq"]
     )
-    listquota.add_argument("paths", nargs="+", metavar="PATH")
+    add_paths(listquota)
     setquota = command(
         "setquota", _setquota, "set the quota of the volume a path is in", aliases=["sq"]
     )
@@ -123,11 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         "max", type=int, metavar="KB", help="the quota in kilobytes (0: no limit)"
     )
     flush = command("flush", _flush, "forget what is cached of files and directories")
-    flush.add_argument("paths", nargs="+", metavar="PATH")
+    add_paths(flush, dot=False)
     flushvolume = command(
         "flushvolume", _flushvolume, "forget what is cached of the volumes paths are in"
     )
-    flushvolume.add_argument("paths", nargs="+", metavar="PATH")
+    add_paths(flushvolume)
     command("flushall", _flushall, "forget everything cached (root only)")
     mkmount = command("mkmount", _mkmount, "make a mount point for a volume")
     mkmount.add_argument("dir", metavar="DIR")
@@ -135,9 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     mkmount.add_argument("-cell", "--cell", help="the volume's cell (default: the directory's)")
     mkmount.add_argument("-rw", "--rw", action="store_true", help="always the read/write volume")
     lsmount = command("lsmount", _lsmount, "show which volume a mount point leads to")
-    lsmount.add_argument("dirs", nargs="+", metavar="DIR")
+    add_paths(lsmount, "dir", dot=False)
     rmmount = command("rmmount", _rmmount, "remove a mount point")
-    rmmount.add_argument("dirs", nargs="+", metavar="DIR")
+    add_paths(rmmount, "dir", dot=False)
     leftovers = command(
         "leftovers", _leftovers,
         "unsent data set aside because the file changed on the server: list (default), "
@@ -342,7 +342,7 @@ def _listacl(client: ControlClient, args: argparse.Namespace) -> list[Any]:
                 for who, rights in result[key]:
                     print(f"  {who} {rights}")
 
-    return each(client, "listacl", args.paths, show, object_path)
+    return each(client, "listacl", given(args), show, object_path)
 
 
 def _setacl(client: ControlClient, args: argparse.Namespace) -> Any:
@@ -377,7 +377,7 @@ def _listquota(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         )
         print(line + ("  <<WARNING" if warn else ""))
 
-    return each(client, "listquota", args.paths, show, object_path)
+    return each(client, "listquota", given(args), show, object_path)
 
 
 def _setquota(client: ControlClient, args: argparse.Namespace) -> Any:
@@ -385,11 +385,11 @@ def _setquota(client: ControlClient, args: argparse.Namespace) -> Any:
 
 
 def _flush(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return each(client, "flush", args.paths, lambda path, result: None, object_path)
+    return each(client, "flush", given(args), lambda path, result: None, object_path)
 
 
 def _flushvolume(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return each(client, "flushvolume", args.paths, lambda path, result: None, object_path)
+    return each(client, "flushvolume", given(args), lambda path, result: None, object_path)
 
 
 def _flushall(client: ControlClient, args: argparse.Namespace) -> Any:
@@ -407,11 +407,11 @@ def _lsmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         if not args.json:
             print(f"'{path}' is a mount point for volume '{result['mountpoint']}'")
 
-    return each(client, "lsmount", args.dirs, show, entry_path)
+    return each(client, "lsmount", given(args), show, entry_path)
 
 
 def _rmmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return each(client, "rmmount", args.dirs, lambda path, result: None, entry_path)
+    return each(client, "rmmount", given(args), lambda path, result: None, entry_path)
 
 
 if __name__ == "__main__":

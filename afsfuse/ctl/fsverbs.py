@@ -35,12 +35,14 @@ def add_verbs(command: Command) -> None:
         ("getcalleraccess", _getcalleraccess, "show your rights on paths", ["gca"]),
         ("cleanacl", _cleanacl, "remove the entries of deleted users from ACLs", []),
     ):
-        _paths(command(name, function, help, aliases=aliases))
-    _paths(command("flushmount", _flushmount, "forget what is cached of mount points themselves"))
+        add_paths(command(name, function, help, aliases=aliases))
+    add_paths(
+        command("flushmount", _flushmount, "forget what is cached of mount points themselves")
+    )
     setvol = command(
         "setvol", _setvol, "set the quota or offline message of volumes", aliases=["sv"]
     )
-    _paths(setvol)
+    add_paths(setvol)
     setvol.add_argument("-max", "--max", type=int, metavar="KB", help="quota (0: no limit)")
     setvol.add_argument("-offlinemsg", "--offlinemsg", metavar="TEXT", help="offline message")
     copyacl = command("copyacl", _copyacl, "copy an ACL to other directories", aliases=["ca"])
@@ -75,13 +77,23 @@ def add_verbs(command: Command) -> None:
     nuke.add_argument("-addr", "--addr", required=True, metavar="HOST", help="the host")
 
 
-def _paths(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="default: .")
-    parser.add_argument("-path", "--path", dest="more_paths", nargs="+", default=[], metavar="PATH")
+def add_paths(parser: argparse.ArgumentParser, switch: str = "path", dot: bool = True) -> None:
+    """Paths as fs takes them: as arguments, or after -path (-dir); with dot, the current
+    directory when none is given, else at least one is needed."""
+    metavar = switch.upper()
+    parser.add_argument("paths", nargs="*", metavar=metavar, help="default: ." if dot else None)
+    parser.add_argument(
+        f"-{switch}", f"--{switch}", dest="more_paths", nargs="+", default=[], metavar=metavar
+    )
+    parser.set_defaults(dot_default=dot)
 
 
-def _given(args: argparse.Namespace) -> list[str]:
-    return [*args.paths, *args.more_paths] or ["."]
+def given(args: argparse.Namespace) -> list[str]:
+    """The paths a verb was given (see add_paths)."""
+    paths = [*args.paths, *args.more_paths]
+    if not paths and not args.dot_default:
+        raise Usage("no path given")
+    return paths or ["."]
 
 
 def _quiet(
@@ -106,7 +118,7 @@ def _whereis(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         plural = "" if len(hosts) == 1 else "s"
         print(f"File {path} is on host{plural} " + "".join(f"{_host(h)} " for h in hosts))
 
-    return each(client, "whereis", _given(args), _quiet(args, show), object_path)
+    return each(client, "whereis", given(args), _quiet(args, show), object_path)
 
 
 def _getfid(client: ControlClient, args: argparse.Namespace) -> list[Any]:
@@ -115,14 +127,14 @@ def _getfid(client: ControlClient, args: argparse.Namespace) -> list[Any]:
             f"File {path} ({fid['volume']}.{fid['vnode']}.{fid['unique']}) located in cell {fid['cell']}"
         )
 
-    return each(client, "getfid", _given(args), _quiet(args, show), object_path)
+    return each(client, "getfid", given(args), _quiet(args, show), object_path)
 
 
 def _whichcell(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     def show(path: str, result: Any) -> None:
         print(f"File {path} lives in cell '{result['cell']}'")
 
-    return each(client, "whichcell", _given(args), _quiet(args, show), object_path)
+    return each(client, "whichcell", given(args), _quiet(args, show), object_path)
 
 
 def _examine(client: ControlClient, args: argparse.Namespace) -> list[Any]:
@@ -140,7 +152,7 @@ def _examine(client: ControlClient, args: argparse.Namespace) -> list[Any]:
             f"{status['partition_size']}\n"
         )
 
-    return each(client, "listquota", _given(args), _quiet(args, show), object_path)
+    return each(client, "listquota", given(args), _quiet(args, show), object_path)
 
 
 def _diskfree(client: ControlClient, args: argparse.Namespace) -> list[Any]:
@@ -153,7 +165,7 @@ def _diskfree(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         warn = "<<  <<WARNING" if used > 90.0 else "  "
         print(f"{status['volume']:<25.25}{size:10d}{size - free:10d}{free:10d} {used:4.0f}%{warn}")
 
-    return each(client, "listquota", _given(args), _quiet(args, show), object_path)
+    return each(client, "listquota", given(args), _quiet(args, show), object_path)
 
 
 def _quota(client: ControlClient, args: argparse.Namespace) -> list[Any]:
@@ -161,25 +173,25 @@ def _quota(client: ControlClient, args: argparse.Namespace) -> list[Any]:
         share = 100.0 * status["used"] / status["quota"] if status["quota"] else 0.0
         print(f"{share:2.0f}% of quota used.")
 
-    return each(client, "listquota", _given(args), _quiet(args, show), object_path)
+    return each(client, "listquota", given(args), _quiet(args, show), object_path)
 
 
 def _getcalleraccess(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     def show(path: str, result: Any) -> None:
         print(f"Callers access to {path} is {rights_to_letters(result['rights'])}")
 
-    return each(client, "getcalleraccess", _given(args), _quiet(args, show), object_path)
+    return each(client, "getcalleraccess", given(args), _quiet(args, show), object_path)
 
 
 def _flushmount(client: ControlClient, args: argparse.Namespace) -> list[Any]:
-    return each(client, "flushmount", _given(args), lambda path, result: None, entry_path)
+    return each(client, "flushmount", given(args), lambda path, result: None, entry_path)
 
 
 def _setvol(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     if args.max is None and args.offlinemsg is None:
         raise Usage("give -max or -offlinemsg")
     return each(
-        client, "setquota", _given(args), lambda path, result: None, object_path,
+        client, "setquota", given(args), lambda path, result: None, object_path,
         max=args.max, offline_message=args.offlinemsg,
     )  # fmt: skip
 
@@ -212,7 +224,7 @@ def _deleted_user(name: str) -> bool:
 
 def _cleanacl(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     results = []
-    for path in _given(args):
+    for path in given(args):
         acl = Acl.parse(client.call("listacl", path=object_path(path))["text"])
         gone = [n for side in (acl.positive, acl.negative) for n in side if _deleted_user(n)]
         if not gone:
