@@ -638,3 +638,27 @@ def test_afsfuse_ctl_speaks_as_fs(tools: Tools, volume: str) -> None:
     )
     refused = tools.mount.ctl("bob", "setserverprefs", "-servers", cell.servers[0].addr, "9")
     assert refused.returncode == 1 and b"not allowed" in refused.stderr
+
+
+def test_fs_copyacl_cleanacl_setvol_flushall(tools: Tools, volume: str) -> None:
+    cell = tools.cell
+    path = volume_dir(tools, volume)
+    tools.ok("alice", "aklog", "-c", cell.name)
+    sub = f"{path}/fscopy-{secrets.token_hex(3)}"
+    assert tools.run("alice", "mkdir", sub, afsserver=False).returncode == 0
+    assert tools.ok("alice", "fs", "copyacl", path, sub, "-clear") == ""
+    assert tools.ok("bob", "fs", "listacl", sub) == tools.ok("bob", "fs", "listacl", path).replace(
+        path, sub
+    )
+    assert tools.ok("alice", "fs", "cleanacl", sub) == f"Access list for {sub} is fine.\n"
+    assert (
+        tools.mount.ctl("alice", "cleanacl", sub).stdout.decode()
+        == f"Access list for {sub} is fine.\n"
+    )
+    assert tools.ok(None, "fs", "setvol", path, "-offlinemsg", "back soon") == ""
+    assert "Current offline message is back soon\n" in tools.ok("bob", "fs", "examine", path)
+    # flushall is root's here (everyone pays for it); OpenAFS lets anyone.
+    refused = tools.run("alice", "fs", "flushall")
+    assert refused.returncode == 1 and refused.stderr == "Error flushing all volumes\n"
+    assert tools.ok(None, "fs", "flushall") == ""
+    assert tools.run("bob", "ls", path, afsserver=False).returncode == 0
