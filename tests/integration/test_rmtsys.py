@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from conftest import kinit
-from mounting import Mount, afs_mount, daemon_pid, stop_daemon
+from mounting import Mount, afs_mount, daemon_pid, no_client_files, stop_daemon
 from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 
 from afsfuse.testing.cell import Cell
@@ -477,7 +477,7 @@ def test_a_second_mount_runs_without_the_port_and_says_so(
             str(Path(sys.executable).parent / "afsfuse"), "mount", str(mountpoint),
             "--cellservdb", str(cell.cellservdb), "--thiscell", cell.name,
             "--cache-dir", str(tmp_path_factory.mktemp("second-cache")),
-            "--log-file", str(where / "log"), *extra,
+            "--log-file", str(where / "log"), *no_client_files(where), *extra,
         ]  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
