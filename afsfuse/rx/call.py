@@ -226,7 +226,9 @@ class Call:
         if self.tx_closed:
             raise RuntimeError("write after close_send")
         view = memoryview(data).cast("B")
-        max_data = self.conn.max_user_data()
+        conn = self.conn
+        conn.peer.bytes_sent += len(view)
+        max_data = conn.max_user_data()
         pos = 0
         partial = self.tx_partial
         if partial:
@@ -294,6 +296,7 @@ class Call:
             consumed += 1
         self.rx_offset = offset
         self.rx_avail -= got
+        self.conn.peer.bytes_received += got
         if consumed:
             self._consumed(consumed, now)
         return got
@@ -417,6 +420,7 @@ class Call:
 
     def _take_data(self, seq: int, serial: int, flags: int, payload: bytes, now: float) -> None:
         if seq < self.rnext or seq in self.rx_ooo:
+            self.schedule.stats.dup_read += 1
             self._want_ack(P.ACK_DUPLICATE, serial)
             return
         if seq >= self.rconsumed + self.rwind:
@@ -658,6 +662,7 @@ class Call:
             pkt = tx[i]
             if not pkt.acked and not pkt.resend and pkt.sent_at is not None and pkt.serial < proof:
                 self._mark_lost(pkt)
+                self.schedule.stats.pushed += 1
                 lost = True
         if lost and not self.recover_until:
             # One reduction per loss episode: the episode ends once everything sent before
@@ -843,8 +848,12 @@ class Call:
         last_flags = conn.direction_flag | (0 if unrequested else P.REQUEST_ACK)
         serial = conn.serial
         out = self.schedule.outgoing
-        addr = conn.peer.addr
+        peer = conn.peer
+        addr = peer.addr
         pack_header = _SERIAL_TYPE_FLAGS.pack_into
+        # The peer counts DATA sent, for rxdebug: per burst, never per packet.
+        if resends:
+            peer.resends += len(resends)
         for pkt in resends:
             serial = (serial + 1) & 0xFFFFFFFF or 1
             # The datagram handed out before may still wait in the driver: write a copy.
@@ -869,7 +878,9 @@ class Call:
                 pkt.serial = serial
                 pkt.sent_at = now
                 pkt.in_flight = True
-            self.pipe += stop - start
+            sent = stop - start
+            self.pipe += sent
+            peer.data_sent += sent
             self.tnext_send = last.seq + 1
             if last.flags & P.LAST_PACKET:
                 self.tx_last_sent = True
@@ -951,6 +962,7 @@ class Call:
         )
 
     def send_ping(self, now: float) -> None:
+        self.schedule.stats.pings_sent += 1
         self.ping_serial = self._send_ack(P.ACK_PING, 0, now, P.REQUEST_ACK)
         self.ping_sent_at = now
 

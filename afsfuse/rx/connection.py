@@ -93,7 +93,9 @@ class Connection(Generic[C]):
             cksum,
             self.service_id,
         )
-        self.schedule.outgoing.append((header + body, self.peer.addr))
+        schedule = self.schedule
+        schedule.outgoing.append((header + body, self.peer.addr))
+        schedule.stats.sent[ptype] += 1
         self.last_activity = now
         return serial
 

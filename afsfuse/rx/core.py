@@ -24,6 +24,7 @@ from .debug import (
     conn_entry,
     first_entries,
     nth,
+    packets_held,
     peer_entry,
 )
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_INVALID_OPERATION, RxAbort, RxSecurityError
@@ -35,6 +36,7 @@ from .security import (
     ServerConnectionSecurity,
     ServerSecurity,
 )
+from .stats import encode_rx_stats
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,17 @@ class RxCore:
         self._challenging: set[Connection[Call]] = set()
         self._next_housekeeping: float | None = None
         self.calls_executed = 0
-        self.packets_received = 0
-        self.packets_dropped = 0
-        self._debug_allowance = DebugAllowance()
         self.packets_sent = 0
+        #: What rxdebug -rxstats shows (rx/stats.py); counted by packet type as they come.
+        self.stats = self.schedule.stats
+        self._packets_read = self.stats.read
+        self._debug_allowance = DebugAllowance()
+
+    @property
+    def packets_received(self) -> int:
+        """Datagrams received: the Rx packets read, by type (each part of a jumbogram
+        counts), and those too short to be one."""
+        return sum(self._packets_read) + self.stats.short
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -205,17 +214,17 @@ class RxCore:
 
         data may be a view of the driver's receive buffer: the core copies what it keeps.
         """
-        self.packets_received += 1
         try:
             self._receive(data, addr, now)
         except P.PacketDecodeError as exc:
-            self.packets_dropped += 1
+            self.stats.dropped(addr[0])
             log.debug("dropped bad datagram from %s: %s", addr, exc)
 
     # ----- receiving ----------------------------------------------------------------------
 
     def _receive(self, data: bytes | memoryview, addr: Address, now: float) -> None:
         if len(data) < HEADER_SIZE:
+            self.stats.short += 1
             raise P.PacketDecodeError("datagram shorter than an Rx header")
         (epoch, cid, call_number, seq, serial, ptype, flags, _status, sec_index, cksum, service) = (
             _unpack_header(data)
@@ -230,9 +239,12 @@ class RxCore:
                     self._receive(single.encode() + payload, addr, now)
                 return
         elif ptype in (P.VERSION, P.DEBUG):
+            self._packets_read[ptype] += 1
             if flags & CLIENT_INITIATED:
                 self._answer_debug(data, addr, now)
             return
+        # Counted here: each part of a jumbogram (above) comes back as a DATA packet.
+        self._packets_read[ptype] += 1
         if flags & CLIENT_INITIATED:
             conn = self._server_connection(
                 epoch, cid, call_number, ptype, sec_index, service, data, addr, now
@@ -246,6 +258,7 @@ class RxCore:
             ):
                 conn = None
         if conn is None:
+            self.stats.spurious_read += 1
             return
         conn.last_activity = conn.peer.heard = now
         if call_number == 0:
@@ -259,6 +272,7 @@ class RxCore:
         call = conn.calls[channel]
         if call is None or call.call_number != call_number:
             if conn.is_client:
+                self.stats.spurious_read += 1
                 return  # not (or no longer) ours
             call = self._new_server_call(conn, channel, call_number, ptype, seq, now)
             if call is None:
@@ -273,7 +287,7 @@ class RxCore:
                 try:
                     payload = conn.security.unseal(call_number, channel, seq, cksum, payload)
                 except RxSecurityError as exc:
-                    self.packets_dropped += 1
+                    self.stats.dropped(addr[0])
                     log.debug("DATA from %s failed its security check: %s", addr, exc)
                     return
             call.on_data(seq, serial, flags, payload, now)
@@ -323,6 +337,7 @@ class RxCore:
                 epoch, cid, call_number, 0, 1, P.ABORT, 0, 0, sec_index, 0, service
             )
             self.schedule.outgoing.append((header + P.encode_abort(RX_INVALID_OPERATION), addr))
+            self.stats.sent[P.ABORT] += 1
             return None
         conn = Connection(
             self.schedule,
@@ -458,7 +473,7 @@ class RxCore:
     def _answer_debug(self, data: bytes | memoryview, addr: Address, now: float) -> None:
         """rxdebug's requests, answered as OpenAFS does, at most DEBUG_RATE a second."""
         if not self._debug_allowance.take(now):
-            self.packets_dropped += 1
+            self.stats.dropped(addr[0])
             return
         header = P.decode_header(data)
         if header.type == P.VERSION:
@@ -466,7 +481,7 @@ class RxCore:
         else:
             debug_type, index = P.decode_debug_request(data[P.HEADER_SIZE :])
             if debug_type == P.DEBUG_GETSTATS:
-                reply = P.encode_debug_stats(self.calls_executed, self.packets_received)
+                reply = P.encode_debug_stats(self.calls_executed, packets_held(self.schedule.live))
             elif debug_type in (P.DEBUG_GETCONN, P.DEBUG_GETALLCONN):
                 conn = nth(self._debug_conns(debug_type == P.DEBUG_GETALLCONN), index)
                 reply = P.DEBUG_CONN_END if conn is None else conn_entry(conn).encode()
@@ -474,17 +489,18 @@ class RxCore:
                 peer = nth(first_entries(iter(self._peers.values())), index)
                 reply = P.DEBUG_PEER_END if peer is None else peer_entry(peer).encode()
             elif debug_type == P.DEBUG_RXSTATS:
-                reply = P.encode_rx_stats(
-                    bogus_reads=self.packets_dropped,
+                reply = encode_rx_stats(
+                    self.stats,
+                    self._peers.values(),
                     server_conns=len(self._server_conns),
                     client_conns=len(self._client_conns),
-                    peers=len(self._peers),
                     calls=len(self.schedule.live),
                 )
             else:
                 reply = P.encode_debug_bad_type()
         reply_header = header._replace(flags=header.flags & ~P.CLIENT_INITIATED)
         self.schedule.outgoing.append((reply_header.encode() + reply, addr))
+        self.stats.sent[header.type] += 1
 
     def _debug_conns(self, every: bool) -> Iterator[Connection[Call]]:
         """The first connections a listing shows, in a stable order; without `every`, only

@@ -7,7 +7,7 @@ with the entry rxdebug stops at, so one request costs the same however many ther
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from . import packet as P
@@ -90,4 +90,19 @@ def conn_entry(conn: Connection[Call]) -> P.DebugConn:
 
 
 def peer_entry(peer: Peer) -> P.DebugPeer:
-    return P.DebugPeer(peer.addr, peer.srtt * 1000, peer.rttvar * 1000, peer.max_packet)
+    return P.DebugPeer(
+        peer.addr,
+        peer.srtt * 1000,
+        peer.rttvar * 1000,
+        peer.max_packet,
+        peer.data_sent + peer.resends,
+        peer.resends,
+        peer.bytes_sent,
+        peer.bytes_received,
+    )
+
+
+def packets_held(calls: Iterable[Call]) -> int:
+    """Packets the calls hold now: queued to send or resend, or received and not yet read.
+    (rxdebug shows them as its packet total, none of them free: rx/stats.py.)"""
+    return sum(len(c.tx) + len(c.rx_ready) + len(c.rx_ooo) for c in calls)

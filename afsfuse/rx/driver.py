@@ -367,6 +367,7 @@ class Endpoint:
             except BlockingIOError:
                 return datagrams[i:]
             except OSError as exc:
+                self._core.stats.send_failures += 1
                 log.debug("sendto %s: %s", addr, exc)
         return []
 
@@ -427,6 +428,7 @@ class Endpoint:
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
                 except OSError as exc:
+                    self._core.stats.send_failures += 1
                     log.debug("sendto %s: %s", addr, exc)
                     break
 

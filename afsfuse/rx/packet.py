@@ -79,15 +79,13 @@ DEBUG_STATS_VERSION = ord("S")
 # then epoch, natMTU, 9 spare words.  Host and port stay in network order, as rxdebug reads.
 DEBUG_CONN = struct.Struct(">4sIi4Ii2sBBB3x4s4s4s4sBB10xiIIIII8x32xII36x")
 # rx_debugPeer (132 bytes): host, port, ifMTU, idleWhen, refCount, burstSize, burst,
-# burstWait, rtt (ms << 3), rtt_dev (ms << 2), timeout, nSent, reSends, in/outPacketSkew,
-# rateFlag, natMTU, maxMTU, maxDgramPackets, ifDgramPackets, MTU, cwind, nDgramPackets,
-# congestSeq, bytesSent and bytesReceived (high, low), 10 spare words.
+# burstWait, rtt (ms << 3), rtt_dev (ms << 2), timeout (rxdebug zeroes what it gets),
+# nSent, reSends, in/outPacketSkew, rateFlag, natMTU, maxMTU, maxDgramPackets,
+# ifDgramPackets, MTU, cwind, nDgramPackets, congestSeq, bytesSent and bytesReceived
+# (high, low), 10 spare words.
 DEBUG_PEER = struct.Struct(">4s2sHIhBB8xii8xIIiii8HIIII40x")
-# rx_statistics of OpenAFS 1.8: 71 counters.  The few this Rx keeps, by word index.
-RX_STATS_WORDS = 71
-RX_STATS = struct.Struct(f">{RX_STATS_WORDS}i")
-RX_STATS_BOGUS_READS = 5
-RX_STATS_CONNS_AND_PEERS = 56  # nServerConns, nClientConns, nPeerStructs, nCallStructs
+_UINT32 = 0xFFFFFFFF
+_UINT64 = (1 << 64) - 1
 # rx_debugConn call states and modes, connection types and security object types.
 RX_STATE_NOTINIT, RX_STATE_PRECALL, RX_STATE_ACTIVE, RX_STATE_DALLY, RX_STATE_HOLD = range(5)
 RX_MODE_SENDING, RX_MODE_RECEIVING, RX_MODE_ERROR, RX_MODE_EOF = range(1, 5)
@@ -283,10 +281,13 @@ def decode_debug_request(body: bytes | memoryview) -> tuple[int, int]:
     return DEBUG_IN.unpack_from(body)
 
 
-def encode_debug_stats(calls_executed: int, n_packets: int, n_waiting: int = 0) -> bytes:
+def encode_debug_stats(calls_executed: int, packets_held: int) -> bytes:
+    """rx_debugStats: no free packets out of `packets_held` (rx/stats.py says why), one
+    socket, no call ever waits for a thread."""
     return DEBUG_STATS.pack(
-        0, 0, calls_executed, 0, 1, DEBUG_STATS_VERSION, 0, n_waiting, 0, 0, n_packets, *[0] * 6
-    )
+        0, 0, wrap_int32(calls_executed), 0, 1, DEBUG_STATS_VERSION, 0, 0, 0, 0,
+        wrap_int32(packets_held), *[0] * 6,
+    )  # fmt: skip
 
 
 def encode_debug_bad_type() -> bytes:
@@ -314,9 +315,9 @@ class DebugConn(NamedTuple):
         return DEBUG_CONN.pack(
             socket.inet_aton(host),
             self.cid & 0xFFFFFFFF,
-            _int32(self.serial),
+            wrap_int32(self.serial),
             *(n & 0xFFFFFFFF for n in self.call_numbers),
-            _int32(self.error),
+            wrap_int32(self.error),
             port.to_bytes(2, "big"),
             0,
             RX_SERVER_CONNECTION if self.server else RX_CLIENT_CONNECTION,
@@ -340,15 +341,22 @@ class DebugPeer(NamedTuple):
     rtt_ms: float
     rtt_dev_ms: float
     mtu: int
+    #: DATA packets sent and of them resent; payload bytes sent and received.
+    sent: int = 0
+    resends: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
     def encode(self) -> bytes:
         host, port = self.addr
         rtt = min(int(self.rtt_ms * 8), 0x7FFFFFFF)
         dev = min(int(self.rtt_dev_ms * 4), 0x7FFFFFFF)
         mtus = (self.mtu, self.mtu, 0, 0, self.mtu, 0, 0, 0)  # natMTU, maxMTU... MTU
+        sent, received = self.bytes_sent & _UINT64, self.bytes_received & _UINT64
         return DEBUG_PEER.pack(
             socket.inet_aton(host), port.to_bytes(2, "big"), self.mtu, 0, 0, 0, 0,
-            rtt, dev, 0, 0, 0, 0, 0, *mtus, 0, 0, 0, 0,
+            rtt, dev, self.sent & _UINT32, self.resends & _UINT32, 0, 0, 0, *mtus,
+            sent >> 32, sent & _UINT32, received >> 32, received & _UINT32,
         )  # fmt: skip
 
 
@@ -357,17 +365,6 @@ DEBUG_CONN_END = bytes(4) + _END_OF_LIST + bytes(DEBUG_CONN.size - 8)
 DEBUG_PEER_END = _END_OF_LIST + bytes(DEBUG_PEER.size - 4)
 
 
-def encode_rx_stats(
-    *, bogus_reads: int, server_conns: int, client_conns: int, peers: int, calls: int
-) -> bytes:
-    """rx_statistics with the counters this Rx keeps; the others are zero."""
-    words = [0] * RX_STATS_WORDS
-    words[RX_STATS_BOGUS_READS] = _int32(bogus_reads)
-    at = RX_STATS_CONNS_AND_PEERS
-    words[at : at + 4] = [_int32(n) for n in (server_conns, client_conns, peers, calls)]
-    return RX_STATS.pack(*words)
-
-
-def _int32(n: int) -> int:
+def wrap_int32(n: int) -> int:
     """A counter as a C int32 holds it: wrapped."""
     return (n + 0x80000000) % 0x100000000 - 0x80000000

@@ -1,7 +1,9 @@
 """What the Rx engine knows of one remote host:port: round-trip time and packet size.
 
 Every connection to an address shares its Peer, so a round trip measured on one call times
-the retransmissions of the next.  Sans-I/O, like the rest of the core.
+the retransmissions of the next.  It also counts what went to and came from the address,
+for `rxdebug -peers` (rx/stats.py sums them for -rxstats).  Sans-I/O, like the rest of the
+core.
 """
 
 from __future__ import annotations
@@ -24,7 +26,19 @@ STALL_PROBE_MAX = 0.05
 class Peer:
     """Round-trip estimate, retransmit timeout and packet size for one address."""
 
-    __slots__ = ("addr", "heard", "max_packet", "rto", "rttvar", "srtt", "stall_wait")
+    __slots__ = (
+        "addr",
+        "bytes_received",
+        "bytes_sent",
+        "data_sent",
+        "heard",
+        "max_packet",
+        "resends",
+        "rto",
+        "rttvar",
+        "srtt",
+        "stall_wait",
+    )
 
     def __init__(self, addr: Address) -> None:
         self.addr = addr
@@ -37,6 +51,13 @@ class Peer:
         #: How long a reply stream may go quiet before we probe the sender: two round
         #: trips, bounded.  Kept here because every received DATA packet re-arms it.
         self.stall_wait = STALL_PROBE_MIN
+        #: DATA packets sent the first time, and resent; bytes of call data
+        #: written to and read from calls with it (counted per write and read, not per
+        #: packet: no headers, acks or resends).
+        self.data_sent = 0
+        self.resends = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     def rtt_sample(self, sample: float) -> None:
         """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off."""

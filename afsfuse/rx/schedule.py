@@ -2,8 +2,8 @@
 
 A call never touches the endpoint (RxCore) itself.  It is handed a Schedule, where it
 queues datagrams (`outgoing`), asks to transmit or to send an ACK at the next flush (it
-adds itself to `transmits` or `acks`), posts the event that wakes its task (`events`), and
-says it is over (`finished`).  The endpoint, which owns the Schedule, adds the calls it
+adds itself to `transmits` or `acks`), posts the event that wakes its task (`events`),
+counts what it sent and saw (`stats`, for rxdebug) and says it is over (`finished`).  The endpoint, which owns the Schedule, adds the calls it
 starts to `live` and drains the rest when the driver flushes (RxCore.datagrams_to_send,
 RxCore.pop_events).
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
 from .peer import Address
+from .stats import RxStats
 
 #: A datagram to send: a DATA packet's is the buffer it was built in, never changed after.
 Datagram: TypeAlias = bytes | bytearray
@@ -48,7 +49,7 @@ Event: TypeAlias = IncomingCall[C] | CallChanged[C]
 class Schedule(Generic[C]):
     """Outgoing datagrams, calls wanting to transmit or ack, live calls and their events."""
 
-    __slots__ = ("acks", "events", "live", "outgoing", "transmits")
+    __slots__ = ("acks", "events", "live", "outgoing", "stats", "transmits")
 
     def __init__(self) -> None:
         #: Calls whose timers count: started and not yet finished.
@@ -61,6 +62,8 @@ class Schedule(Generic[C]):
         self.transmits: set[C] = set()
         #: Calls owing an ACK: flush_ack() runs at the next flush, before the transmits.
         self.acks: set[C] = set()
+        #: The endpoint's counters (rx/stats.py).
+        self.stats = RxStats()
 
     def finished(self, call: C) -> None:
         """The call is over: no more timers, nothing left to transmit."""

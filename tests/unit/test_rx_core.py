@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import random
 import struct
@@ -25,7 +26,7 @@ from afsfuse.rx.call import (
 from afsfuse.rx.core import RxCore
 from afsfuse.rx.debug import DEBUG_BURST, DEBUG_RATE
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
-from afsfuse.rx.peer import STALL_PROBE_MAX, STALL_PROBE_MIN
+from afsfuse.rx.peer import MAX_PACKET, STALL_PROBE_MAX, STALL_PROBE_MIN
 from afsfuse.rx.schedule import IncomingCall
 from afsfuse.rx.security import (
     RXNULL,
@@ -34,6 +35,7 @@ from afsfuse.rx.security import (
     ServerConnectionSecurity,
     ServerSecurity,
 )
+from afsfuse.rx.stats import encode_rx_stats
 
 CLIENT = ("10.0.0.2", 7001)
 SERVER = ("10.0.0.1", 7000)
@@ -747,6 +749,22 @@ def test_rxdebug_lists_connections_and_peers_and_ends_each_list() -> None:
     assert stats[56:60] == (0, 2, 2, 1)  # server and client connections, peers, live calls
 
 
+def test_rxdebug_counts_packets_by_type_and_shows_packets_held_not_received() -> None:
+    core, call = client_call()
+    call.write(b"x" * 5000, 0.0)
+    call.close_send(0.0)  # four packets, kept until acknowledged
+    data_sent = len(core.datagrams_to_send(0.0))
+    core.receive_datagram(b"short", CLIENT, 0.0)
+    free, _, _, _, _, _, held = struct.unpack_from(">iii4xiiii", debug(core, P.DEBUG_GETSTATS))
+    assert (free, held) == (0, 4)
+    words = struct.unpack(">71i", debug(core, P.DEBUG_RXSTATS))
+    packets_read, packets_sent = words[11:24], words[28:41]
+    assert packets_read[P.DEBUG - 1] == 2 and sum(packets_read) == 2  # the short one is bogus
+    assert packets_sent[P.DATA - 1] == data_sent and packets_sent[P.DEBUG - 1] == 1
+    assert words[5:7] == (1, int(ipaddress.IPv4Address(CLIENT[0])))  # bogus reads, last host
+    assert core.packets_received == 3
+
+
 def test_a_flood_of_rxdebug_requests_gets_a_bounded_number_of_answers() -> None:
     core, _ = client_call()
     request = DEBUG_REQUEST.encode() + struct.pack(">ii", P.DEBUG_GETALLCONN, 0)
@@ -881,6 +899,38 @@ def test_lossy_duplicating_reordering_pipe(seed: int) -> None:
     request = random.Random(seed).randbytes(150_000)
     reply = exchange(net, request, lambda req: req + b"!")
     assert reply == request + b"!"
+    # What rxdebug -rxstats and -peers show of it: the losses and duplicates it survived.
+    stats, to_server = net.client.stats, net.client.peer(SERVER)
+    sent = to_server.data_sent + to_server.resends
+    assert to_server.data_sent > len(request) // MAX_PACKET and to_server.resends > 0
+    assert net.server.stats.dup_read + stats.dup_read > 0
+    words = struct.unpack(
+        ">71i", encode_rx_stats(stats, [to_server], server_conns=0, client_conns=1, calls=0)
+    )
+    assert words[28 + P.DATA - 1] == sent  # packetsSent[data]
+    assert words[45:48] == (to_server.data_sent, to_server.resends, stats.pushed)
+    assert words[26] == stats.dup_read  # dupPacketsRead
+
+
+def test_each_end_counts_what_the_other_end_counted_on_a_clean_pipe() -> None:
+    net = Net()
+    request = random.Random(1).randbytes(300_000)
+    exchange(net, request, lambda req: req[::-1])
+    while net.wire or net.client.schedule.outgoing or net.server.schedule.outgoing:
+        net.step()  # what is still on its way
+    client, server = net.client, net.server
+    to_server, to_client = client.peer(SERVER), server.peer(CLIENT)
+    for one, other, peer in ((client, server, to_server), (server, client, to_client)):
+        words = struct.unpack(
+            ">71i", encode_rx_stats(one.stats, [peer], server_conns=0, client_conns=0, calls=0)
+        )
+        assert list(words[28:41]) == other.stats.read[1:14]  # packets sent, read by type
+    # Bytes of call data: the request one way, the reply the other.
+    assert to_server.bytes_sent == to_client.bytes_received == len(request)
+    assert to_client.bytes_sent == to_server.bytes_received == len(request)
+    assert to_server.data_sent == -(-len(request) // (MAX_PACKET - P.HEADER_SIZE))
+    assert to_server.resends == to_client.resends == 0
+    assert client.stats.dup_read == server.stats.dup_read == 0
 
 
 # ----- security hooks -------------------------------------------------------------------------

@@ -149,12 +149,17 @@ def test_rxdebug_connection_entry_has_openafs_layout() -> None:
 
 
 def test_rxdebug_peer_entry_has_openafs_layout() -> None:
-    raw = P.DebugPeer(("10.1.2.3", 7001), 12.5, 3.0, 1444).encode()
+    peer = P.DebugPeer(("10.1.2.3", 7001), 12.5, 3.0, 1444, 40, 3, (5 << 32) + 7, 99)
+    raw = peer.encode()
     assert len(raw) == 132  # sizeof(struct rx_debugPeer)
     assert raw[:6] == bytes([10, 1, 2, 3]) + (7001).to_bytes(2, "big")
     assert struct.unpack_from(">H", raw, 6) == (1444,)  # ifMTU
     assert struct.unpack_from(">ii", raw, 24) == (100, 12)  # rtt ms << 3, rtt_dev ms << 2
+    assert struct.unpack_from(">II", raw, 40) == (40, 3)  # nSent, reSends
     assert struct.unpack_from(">HH", raw, 60) == (1444, 1444)  # natMTU, maxMTU
+    assert struct.unpack_from(">IIII", raw, 76) == (5, 7, 0, 99)  # bytes sent, received
+    # Counters past what the fields hold wrap, as OpenAFS's do.
+    assert peer._replace(sent=1 << 32, bytes_received=1 << 64).encode()[40:44] == bytes(4)
 
 
 def test_rxdebug_lists_end_where_rxdebug_stops() -> None:
@@ -163,15 +168,6 @@ def test_rxdebug_lists_end_where_rxdebug_stops() -> None:
     assert not any(P.DEBUG_CONN_END[:4] + P.DEBUG_CONN_END[8:])
     assert len(P.DEBUG_PEER_END) == 132 and P.DEBUG_PEER_END[:4] == b"\xff" * 4
     assert not any(P.DEBUG_PEER_END[4:])
-
-
-def test_rx_statistics_have_openafs_size_and_our_counters_in_place() -> None:
-    raw = P.encode_rx_stats(bogus_reads=7, server_conns=1, client_conns=5, peers=3, calls=2)
-    words = struct.unpack(">71i", raw)  # sizeof(struct rx_statistics) in OpenAFS 1.8
-    assert words[5] == 7  # bogusPacketOnRead
-    assert words[56:60] == (1, 5, 3, 2)  # server and client conns, peers, calls
-    assert sum(words) == 18
-    assert P.encode_rx_stats(bogus_reads=1 << 32, server_conns=0, client_conns=0, peers=0, calls=0)
 
 
 def test_abort_round_trip() -> None:
