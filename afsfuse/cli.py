@@ -380,6 +380,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
         async with open_endpoint(port=_callback_port(config.port)) as endpoint:
             manager = CacheManager(manager_config, endpoint, celldb, store, tokens, stats)
             operations = AfsOperations(manager, config.sysname, xattrs=config.xattrs)
+            manager.debug_view.holders = operations.holders
 
             async def fill_viceid(token: Token) -> Token:
                 cell = await manager.cell(token.cell)

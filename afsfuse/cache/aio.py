@@ -154,6 +154,11 @@ class CleanWriter:
         self._running = False
         self._writing = trio.Lock()
 
+    @property
+    def writing(self) -> trio.Lock:
+        """Held while a batch is written (the cache manager's debug listing shows it)."""
+        return self._writing
+
     async def put(self, item: CleanItem) -> None:
         if not self._running:
             await self._write([item])

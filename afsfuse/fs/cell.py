@@ -57,8 +57,13 @@ class CellDB:
         self._found: dict[str, Cell] = {}
         self._failed: dict[str, float] = {}
 
+    def known(self) -> list[Cell]:
+        """Every cell known now: CellServDB's in their order, then those DNS found.  No
+        lookup is made."""
+        return [*self._configured.values(), *self._found.values()]
+
     def known_cells(self) -> list[str]:
-        return [c.name for c in self._configured.values()] + [c.name for c in self._found.values()]
+        return [c.name for c in self.known()]
 
     def aliases(self) -> dict[str, str]:
         """alias -> real cell name."""

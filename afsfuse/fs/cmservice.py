@@ -4,6 +4,10 @@ Fileservers call back to the address and port our requests came from.  They ask 
 (TellMeAboutYourself, WhoAreYou) and reset our callbacks (InitCallBackState3) while our
 own first call to them is still waiting, so the service must be running before any
 fileserver call is made.  It speaks rxnull only, as every cache manager does.
+
+The same service answers OpenAFS's `cmdebug`: cache entries, locks, cells and the cache
+configuration, read from the cache manager's tables (fs/cmdebug.py).  Without them (a
+program that only needs callbacks answered) the listings are empty and the cache zero.
 """
 
 from __future__ import annotations
@@ -15,24 +19,29 @@ import socket
 import struct
 import uuid
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any
 
 from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.rx.driver import Endpoint, ServerCall
 from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.cb import (
+    AFS_CLIENT_RETRIEVAL_FIRST_EDITION,
     AFS_MAX_INTERFACE_ADDR,
     CB,
     CLIENT_CAPABILITY_ERRORTRANS,
+    CM_INITPARAMS_V1_WORDS,
     interfaceAddr,
 )
 from afsfuse.rx.interfaces.fs import AFSCallBack, AFSFid
 from afsfuse.rx.rpc import make_dispatcher
 
+if TYPE_CHECKING:
+    from afsfuse.fs.cmdebug import CacheView
+
 log = logging.getLogger(__name__)
 
-# The answer to GetCE/GetLock/GetCellServDB once the index runs past the end, which tells
-# cmdebug and friends to stop asking.
+# The answer to GetCE/GetLock once the index runs past the end, which tells cmdebug and
+# friends to stop asking.
 _END_OF_LIST = 1
 _SIOCGIFADDR = 0x8915
 _SIOCGIFNETMASK = 0x891B
@@ -65,10 +74,12 @@ class CacheManagerService:
         registry: CallbackRegistry,
         instance_uuid: uuid.UUID | None = None,
         local_cell: str = "",
+        view: CacheView | None = None,
     ) -> None:
         self.registry = registry
         self.uuid = instance_uuid or uuid.uuid4()
         self.local_cell = local_cell
+        self.view = view
 
     def install(self, endpoint: Endpoint) -> None:
         endpoint.serve(CB.service_id, make_dispatcher(CB, self))
@@ -122,14 +133,40 @@ class CacheManagerService:
     async def GetLocalCell(self, call: ServerCall) -> str:
         return self.local_cell
 
-    async def GetLock(self, call: ServerCall, index: int) -> NoReturn:
-        raise RxAbort(_END_OF_LIST, "no locks held")
-
-    async def GetCE(self, call: ServerCall, index: int) -> NoReturn:
-        raise RxAbort(_END_OF_LIST, "cache entry listing not provided")
-
-    async def GetCE64(self, call: ServerCall, index: int) -> NoReturn:
-        raise RxAbort(_END_OF_LIST, "cache entry listing not provided")
-
     async def XStatsVersion(self, call: ServerCall) -> int:
         return 2
+
+    # -- cmdebug's: read-only, for anyone who asks ----------------------------------------
+
+    async def GetLock(self, call: ServerCall, index: int) -> Any:
+        return _listed(None if self.view is None else self.view.lock(index))
+
+    async def GetCE(self, call: ServerCall, index: int) -> Any:
+        return _listed(None if self.view is None else self.view.cache_entry(index, False))
+
+    async def GetCE64(self, call: ServerCall, index: int) -> Any:
+        return _listed(None if self.view is None else self.view.cache_entry(index, True))
+
+    async def GetServerPrefs(self, call: ServerCall, serverIndex: int) -> tuple[int, int]:
+        return (0xFFFFFFFF, -1) if self.view is None else self.view.server_pref(serverIndex)
+
+    async def GetCellServDB(self, call: ServerCall, cellIndex: int) -> tuple[str, tuple[int, ...]]:
+        return ("", ()) if self.view is None else self.view.cell_by_index(cellIndex)
+
+    async def GetCellByNum(self, call: ServerCall, cellNumber: int) -> tuple[str, tuple[int, ...]]:
+        return ("", ()) if self.view is None else self.view.cell_by_number(cellNumber)
+
+    async def GetCacheConfig(
+        self, call: ServerCall, callerVersion: int
+    ) -> tuple[int, int, tuple[int, ...]]:
+        # One layout only, whatever version the caller asks for (as OpenAFS answers); its
+        # size goes in bytes.
+        config = (0,) * CM_INITPARAMS_V1_WORDS if self.view is None else self.view.cache_config()
+        return AFS_CLIENT_RETRIEVAL_FIRST_EDITION, 4 * len(config), config
+
+
+def _listed(entry: Any | None) -> Any:
+    """A listing's entry, or the end-of-list code cmdebug stops at."""
+    if entry is None:
+        raise RxAbort(_END_OF_LIST, "past the end of the list")
+    return entry

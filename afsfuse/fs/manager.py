@@ -46,6 +46,7 @@ from afsfuse.fs.acl_ops import AclOps
 from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.chunkmem import ChunkMemory
+from afsfuse.fs.cmdebug import CacheView
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.fs.dir_edit import Listing
 from afsfuse.fs.directories import DirectoryCache
@@ -177,8 +178,6 @@ class CacheManager:
         self.tokens = tokens
         self.stats = stats
         self.registry = registry or CallbackRegistry()
-        self.cb_service = CacheManagerService(self.registry, local_cell=cells.this_cell)
-        self.cb_service.install(endpoint)
         self.servers = ServerTable(endpoint, config.server_config())
         tokens.on_forget(self.servers.forget_token)
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
@@ -253,6 +252,24 @@ class CacheManager:
             store_retry=config.store_retry,
             dirty_memory_age=config.dirty_memory_age,
         )
+        #: What cmdebug is shown; the FUSE face tells it how the kernel holds files.
+        self.debug_view = CacheView(
+            self.vnodes,
+            cells,
+            self.volumes,
+            self.servers,
+            store,
+            self.writer,
+            chunk_memory=config.chunk_memory,
+            locks=[
+                ("cache_writes", self._clean_writer.writing),
+                ("cache_threads", self.cache.limiter),
+            ],
+        )
+        self.cb_service = CacheManagerService(
+            self.registry, local_cell=cells.this_cell, view=self.debug_view
+        )
+        self.cb_service.install(endpoint)
 
     @property
     def this_cell(self) -> str:

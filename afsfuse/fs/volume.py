@@ -106,6 +106,10 @@ class VolumeCache:
             if volume_id:
                 self._entries[(cell, volume_id)] = (expires, entry)
 
+    def held(self) -> int:
+        """How many VLDB entries are held (each is filed under its ids and maybe a name)."""
+        return len({id(entry) for _, entry in self._entries.values()})
+
     def cached(self, cell: str, volume: int) -> VolumeLocation | None:
         found = self._entries.get((cell, volume))
         return None if found is None else found[1]

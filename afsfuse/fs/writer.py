@@ -182,6 +182,11 @@ class Writer:
 
     # -- writing -----------------------------------------------------------------------
 
+    def file_lock(self, fid: AfsFid) -> trio.Lock | None:
+        """The lock of `fid` while a writer, truncation or store holds or awaits it."""
+        found = self._file_locks.get(fid)
+        return None if found is None else found[0]
+
     @asynccontextmanager
     async def _file_lock(self, fid: AfsFid) -> AsyncIterator[None]:
         """One writer, truncation or store of a file at a time; readers never wait."""

@@ -172,6 +172,12 @@ class AfsOperations(pyfuse3.Operations):
         # new list takes effect at the next path walk with nothing to invalidate.
         self._sysnames = check_sysnames(list(names))
 
+    def holders(self, fid: AfsFid) -> tuple[int, int, int]:
+        """How the kernel holds `fid` (for cmdebug): references to the inodes showing it,
+        open handles, and those open for writing."""
+        refs = sum(node.lookups for node in self.inodes.for_fid(fid))
+        return (refs, *self._files.counts(fid))
+
     # -- nodes -----------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:

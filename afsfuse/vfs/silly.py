@@ -47,6 +47,10 @@ class OpenFiles:
         del self._writers[fid]
         return True
 
+    def counts(self, fid: AfsFid) -> tuple[int, int]:
+        """Open handles of `fid`, and how many of them write."""
+        return self._open.get(fid, 0), self._writers.get(fid, 0)
+
     def hidden(self, fid: AfsFid) -> bool:
         return fid in self._hidden
 

@@ -17,6 +17,9 @@ AFSCB_MAX_XSTAT_LONGS = 2048
 # TellMeAboutYourself capabilities word 0: the server may send "uae" error codes instead
 # of its own platform's errnos.
 CLIENT_CAPABILITY_ERRORTRANS = 0x1
+# GetCacheConfig's one layout, cm_initparams_v1 (afs_args.h): nine words.
+AFS_CLIENT_RETRIEVAL_FIRST_EDITION = 1
+CM_INITPARAMS_V1_WORDS = 9
 
 AFSDBLockDesc = xdr.struct(
     "AFSDBLockDesc",

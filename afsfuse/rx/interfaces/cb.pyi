@@ -23,6 +23,10 @@ AFSCB_MAX_XSTAT_LONGS: int
 
 CLIENT_CAPABILITY_ERRORTRANS: int
 
+AFS_CLIENT_RETRIEVAL_FIRST_EDITION: int
+
+CM_INITPARAMS_V1_WORDS: int
+
 class AFSDBLockDesc(NamedTuple):
     waitStates: int = ...
     exclLocked: int = ...
