@@ -47,6 +47,7 @@ from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path, mount_key
 from afsfuse.ctl.rmtsys import RmtsysService
 from afsfuse.ctl.server import Handlers, serve_control
+from afsfuse.ctl.sockowner import sender_uid
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.manager import CacheManager, ManagerConfig
 from afsfuse.fs.stats import Stats
@@ -351,6 +352,11 @@ def _callback_port(port: int | None) -> int:
     return CALLBACK_PORT
 
 
+def _sees_every_file(address: str, port: int) -> bool:
+    """cmdebug's cache entries are for root and the mount's owner, on this machine."""
+    return sender_uid(address, port) in (0, os.geteuid())
+
+
 def _mount_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     options.discard("default_permissions")  # AFS rights are checked here, per caller
@@ -381,6 +387,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
             manager = CacheManager(manager_config, endpoint, celldb, store, tokens, stats)
             operations = AfsOperations(manager, config.sysname, xattrs=config.xattrs)
             manager.debug_view.holders = operations.holders
+            manager.cb_service.sees_every_file = _sees_every_file
 
             async def fill_viceid(token: Token) -> Token:
                 cell = await manager.cell(token.cell)

@@ -94,6 +94,16 @@ def _real_uid(process: str) -> int:
     raise ValueError(f"no Uid line in {process}/status")
 
 
+def sender_uid(address: str, port: int, proc: Path = PROC) -> int | None:
+    """The uid of the one local socket sending from address:port (a loopback address), or
+    None when the sender is not local or no single socket answers.  One read of
+    /proc/net/udp: cheap enough for every request of a debug listing."""
+    if not ipaddress.IPv4Address(address).is_loopback:
+        return None
+    sockets = udp_sockets(address, port, proc / "net" / "udp")
+    return sockets[0][0] if len(sockets) == 1 else None
+
+
 def socket_owner(address: str, port: int, proc: Path = PROC) -> SocketOwner:
     """The owner of the local UDP socket that sends from address:port."""
     sockets = udp_sockets(address, port, proc / "net" / "udp")

@@ -1,11 +1,13 @@
 """What OpenAFS's `cmdebug` is shown of this cache manager: its cache entries, locks, cells
 and cache configuration, answered on the callback service (fs/cmservice.py).
 
-Read-only: anyone who reaches the callback port may ask (as with OpenAFS), so every answer
-comes from tables the cache manager keeps anyway; nothing is fetched, looked up, created
-or changed for it.  Everyone is shown the same, whatever their rights to the files listed:
-fids, lengths and data versions of whatever the mount's users have opened (as OpenAFS
-shows them), never a name or a byte of data, and nothing of tokens.
+Read-only: every answer comes from tables the cache manager keeps anyway; nothing is
+fetched, looked up, created or changed for it.  Anyone who reaches the callback port may
+ask for locks, cells and the cache configuration (as with OpenAFS).  Cache entries show
+the fids, lengths and data versions of whatever the mount's users hold, whatever the
+asker's rights to them, so only root and the mount's owner on this machine get them
+(fs/cmservice.py asks who sent the request); never a name or a byte of data, and nothing
+of tokens.
 
 Cache entries (GetCE, GetCE64), one per vnode record holding a status (fs/vnode.py):
 

@@ -12,14 +12,17 @@ program that only needs callbacks answered) the listings are empty and the cache
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import logging
 import socket
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.rx.driver import Endpoint, ServerCall
@@ -80,6 +83,9 @@ class CacheManagerService:
         self.uuid = instance_uuid or uuid.uuid4()
         self.local_cell = local_cell
         self.view = view
+        #: Whether the sender at (address, port) may see the cache entries: the fids,
+        #: lengths and data versions of every user's files (blocking; None: anyone may).
+        self.sees_every_file: Callable[[str, int], bool] | None = None
 
     def install(self, endpoint: Endpoint) -> None:
         endpoint.serve(CB.service_id, make_dispatcher(CB, self))
@@ -142,10 +148,22 @@ class CacheManagerService:
         return _listed(None if self.view is None else self.view.lock(index))
 
     async def GetCE(self, call: ServerCall, index: int) -> Any:
+        await self._may_see_entries(call)
         return _listed(None if self.view is None else self.view.cache_entry(index, False))
 
     async def GetCE64(self, call: ServerCall, index: int) -> Any:
+        await self._may_see_entries(call)
         return _listed(None if self.view is None else self.view.cache_entry(index, True))
+
+    async def _may_see_entries(self, call: ServerCall) -> None:
+        """Cache entries tell which files the mount's users have open and how long they
+        are, whatever the asker's rights to them: only those who may see every file of
+        the mount may list them."""
+        if self.sees_every_file is None:
+            return
+        address, port = call.peer
+        if not await trio.to_thread.run_sync(self.sees_every_file, address, port):
+            raise RxAbort(errno.EACCES, "cache entries are for root and the mount's owner")
 
     async def GetServerPrefs(self, call: ServerCall, serverIndex: int) -> tuple[int, int]:
         return (0xFFFFFFFF, -1) if self.view is None else self.view.server_pref(serverIndex)

@@ -229,6 +229,21 @@ def test_cmdebug_lists_the_files_the_mount_read_listed_and_holds_open(
     assert int(stored["dv"]) > int(held["dv"]) and not int(stored["states"], 16) & 0x20
 
 
+def test_only_root_lists_the_cache_entries_of_a_root_mount(data: Data, mounted: Mount) -> None:
+    """Entries show which files the mount's users hold and how long they are, whatever the
+    asker's rights: an ordinary user is refused them, and still gets what any may see."""
+    top = volume_path(mounted, data)
+    assert mounted.run("cat", str(top / "read.bin")).stdout == data.content
+    argv = ["cmdebug", "127.0.0.1", "-port", str(callback_port(mounted))]
+    done = mounted.run(*argv, "-long", user="alice", check=False)
+    out = done.stdout.decode() + done.stderr.decode()
+    assert "** Cache entry" not in out and data.read_fid not in out, out
+    assert "cmdebug:" in out and "Lock cache_writes status" in out, out
+    cells = mounted.run(*argv, "-cellservdb", user="alice").stdout.decode()
+    assert cells.startswith(">")
+    assert data.read_fid in entries(cmdebug(mounted, "-long"))
+
+
 def test_rxdebug_shows_the_fileserver_peer_and_the_packets_exchanged(
     cell: Cell, data: Data, mounted: Mount
 ) -> None:
