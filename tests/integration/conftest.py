@@ -1,34 +1,31 @@
-"""Fixtures for tests that talk to the real cell: Kerberos tokens and a CM endpoint."""
+"""Fixtures shared by the integration tests: the cell users' tokens, CM endpoints, and the
+local users programs run as.  Plain helpers live in modules named by what they hold
+(logins.py, local_users.py, managers.py, admin_rpcs.py, mounting.py, programs.py...)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 
 import pytest
 import trio
+from local_users import LOCAL_USERS, User, UserPython, as_user
+from logins import kinit
+from managers import token_store
 
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService
 from afsfuse.keyring import Token, token_from_ccache
+from afsfuse.keyring.store import TokenStore
 from afsfuse.rx.driver import Endpoint, open_endpoint
 from afsfuse.rx.errors import RxError
 from afsfuse.rx.interfaces.fs import FS
 from afsfuse.testing.cell import USERS, Cell
-
-
-def kinit(cell: Cell, user: str, ccache: Path) -> dict[str, str]:
-    """Log `user` in with the real kinit; return the environment that names the ccache."""
-    env = {**os.environ, "KRB5_CONFIG": cell.env()["KRB5_CONFIG"], "KRB5CCNAME": f"FILE:{ccache}"}
-    subprocess.run(
-        ["kinit", user], input=USERS[user] + "\n", env=env, text=True,
-        capture_output=True, check=True, timeout=30,
-    )  # fmt: skip
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +87,40 @@ async def cm(cell: Cell) -> AsyncIterator[CacheManagerEndpoint]:
 def cm_factory(cell: Cell) -> Callable[[], AbstractAsyncContextManager[CacheManagerEndpoint]]:
     """For tests that need several independent cache managers: `async with cm_factory() as c`."""
     return lambda: cache_manager_endpoint(cell)
+
+
+@pytest.fixture
+def token_db(tokens: dict[str, Token]) -> TokenStore:
+    """A fresh token store with the cell users' tokens (managers.py's identities)."""
+    return token_store(tokens)
+
+
+@pytest.fixture(scope="session")
+def users() -> dict[str, User]:
+    """The local users, created if missing (useradd -M) and kept."""
+    result = {}
+    for short, name in LOCAL_USERS.items():
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", name], check=True, timeout=30
+            )
+            entry = pwd.getpwnam(name)
+        result[short] = User(name, entry.pw_uid, entry.pw_gid)
+    return result
+
+
+@pytest.fixture(scope="session")
+def user_python(users: dict[str, User]) -> UserPython:
+    check = "import sys, afsfuse.ctl.cli; print(sys.version_info[:2])"
+    done = subprocess.run(
+        [*as_user(users["bob"]), sys.executable, "-c", check],
+        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (
+        f"local users cannot run {sys.executable} with afsfuse ({done.stderr.strip()}); "
+        "build the virtualenv on a Python every user can run: make clean venv"
+    )
+    return UserPython(sys.executable, {})

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import kinit
-from test_ctl import User, UserPython, as_user
+from local_users import User, UserPython, as_user
+from logins import kinit
 
 from afsfuse.ctl.protocol import SYSTEM_DIR, mount_key
 from afsfuse.keyring.kernel import forget_keep

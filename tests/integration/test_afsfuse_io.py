@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import pytest
 import trio
-from conftest import kinit
+from logins import kinit
 
 from afsfuse.fs.callback import CallbackRegistry
 from afsfuse.fs.cmservice import CacheManagerService

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -20,12 +19,12 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
-from conftest import kinit
+from local_users import User, UserPython, as_user
+from logins import kinit
 
 from afsfuse.ctl.ops import SysnameOps, TokenOps
 from afsfuse.ctl.server import Handlers, serve_control
@@ -36,58 +35,8 @@ from afsfuse.rx.interfaces.pt import PT
 from afsfuse.testing.cell import Cell
 
 AFSFUSE_CTL = Path(sys.executable).parent / "afsfuse-ctl"
-LOCAL_USERS = {"alice": "afsfuse-alice", "bob": "afsfuse-bob"}
 CELL = "afsfuse.test"
 DEADLINE = 30.0
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-
-@pytest.fixture(scope="session")
-def users() -> dict[str, User]:
-    result = {}
-    for short, name in LOCAL_USERS.items():
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(
-                ["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", name], check=True, timeout=30
-            )
-            entry = pwd.getpwnam(name)
-        result[short] = User(name, entry.pw_uid, entry.pw_gid)
-    return result
-
-
-@dataclass(frozen=True)
-class UserPython:
-    """How an unprivileged user runs Python with afsfuse importable."""
-
-    interpreter: str
-    env: dict[str, str]
-
-
-@pytest.fixture(scope="session")
-def user_python(users: dict[str, User]) -> UserPython:
-    check = "import sys, afsfuse.ctl.cli; print(sys.version_info[:2])"
-    done = subprocess.run(
-        [*as_user(users["bob"]), sys.executable, "-c", check],
-        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=30,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, (
-        f"local users cannot run {sys.executable} with afsfuse ({done.stderr.strip()}); "
-        "build the virtualenv on a Python every user can run: make clean venv"
-    )
-    return UserPython(sys.executable, {})
-
-
-def as_user(user: User) -> list[str]:
-    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--"]
 
 
 @pytest.fixture

@@ -4,78 +4,26 @@ directories, callbacks, per-user rights, restart re-validation, errors and fail-
 from __future__ import annotations
 
 import errno
-import os
 import secrets
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from admin_rpcs import admin, afs, fid_of, make_file, write
+from logins import admin_token
+from managers import ADMIN, ALICE, BOB, CHUNK, FAST, manager
 from volumes import volume_root
 
-from afsfuse.cache.store import CacheStore
-from afsfuse.fs.cell import CellDB
 from afsfuse.fs.errors import FsError
-from afsfuse.fs.manager import CacheManager, ManagerConfig
-from afsfuse.fs.stats import Stats
+from afsfuse.fs.manager import CacheManager
 from afsfuse.fs.vnode import AfsFid, Status
-from afsfuse.keyring import Token, token_from_ccache
 from afsfuse.keyring.store import Identity, TokenStore
-from afsfuse.rx.driver import open_endpoint
-from afsfuse.rx.interfaces.fs import AFS_SETMODE, FS, AFSFid, AFSStoreStatus
-from afsfuse.testing.cell import USERS, Cell
-from afsfuse.vl.cellservdb import read_cellservdb
+from afsfuse.rx.interfaces.fs import AFS_SETMODE, FS, AFSStoreStatus
+from afsfuse.testing.cell import Cell
 
 pytestmark = pytest.mark.cell
 
-ADMIN = Identity(0)
-ALICE = Identity(1001)
-BOB = Identity(1002)
 ANON = Identity(65534)
-CHUNK = 64 * 1024
-FAST = ManagerConfig(
-    dead_time=2.0, probe_timeout=1.0, probe_interval=1.0, rotation_timeout=12.0, busy_wait=0.5
-)
-
-
-def token_store(tokens: dict[str, Token]) -> TokenStore:
-    store = TokenStore()
-    for who, user in ((ADMIN, "admin"), (ALICE, "alice"), (BOB, "bob")):
-        store.set(who, tokens[user])
-    return store
-
-
-@asynccontextmanager
-async def manager(
-    cell: Cell, cache_dir: Path, tokens: TokenStore, config: ManagerConfig = FAST
-) -> AsyncIterator[CacheManager]:
-    cells = CellDB(read_cellservdb(cell.cellservdb), cell.name)
-    with CacheStore(cache_dir, 1 << 30, chunk_size=CHUNK) as store:
-        async with open_endpoint() as endpoint, trio.open_nursery() as nursery:
-            m = CacheManager(config, endpoint, cells, store, tokens, Stats())
-            await nursery.start(m.run)
-            yield m
-            nursery.cancel_scope.cancel()
-
-
-async def admin(m: CacheManager, fid: AfsFid, rpc, *args, **kwargs):
-    """An RPC made as the cell admin, through the manager's rotation."""
-    token = m.tokens.get(ADMIN, fid.cell)
-
-    async def op(conn, server):
-        return await rpc(conn, *args, **kwargs)
-
-    return await m.rotator.call(fid.cell, fid.volume, token, rpc.name, op)
-
-
-def afs(fid: AfsFid):
-    return AFSFid(fid.volume, fid.vnode, fid.unique)
-
-
-def fid_of(parent: AfsFid, out) -> AfsFid:
-    return AfsFid(parent.cell, out.Volume, out.Vnode, out.Unique)
 
 
 async def make_dir(m: CacheManager, parent: AfsFid, acl: str) -> AfsFid:
@@ -89,19 +37,6 @@ async def make_dir(m: CacheManager, parent: AfsFid, acl: str) -> AfsFid:
     return new
 
 
-async def make_file(m: CacheManager, parent: AfsFid, name: str, data: bytes) -> AfsFid:
-    status = AFSStoreStatus(Mask=AFS_SETMODE, UnixModeBits=0o644)
-    reply = await admin(m, parent, FS.CreateFile, afs(parent), name, status)
-    fid = fid_of(parent, reply.OutFid)
-    await write(m, fid, data)
-    return fid
-
-
-async def write(m: CacheManager, fid: AfsFid, data: bytes, pos: int = 0, length: int | None = None):
-    size = pos + len(data) if length is None else length
-    await admin(m, fid, FS.StoreData64, afs(fid), AFSStoreStatus(), pos, len(data), size, data=data)
-
-
 async def scratch_volume(m: CacheManager) -> AfsFid:
     return await volume_root(m, m.this_cell, "test", "rw")
 
@@ -113,11 +48,6 @@ def fetches(m: CacheManager, rpc: str = "FS.FetchData64") -> int:
 async def wait_for(event: trio.Event, seconds: float = 10.0) -> None:
     with trio.fail_after(seconds):
         await event.wait()
-
-
-@pytest.fixture
-def token_db(tokens: dict[str, Token]) -> TokenStore:
-    return token_store(tokens)
 
 
 async def test_read_through_cache_callbacks_and_revalidation(
@@ -292,16 +222,6 @@ async def test_errors_are_errnos(cell: Cell, token_db: TokenStore, tmp_path: Pat
         assert caught.value.errno == errno.ENOTDIR
         volume = await m.statfs(root, ADMIN)
         assert volume.name == "test" and volume.online
-
-
-def admin_token(cell: Cell, ccache: Path, monkeypatch: pytest.MonkeyPatch) -> Token:
-    env = {**os.environ, "KRB5_CONFIG": cell.env()["KRB5_CONFIG"], "KRB5CCNAME": f"FILE:{ccache}"}
-    subprocess.run(
-        ["kinit", "admin"], input=USERS["admin"] + "\n", env=env, text=True,
-        capture_output=True, check=True, timeout=30,
-    )  # fmt: skip
-    monkeypatch.setenv("KRB5_CONFIG", env["KRB5_CONFIG"])
-    return token_from_ccache(cell.name, f"FILE:{ccache}")
 
 
 async def test_read_only_volume_fails_over(

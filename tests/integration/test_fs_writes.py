@@ -6,57 +6,24 @@ from __future__ import annotations
 
 import errno
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from managers import ADMIN, ALICE, BOB, CHUNK, FAST, manager
 from volumes import volume_root
 
-from afsfuse.cache.store import CacheStore
 from afsfuse.fs.acl import Acl
-from afsfuse.fs.cell import CellDB
 from afsfuse.fs.errors import FsError
-from afsfuse.fs.manager import CacheManager, ManagerConfig
-from afsfuse.fs.stats import Stats
+from afsfuse.fs.manager import CacheManager
 from afsfuse.fs.vnode import AfsFid
-from afsfuse.keyring import Token
 from afsfuse.keyring.store import Identity, TokenStore
-from afsfuse.rx.driver import open_endpoint
 from afsfuse.testing.cell import Cell
-from afsfuse.vl.cellservdb import read_cellservdb
 
 pytestmark = pytest.mark.cell
 
-ADMIN = Identity(0)
-ALICE = Identity(1001)
-BOB = Identity(1002)
-CHUNK = 64 * 1024
-FAST = ManagerConfig(
-    dead_time=2.0, probe_timeout=1.0, probe_interval=1.0, rotation_timeout=12.0, busy_wait=0.5
-)
 #: alice may do everything but administer; admins everything.
 ALICE_WRITES = "2\n0\nsystem:administrators 127\nalice 63\n"
-
-
-@pytest.fixture
-def token_db(tokens: dict[str, Token]) -> TokenStore:
-    store = TokenStore()
-    for who, user in ((ADMIN, "admin"), (ALICE, "alice"), (BOB, "bob")):
-        store.set(who, tokens[user])
-    return store
-
-
-@asynccontextmanager
-async def manager(cell: Cell, cache_dir: Path, tokens: TokenStore) -> AsyncIterator[CacheManager]:
-    cells = CellDB(read_cellservdb(cell.cellservdb), cell.name)
-    with CacheStore(cache_dir, 1 << 30, chunk_size=CHUNK) as store:
-        async with open_endpoint() as endpoint, trio.open_nursery() as nursery:
-            m = CacheManager(FAST, endpoint, cells, store, tokens, Stats())
-            await nursery.start(m.run)
-            yield m
-            nursery.cancel_scope.cancel()
 
 
 async def alice_dir(m: CacheManager, volume: str = "test") -> AfsFid:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import kinit
+from admin_rpcs import admin, afs, fid_of, write
+from local_users import User, UserPython
+from logins import kinit
+from managers import ADMIN, manager
 from mounting import BIN, SYSNAME, Mount, acl, afs_mount, process_gone
-from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
-from test_fs_manager import ADMIN, admin, afs, fid_of, manager, write
 from volumes import volume_root
 
 from afsfuse.fs.vnode import AfsFid
@@ -121,8 +122,8 @@ def tree(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPath
 def mounted(
     cell: Cell,
     tree: Tree,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     with afs_mount(cell, users, user_python, tmp_path_factory.mktemp("mount-cache")) as mount:

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from admin_rpcs import admin, afs, make_file
+from logins import admin_token
+from managers import ADMIN, manager
 from mounting import acl, start_daemon, stop_daemon
-from test_fs_manager import ADMIN, admin, admin_token, afs, make_file, manager
 from volumes import volume_root
 
 from afsfuse.fs.callback import CallbackRegistry

@@ -27,10 +27,11 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from conftest import kinit
+from admin_rpcs import admin, afs, fid_of, write
+from local_users import User, UserPython
+from logins import kinit
+from managers import ADMIN, manager
 from mounting import BIN, SYSNAME, Mount, acl, afs_mount, process_gone, start_daemon, stop_daemon
-from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
-from test_fs_manager import ADMIN, admin, afs, fid_of, manager, write
 from volumes import volume_root
 
 from afsfuse.fs.manager import CacheManager
@@ -176,8 +177,8 @@ def volume(cell: Cell, admin_cm: Admin) -> Volume:
 def mounts(
     cell: Cell,
     volume: Volume,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Mount, Mount]]:
     with ExitStack() as stack:
@@ -460,8 +461,8 @@ def test_beside_another_client_on_port_7001_a_mount_takes_another_port_and_gets_
     mounts: tuple[Mount, Mount],
     volume: Volume,
     admin_cm: Admin,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path: Path,
 ) -> None:
     """Another AFS client (OpenAFS's afsd, kAFS) holds UDP 7001, the callback port: a third

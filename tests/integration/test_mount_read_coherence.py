@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from local_users import User, UserPython, as_user
+from managers import ADMIN, manager
 from mounting import Mount, afs_mount
 from rewrite_load import PAGE, length_of
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
-from test_fs_writes import ADMIN, manager
 from volumes import volume_root
 
 from afsfuse.keyring import Token
@@ -65,8 +65,8 @@ def volume(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPa
 def mounts(
     cell: Cell,
     volume: str,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Mount, Mount]]:
     with ExitStack() as stack:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import kinit
+from local_users import User, UserPython, as_user
+from logins import kinit
 from mounting import BIN, acl, no_client_files, process_gone
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 
 from afsfuse.ctl.protocol import control_socket_path, registry_path
 from afsfuse.fs.callback import CallbackRegistry
@@ -53,7 +53,7 @@ async def _private_volume(cell: Cell, admin: Token, volume: str) -> None:
 
 
 @pytest.fixture
-def home(users: dict[str, User]) -> Iterator[Path]:  # noqa: F811
+def home(users: dict[str, User]) -> Iterator[Path]:
     """A directory alice owns, reachable by everyone (as a home directory would be)."""
     base = Path(tempfile.mkdtemp(prefix="afsfuse-user-"))
     base.chmod(0o755)
@@ -71,8 +71,8 @@ def home(users: dict[str, User]) -> Iterator[Path]:  # noqa: F811
 async def test_a_user_mounts_reads_with_her_token_and_unmounts(
     cell: Cell,
     tokens: dict[str, Token],
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     home: Path,
 ) -> None:
     volume = f"user.{os.getpid()}"

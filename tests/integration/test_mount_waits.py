@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from admin_rpcs import admin, afs, make_file
+from local_users import User, UserPython
+from managers import ADMIN, manager
 from mounting import Mount, acl, afs_mount
-from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
-from test_fs_manager import ADMIN, admin, afs, make_file, manager
 from volumes import volume_root
 
 from afsfuse.keyring import Token
@@ -78,8 +79,8 @@ def data(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPath
 def mounted(
     cell: Cell,
     data: Data,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     cache = tmp_path_factory.mktemp("waits-cache")

@@ -25,10 +25,12 @@ from subprocess import PIPE
 
 import pytest
 import trio
-from conftest import kinit
+from acls import ALICE_ALL, ANYONE_WRITES
+from local_users import User, UserPython, as_user
+from logins import kinit
+from managers import ADMIN, manager
 from mounting import Mount, afs_mount
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
-from test_fs_writes import ADMIN, manager
+from programs import eventually, feed, ok, run
 from volumes import volume_root
 
 from afsfuse.cache.base import MAX_FILE_SIZE
@@ -39,10 +41,6 @@ from afsfuse.testing.cell import Cell
 
 pytestmark = pytest.mark.cell
 
-#: alice administers the test volumes; everyone may look and read.
-ALICE_ALL = "3\n0\nsystem:administrators 127\nalice 127\nsystem:anyuser 9\n"
-#: Where root (no token: anonymous) may write.
-ANYONE_WRITES = "2\n0\nsystem:administrators 127\nsystem:anyuser 63\n"
 QUOTA_KB = 1024
 #: Short server timeouts so a stopped fileserver fails a store in seconds, not minutes.
 FAST_FAILOVER = ("--dead-time", "3", "--server-timeout", "15")
@@ -85,8 +83,8 @@ def volumes(
 def writer(
     cell: Cell,
     volumes: Volumes,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     cache = tmp_path_factory.mktemp("writer-cache")
@@ -99,8 +97,8 @@ def writer(
 def reader(
     cell: Cell,
     volumes: Volumes,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     """A second mount: what it shows came from the fileserver (and its callbacks)."""
@@ -122,26 +120,9 @@ def fresh_dir(mount: Mount, volume: str, user: str | None = "alice") -> str:
     return os.path.join("public" if user is None else "", name)
 
 
-def run(mount: Mount, *argv: str, **kw) -> subprocess.CompletedProcess[bytes]:
-    """Mount.run without raising: `ok` checks, with the program's error output."""
-    return mount.run(*argv, check=False, **kw)
-
-
-def ok(done: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
-    assert done.returncode == 0, (done.args, done.stderr.decode(errors="replace"))
-    return done
-
-
 def python(mount: Mount, script: str, *args: str, user: str | None = "alice"):
     """A Python script as `user`; its result is checked by the caller."""
     return mount.run("python3", "-c", textwrap.dedent(script), *args, user=user, check=False)
-
-
-def feed(mount: Mount, path: Path, data: bytes, user: str = "alice"):
-    """`cat > path` as `user`, with `data` on its standard input."""
-    env = {"PATH": "/usr/bin:/bin", **mount.user_env[user]}
-    argv = [*as_user(mount.local[user]), "sh", "-c", 'cat > "$1"', "sh", str(path)]
-    return subprocess.run(argv, input=data, env=env, capture_output=True, timeout=120)
 
 
 def sha256(path: Path) -> str:
@@ -150,19 +131,6 @@ def sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def eventually(check, seconds: float = 10.0) -> None:
-    """Callbacks travel asynchronously: give the other mount a moment."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            assert check()
-            return
-        except (AssertionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 WRITE_PATTERNS = r"""
@@ -400,8 +368,8 @@ def test_data_survives_kill_9_after_close(
     cell: Cell,
     volumes: Volumes,
     reader: Mount,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     with afs_mount(cell, users, user_python, tmp_path_factory.mktemp("doomed")) as doomed:
@@ -746,8 +714,8 @@ def test_a_mount_without_xattrs(
     cell: Cell,
     volumes: Volumes,
     reader: Mount,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path: Path,
 ) -> None:
     with afs_mount(cell, users, user_python, tmp_path / "cache", extra_args=["--no-xattrs"]) as m:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from local_users import User, UserPython
 from mounting import afs_mount, process_gone, start_daemon
-from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
 
 from afsfuse.testing.cell import Cell
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.cell
 
 def test_a_killed_daemon_restarted_has_the_users_tokens_back(
     cell: Cell,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from acls import ALICE_ALL, ANYONE_WRITES
+from local_users import User, UserPython, as_user
+from managers import ADMIN, manager
 from mounting import Mount, afs_mount, process_gone, start_daemon
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
-from test_fs_writes import ADMIN, manager
-from test_mount_write import ALICE_ALL, ANYONE_WRITES, eventually, feed, ok, run
+from programs import eventually, feed, ok, run
 from volumes import volume_root
 
 from afsfuse.keyring import Token
@@ -64,8 +65,8 @@ def volume(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPa
 def other(
     cell: Cell,
     volume: str,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     """Mount B: another client of the cell."""
@@ -78,8 +79,8 @@ def other(
 def mount_a(
     cell: Cell,
     volume: str,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     with afs_mount(
