@@ -215,7 +215,8 @@ class ChunkReader:
     ) -> None:
         """A reader that continues where it stopped gets the chunks after `last` fetched
         (or loaded from the disk cache) in the background.  The window is refilled a
-        call's worth of chunks at a time, so each read-ahead call carries several."""
+        call's worth of chunks at a time, so each read-ahead call carries several; only the
+        file's last chunks may go in a shorter call."""
         chunk = self.chunk_size
         sequential = self.sequential
         expected = sequential.pop(fid, None)
@@ -230,14 +231,18 @@ class ChunkReader:
         if offset != 0 and not continues:
             return
         assert vnode.status is not None
-        end = min(last + 1 + window, (vnode.status.size + chunk - 1) // chunk)
+        chunks = (vnode.status.size + chunk - 1) // chunk
+        end = min(last + 1 + window, chunks)
         wanted = [
             i
             for i in range(last + 1, end)
             if (fid, version, i) not in self.inflight and (fid, version, i) not in self.memory
         ]
-        batch = max(1, self.call_chunks)
-        if not wanted or (len(wanted) < batch and wanted[-1] != end - 1):
+        # A reader one chunk on opens one chunk at the window's far end: wait until a
+        # call's worth is open (or the window reaches the end of the file), but refill a
+        # window no bigger than a call while a chunk of it is still ahead of the reader.
+        batch = max(1, min(self.call_chunks, window - 1))
+        if not wanted or (len(wanted) < batch and end < chunks):
             return
         claimed = {i: trio.Event() for i in wanted}
         for i, event in claimed.items():
