@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from local_users import User, UserPython, as_user
+from logins import alice_token_secrets
 from mounting import Mount, afs_mount
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
-from test_token_restart import alice_token_secrets
 
 from afsfuse.testing.cell import USERS, Cell
 
@@ -85,8 +85,8 @@ def watching(process: subprocess.Popen[str]) -> None:
 
 def test_aklog_renew_hands_over_a_later_token_after_each_kinit_r(
     cell: Cell,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path: Path,
 ) -> None:
     with afs_mount(cell, users, user_python, tmp_path / "cache") as mount:

@@ -5,16 +5,14 @@ its disk cache ever holds the token."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from local_users import User, UserPython
+from logins import alice_token_secrets
 from mounting import afs_mount, process_gone, start_daemon
 
 from afsfuse.testing.cell import Cell
@@ -62,19 +60,3 @@ def test_a_killed_daemon_restarted_has_the_users_tokens_back(
         for path in mount.cache.rglob("*"):
             if path.is_file():
                 assert secret not in path.read_bytes(), path
-
-
-def alice_token_secrets(env: dict[str, str], cell_name: str) -> list[bytes]:
-    """The ticket and session key of alice's token, raw and in base64."""
-    code = (
-        "import base64, sys\n"
-        "from afsfuse.keyring import token_from_ccache\n"
-        f"t = token_from_ccache({cell_name!r})\n"
-        "print(base64.b64encode(t.ticket).decode(), base64.b64encode(t.session_key).decode())"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-        text=True, timeout=60, check=True,
-    )  # fmt: skip
-    encoded = done.stdout.split()
-    return [*(text.encode() for text in encoded), *(base64.b64decode(t) for t in encoded)]
