@@ -2,7 +2,7 @@
 listing is parsed and checked against what the mount did (the files read, listed, written
 and still open, the cell, the cache configured, the fileserver talked to).
 
-The fileserver is frozen with SIGSTOP (test_mount_waits.py) to hold a store in progress:
+The fileserver is frozen with SIGSTOP (fileservers.py) to hold a store in progress:
 the file's lock is then held and waited for, which is what cmdebug's default listing shows.
 """
 
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from admin_rpcs import admin, afs, make_file
+from fileservers import frozen
+from local_users import User, UserPython
+from managers import ADMIN, manager
 from mounting import Mount, acl, afs_mount
-from test_ctl import User, UserPython, user_python, users  # noqa: F401 (fixtures)
-from test_fs_manager import ADMIN, admin, afs, make_file, manager
-from test_mount_waits import frozen
 from volumes import volume_root
 
 from afsfuse.fs.server import RANK_SUBNET
@@ -91,8 +92,8 @@ def data(cell: Cell, tokens: dict[str, Token], tmp_path_factory: pytest.TempPath
 def mounted(
     cell: Cell,
     data: Data,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Mount]:
     cache = tmp_path_factory.mktemp("debug-cache")

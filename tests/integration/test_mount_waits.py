@@ -9,14 +9,11 @@ again once the fileserver is back.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
-import os
 import secrets
 import select
-import signal
 import subprocess
 import sys
 import textwrap
@@ -28,6 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 from admin_rpcs import admin, afs, make_file
+from fileservers import frozen
 from local_users import User, UserPython
 from managers import ADMIN, manager
 from mounting import Mount, acl, afs_mount
@@ -87,29 +85,6 @@ def mounted(
     extra = ("--server-timeout", str(SERVER_TIMEOUT))
     with afs_mount(cell, users, user_python, cache, extra_args=extra) as mount:
         yield mount
-
-
-def fileserver_pid(cell: Cell) -> int:
-    """The pid of the cell's (first) fileserver process, found in its network namespace."""
-    pids = subprocess.run(
-        ["ip", "netns", "pids", cell.servers[0].netns], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() in ("fileserver", "dafileserver"):
-                return int(pid)
-    raise AssertionError(f"no fileserver among {pids}")
-
-
-@contextlib.contextmanager
-def frozen(cell: Cell) -> Iterator[None]:
-    """The fileserver stopped with SIGSTOP: packets reach it, nothing comes back."""
-    pid = fileserver_pid(cell)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 #: Reads 1 MiB at a time: one read before "go", then up to `reads` timed reads (stopping at

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import kinit
+from local_users import User, UserPython, as_user
+from logins import kinit
 from mounting import Mount, afs_mount, daemon_pid, no_client_files, stop_daemon
-from test_ctl import User, UserPython, as_user, user_python, users  # noqa: F401 (fixtures)
 
 from afsfuse.testing.cell import Cell
 
@@ -117,8 +117,8 @@ def volume(cell: Cell) -> str:
 def tools(
     cell: Cell,
     volume: str,
-    users: dict[str, User],  # noqa: F811
-    user_python: UserPython,  # noqa: F811
+    users: dict[str, User],
+    user_python: UserPython,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Tools]:
     """The mount; root holds the cell admin's token, set by aklog over rmtsys, and has made
