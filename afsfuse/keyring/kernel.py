@@ -23,12 +23,15 @@ from collections.abc import Callable, Iterator
 import keyutils
 
 from afsfuse.ctl.protocol import token_from_wire, token_to_wire
+from afsfuse.keyring.pag import Keeper
 from afsfuse.keyring.token import Token
 
 log = logging.getLogger(__name__)
 
 #: Possessor and owner may view, read, write, search, link and set attributes; no one else.
 _PERMISSIONS = 0x3F3F0000
+#: How the key that names a PAG's keeper is described: "keeper:<pag>".
+_KEEPER = "keeper"
 
 
 class KernelKeep:
@@ -73,20 +76,54 @@ class KernelKeep:
 
     def load(self) -> Iterator[tuple[tuple[str, int], Token]]:
         """Every token still kept (the kernel has already dropped expired ones)."""
+        for serial, description in self._keys():
+            kind, number, _cell = description.split(":", 2)
+            if kind == _KEEPER:
+                continue
+            try:
+                token = token_from_wire(json.loads(keyutils.read_key(serial)))
+            except (keyutils.Error, ValueError) as e:
+                log.warning("key %d in %s skipped: %s", serial, self.name, type(e).__name__)
+                continue
+            yield (kind, int(number)), token
+
+    # A PAG's keeper is kept beside its tokens: a restarted daemon knows the PAG again by
+    # the keeper's pid and start time (pag.py).  Only numbers: nothing secret.
+
+    def save_keeper(self, keeper: Keeper) -> None:
+        payload = json.dumps([keeper.pid, keeper.start, keeper.uid, keeper.outer]).encode()
+        key = keyutils.add_key(f"{_KEEPER}:{keeper.pag}:".encode(), payload, self._ring)
+        keyutils.set_perm(key, _PERMISSIONS)
+
+    def drop_keeper(self, pag: int) -> None:
+        key = keyutils.search(self._ring, f"{_KEEPER}:{pag}:".encode())
+        if key:
+            keyutils.unlink(key, self._ring)
+
+    def load_keepers(self) -> Iterator[Keeper]:
+        for serial, description in self._keys():
+            kind, number, _ = description.split(":", 2)
+            if kind != _KEEPER:
+                continue
+            try:
+                pid, start, uid, outer = json.loads(keyutils.read_key(serial))
+                yield Keeper(int(number), int(pid), int(start), int(uid), outer)
+            except (keyutils.Error, ValueError, TypeError) as e:
+                log.warning("key %d in %s skipped: %s", serial, self.name, type(e).__name__)
+
+    def _keys(self) -> Iterator[tuple[int, str]]:
+        """(serial, description) of each user key in the keyring."""
         serials = keyutils.read_key(self._ring) or b""
         for (serial,) in struct.iter_unpack("=i", serials):
             try:
                 key_type, _uid, _gid, _perm, description = (
                     keyutils.describe_key(serial).decode().split(";", 4)
                 )
-                if key_type != "user":
-                    continue
-                kind, number, _cell = description.split(":", 2)
-                token = token_from_wire(json.loads(keyutils.read_key(serial)))
             except (keyutils.Error, ValueError) as e:
                 log.warning("key %d in %s skipped: %s", serial, self.name, type(e).__name__)
                 continue
-            yield (kind, int(number)), token
+            if key_type == "user" and description.count(":") >= 2:
+                yield serial, description
 
 
 def open_keep(name: str) -> KernelKeep | None:

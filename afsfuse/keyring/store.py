@@ -112,6 +112,17 @@ class TokenStore:
             self._remove(holder, None)
         return len(holders)
 
+    def remove_all(self) -> int:
+        """Forget every token of every holder; how many holders had some."""
+        holders = list(self._tokens)
+        for holder in holders:
+            self._remove(holder, None)
+        return len(holders)
+
+    def pags(self) -> list[int]:
+        """The PAGs of this machine that hold tokens."""
+        return [number for kind, number in self._tokens if kind == "pag"]
+
     def _remove(self, holder: _Holder, cell: str | None) -> None:
         held = self._tokens.get(holder)
         if not held:
