@@ -8,6 +8,9 @@ if still mounted), callbacks given back to the fileservers, cache closed.
 
 Without --foreground the command returns once the mount is ready (exit status 0), or with
 the error that prevented it (exit status 1), and the daemon carries on in the background.
+
+Somewhat over 500 lines: this is where every part of the daemon is made and wired to the
+others, which reads best in one place.
 """
 
 from __future__ import annotations
@@ -43,14 +46,16 @@ from afsfuse.config import (
 )
 from afsfuse.ctl.cellops import CellOps
 from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
+from afsfuse.ctl.pagops import PagOps
 from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path, mount_key
 from afsfuse.ctl.rmtsys import RmtsysService
-from afsfuse.ctl.server import Handlers, serve_control
+from afsfuse.ctl.server import Handlers, PagOf, serve_control
 from afsfuse.ctl.sockowner import sender_uid
 from afsfuse.fs.cell import CellDB
 from afsfuse.fs.manager import CacheManager, ManagerConfig
 from afsfuse.fs.stats import Stats
+from afsfuse.keyring.callers import track_callers
 from afsfuse.keyring.kernel import forget_keep, open_keep
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
@@ -371,7 +376,9 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
     resolver = CellResolver(make_resolver(config.dns_server)) if config.dns else None
     celldb = CellDB(cell_entries, this_cell, aliases, resolver)
     keep_name = mount_key(config.mountpoint)
-    tokens = TokenStore(keep=open_keep(keep_name))
+    keep = open_keep(keep_name)
+    tokens = TokenStore(keep=keep)
+    pags, callers = track_callers(tokens, keep)
     if tokens.holders():
         log.info("tokens of %d user(s) taken back from the kernel keyring", tokens.holders())
     stats = Stats()
@@ -385,7 +392,9 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
     with CacheStore(config.resolved_cache_dir(), config.cache_size) as store:
         async with open_endpoint(port=_callback_port(config.port)) as endpoint:
             manager = CacheManager(manager_config, endpoint, celldb, store, tokens, stats)
-            operations = AfsOperations(manager, config.sysname, xattrs=config.xattrs)
+            operations = AfsOperations(
+                manager, config.sysname, xattrs=config.xattrs, callers=callers
+            )
             manager.debug_view.holders = operations.holders
             manager.cb_service.sees_every_file = _sees_every_file
 
@@ -405,6 +414,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
             paths = MountPaths(operations, config.mountpoint)
             handlers = Handlers(
                 TokenOps(tokens, this_cell, fill_viceid),
+                PagOps(tokens, pags, callers.forget),
                 SysnameOps(
                     lambda: [os.fsdecode(n) for n in operations.sysnames],
                     lambda names: setattr(operations, "sysnames", [os.fsencode(n) for n in names]),
@@ -416,16 +426,19 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
             )
             mountpoint = os.fspath(config.mountpoint)
             unmounted = False
-            rmtsys = _rmtsys_service(config, handlers, paths)
+            rmtsys = _rmtsys_service(config, handlers, paths, callers.pag_of)
             async with rmtsys as warnings, trio.open_nursery() as nursery:
                 # Before the mount exists: the control server resolves the mountpoint's
                 # path, which must not wait on the FUSE session this thread serves.
-                control = functools.partial(serve_control, mountpoint=mountpoint)
+                control = functools.partial(
+                    serve_control, mountpoint=mountpoint, pag_of=callers.pag_of
+                )
                 await nursery.start(control, control_socket_path(mountpoint), handlers)
                 pyfuse3.init(operations, mountpoint, _mount_options(config))
                 try:
                     await nursery.start(manager.run)
                     await nursery.start(operations.invalidator.run)
+                    await nursery.start(pags.run)
                     nursery.start_soon(_stop_on_signals)
                     nursery.start_soon(_raise_readahead, mountpoint)
                     log.info(
@@ -442,15 +455,15 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                         await manager.keep_unsent()
                         await manager.give_up_callbacks()
                     pyfuse3.close(unmount=True)
-                    if not tokens.holders():
-                        forget_keep(keep_name)  # kept tokens stay for the next run
+                    if not tokens.holders() and not pags.live:
+                        forget_keep(keep_name)  # kept tokens and PAGs stay for the next run
                     log.info("unmounted %s%s", mountpoint, "" if unmounted else " after an error")
                     nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
 async def _rmtsys_service(
-    config: MountConfig, handlers: Handlers, paths: MountPaths
+    config: MountConfig, handlers: Handlers, paths: MountPaths, pag_of: PagOf
 ) -> AsyncIterator[list[str]]:
     """Serve rmtsys on an Rx endpoint of its own while the context lasts; yields what to
     warn of: a port another mount holds is a warning (this mount runs without it), not a
@@ -471,7 +484,9 @@ async def _rmtsys_service(
             log.warning("%s", message)
             yield [message]
             return
-        service = RmtsysService(handlers, paths, daemon_uid=os.geteuid(), allow=config.rmtsys_allow)
+        service = RmtsysService(
+            handlers, paths, daemon_uid=os.geteuid(), allow=config.rmtsys_allow, pag_of=pag_of
+        )
         service.install(endpoint)
         allowed = ", ".join(str(net) for net in config.rmtsys_allow) or "none"
         log.info("rmtsys on %s:%d (other hosts allowed: %s)", host, port, allowed)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from afsfuse import __version__
-from afsfuse.ctl import renew
+from afsfuse.ctl import pagsh, renew
 from afsfuse.ctl.clibase import PROG, Failed, Usage, each, entry_path, object_path
 from afsfuse.ctl.client import ControlClient, ControlFailed, MountNotFound, find_control_socket
 from afsfuse.ctl.fsverbs import add_paths, add_verbs, given
@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         path = args.socket or find_control_socket(args.mount)
+        if args.name == "pagsh":
+            return pagsh.run(path, args.argv)
         with ControlClient(path) as client:
             result = args.command(client, args)
     except MountNotFound as error:
@@ -93,6 +95,22 @@ def _parser() -> argparse.ArgumentParser:
     command("tokens", _tokens, "list your tokens")
     unlog = command("unlog", _unlog, "discard your tokens")
     unlog.add_argument("cells", nargs="*", metavar="CELL", help="default: all cells")
+    pag_shell = command(
+        "pagsh", None,
+        "run a command (default: your shell) in a new PAG: it and everything it starts use "
+        "the PAG's tokens, and no other process can",
+    )  # fmt: skip
+    pag_shell.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    command("getpag", _getpag, "show the PAG you are in")
+    command("pags", _pags, "list the PAGs you started (root: all), with their tokens' cells")
+    discard = command(
+        "discard", _discard,
+        "drop tokens (root only): a uid's (--uid, with the PAGs it started), a PAG's, a "
+        "remote host's, or all",
+    )  # fmt: skip
+    discard.add_argument("--pag", type=_number, metavar="PAG", help="a PAG's tokens")
+    discard.add_argument("--host", metavar="ADDRESS", help="a remote rmtsys host's users' tokens")
+    discard.add_argument("--all", action="store_true", help="every token")
     sysname = command("sysname", _sysname, "show the @sys list, or set it (root only)")
     sysname.add_argument("names", nargs="*", metavar="NAME")
     command("stats", _stats, "show the daemon's statistics")
@@ -243,6 +261,41 @@ def _unlog(client: ControlClient, args: argparse.Namespace) -> list[Any]:
     if not args.cells:
         return [client.call("unlog", uid=args.uid)]
     return [client.call("unlog", uid=args.uid, cell=cell) for cell in args.cells]
+
+
+def _number(text: str) -> int:
+    """A PAG number, in decimal or 0x hexadecimal."""
+    return int(text, 0)
+
+
+def _getpag(client: ControlClient, args: argparse.Namespace) -> Any:
+    result = client.call("getpag")
+    if not args.json:
+        print("not in a PAG" if result["pag"] is None else f"PAG {result['pag']:#x}")
+    return result
+
+
+def _pags(client: ControlClient, args: argparse.Namespace) -> Any:
+    result = client.call("pags")
+    if not args.json:
+        for entry in result["pags"]:
+            kept = f"keeper pid {entry['pid']} (uid {entry['uid']})" if entry["pid"] else "groups"
+            cells = " ".join(entry["cells"]) or "no tokens"
+            print(f"PAG {entry['pag']:#x}  {kept}  {cells}")
+    return result
+
+
+def _discard(client: ControlClient, args: argparse.Namespace) -> Any:
+    chosen = {
+        name: value
+        for name, value in (("user", args.uid), ("pag", args.pag), ("host", args.host))
+        if value is not None
+    }
+    if args.all:
+        chosen["all"] = True
+    if len(chosen) != 1:
+        raise Usage("say whose tokens: one of --uid, --pag, --host or --all")
+    return client.call("discard", **chosen)
 
 
 def _sysname(client: ControlClient, args: argparse.Namespace) -> Any:

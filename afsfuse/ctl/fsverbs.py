@@ -345,4 +345,4 @@ def _nukenfscreds(client: ControlClient, args: argparse.Namespace) -> Any:
         host = socket.gethostbyname(args.addr)
     except OSError:
         raise Usage(f"host {args.addr} not found") from None
-    return client.call("nukenfscreds", host=host)
+    return client.call("discard", host=host)

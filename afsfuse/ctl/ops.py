@@ -33,8 +33,8 @@ MAX_SYSNAME_BYTES = 127
 
 
 class TokenOps:
-    """tokens, settoken, gettoken, unlog, getpag, wscell, nukenfscreds: each acts on the
-    requester's own tokens only (nukenfscreds, root's, on a remote host's).
+    """tokens, settoken, gettoken, unlog, getpag, wscell: each acts on the requester's own
+    tokens only: its PAG's when it is in one, else its uid's (root's discard: pagops.py).
 
     Tokens are obtained in the caller's process, from the caller's Kerberos credentials, and
     handed over with settoken: the daemon never reads anyone's ticket cache.
@@ -59,7 +59,11 @@ class TokenOps:
     @op("tokens")
     async def tokens(self, request: Request) -> dict[str, Any]:
         held = self._store.list(request.identity)
-        return {"uid": request.uid, "tokens": [token_summary(token) for token in held]}
+        return {
+            "uid": request.uid,
+            "pag": request.pag,
+            "tokens": [token_summary(token) for token in held],
+        }
 
     @op("settoken")
     async def settoken(self, request: Request) -> dict[str, Any]:
@@ -111,13 +115,6 @@ class TokenOps:
     @op("getpag")
     async def getpag(self, request: Request) -> dict[str, Any]:
         return {"pag": request.pag}
-
-    @op("nukenfscreds")
-    async def nukenfscreds(self, request: Request) -> dict[str, Any]:
-        """Forget every token the users of a remote rmtsys host set; root only."""
-        request.require_root("discard another host's tokens")
-        host = request.text("host", limit=64)
-        return {"host": host, "holders": self._store.remove_host(host)}
 
     @op("unlog")
     async def unlog(self, request: Request) -> dict[str, Any]:

@@ -516,7 +516,7 @@ TABLE: dict[tuple[str, int], Pioctl] = {
     ("C", 8): Pioctl("VIOC_SETTOK2", "settoken", _N, _decode_settok2, _empty),
     ("C", 13): Pioctl("VIOC_GETPAG", "getpag", _N, _nothing, _encode_pag),
     ("C", 14): Pioctl("VIOC_FLUSHALL", "flushall", _N, _nothing, _empty),
-    ("O", 1): Pioctl("VIOC_NFS_NUKE_CREDS", "nukenfscreds", _N, _decode_nukecreds, _empty),
+    ("O", 1): Pioctl("VIOC_NFS_NUKE_CREDS", "discard", _N, _decode_nukecreds, _empty),
 }  # fmt: skip
 
 #: 'V' pioctls OpenAFS answers with success and nothing else (old group calls).

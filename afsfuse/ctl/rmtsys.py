@@ -10,7 +10,8 @@ differs from it, or a socket held by processes of another uid, is refused with E
 A daemon that is not root serves its own uid only.  Other hosts are refused unless the
 administrator allowed their network (`--rmtsys-allow`); their users are then who their
 host says, as with OpenAFS's NFS translator: tokens they set are kept per (host, uid,
-PAG) and serve only that host's later requests, and their root is nobody.
+PAG) and serve only that host's later requests, and their root is nobody.  A local caller's
+PAG is the one its process is in (keyring/pag.py), never the groups it sent.
 
 Request bytes are never logged: they may hold tokens.
 """
@@ -27,9 +28,10 @@ from typing import Any, Protocol
 import trio
 
 from afsfuse.ctl.pioctl import MAX_IN, NOOPS, TABLE, PathUse, PioctlError, Reader, command_key
-from afsfuse.ctl.server import REQUEST_TIMEOUT, ControlError, Handlers, PeerCred, Request
+from afsfuse.ctl.server import REQUEST_TIMEOUT, ControlError, Handlers, PagOf, PeerCred, Request
 from afsfuse.ctl.sockowner import OwnerUnknown, SocketOwner, socket_owner
 from afsfuse.fs.errors import FsError
+from afsfuse.keyring.pag import pag_from_group_pair
 from afsfuse.keyring.store import Identity
 from afsfuse.rx.driver import Endpoint, ServerCall
 from afsfuse.rx.interfaces.rmtsys import NIL_PATHP, RMTSYS, clientcred
@@ -72,18 +74,6 @@ class Refused(Exception):
     """A caller that is not believed: answered EACCES."""
 
 
-def pag_from_groups(group0: int, group1: int) -> int | None:
-    """The PAG an old-style two-group PAG encodes, or None (OpenAFS's
-    afs_get_pag_from_groups; valid PAGs have 'A' in their top byte)."""
-    g0, g1 = (group0 & 0xFFFFFFFF) - 0x3F00, (group1 & 0xFFFFFFFF) - 0x3F00
-    if not (0 <= g0 < 0xC000 and 0 <= g1 < 0xC000):
-        return None
-    low = ((g0 & 0x3FFF) << 14) | (g1 & 0x3FFF)
-    high = (g1 >> 14) + 3 * (g0 >> 14)
-    pag = ((high << 28) | low) & 0xFFFFFFFF
-    return pag if pag >> 24 == ord("A") else None
-
-
 class RmtsysService:
     """Answers rmtsys calls with the daemon's control handlers."""
 
@@ -95,12 +85,14 @@ class RmtsysService:
         daemon_uid: int,
         allow: Sequence[ipaddress.IPv4Network] = (),
         owner_of: Callable[[str, int], SocketOwner] = socket_owner,
+        pag_of: PagOf | None = None,
     ) -> None:
         self._handlers = handlers
         self._paths = paths
         self._daemon_uid = daemon_uid
         self._allow = tuple(allow)
         self._owner_of = owner_of
+        self._pag_of = pag_of
         self._scans = trio.CapacityLimiter(_PROC_SCANS)
         self._in_flight: dict[tuple[str | None, int], int] = {}
 
@@ -110,8 +102,23 @@ class RmtsysService:
     # -- the RPCs ----------------------------------------------------------------------
 
     async def SetPag(self, call: ServerCall, cred: clientcred) -> tuple[int, int]:
-        # PAGs are not kept yet: the tool reports the failure and carries on without one.
-        return 0, errno.EINVAL
+        """A new PAG number, which the tool (root) then puts in its groups itself."""
+        try:
+            caller = await self._caller(call.peer, cred)
+        except Refused as e:
+            log.warning("rmtsys: refused %s:%d: %s", call.peer[0], call.peer[1], e)
+            return 0, errno.EACCES
+        request = Request(
+            op="setpag", peer=PeerCred(caller.pid, caller.uid, -1), uid=caller.uid,
+            args={"groups": True}, pag=caller.pag, host=caller.host,
+        )  # fmt: skip
+        try:
+            result = await self._handlers.dispatch(request)
+        except ControlError as e:
+            _, number = self._failed(caller, "SetPag", getattr(errno, e.code, errno.EIO), e.message)
+            return 0, number
+        log.debug("rmtsys: SetPag from %s: %#x", self._who(caller), result["pag"])
+        return result["pag"], 0
 
     async def Pioctl(
         self,
@@ -161,11 +168,23 @@ class RmtsysService:
                 raise Refused(f"the socket of uid {owner.uid} is also held by uids {strangers}")
             if self._daemon_uid not in (0, owner.uid):
                 raise Refused(f"uid {owner.uid}: this daemon serves uid {self._daemon_uid} only")
-            return Caller(owner.uid, owner.holders[0][0])
+            return Caller(owner.uid, owner.holders[0][0], pag=self._local_pag(owner))
         if not any(address in network for network in self._allow):
             raise Refused("remote hosts are not allowed (see --rmtsys-allow)")
         uid = NOBODY if claimed == 0 else claimed
-        return Caller(uid, 0, host, pag_from_groups(cred.group0, cred.group1))
+        return Caller(uid, 0, host, pag_from_group_pair(cred.group0, cred.group1))
+
+    def _local_pag(self, owner: SocketOwner) -> int | None:
+        """The PAG of the processes holding the socket, which must all be in the same one."""
+        if self._pag_of is None:
+            return None
+        try:
+            pags = {self._pag_of(pid) for pid, _ in owner.holders}
+        except ProcessLookupError:
+            raise Refused("the sending process has ended") from None
+        if len(pags) != 1:
+            raise Refused(f"the socket is held by processes of {len(pags)} PAGs")
+        return pags.pop()
 
     # -- one pioctl ----------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ _REQUIRED: Any = object()
 _OP_ATTRIBUTE = "_afsfuse_control_op"
 
 OpMethod = Callable[["Request"], Awaitable[Any]]
+#: The PAG of a process, by pid (keyring/callers.py); ProcessLookupError once it has ended.
+PagOf = Callable[[int], "int | None"]
 #: An op handler as defined, before it is bound to its handler group.
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -174,6 +176,7 @@ async def serve_control(
     handlers: Handlers,
     *,
     mountpoint: str | None = None,
+    pag_of: PagOf | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the control socket at path until cancelled; then remove it.
@@ -181,7 +184,8 @@ async def serve_control(
     Run by root, the socket is open to every local user (0666: identity comes from the
     kernel), in a 0755 directory; run by anyone else, only its owner may connect (0600 in a
     0700 directory).  With mountpoint, a registry file beside the socket tells
-    `afsfuse-ctl` which mount it serves.
+    `afsfuse-ctl` which mount it serves.  pag_of finds a sender's PAG (without it, no
+    sender is in one).
     """
     path = Path(path)
     shared = os.geteuid() == 0
@@ -202,7 +206,7 @@ async def serve_control(
         admission = Admission(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID)
 
         async def serve(stream: trio.SocketStream) -> None:
-            await _serve_connection(stream, handlers, admission)
+            await _serve_connection(stream, handlers, admission, pag_of)
 
         await trio.serve_listeners(serve, [trio.SocketListener(sock)])
     finally:
@@ -283,7 +287,7 @@ class Admission:
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, handlers: Handlers, admission: Admission
+    stream: trio.SocketStream, handlers: Handlers, admission: Admission, pag_of: PagOf | None
 ) -> None:
     async with stream:
         try:
@@ -293,14 +297,16 @@ async def _serve_connection(
                 await _send(stream, _error("EAGAIN", "too many control connections, try again"))
                 return
             try:
-                await _serve_lines(stream, handlers, peer)
+                await _serve_lines(stream, handlers, peer, pag_of)
             finally:
                 admission.leave(peer.uid)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
 
 
-async def _serve_lines(stream: trio.SocketStream, handlers: Handlers, peer: PeerCred) -> None:
+async def _serve_lines(
+    stream: trio.SocketStream, handlers: Handlers, peer: PeerCred, pag_of: PagOf | None
+) -> None:
     buffer = bytearray()
     while True:
         end = buffer.find(b"\n", 0, MAX_LINE + 1)
@@ -319,7 +325,7 @@ async def _serve_lines(stream: trio.SocketStream, handlers: Handlers, peer: Peer
         del buffer[: end + 1]
         if not line.strip():
             continue
-        reply, fd = await _answer(line, handlers, peer)
+        reply, fd = await _answer(line, handlers, peer, pag_of)
         try:
             if not await _send(stream, reply, fd):
                 return
@@ -339,12 +345,14 @@ async def _send(stream: trio.SocketStream, reply: bytes, fd: int | None = None) 
     return False
 
 
-async def _answer(line: bytes, handlers: Handlers, peer: PeerCred) -> tuple[bytes, int | None]:
+async def _answer(
+    line: bytes, handlers: Handlers, peer: PeerCred, pag_of: PagOf | None
+) -> tuple[bytes, int | None]:
     """The encoded reply to one request line (a result, or an error saying what was wrong),
     and the descriptor that goes with it, if any."""
     op_name = "?"
     try:
-        request = _decode(line, peer)
+        request = _decode(line, peer, pag_of)
         op_name = request.op
         with trio.fail_after(REQUEST_TIMEOUT):
             result = await handlers.dispatch(request)
@@ -364,7 +372,7 @@ async def _answer(line: bytes, handlers: Handlers, peer: PeerCred) -> tuple[byte
         return _error("EIO", f"internal error in {op_name}; see the daemon's log"), None
 
 
-def _decode(line: bytes, peer: PeerCred) -> Request:
+def _decode(line: bytes, peer: PeerCred, pag_of: PagOf | None) -> Request:
     try:
         message = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -381,7 +389,13 @@ def _decode(line: bytes, peer: PeerCred) -> Request:
         raise ControlError("EINVAL", "'uid' must be a uid number")
     elif uid != peer.uid and peer.uid != 0:
         raise ControlError("EPERM", "only root may act for another uid")
-    return Request(op=name[:64], peer=peer, uid=uid, args=message)
+    pag = None
+    if pag_of is not None and uid == peer.uid:  # root acting for a uid acts outside PAGs
+        try:
+            pag = pag_of(peer.pid)
+        except ProcessLookupError:
+            raise ControlError("ESRCH", "the sender has ended") from None
+    return Request(op=name[:64], peer=peer, uid=uid, args=message, pag=pag)
 
 
 def _error(code: str, message: str) -> bytes:

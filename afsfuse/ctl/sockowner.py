@@ -4,8 +4,8 @@ rmtsys requests carry the caller's uid as a claim (`clientcred`), which any loca
 can fill in as it likes.  The sending socket cannot lie: /proc/net/udp gives the uid that
 created the socket bound to the source port, and /proc/<pid>/fd tells which processes hold
 it.  A request is believed only when the claim, the socket's owner and the uid of every
-process holding it agree (rmtsys.py).  The holders are also where a caller's PAG will be
-read from once PAGs are tracked.
+process holding it agree (rmtsys.py).  The holders are also where a caller's PAG is read
+from (keyring/callers.py).
 
 Blocking (it reads /proc): run it in a worker thread.
 """

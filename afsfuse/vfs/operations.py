@@ -54,6 +54,7 @@ from afsfuse.fs.api import CacheManagerApi, Shown
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.sysname import check_sysnames, sysname_candidates
 from afsfuse.fs.vnode import AfsFid, Status
+from afsfuse.keyring.callers import Callers
 from afsfuse.keyring.store import Identity
 from afsfuse.vfs.attrs import (
     SHARED_TIMEOUT,
@@ -78,7 +79,7 @@ from afsfuse.vfs.inodes import (
 )
 from afsfuse.vfs.invalidate import Invalidator
 from afsfuse.vfs.mounts import afs_mount, mount_root
-from afsfuse.vfs.request import fail, guard, identity, log
+from afsfuse.vfs.request import fail, guard, identities, log
 from afsfuse.vfs.silly import OpenFiles
 from afsfuse.vfs.xattrs import TABLE as XATTRS
 from afsfuse.vfs.xattrs import Xattrs
@@ -142,9 +143,12 @@ class AfsOperations(pyfuse3.Operations):
         shared_timeout: float = SHARED_TIMEOUT,
         make_invalidator: Callable[[InodeTable], Invalidator] | None = None,
         xattrs: bool = True,
+        callers: Callers | None = None,
     ) -> None:
         super().__init__()
         self.manager = manager
+        #: Who a request acts for: its uid, and its PAG when callers are told apart by PAG.
+        self.identity = identities(callers)
         self.xattrs = Xattrs(manager, xattrs)
         self.inodes = InodeTable()
         self.dynroot = DynRoot(manager)
@@ -279,7 +283,7 @@ class AfsOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        who = identity(ctx)
+        who = self.identity(ctx)
         text = os.fsdecode(name)
         if isinstance(parent, RootNode):
             entry = await self.dynroot.lookup(text)
@@ -326,7 +330,7 @@ class AfsOperations(pyfuse3.Operations):
     @guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        who = identity(ctx)
+        who = self.identity(ctx)
         if not isinstance(node, RootNode):
             # df stats the root of the mount after its argument, to find the mount point:
             # that must not become the node its statfs is about.
@@ -351,12 +355,12 @@ class AfsOperations(pyfuse3.Operations):
             return node.target
         if not isinstance(node, FileNode):
             raise fail(errno.EINVAL)
-        return await self.manager.readlink(node.fid, identity(ctx))
+        return await self.manager.readlink(node.fid, self.identity(ctx))
 
     @guard
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         node = self._node(inode)
-        who = identity(ctx)
+        who = self.identity(ctx)
         if isinstance(node, FileNode):
             status = await self.manager.getattr(node.fid, who)
         elif isinstance(node, MountNode):
@@ -372,7 +376,7 @@ class AfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, FileNode):
             raise fail(errno.EISDIR if not isinstance(node, LinkNode) else errno.ELOOP)
-        who = identity(ctx)
+        who = self.identity(ctx)
         write = _writes(flags)
         status = await self.manager.open(node.fid, who, write=write)
         if status.is_dir:
@@ -399,7 +403,7 @@ class AfsOperations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        who = identity(ctx)
+        who = self.identity(ctx)
         parent, dir_fid = await self._target_dir(parent_inode, who)
         try:
             fid, status = await self.manager.create(dir_fid, name, _mode(mode, ctx), who)
@@ -530,7 +534,7 @@ class AfsOperations(pyfuse3.Operations):
         """chmod, chown, utimes and truncate.  A size change through a descriptor open for
         writing waits for close like a write; truncate(2) of a path is stored now."""
         node = self._node(inode)
-        who = identity(ctx)
+        who = self.identity(ctx)
         if isinstance(node, MountNode):
             fid = await mount_root(self.manager, node)  # as OpenAFS: the volume's root
         elif isinstance(node, FileNode):
@@ -568,7 +572,7 @@ class AfsOperations(pyfuse3.Operations):
     @guard
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
-        who = identity(ctx)
+        who = self.identity(ctx)
         self._touched(ctx, node)
         entries: list[Any]
         dir_fid = None
@@ -665,7 +669,7 @@ class AfsOperations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        who = identity(ctx)
+        who = self.identity(ctx)
         parent, dir_fid = await self._target_dir(parent_inode, who)
         fid, status = await self.manager.mkdir(dir_fid, name, _mode(mode, ctx), who)
         return await self._new_entry(parent, dir_fid, name, fid, status, who)
@@ -677,7 +681,7 @@ class AfsOperations(pyfuse3.Operations):
         """Regular files only: AFS stores no devices, fifos or sockets."""
         if not stat.S_ISREG(mode):
             raise fail(errno.EPERM)
-        who = identity(ctx)
+        who = self.identity(ctx)
         parent, dir_fid = await self._target_dir(parent_inode, who)
         fid, status = await self.manager.create(dir_fid, name, _mode(mode, ctx), who)
         return await self._new_entry(parent, dir_fid, name, fid, status, who)
@@ -686,7 +690,7 @@ class AfsOperations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        who = identity(ctx)
+        who = self.identity(ctx)
         parent, dir_fid = await self._target_dir(parent_inode, who)
         fid, status = await self.manager.symlink(dir_fid, name, target, who)
         return await self._new_entry(parent, dir_fid, name, fid, status, who)
@@ -698,14 +702,14 @@ class AfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not isinstance(node, FileNode):
             raise fail(errno.EPERM)  # mount points and the dynamic root are no files
-        who = identity(ctx)
+        who = self.identity(ctx)
         parent, dir_fid = await self._target_dir(new_parent_inode, who)
         status = await self.manager.link(dir_fid, new_name, node.fid, who)
         return await self._new_entry(parent, dir_fid, new_name, node.fid, status, who)
 
     @guard
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        who = identity(ctx)
+        who = self.identity(ctx)
         _, dir_fid = await self._target_dir(parent_inode, who)
         fid = await self.manager.lookup(dir_fid, name, who)
         if self._files.must_hide(fid):
@@ -718,7 +722,7 @@ class AfsOperations(pyfuse3.Operations):
     @guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """A mount point looks like a directory, so rmdir removes it (as `fs rmmount`)."""
-        who = identity(ctx)
+        who = self.identity(ctx)
         _, dir_fid = await self._target_dir(parent_inode, who)
         fid = await self.manager.lookup(dir_fid, name, who)
         if (await self.manager.getattr(fid, who)).is_symlink:
@@ -739,7 +743,7 @@ class AfsOperations(pyfuse3.Operations):
         """Within a volume; EXDEV across volumes makes mv copy instead."""
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise fail(errno.EINVAL)  # the fileserver has no exchange
-        who = identity(ctx)
+        who = self.identity(ctx)
         _, src_dir = await self._target_dir(parent_inode_old, who)
         _, dst_dir = await self._target_dir(parent_inode_new, who)
         if flags & pyfuse3.RENAME_NOREPLACE:
@@ -803,7 +807,7 @@ class AfsOperations(pyfuse3.Operations):
                 fid = await mount_root(self.manager, node)
         if fid is None:
             return statvfs(None)
-        return statvfs(await self.manager.statfs(fid, identity(ctx)))
+        return statvfs(await self.manager.statfs(fid, self.identity(ctx)))
 
     # -- extended attributes (vfs/xattrs.py) ------------------------------------------
 
@@ -821,14 +825,14 @@ class AfsOperations(pyfuse3.Operations):
         xattr = XATTRS.get(name)
         if xattr is None:
             raise fail(pyfuse3.ENOATTR)
-        return await self.xattrs.get(xattr, self._node(inode), identity(ctx))
+        return await self.xattrs.get(xattr, self._node(inode), self.identity(ctx))
 
     @guard
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         set_value = self.xattrs.setter(name)
-        who = identity(ctx)
+        who = self.identity(ctx)
         fid = await self.fid_of(self._node(inode), who)
         await set_value(self.xattrs, fid, value, who)
 

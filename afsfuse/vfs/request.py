@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from afsfuse.fs.errors import FsError
+from afsfuse.keyring.callers import Callers
 from afsfuse.keyring.store import Identity
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,22 @@ def fail(err: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(err)
 
 
-def identity(ctx: pyfuse3.RequestContext) -> Identity:
-    """Who a request acts for.  PAGs are not tracked yet: the uid decides."""
-    return _identity_of(ctx.uid)
+#: Who a request acts for, from its context.
+IdentityOf = Callable[[pyfuse3.RequestContext], Identity]
+
+
+def identities(callers: Callers | None) -> IdentityOf:
+    """How a request's identity is found: its uid and PAG (callers), or its uid alone."""
+    if callers is None:
+        return lambda ctx: _identity_of(ctx.uid)
+
+    def identity(ctx: pyfuse3.RequestContext) -> Identity:
+        try:
+            return callers.identity(ctx.pid, ctx.uid, ctx.gid)
+        except ProcessLookupError:
+            raise pyfuse3.FUSEError(errno.ESRCH) from None  # it has ended: nobody waits
+
+    return identity
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,10 +18,13 @@ from hypothesis import strategies as st
 from memrx import FakeConnection, FakeServerCall
 
 from afsfuse.ctl.ops import SysnameOps, TokenOps
+from afsfuse.ctl.pagops import PagOps
 from afsfuse.ctl.pioctl import TABLE
-from afsfuse.ctl.rmtsys import MAX_REQUEST, NOBODY, RmtsysService, pag_from_groups
+from afsfuse.ctl.rmtsys import MAX_REQUEST, NOBODY, RmtsysService
 from afsfuse.ctl.server import Handlers, Request, op
 from afsfuse.ctl.sockowner import OwnerUnknown, SocketOwner
+from afsfuse.keyring.pag import Pags, pag_from_group_pair
+from afsfuse.keyring.procs import ExitWatch
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.rx.errors import RXGEN_SS_UNMARSHAL, RxAbort
 from afsfuse.rx.interfaces.rmtsys import NIL_PATHP, RMTSYS, clientcred
@@ -35,6 +38,12 @@ SOCKETS = {
     5002: (BOB, ((200, BOB),)),
     5003: (ALICE, ((300, ALICE), (301, BOB))),  # alice's socket, passed to a bob process
 }
+#: The PAG each (made-up) holder process is in, as /proc would tell.
+PAGS: dict[int, int] = {}
+
+
+def pag_of(pid: int) -> int | None:
+    return PAGS.get(pid)
 
 
 def owner_of(address: str, port: int) -> SocketOwner:
@@ -83,11 +92,12 @@ def service(
     handlers = Handlers(
         TokenOps(store, CELL),
         SysnameOps(lambda: sysnames, lambda names: sysnames.__setitem__(slice(None), names)),
+        PagOps(store, Pags(store, ExitWatch()), lambda: None),
         Echo(),
     )
     return RmtsysService(
         handlers, Paths(), daemon_uid=daemon_uid, owner_of=owner_of,
-        allow=[ipaddress.IPv4Network(net) for net in allow],
+        allow=[ipaddress.IPv4Network(net) for net in allow], pag_of=pag_of,
     )  # fmt: skip
 
 
@@ -175,17 +185,55 @@ async def test_pioctls_travel_as_rmtsys_xdr_and_overlong_requests_are_cut_off(
     assert caught.value.code == RXGEN_SS_UNMARSHAL
 
 
-def test_old_two_group_pags_decode_as_openafs_encodes_them() -> None:
-    def groups(pag: int) -> tuple[int, int]:  # afs_get_groups_from_pag
-        pag &= 0x7FFFFFFF
-        g0 = (0x3FFF & (pag >> 14)) | ((pag >> 28) // 3) << 14
-        g1 = (0x3FFF & pag) | ((pag >> 28) % 3) << 14
-        return g0 + 0x3F00, g1 + 0x3F00
+def two_groups(pag: int) -> tuple[int, int]:
+    """The groups OpenAFS's libsys sets for a PAG (afs_get_groups_from_pag)."""
+    pag &= 0x7FFFFFFF
+    g0 = (0x3FFF & (pag >> 14)) | ((pag >> 28) // 3) << 14
+    g1 = (0x3FFF & pag) | ((pag >> 28) % 3) << 14
+    return g0 + 0x3F00, g1 + 0x3F00
 
+
+def test_old_two_group_pags_decode_as_openafs_encodes_them() -> None:
     for pag in (0x41000000, 0x41000001, 0x41ABCDEF):
-        assert pag_from_groups(*groups(pag)) == pag
-    assert pag_from_groups(0, 0) is None
-    assert pag_from_groups(1000, 1000) is None
+        assert pag_from_group_pair(*two_groups(pag)) == pag
+    assert pag_from_group_pair(0, 0) is None
+    assert pag_from_group_pair(1000, 1000) is None
+
+
+async def test_a_local_callers_pag_is_its_processes_never_its_claim() -> None:
+    store = TokenStore()
+    svc = service(store)
+    pag, claimed = 0x41000123, 0x41000456
+    PAGS[100] = pag
+    # Groups naming another PAG are a claim, and ignored: the token is the process's PAG's.
+    claim = two_groups(claimed)
+    assert await pioctl(svc, 5001, ALICE, "V", 3, settok(), groups=claim) == (b"", 0)
+    assert store.list(Identity(ALICE, pag)) and not store.list(Identity(ALICE, claimed))
+    assert not store.list(Identity(ALICE))
+    assert await pioctl(svc, 5001, ALICE, "C", 13) == (struct.pack("=I", pag), 0)
+    # Outside it, alice has no token, whatever she claims.
+    del PAGS[100]
+    assert await pioctl(svc, 5001, ALICE, "C", 7, struct.pack("=i", 0), groups=claim) == (
+        b"",
+        errno.EDOM,
+    )
+    # A socket held by processes of two PAGs speaks for neither.
+    SOCKETS[5004] = (ALICE, ((400, ALICE), (401, ALICE)))
+    PAGS[400] = pag
+    assert (await pioctl(svc, 5004, ALICE, "V", 31))[1] == errno.EACCES
+
+
+async def test_setpag_gives_root_a_number_for_its_groups() -> None:
+    svc = service(TokenStore())
+    cred = clientcred(uid=ALICE, group0=0, group1=0)
+    # Only root can set groups: anyone else would have a number it cannot use.
+    assert await svc.SetPag(Call(("127.0.0.1", 5001)), cred) == (0, errno.EPERM)
+    SOCKETS[5000] = (0, ((1, 0),))
+    first, number = await svc.SetPag(Call(("127.0.0.1", 5000)), clientcred(0, 0, 0))
+    second, _ = await svc.SetPag(Call(("127.0.0.1", 5000)), clientcred(0, 0, 0))
+    assert number == 0 and first >> 24 == second >> 24 == ord("A") and first != second
+    # A claim of another uid is refused, as for any pioctl.
+    assert await svc.SetPag(Call(("127.0.0.1", 5002)), cred) == (0, errno.EACCES)
 
 
 async def test_unknown_commands_paths_and_sizes() -> None:
@@ -235,3 +283,4 @@ def _restore_sockets():
     yield
     SOCKETS.clear()
     SOCKETS.update(saved)
+    PAGS.clear()
