@@ -556,6 +556,11 @@ def test_other_hosts_only_when_allowed_and_their_users_are_theirs(
             assert remote(65534, 2, set_it=False) == [[0, True]]
             assert remote(alice.uid, 1, set_it=False) == [[0, True]]
             assert "rmtsys: refused" not in mount.log()
+            # Root here discards that host's tokens (as fs nukenfscreds does over rmtsys).
+            done = mount.ctl(None, "--json", "discard", "--host", cell.servers[0].addr)
+            assert json.loads(done.stdout)["holders"] == 2, done.stderr
+            assert remote(alice.uid, 1, set_it=False) == [[errno.EDOM, False]]
+            assert remote(0, 2, set_it=False) == [[errno.EDOM, False]]
 
 
 def test_server_preferences(tools: Tools) -> None:
@@ -662,3 +667,11 @@ def test_fs_copyacl_cleanacl_setvol_flushall(tools: Tools, volume: str) -> None:
     assert refused.returncode == 1 and refused.stderr == "Error flushing all volumes\n"
     assert tools.ok(None, "fs", "flushall") == ""
     assert tools.run("bob", "ls", path, afsserver=False).returncode == 0
+
+
+def test_only_root_discards_a_hosts_tokens_with_fs_nukenfscreds(tools: Tools) -> None:
+    """The same handler as `afsfuse-ctl discard --host` (the tokens going is checked with a
+    real remote host in test_other_hosts_only_when_allowed_and_their_users_are_theirs)."""
+    assert tools.ok(None, "fs", "nukenfscreds", "-addr", "192.0.2.9") == ""
+    refused = tools.run("bob", "fs", "nukenfscreds", "-addr", "192.0.2.9")
+    assert refused.returncode != 0, refused
