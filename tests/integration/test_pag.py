@@ -78,6 +78,18 @@ class PagShell:
         return self.process.wait(30)
 
 
+def written(path: str) -> str:
+    """The text a process of the test writes to path, once there; the file then goes."""
+    deadline = time.monotonic() + 10
+    while not (os.path.exists(path) and os.path.getsize(path)):
+        assert time.monotonic() < deadline, f"nothing in {path}"
+        time.sleep(0.05)
+    time.sleep(0.1)  # a line is written at once, but let the writer finish
+    text = Path(path).read_text()
+    os.unlink(path)
+    return text
+
+
 def ctl_argv(mount: Mount) -> list[str]:
     return [mount.python.interpreter, "-m", "afsfuse.ctl.cli", "--mount", str(mount.path)]
 
@@ -177,18 +189,20 @@ def test_two_shells_of_alice_in_two_pags_hold_their_own_tokens(place: Place) -> 
         # session, a daemon, a tmux server (which setsid()s and forks its panes).
         assert first.ok(f"setsid sh -c 'cat {root}/alice/file'") == "alice\n"
         out = f"/tmp/afsfuse-pag-{secrets.token_hex(3)}"
-        first.ok(f"setsid -f sh -c 'sleep 0.2; cat {root}/alice/file > {out}.daemon'")
+        first.ok(f"setsid -f sh -c 'cat {root}/alice/file > {out}.daemon'")
         sock = f"{out}.tmux"
-        first.ok(f"tmux -S {sock} new-session -d 'cat {root}/alice/file > {out}.tmux-pane'")
-        deadline = time.monotonic() + 10
-        while not all(Path(f"{out}.{kind}").exists() for kind in ("daemon", "tmux-pane")):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        time.sleep(0.3)
-        for kind in ("daemon", "tmux-pane"):
-            assert Path(f"{out}.{kind}").read_text() == "alice\n", kind
-            Path(f"{out}.{kind}").unlink()
+        first.ok(f"tmux -S {sock} new-session -d 'cat {root}/alice/file > {out}.pane'")
+        assert written(f"{out}.daemon") == written(f"{out}.pane") == "alice\n"
         first.run(f"tmux -S {sock} kill-server; rm -f {sock}")
+        # A tmux server started outside: what it starts for a client inside is outside.
+        mount = place.mount
+        mount.run("env", "SHELL=/bin/sh", "tmux", "-S", sock, "new", "-d", "sleep 60", user="alice")
+        try:
+            first.ok(f'tmux -S {sock} new-window "$CTL getpag > {out}.window"')
+            assert written(f"{out}.window") == "not in a PAG\n"
+        finally:
+            mount.run("tmux", "-S", sock, "kill-server", user="alice", check=False)
+            Path(sock).unlink(missing_ok=True)
 
         # alice outside both: no token, and neither PAG's files.
         assert place.ctl_json("alice", "tokens") == {"uid": place.mount.local["alice"].uid,
@@ -302,6 +316,13 @@ def test_openafs_pagsh_as_root_gets_a_pag_over_rmtsys(place: Place) -> None:
     assert "--End of list--" in again.stdout and "rxkad" not in again.stdout
     assert "Permission denied" in again.stderr
     assert subprocess.run(["cat", f"{root}/admin/file"], env=env, timeout=30).returncode == 0
+    # su sets the groups afresh: a groups PAG does not follow it (OpenAFS's kernel module
+    # would put it back; nothing here can).
+    su = subprocess.run(
+        ["pagsh", "-c", f"{ctl} getpag; su -s /bin/sh afsfuse-bob -c '{ctl} getpag'"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert su.stdout.startswith("PAG 0x41") and su.stdout.endswith("\nnot in a PAG\n"), su
     subprocess.run([*ctl_argv(place.mount), "unlog"], env=env, check=True, timeout=60)
 
 
