@@ -19,6 +19,7 @@ from types import TracebackType
 
 import trio
 
+from . import snapshot
 from .call import SEND_BACKLOG, Call, CallState
 from .connection import DEFAULT_DEAD_TIME, Connection
 from .core import RxCore
@@ -49,6 +50,11 @@ class CallHandle:
         self._endpoint = endpoint
         self._lot = trio.lowlevel.ParkingLot()
         self._core: Call | None = None
+        #: Stream bytes written and read so far, and the first four written (a client's
+        #: opcode), for `afsfuse-ctl calls` (rx/snapshot.py): one sum per send or read.
+        self.sent = 0
+        self.received = 0
+        self.head = b""
 
     def _bind(self, core_call: Call) -> None:
         self._core = core_call
@@ -71,6 +77,9 @@ class CallHandle:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
+        if not self.sent:
+            self.head = bytes(view[:4])
+        self.sent += len(view)
         endpoint = self._endpoint
         pos = 0
         while True:
@@ -110,6 +119,7 @@ class CallHandle:
                 break
             await self._lot.park()
             parked = True
+        self.received += n
         await self._after_read(parked)
         return n
 
@@ -130,6 +140,7 @@ class CallHandle:
                 raise RxAbort(RX_EOF)
             await self._lot.park()
             parked = True
+        self.received += n
         await self._after_read(parked)
         return bytes(buf)
 
@@ -146,8 +157,10 @@ class CallHandle:
                 break
             await self._lot.park()
             parked = True
+        data = b"".join(chunks)
+        self.received += len(data)
         await self._after_read(parked)
-        return b"".join(chunks)
+        return data
 
     @staticmethod
     async def _after_read(parked: bool) -> None:
@@ -301,6 +314,10 @@ class Endpoint:
     @property
     def packets_sent(self) -> int:
         return self._core.packets_sent
+
+    def figures(self) -> snapshot.RxFigures:
+        """Peers, connections and live calls as they are now, read on demand."""
+        return snapshot.take(self._core, trio.current_time())
 
     def connect(
         self,
