@@ -66,6 +66,12 @@ class Invalidator:
         self.stats.callbacks_received += 1
         if event.fid is None:
             hit = [v for v in self.vnodes.all() if v.cb_server == event.server]
+            if hit:  # (every fileserver says so at first contact too, with nothing held)
+                log.info(
+                    "fileserver %s dropped every callback it gave us (it restarted, or asked "
+                    "us to start afresh): %d cached files will be checked again",
+                    event.server, len(hit),
+                )  # fmt: skip
         elif event.fid.vnode == 0:
             # A volume callback (RO volumes, releases): every file of the volume.
             hit = list(self.vnodes.matching(event.fid.volume))

@@ -337,7 +337,9 @@ class CacheManager:
             cell = await self.cells.lookup(cell_name)
             if cell is None:
                 raise FsError(errno.ENOENT, f"unknown cell {cell_name}")
-            client = self._vl[cell_name] = VLClient(list(cell.vlservers), self._connect_vl)
+            client = self._vl[cell_name] = VLClient(
+                list(cell.vlservers), self._connect_vl, cell_name
+            )
         return client
 
     def _connect_vl(self, addr: tuple[str, int]) -> ClientConnection:

@@ -123,6 +123,7 @@ class Rotator:
                 break
             conn = self.servers.connection(server, token)
             self.stats.count_rpc(name)
+            server.calls += 1
             started = trio.current_time()
             try:
                 return await op(conn, server)
@@ -132,6 +133,8 @@ class Rotator:
             except RxAbort as e:
                 code = e.code
                 self.stats.rpc_errors[name] += 1
+                server.errors += 1
+                server.last_error = f"{name}: {e}"
                 last_error = f"{server.addr}: {e}"
                 if is_busy(code):
                     busy_waits += 1

@@ -83,6 +83,10 @@ class FileServer:
     last_error: str = ""
     last_probe: float = -math.inf
     probes: int = 0
+    #: RPCs made to it through rotation, and those that ended in an error (`afsfuse-ctl
+    #: servers`); last_error says the latest.
+    calls: int = 0
+    errors: int = 0
     #: The server answered InlineBulkStatus with RXGEN_OPCODE: use FetchStatus instead.
     no_inline_bulk: bool = False
     #: The server answered StoreACL (164) with RXGEN_OPCODE: use OldStoreACL (134) instead.
@@ -115,6 +119,10 @@ class ServerTable:
         if server is None:
             server = self._servers[(addr, port)] = FileServer(addr, port)
         return server
+
+    def find(self, addr: str, port: int = FS_PORT) -> FileServer | None:
+        """The record of a server talked to before, without making one."""
+        return self._servers.get((addr, port))
 
     def all(self) -> list[FileServer]:
         return list(self._servers.values())

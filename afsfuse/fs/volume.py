@@ -2,18 +2,22 @@
 
 Entries are kept for `ttl` seconds; rotation asks for a fresh one (`refresh`) when a
 fileserver says the volume moved, went offline or is not there.  Concurrent lookups of the
-same volume share one VL call.
+same volume share one VL call.  A fresh entry whose sites differ from the one it replaces
+is logged: that is how a volume move shows from here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from afsfuse.vl.vlclient import VolumeLocation
+from afsfuse.vl.vlclient import VolumeLocation, VolumeSite
+
+log = logging.getLogger(__name__)
 
 Locate = Callable[[str, str | int], Awaitable[VolumeLocation]]
 
@@ -102,6 +106,13 @@ class VolumeCache:
     def _remember(self, cell: str, entry: VolumeLocation) -> None:
         """File the entry under each of its ids, so any of them finds it."""
         expires = trio.current_time() + self.ttl
+        old = self._entries.get((cell, entry.rw_id or entry.ro_id))
+        if old is not None and site_names(old[1]) != site_names(entry):
+            log.info(
+                "volume %s (%d) in cell %s moved: it was on %s, now on %s",
+                entry.name, entry.rw_id or entry.ro_id, cell,
+                ", ".join(site_names(old[1])) or "no site", ", ".join(site_names(entry)) or "no site",
+            )  # fmt: skip
         for volume_id in entry.volume_ids:
             if volume_id:
                 self._entries[(cell, volume_id)] = (expires, entry)
@@ -114,9 +125,36 @@ class VolumeCache:
         found = self._entries.get((cell, volume))
         return None if found is None else found[1]
 
+    def entries(self) -> list[tuple[str, float, VolumeLocation]]:
+        """Each cached volume once (its newest entry), with its cell and when it will be
+        looked up again."""
+        newest: dict[tuple[str, tuple[int, int, int]], tuple[str, float, VolumeLocation]] = {}
+        for (cell, _), (expires, entry) in self._entries.items():
+            key = (cell, entry.volume_ids)
+            if key not in newest or newest[key][1] < expires:
+                newest[key] = (cell, expires, entry)
+        return list(newest.values())
+
     def forget(self, cell: str | None = None) -> None:
         if cell is None:
             self._entries.clear()
         else:
             for key in [k for k in self._entries if k[0] == cell]:
                 del self._entries[key]
+
+
+def partition_name(number: int) -> str:
+    """`/vicepa` for 0, as OpenAFS names partitions (`/vicepaa` from 26 on)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    if number < 26:
+        return f"/vicep{letters[number]}"
+    return f"/vicep{letters[number // 26 - 1]}{letters[number % 26]}"
+
+
+def site_name(site: VolumeSite) -> str:
+    return f"{site.addresses[0]} {partition_name(site.partition)}"
+
+
+def site_names(entry: VolumeLocation) -> list[str]:
+    """Where a volume's copies are (every type), for messages and views."""
+    return list(dict.fromkeys(site_name(site) for sites in entry.sites for site in sites))

@@ -9,12 +9,15 @@ their uid has tokens.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from afsfuse.keyring.token import Token
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class TokenStore:
         # Kept after the tokens go, so a holder's generation never repeats.
         self._generations: dict[_Holder, int] = {}
         self._forget_listeners: list[Callable[[Token], None]] = []
+        #: Expired tokens already logged as such, so that each is told once.
+        self._told_expired: set[tuple[_Holder, str, int]] = set()
         if keep is not None:
             for holder, token in keep.load():
                 self._tokens.setdefault(holder, {})[token.cell.lower()] = token
@@ -84,9 +89,26 @@ class TokenStore:
     def get(self, who: Identity, cell: str) -> Token | None:
         """The token for cell, or None for anonymous access (none held, or it has expired)."""
         token = self._tokens.get(_holder(who), {}).get(cell.lower())
-        if token is None or token.end <= self._clock():
+        if token is None:
+            return None
+        if token.end <= self._clock():
+            self._expired(_holder(who), token)
             return None
         return token
+
+    def _expired(self, holder: _Holder, token: Token) -> None:
+        """Say once that a token in use has expired (its holder is anonymous from now)."""
+        key = (holder, token.cell, token.end)
+        if key in self._told_expired:
+            return
+        self._told_expired.add(key)
+        host, _, kind = holder[0].rpartition("/")
+        log.warning(
+            "the token of %s %d%s for cell %s (%s) expired at %s; its requests are anonymous "
+            "until a new one is handed over (afsfuse-ctl aklog)",
+            kind, holder[1], f" of host {host}" if host else "", token.cell, token.client,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(token.end)),
+        )  # fmt: skip
 
     def set(self, who: Identity, token: Token) -> None:
         """Hold token for its cell, replacing any earlier token for that cell."""
@@ -142,6 +164,15 @@ class TokenStore:
         if self._keep is not None:
             self._keep.drop(holder, [token.cell for token in gone])
 
+    def all(self) -> list[tuple[str, int, Token]]:
+        """Every token held, as (holder kind: "uid" or "pag", "<host>/uid" or "<host>/pag"
+        for a remote host's; its number; the token)."""
+        return [
+            (kind, number, held[cell])
+            for (kind, number), held in sorted(self._tokens.items())
+            for cell in sorted(held)
+        ]
+
     def list(self, who: Identity) -> list[Token]:
         """Every token of who, expired ones included (`tokens` shows them as expired)."""
         held = self._tokens.get(_holder(who), {})
@@ -153,3 +184,5 @@ class TokenStore:
 
     def _bump(self, holder: _Holder) -> None:
         self._generations[holder] = self._generations.get(holder, 0) + 1
+        if self._told_expired:
+            self._told_expired = {key for key in self._told_expired if key[0] != holder}

@@ -4,6 +4,10 @@ Any VL server of a cell can answer a lookup (ubik reads work on every replica), 
 moves on to the next server when one is silent, fails at the Rx level or reports a ubik
 problem; an answer from the VLDB itself (VL_NOENT above all) is final.  Servers too old for
 the UUID-aware RPCs answer RXGEN_OPCODE, and we remember per server which generation works.
+
+Each server's record says whether it answered last time, how many lookups it was asked and
+how many failed (`afsfuse-ctl servers`); a server that stops answering, and one that answers
+again, is logged once each way.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import trio
 
 from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import Endpoint
@@ -165,6 +171,20 @@ def select_sites(
     return tuple(by_type[RWVOL]), tuple(by_type[ROVOL]), tuple(by_type[BACKVOL])
 
 
+@dataclass
+class VLServerState:
+    """One VL server as this client found it."""
+
+    address: Address
+    up: bool = True
+    #: When it stopped answering (trio clock).
+    down_since: float | None = None
+    #: Lookups asked of it, and those it failed (so that another server was asked).
+    calls: int = 0
+    failed: int = 0
+    last_error: str = ""
+
+
 def _should_try_another_server(error: RxAbort) -> bool:
     """Rx-level failures (negative codes) and ubik trouble are about that one server."""
     return error.code < 0 or error.code in UBIK_ERRORS
@@ -173,10 +193,18 @@ def _should_try_another_server(error: RxAbort) -> bool:
 class VLClient:
     """Looks volumes up in one cell's VLDB, rotating across its VL servers."""
 
-    def __init__(self, servers: Sequence[Address], connect: Callable[[Address], ConnectionLike]):
+    def __init__(
+        self,
+        servers: Sequence[Address],
+        connect: Callable[[Address], ConnectionLike],
+        cell: str = "",
+    ):
         if not servers:
             raise ValueError("a cell needs at least one VL server")
         self.servers = list(servers)
+        #: For log lines: which cell these servers serve, when known.
+        self._of_cell = f" of cell {cell}" if cell else ""
+        self.states = {addr: VLServerState(addr) for addr in self.servers}
         self._connect = connect
         self._conns: dict[Address, ConnectionLike] = {}
         self._generation: dict[Address, int] = {}
@@ -220,22 +248,46 @@ class VLClient:
         if isinstance(volume, str) and not 0 < len(volume.encode()) < VL_MAXNAMELEN:
             raise RxAbort(VL_BADNAME, f"bad volume name {volume!r}")
         last_error: RxAbort | None = None
-        count = len(self.servers)
-        for attempt in range(count):
-            index = (self._preferred + attempt) % count
-            addr = self.servers[index]
+        for addr in self.order():
+            state = self.states[addr]
+            state.calls += 1
             try:
                 location = await self._locate_on(addr, volume)
             except RxAbort as error:
                 if not _should_try_another_server(error):
+                    self._answered(state)
                     raise
-                log.debug("VL server %s:%d failed: %s", *addr, error)
+                self._failed(state, error)
                 last_error = error
                 continue
-            self._preferred = index
+            self._answered(state)
+            self._preferred = self.servers.index(addr)
             return location
         assert last_error is not None
         raise last_error
+
+    def order(self) -> list[Address]:
+        """The servers in the order the next lookup asks them: the one that answered last,
+        then the rest as configured."""
+        count = len(self.servers)
+        return [self.servers[(self._preferred + i) % count] for i in range(count)]
+
+    def _failed(self, state: VLServerState, error: RxAbort) -> None:
+        state.failed += 1
+        state.last_error = str(error)
+        if state.up:
+            state.up = False
+            state.down_since = trio.current_time()
+            log.warning(
+                "database server %s:%d%s failed: %s; asking another",
+                *state.address, self._of_cell, error,
+            )  # fmt: skip
+
+    def _answered(self, state: VLServerState) -> None:
+        if not state.up:
+            log.warning("database server %s:%d%s answers again", *state.address, self._of_cell)
+        state.up = True
+        state.down_since = None
 
     async def _locate_on(self, addr: Address, volume: str | int) -> VolumeLocation:
         conn = self._conn(addr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 
 import pytest
 import trio
@@ -192,6 +193,27 @@ async def test_moved_volume_refreshes_location_and_moves_on() -> None:
     assert calls == ["10.0.0.1", "10.0.0.3"]
     assert looked_up == [RO, RO]
     assert r.stats.vldb_refreshes == 1
+
+
+async def test_a_move_is_logged_once_and_each_server_counts_its_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    before = location("10.0.0.1")
+    after = location("10.0.0.3")
+    r, _ = rotator([before, after], set())
+    op, _ = scripted({"10.0.0.1": [RxAbort(fsint.VMOVED)], "10.0.0.3": ["moved", "again"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "moved"
+    assert await r.call("c", RO, None, "FS.X", op) == "again"
+    moved = [rec.getMessage() for rec in caplog.records if "moved:" in rec.getMessage()]
+    assert moved == [
+        "volume vol (100) in cell c moved: it was on 10.0.0.9 /vicepa, 10.0.0.1 /vicepa, "
+        "now on 10.0.0.9 /vicepa, 10.0.0.3 /vicepa"
+    ]
+    old, new = r.servers.find("10.0.0.1"), r.servers.find("10.0.0.3")
+    assert old is not None and new is not None
+    assert (old.calls, old.errors, new.calls, new.errors) == (1, 1, 2, 0)
+    assert "FS.X" in old.last_error and new.last_error == ""
 
 
 @pytest.mark.parametrize("code", [fsint.VNOVOL, fsint.VOFFLINE, fsint.VSALVAGE])

@@ -154,3 +154,35 @@ def test_a_replaced_or_removed_token_is_announced_once() -> None:
     store.remove(BOB)
     store.remove(ALICE)
     assert gone == [first, other_cell, second]
+
+
+def test_an_expired_token_is_logged_once_without_its_secrets(caplog) -> None:
+    clock = Clock()
+    store = TokenStore(clock=clock)
+    store.set(ALICE, token(end=NOW + 60))
+    assert store.get(ALICE, "afsfuse.test") is not None
+    clock.now += 61
+    for _ in range(3):
+        assert store.get(ALICE, "afsfuse.test") is None
+    lines = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "uid 1001 for cell afsfuse.test (alice@" in lines[0]
+    assert "KKKK" not in caplog.text and "ticket" not in caplog.text
+    store.set(ALICE, token(end=NOW + 3600))  # a new token, then it expires too: told again
+    clock.now = NOW + 3601
+    assert store.get(ALICE, "afsfuse.test") is None
+    assert sum("expired" in r.getMessage() for r in caplog.records) == 2
+    remote = Identity(uid=1001, host="192.0.2.9")
+    store.set(remote, token(end=NOW))
+    assert store.get(remote, "afsfuse.test") is None
+    assert "uid 1001 of host 192.0.2.9 for cell" in caplog.records[-1].getMessage()
+
+
+def test_all_lists_every_holder() -> None:
+    store = TokenStore(clock=Clock())
+    store.set(ALICE, token())
+    store.set(BOB, token(cell="other.test", client="bob@OTHER.TEST"))
+    store.set(Identity(uid=1001, pag=7), token())
+    held = [(kind, number, t.cell) for kind, number, t in store.all()]
+    assert held == [("pag", 7, "afsfuse.test"), ("uid", 1001, "afsfuse.test"),
+                    ("uid", 1002, "other.test")]  # fmt: skip

@@ -231,3 +231,39 @@ async def test_bad_names_fail_locally(nursery: trio.Nursery) -> None:
         with pytest.raises(RxAbort):
             await vl.locate(name)
     assert connected == []
+
+
+class FlakyVL(NewVL):
+    """Fails at the Rx level while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def GetEntryByNameU(self, call: FakeServerCall, volumename: str) -> object:
+        if self.down:
+            raise RxAbort(RX_CALL_DEAD)
+        return await super().GetEntryByNameU(call, volumename)
+
+
+async def test_each_server_is_counted_and_its_fall_and_return_logged_once(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky, good = FlakyVL(), NewVL()
+    vl, _ = client(nursery, flaky, good)
+    first, second = vl.servers
+    for _ in range(2):
+        await vl.locate("root.cell")
+        vl._preferred = 0  # ask the flaky one first again
+    down = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(down) == 1 and "192.0.2.1:7003" in down[0], down
+    state = vl.states[first]
+    assert (state.up, state.calls, state.failed) == (False, 2, 2)
+    assert state.down_since is not None and "RX_CALL_DEAD" in state.last_error
+    assert (vl.states[second].up, vl.states[second].calls) == (True, 2)
+    assert vl.order() == [first, second]
+    flaky.down = False
+    await vl.locate("root.cell")
+    assert vl.states[first].up and vl.states[first].down_since is None
+    assert sum("answers again" in r.getMessage() for r in caplog.records) == 1
+    assert vl.order() == [first, second]
