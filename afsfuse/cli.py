@@ -45,7 +45,7 @@ from afsfuse.config import (
     read_config_file,
 )
 from afsfuse.ctl.cellops import CellOps
-from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps
+from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps, ViewOps
 from afsfuse.ctl.pagops import PagOps
 from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path, mount_key
@@ -423,6 +423,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                 LeftoverOps(store.leftovers),
                 PathOps(manager, paths),
                 CellOps(manager, this_cell, cache_usage),
+                ViewOps(manager),
             )
             mountpoint = os.fspath(config.mountpoint)
             unmounted = False

@@ -219,6 +219,10 @@ class DirtyStore:
     def get(self, fid: FidKey) -> DirtyFile | None:
         return self._files.get(fid)
 
+    def memory_used(self) -> int:
+        """Bytes of the dirty files kept in memory (against memory_budget)."""
+        return self._resident_bytes
+
     def in_memory(self, fid: FidKey) -> bool:
         return fid in self._resident
 

@@ -221,6 +221,10 @@ class CacheStore:
         """Disk used by clean data and its index (what the size bound is held against)."""
         return self._clean.volume()
 
+    def files_held(self) -> int:
+        """Files with clean data cached (about: a record evicted lately may still count)."""
+        return len(self._recorded)
+
     # Records and data
 
     def may_hold(self, fid: FidKey) -> bool:

@@ -1,5 +1,5 @@
 """`afsfuse-ctl`: talk to a running afsfuse mount (tokens, sysname, statistics, ACLs,
-quotas, mount points, flushes).
+quotas, mount points, flushes, and views of what the client is doing: ctl/viewcli.py).
 
 Output follows the OpenAFS commands of the same names; --json prints the daemon's replies
 for scripts.  Exit status: 0 on success, 1 when something was refused or failed, 2 for
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from afsfuse import __version__
-from afsfuse.ctl import pagsh, renew
+from afsfuse.ctl import pagsh, renew, viewcli
 from afsfuse.ctl.clibase import PROG, Failed, Usage, each, entry_path, object_path
 from afsfuse.ctl.client import ControlClient, ControlFailed, MountNotFound, find_control_socket
 from afsfuse.ctl.fsverbs import add_paths, add_verbs, given
@@ -27,7 +27,7 @@ from afsfuse.keyring import TokenError, token_from_ccache
 
 _DESCRIPTION = (
     "Talk to a running afsfuse mount: tokens, sysname, statistics, ACLs, quotas, mount points,"
-    " flushes."
+    " flushes; see what it is doing: cells, servers, volumes, calls, peers, conns, cache."
 )
 
 
@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"with --renew, how often to look at the ticket cache "
         f"(default {renew.DEFAULT_INTERVAL:g})",
     )  # fmt: skip
-    command("tokens", _tokens, "list your tokens")
+    tokens = command("tokens", _tokens, "list your tokens")
+    tokens.add_argument("--all", action="store_true", help="every user's tokens (root only)")
     unlog = command("unlog", _unlog, "discard your tokens")
     unlog.add_argument("cells", nargs="*", metavar="CELL", help="default: all cells")
     pag_shell = command(
@@ -114,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     sysname = command("sysname", _sysname, "show the @sys list, or set it (root only)")
     sysname.add_argument("names", nargs="*", metavar="NAME")
     command("stats", _stats, "show the daemon's statistics")
+    for name, function, text in _VIEWS:
+        command(name, function, text)
     command("wscell", _wscell, "show the mount's own cell")
     listacl = command(
         "listacl", _listacl, "show the access control list of directories", aliases=["la"]
@@ -235,7 +238,20 @@ def _hand_over(
     return results, failed
 
 
+_VIEWS = (
+    ("cells", viewcli.cells, "cells known: database servers, where they came from, aliases"),
+    ("servers", viewcli.servers, "file and database servers: up or down, round trip, calls"),
+    ("volumes", viewcli.volumes, "volumes located: sites, the one in use, callbacks held"),
+    ("calls", viewcli.calls, "Rx calls under way: server, RPC, age, bytes, windows"),
+    ("peers", viewcli.peers, "what Rx measured of each remote address: round trip, timeout"),
+    ("conns", viewcli.conns, "Rx connections, both ways"),
+    ("cache", viewcli.cache, "disk cache use, dirty and unsent data, leftovers, hit rates"),
+)
+
+
 def _tokens(client: ControlClient, args: argparse.Namespace) -> Any:
+    if args.all:
+        return viewcli.tokens_all(client, args)
     result = client.call("tokens", uid=args.uid)
     if not args.json:
         print("\nTokens held by the Cache Manager:\n")

@@ -17,6 +17,7 @@ import trio
 from afsfuse.cache.leftovers import Leftover, LeftoverStore
 from afsfuse.ctl.protocol import token_from_wire, token_summary, token_to_wire
 from afsfuse.ctl.server import ControlError, Request, WithFd, op
+from afsfuse.fs.api import CacheManagerViews
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
 
@@ -64,6 +65,29 @@ class TokenOps:
             "pag": request.pag,
             "tokens": [token_summary(token) for token in held],
         }
+
+    @op("tokens_all")
+    async def tokens_all(self, request: Request) -> dict[str, Any]:
+        """Whose tokens the daemon holds, for root: holder (uid or PAG, and the host for a
+        remote host's user), cell, AFS id, validity."""
+        request.require_root("list every user's tokens")
+        listed = []
+        for kind, number, token in self._store.all():
+            host, _, kind = kind.rpartition("/")
+            listed.append(
+                {
+                    "uid": number if kind == "uid" else None,
+                    "pag": number if kind == "pag" else None,
+                    #: A remote host's user (rmtsys), or None for this machine's.
+                    "host": host or None,
+                    "cell": token.cell,
+                    "client": token.client,
+                    "viceid": token.viceid,
+                    "begin": token.begin,
+                    "end": token.end,
+                }
+            )
+        return {"tokens": listed}
 
     @op("settoken")
     async def settoken(self, request: Request) -> dict[str, Any]:
@@ -177,6 +201,43 @@ class StatsOps:
     @op("stats")
     async def stats(self, request: Request) -> dict[str, Any]:
         return {"stats": dict(self._snapshot())}
+
+
+class ViewOps:
+    """cells, servers, volumes, calls, peers, conns, cache: what the client is
+    doing, for anyone (as rxdebug and kAFS's /proc files show it to anyone).  Built on
+    demand; none holds a path, a token or anything per user beyond counts."""
+
+    def __init__(self, manager: CacheManagerViews) -> None:
+        self._manager = manager
+
+    @op("cells")
+    async def cells(self, request: Request) -> dict[str, Any]:
+        return {"cells": [asdict(view) for view in self._manager.cell_views()]}
+
+    @op("servers")
+    async def servers(self, request: Request) -> dict[str, Any]:
+        return {"servers": [asdict(view) for view in self._manager.server_views()]}
+
+    @op("volumes")
+    async def volumes(self, request: Request) -> dict[str, Any]:
+        return {"volumes": [asdict(view) for view in self._manager.volume_views()]}
+
+    @op("calls")
+    async def calls(self, request: Request) -> dict[str, Any]:
+        return {"calls": [asdict(view) for view in self._manager.call_views()]}
+
+    @op("peers")
+    async def peers(self, request: Request) -> dict[str, Any]:
+        return {"peers": [asdict(view) for view in self._manager.peer_views()]}
+
+    @op("conns")
+    async def conns(self, request: Request) -> dict[str, Any]:
+        return {"conns": [asdict(view) for view in self._manager.conn_views()]}
+
+    @op("cache")
+    async def cache(self, request: Request) -> dict[str, Any]:
+        return {"cache": asdict(await self._manager.cache_view())}
 
 
 class LeftoverOps:

@@ -19,12 +19,21 @@ from typing import TYPE_CHECKING, Protocol
 from afsfuse.fs.cell import Cell
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.reader import FileData, Shown
+from afsfuse.fs.views import (
+    CacheView,
+    CallView,
+    CellView,
+    ConnView,
+    PeerView,
+    ServerView,
+    VolumeView,
+)
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.fs.volume import VolumeStatus
 from afsfuse.keyring.store import Identity
 from afsfuse.vl.vlclient import VolumeLocation
 
-__all__ = ["CacheManagerApi", "FileData", "InvalidationListener", "Shown"]
+__all__ = ["CacheManagerApi", "CacheManagerViews", "FileData", "InvalidationListener", "Shown"]
 
 #: Told of a callback break or a data-version change of a fid; None: everything dropped.
 InvalidationListener = Callable[[AfsFid | None], None]
@@ -133,8 +142,24 @@ class CacheManagerApi(Protocol):
     def set_acl(self, fid: AfsFid, text: str | bytes, who: Identity) -> Awaitable[None]: ...
 
 
+class CacheManagerViews(Protocol):
+    """What `afsfuse-ctl` views and the metrics export read: snapshots built on demand
+    (fs/views.py), read-only."""
+
+    def cell_views(self) -> list[CellView]: ...
+    def server_views(self) -> list[ServerView]: ...
+    def volume_views(self) -> list[VolumeView]: ...
+    def call_views(self) -> list[CallView]: ...
+    def peer_views(self) -> list[PeerView]: ...
+    def conn_views(self) -> list[ConnView]: ...
+    def cache_view(self) -> Awaitable[CacheView]: ...
+
+
 if TYPE_CHECKING:
     from afsfuse.fs.manager import CacheManager
 
     def _the_manager_is_one(manager: CacheManager) -> CacheManagerApi:
+        return manager
+
+    def _the_manager_has_views(manager: CacheManager) -> CacheManagerViews:
         return manager

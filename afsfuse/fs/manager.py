@@ -21,7 +21,8 @@ call.  Where things are:
   the background: fs/unsent.py);
 - create, mkdir, symlink, link, unlink, rmdir, rename: fs/names.py;
 - ACLs, quotas and volume status: fs/acl_ops.py;
-- callback breaks, flushes, giving callbacks back: fs/invalidate.py.
+- callback breaks, flushes, giving callbacks back: fs/invalidate.py;
+- what `afsfuse-ctl` views and the metrics export show: fs/views.py.
 
 Over 500 lines: one documented method per public operation (the contract vfs/ and ctl/
 rely on), each a few lines of delegation; splitting them would split the API.
@@ -40,7 +41,7 @@ import trio
 
 from afsfuse.cache.aio import AsyncCacheStore, CleanWriter
 from afsfuse.cache.store import CacheStore
-from afsfuse.fs import deadline
+from afsfuse.fs import deadline, views
 from afsfuse.fs import dir as afsdir
 from afsfuse.fs.acl_ops import AclOps
 from afsfuse.fs.callback import CallbackRegistry, Fid
@@ -705,3 +706,35 @@ class CacheManager:
             return await self.volumes.location(cell, volume)
         except RxAbort as e:
             raise fs_error(e.code, f"volume {volume} in {cell}") from None
+
+    # -- views for afsfuse-ctl and the metrics export (fs/views.py, fs/api.py) ------------
+
+    def cell_views(self) -> list[views.CellView]:
+        return views.cell_views(self.cells)
+
+    def server_views(self) -> list[views.ServerView]:
+        """Fileservers and database servers talked to, with the round trip Rx measured."""
+        figures = self.endpoint.figures()
+        return views.server_views(self.servers, self._vl, figures, trio.current_time())
+
+    def volume_views(self) -> list[views.VolumeView]:
+        """Volumes with a cached VLDB entry, and the callbacks held on their files."""
+        return views.volume_views(
+            self.volumes, self.servers, self.vnodes.all(), trio.current_time()
+        )
+
+    def call_views(self) -> list[views.CallView]:
+        """Rx calls under way, both ways."""
+        return views.call_views(self.endpoint.figures())
+
+    def peer_views(self) -> list[views.PeerView]:
+        return views.peer_views(self.endpoint.figures())
+
+    def conn_views(self) -> list[views.ConnView]:
+        return views.conn_views(self.endpoint.figures())
+
+    async def cache_view(self) -> views.CacheView:
+        """Disk cache use, dirty and unsent data, leftovers, hits (in a worker thread: the
+        disk cache's size is a query)."""
+        memory = (self._memory.used, self._memory.budget)
+        return await trio.to_thread.run_sync(views.cache_view, self.store, self.stats, memory)
