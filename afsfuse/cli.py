@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,12 +44,14 @@ from afsfuse.config import (
     read_client_files,
     read_config_file,
 )
+from afsfuse.ctl import metrics
 from afsfuse.ctl.cellops import CellOps
 from afsfuse.ctl.ops import LeftoverOps, StatsOps, SysnameOps, TokenOps, ViewOps
 from afsfuse.ctl.pagops import PagOps
 from afsfuse.ctl.pathops import PathOps
 from afsfuse.ctl.protocol import control_socket_path, mount_key
 from afsfuse.ctl.rmtsys import RmtsysService
+from afsfuse.ctl.scrape import Render, serve_metrics
 from afsfuse.ctl.server import Handlers, PagOf, serve_control
 from afsfuse.ctl.sockowner import sender_uid
 from afsfuse.fs.cell import CellDB
@@ -151,6 +153,9 @@ _MOUNT_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         "while it fails)"}),
     (("--no-dns",), {"dest": "dns", "action": "store_const", "const": False,
         "help": "never look cells up in DNS: only the cells the files list are known"}),
+    (("--metrics-listen",), {"metavar": "ADDRESS:PORT|PATH",
+        "help": "serve Prometheus metrics (GET /metrics) on this TCP address or unix socket "
+        "(default: nowhere)"}),
     (("--no-xattrs",), {"dest": "xattrs", "action": "store_const", "const": False,
         "help": "no afs.* extended attributes: ls -l and small writes cost fewer FUSE "
         "requests"}),
@@ -209,7 +214,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
             "openafs_dir", "kafs_config", "cellservdb", "thiscell", "cache_dir",
             "cache_size", "port", "sysname", "security", "max_tasks", "log_file",
             "foreground", "debug", "dns_server", "dead_time", "server_timeout",
-            "store_retry", "xattrs", "dns", "rmtsys", "rmtsys_allow",
+            "store_retry", "xattrs", "dns", "rmtsys", "rmtsys_allow", "metrics_listen",
         )
     }  # fmt: skip
     found = read_client_files(file_values, options)
@@ -407,6 +412,9 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                 conn = endpoint.connect((host, PT.port), PT.service_id, RXNULL)
                 return await with_viceid(token, conn)
 
+            def render_metrics() -> Awaitable[str]:
+                return metrics.text(manager, stats, tokens)
+
             async def cache_usage() -> tuple[int, int]:
                 used = await trio.to_thread.run_sync(store.clean_bytes)
                 return store.size_limit // 1024, used // 1024
@@ -423,7 +431,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                 LeftoverOps(store.leftovers),
                 PathOps(manager, paths),
                 CellOps(manager, this_cell, cache_usage),
-                ViewOps(manager),
+                ViewOps(manager, render_metrics),
             )
             mountpoint = os.fspath(config.mountpoint)
             unmounted = False
@@ -442,6 +450,8 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                     await nursery.start(pags.run)
                     nursery.start_soon(_stop_on_signals)
                     nursery.start_soon(_raise_readahead, mountpoint)
+                    if config.metrics_listen is not None:
+                        nursery.start_soon(_metrics_listener, config.metrics_listen, render_metrics)
                     log.info(
                         "afsfuse %s mounted on %s (cell %s, callback port %d)",
                         os.getpid(), mountpoint, this_cell, endpoint.port,
@@ -512,6 +522,15 @@ async def _raise_readahead(mountpoint: str) -> None:
             Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
     except OSError as e:
         log.debug("read-ahead of %s left as it is: %s", mountpoint, e)
+
+
+async def _metrics_listener(where: tuple[str, int] | Path, render: Render) -> None:
+    """The admin's metrics listener; one that cannot listen is logged, and the mount
+    carries on without it."""
+    try:
+        await serve_metrics(where, render)
+    except OSError as e:
+        log.error("no metrics listener at %s: %s", where, e.strerror or e)
 
 
 async def _stop_on_signals() -> None:

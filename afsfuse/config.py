@@ -13,6 +13,7 @@ The file takes the command line's long option names as keys (`cache-size` or
     server-timeout = 120             # bound on one operation over every site: ETIMEDOUT
     rmtsys = "127.0.0.1:7009"        # where OpenAFS's tools reach the mount; false: nowhere
     rmtsys-allow = ["192.0.2.0/24"]  # other hosts whose tools may use it (default: none)
+    metrics-listen = "127.0.0.1:9731"  # Prometheus scrapes GET /metrics here (default: off)
 
 Below the file come the files other AFS clients leave (clientfiles.py), and the lowest
 layer wins least: built-in defaults, kAFS's client.conf, OpenAFS's files (ThisCell,
@@ -102,6 +103,9 @@ class MountConfig:
     xattrs: bool = True
     #: Cells no file lists are looked up in DNS (AFSDB, SRV), as OpenAFS's afsd -afsdb.
     dns: bool = True
+    #: Where Prometheus may scrape GET /metrics: (address, port), or a unix socket's path.
+    #: None: nowhere (`afsfuse-ctl metrics` still shows the same text).
+    metrics_listen: tuple[str, int] | Path | None = None
     #: The other clients' files read, lowest first, and where each setting came from.
     found: list[Found] = field(default_factory=list, compare=False, repr=False)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -155,6 +159,8 @@ def _convert(key: str, value: Any) -> Any:
         if not 0 < seconds < 86400:
             raise ValueError(f"out of range: {seconds:g}")
         return seconds
+    if key == "metrics_listen":
+        return _listen_address(str(value))
     if key == "sysname":
         names = [value] if isinstance(value, str) else list(value)
         return list(check_sysnames([os.fsencode(n) for n in names]))
@@ -179,6 +185,22 @@ def _host_port(text: str, default_port: int = 53) -> tuple[str, int]:
         raise ValueError(f"not ADDRESS[:PORT]: {text!r}") from None
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {text!r}")
+    return host, port
+
+
+def _listen_address(text: str) -> tuple[str, int] | Path:
+    """`ADDRESS:PORT` (an IPv4 address, or localhost) or the absolute path of a unix socket."""
+    if text.startswith("/"):
+        return Path(text)
+    host, sep, port_text = text.rpartition(":")
+    try:
+        if host != "localhost":
+            ipaddress.IPv4Address(host)
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"not ADDRESS:PORT or /PATH: {text!r}") from None
+    if not sep or not 0 < port < 65536:
+        raise ValueError(f"not ADDRESS:PORT or /PATH: {text!r}")
     return host, port
 
 

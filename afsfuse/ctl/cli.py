@@ -27,7 +27,8 @@ from afsfuse.keyring import TokenError, token_from_ccache
 
 _DESCRIPTION = (
     "Talk to a running afsfuse mount: tokens, sysname, statistics, ACLs, quotas, mount points,"
-    " flushes; see what it is doing: cells, servers, volumes, calls, peers, conns, cache."
+    " flushes; see what it is doing: cells, servers, volumes, calls, peers, conns, cache,"
+    " metrics."
 )
 
 
@@ -246,6 +247,7 @@ _VIEWS = (
     ("peers", viewcli.peers, "what Rx measured of each remote address: round trip, timeout"),
     ("conns", viewcli.conns, "Rx connections, both ways"),
     ("cache", viewcli.cache, "disk cache use, dirty and unsent data, leftovers, hit rates"),
+    ("metrics", viewcli.metrics, "all of these figures as Prometheus text"),
 )
 
 

@@ -204,12 +204,13 @@ class StatsOps:
 
 
 class ViewOps:
-    """cells, servers, volumes, calls, peers, conns, cache: what the client is
+    """cells, servers, volumes, calls, peers, conns, cache, metrics: what the client is
     doing, for anyone (as rxdebug and kAFS's /proc files show it to anyone).  Built on
     demand; none holds a path, a token or anything per user beyond counts."""
 
-    def __init__(self, manager: CacheManagerViews) -> None:
+    def __init__(self, manager: CacheManagerViews, metrics: Callable[[], Awaitable[str]]) -> None:
         self._manager = manager
+        self._metrics = metrics
 
     @op("cells")
     async def cells(self, request: Request) -> dict[str, Any]:
@@ -238,6 +239,10 @@ class ViewOps:
     @op("cache")
     async def cache(self, request: Request) -> dict[str, Any]:
         return {"cache": asdict(await self._manager.cache_view())}
+
+    @op("metrics")
+    async def metrics(self, request: Request) -> dict[str, Any]:
+        return {"text": await self._metrics()}
 
 
 class LeftoverOps:

@@ -1,5 +1,5 @@
 """`afsfuse-ctl cells`, `servers`, `volumes`, `calls`, `peers`, `conns`, `cache`,
-and `tokens --all`: a table for people (with --json, the daemon's reply as it is).
+`tokens --all` and `metrics`: a table for people (with --json, the daemon's reply as it is).
 
 Columns follow kAFS's /proc/fs/afs and /proc/net/rxrpc files where those have one; times
 are shown as durations (ms, s, m, h), sizes in binary units.
@@ -268,4 +268,11 @@ def tokens_all(client: ControlClient, args: argparse.Namespace) -> Any:
     ]
     headers = ("HOLDER", "CELL", "AFS ID", "PRINCIPAL", "EXPIRES")
     _show(args, lambda: table(headers, rows))
+    return result
+
+
+def metrics(client: ControlClient, args: argparse.Namespace) -> Any:
+    result = client.call("metrics")
+    if not args.json:
+        print(result["text"], end="")
     return result

@@ -58,6 +58,29 @@ def test_rmtsys_listens_on_loopback_7009_unless_told_otherwise(
             build_config(tmp_path, bad, {})
 
 
+def test_the_metrics_listener_is_off_unless_an_address_or_a_socket_is_given(
+    tmp_path: Path,
+) -> None:
+    assert build_config(tmp_path, {}, {}).metrics_listen is None
+    settings = tmp_path / "afsfuse.toml"
+    settings.write_text('metrics-listen = "127.0.0.1:9731"\n')
+    assert build_config(tmp_path, read_config_file(settings), {}).metrics_listen == (
+        "127.0.0.1",
+        9731,
+    )
+    args = _parser().parse_args(
+        ["mount", str(tmp_path), "--config", str(settings), "--metrics-listen", "/run/m.sock"]
+    )
+    assert _config(args).metrics_listen == Path("/run/m.sock")
+    assert build_config(tmp_path, {"metrics_listen": "localhost:80"}, {}).metrics_listen == (
+        "localhost",
+        80,
+    )
+    for bad in ("9731", "example.com:9731", "127.0.0.1:0", "127.0.0.1:x", "m.sock"):
+        with pytest.raises(ConfigError, match="metrics-listen"):
+            build_config(tmp_path, {"metrics_listen": bad}, {})
+
+
 def _cells_of(tmp_path: Path, text: str, thiscell: str = "home.example"):
     path = tmp_path / "CellServDB"
     path.write_text(text)

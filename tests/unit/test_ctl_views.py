@@ -1,19 +1,25 @@
-"""`afsfuse-ctl` views on the client side (tables) and `tokens --all`."""
+"""`afsfuse-ctl` views on the client side (tables), `tokens --all` and the metrics text:
+written here, read back with prometheus_client's own text-format parser; the metrics
+listener over a real unix socket and a real TCP port on 127.0.0.1."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from afsfuse.ctl import viewcli
+from afsfuse.ctl import metrics, scrape, viewcli
 from afsfuse.ctl.ops import TokenOps
 from afsfuse.ctl.server import ControlError, PeerCred, Request
 from afsfuse.fs.api import CacheManagerViews
+from afsfuse.fs.stats import Stats
 from afsfuse.fs.views import (
     CacheView,
     CallView,
@@ -91,6 +97,90 @@ def tokens() -> TokenStore:
     store.set(Identity(1002), token("o.test", NOW + 60))
     store.set(Identity(1001, host="192.0.2.9"), token("c.test", NOW + 60))
     return store
+
+
+def stats() -> Stats:
+    s = Stats(bytes_fetched=1 << 20, callbacks_received=7, failovers=2)
+    s.rpcs.update({"FS.FetchData64": 12, "VL.GetEntryByNameU": 2})
+    s.rpc_errors["FS.FetchData64"] = 1
+    return s
+
+
+def families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+async def test_the_metrics_text_parses_and_says_what_the_views_say() -> None:
+    manager: CacheManagerViews = Views()  # mypy checks the fake against the protocol
+    text = await metrics.text(manager, stats(), tokens(), clock=lambda: NOW)
+    found = families(text)
+    # Every sample belongs to a family with HELP and TYPE (none came out untyped).
+    assert all(f.type in ("counter", "gauge") and f.documentation for f in found.values())
+    assert all(name.startswith("afsfuse_") for name in found)
+
+    def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        return {tuple(sorted(s.labels.items())): s.value for s in found[name].samples}
+
+    up = samples("afsfuse_server_up")
+    assert up[(("address", "10.0.0.1:7000"), ("cell", ""), ("kind", "file"))] == 1
+    assert up[(("address", "10.0.0.2:7000"), ("cell", ""), ("kind", "file"))] == 0
+    assert up[(("address", "10.0.0.1:7003"), ("cell", "c.test"), ("kind", "database"))] == 1
+    rtt = samples("afsfuse_server_rtt_seconds")
+    assert len(rtt) == 2 and 0.0012 in rtt.values()  # none for the server never measured
+    assert found["afsfuse_server_calls"].type == "counter"
+    assert samples("afsfuse_rpcs") == {
+        (("rpc", "FS.FetchData64"),): 12,
+        (("rpc", "VL.GetEntryByNameU"),): 2,
+    }
+    assert samples("afsfuse_rx_resends") == {(("peer", "10.0.0.1:7000"),): 12}
+    assert samples("afsfuse_rx_received_bytes") == {(("peer", "10.0.0.1:7000"),): 40 << 20}
+    assert samples("afsfuse_calls_in_flight") == {(("direction", "out"), ("service", "FS")): 1}
+    assert samples("afsfuse_volumes_without_site_up") == {(): 1}
+    assert samples("afsfuse_callbacks_held") == {(): 3}
+    assert samples("afsfuse_cache_dirty_bytes") == {(): 5 << 20}
+    assert samples("afsfuse_cache_hits") == {
+        (("kind", "data"),): 90,
+        (("kind", "status"),): 900,
+    }
+    assert samples("afsfuse_tokens") == {(("state", "valid"),): 3, (("state", "expired"),): 1}
+    assert samples("afsfuse_token_holders") == {(): 3}
+    assert samples("afsfuse_fetched_bytes") == {(): 1 << 20}
+    # Counts only: no principal, no key, no ticket.
+    for secret in ("alice", "SECRETKY", "TICKET", "U0VDUkVU"):
+        assert secret not in text
+
+
+def test_labels_and_help_are_escaped_as_the_parser_reads_them() -> None:
+    family = metrics.Family("afsfuse_test_total", "counter", 'a "help"\\ line\nwith two lines')
+    odd = 'quote " backslash \\ newline \n end'
+    family.add(3, what=odd)
+    family.add(0.25, what="plain")
+    gauge = metrics.Family("afsfuse_float", "gauge", "special values")
+    gauge.add(float("inf"), v="inf")
+    gauge.add(float("nan"), v="nan")
+    found = families(metrics.exposition([family, gauge]))
+    parsed = found["afsfuse_test"]
+    assert parsed.documentation == 'a "help"\\ line\nwith two lines'
+    assert [(s.name, s.labels["what"], s.value) for s in parsed.samples] == [
+        ("afsfuse_test_total", odd, 3),
+        ("afsfuse_test_total", "plain", 0.25),
+    ]
+    values = {s.labels["v"]: s.value for s in found["afsfuse_float"].samples}
+    assert values["inf"] == float("inf") and values["nan"] != values["nan"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("afsfuse_calls", "counter"), ("9lives", "gauge"), ("ok", "summary")]
+)
+def test_a_family_must_follow_the_conventions(name: str, kind: str) -> None:
+    with pytest.raises(ValueError):
+        metrics.Family(name, kind, "help")
+
+
+def test_a_label_name_must_be_one() -> None:
+    family = metrics.Family("afsfuse_x", "gauge", "help")
+    with pytest.raises(ValueError):
+        family.add(1, **{"__reserved": "x"})
 
 
 def request(uid: int, op: str = "tokens_all") -> Request:
@@ -188,3 +278,81 @@ def test_duration(seconds: float | None, text: str) -> None:
 )
 def test_size(count: int, text: str) -> None:
     assert viewcli.size(count) == text
+
+
+async def http(connect: Callable[[], Awaitable[trio.SocketStream]], raw: bytes) -> bytes:
+    stream = await connect()
+    async with stream:
+        await stream.send_all(raw)
+        reply = b""
+        while chunk := await stream.receive_some(65536):
+            reply += chunk
+    return reply
+
+
+async def test_the_listener_serves_get_metrics_only(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.sock"
+    render_count = 0
+
+    async def render() -> str:
+        nonlocal render_count
+        render_count += 1
+        return await metrics.text(Views(), stats(), tokens(), clock=lambda: NOW)
+
+    def unix() -> Awaitable[trio.SocketStream]:
+        return trio.open_unix_socket(str(path))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scrape.serve_metrics, path, render)
+        assert path.stat().st_mode & 0o777 == 0o666
+        reply = await http(unix, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"version=0.0.4" in head
+        assert "afsfuse_server_up" in families(body.decode())
+        assert (await http(unix, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+            b"HTTP/1.1 404"
+        )
+        post = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        assert (await http(unix, post)).startswith(b"HTTP/1.1 405")
+        assert (await http(unix, b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        huge = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+        # Refused at 8 KiB; the rest, unread, may reset the connection before the answer.
+        with contextlib.suppress(trio.BrokenResourceError):
+            assert (await http(unix, huge)).startswith(b"HTTP/1.1 431")
+        head_only = await http(unix, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        assert head_only.startswith(b"HTTP/1.1 200") and head_only.endswith(b"\r\n\r\n")
+        assert render_count == 2
+        nursery.cancel_scope.cancel()
+    assert not path.exists()
+
+
+async def test_a_silent_scraper_is_dropped(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    monkeypatch.setattr(scrape, "TIMEOUT", 5.0)
+
+    async def render() -> str:
+        return "# nothing\n"
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(scrape.serve_metrics, ("127.0.0.1", 0), render)
+        port = listeners[0].socket.getsockname()[1]
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        started = trio.current_time()
+        assert await silent.receive_some(100) == b""  # closed by the server
+        assert trio.current_time() - started == pytest.approx(5.0, abs=0.1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_listener_on_a_tcp_port() -> None:
+    async def render() -> str:
+        return "# nothing\n"
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(scrape.serve_metrics, ("127.0.0.1", 0), render)
+        port = listeners[0].socket.getsockname()[1]
+        reply = await http(
+            lambda: trio.open_tcp_stream("127.0.0.1", port), b"GET /metrics HTTP/1.0\r\n\r\n"
+        )
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"\r\n\r\n# nothing\n")
+        nursery.cancel_scope.cancel()
