@@ -430,7 +430,7 @@ async def _serve(config: MountConfig, cells: Cells, ready_fd: int | None) -> Non
                 StatsOps(stats.snapshot),
                 LeftoverOps(store.leftovers),
                 PathOps(manager, paths),
-                CellOps(manager, this_cell, cache_usage),
+                CellOps(manager, cache_usage),
                 ViewOps(manager, render_metrics),
             )
             mountpoint = os.fspath(config.mountpoint)

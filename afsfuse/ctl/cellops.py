@@ -1,15 +1,23 @@
 """Control ops on the cache manager as a whole: its cells, its fileservers, its volume
-location cache and its disk cache (`fs listcells`, `fs getcellstatus`, `fs checkservers`,
-`fs checkvolumes`, `fs getserverprefs`, `fs setserverprefs`, `fs getcacheparms`)."""
+location cache and its disk cache (`fs listcells`, `fs listaliases`, `fs newcell`, `fs
+newalias`, `fs getcellstatus`, `fs setcell`, `fs checkservers`, `fs checkvolumes`, `fs
+getserverprefs`, `fs setserverprefs`, `fs getcacheparms`).
+
+What root adds or sets for cells is kept for the daemon's life only, as in OpenAFS (whose
+cache manager forgets it at reboot): the configuration files are never written."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from afsfuse.ctl.server import ControlError, Request, op
 from afsfuse.fs.api import CacheManagerApi
+from afsfuse.fs.errors import FsError
+from afsfuse.rx.interfaces.vl import VL
 
 #: Cell status bits as OpenAFS's VIOC_GETCELLSTATUS gives them.
 CELL_NO_SETUID = 0x02
@@ -19,18 +27,40 @@ MAX_PROBE_INTERVAL = 600
 #: Preferences set in one request, and the largest rank (an unsigned short in OpenAFS).
 MAX_PREFS = 1024
 MAX_RANK = 0xFFFF
+#: The longest cell name (MAXCELLCHARS less its NUL), and the VL servers fs newcell sends.
+MAX_CELL_NAME = 63
+MAX_CELL_SERVERS = 8
 
 #: The disk cache's size and what it holds, in KiB.
 CacheUsage = Callable[[], Awaitable[tuple[int, int]]]
 
 
-class CellOps:
-    """listcells, getcellstatus, checkservers, checkvolumes, getserverprefs,
-    setserverprefs, getcacheparms."""
+def _cell_name(request: Request, name: str) -> str:
+    """A name that can be one in /afs: not empty, no '/' or blanks, not hidden."""
+    text: str = request.text(name, limit=MAX_CELL_NAME)
+    if not text or text.startswith(".") or any(c == "/" or c.isspace() for c in text):
+        raise ControlError("EINVAL", f"not a cell name: {text!r}")
+    return text
 
-    def __init__(self, manager: CacheManagerApi, this_cell: str, cache_usage: CacheUsage) -> None:
+
+def _root_only(request: Request, what: str) -> None:
+    """EACCES, as OpenAFS refuses its cell pioctls to anyone but root."""
+    if not request.from_root:
+        raise ControlError("EACCES", f"only root may {what}")
+
+
+def _port(value: Any) -> int:
+    if type(value) is not int or not 0 < value < 0x10000:
+        raise ControlError("EINVAL", f"not a port: {value!r}")
+    return value
+
+
+class CellOps:
+    """listcells, listaliases, newcell, newalias, getcellstatus, setcell, checkservers,
+    checkvolumes, getserverprefs, setserverprefs, getcacheparms."""
+
+    def __init__(self, manager: CacheManagerApi, cache_usage: CacheUsage) -> None:
         self._manager = manager
-        self._this_cell = this_cell
         self._cache_usage = cache_usage
 
     @op("listcells")
@@ -52,17 +82,86 @@ class CellOps:
             cells.append({"name": name, "servers": servers})
         return {"cells": cells}
 
+    @op("listaliases")
+    async def listaliases(self, request: Request) -> dict[str, Any]:
+        """Every alias (CellAlias's, then those added), or with `index` that one only (EDOM
+        past the end, which ends `fs listaliases`)."""
+        aliases = [[alias, cell] for alias, cell in self._manager.aliases().items()]
+        index = request.args.get("index")
+        if index is not None:
+            if type(index) is not int:
+                raise ControlError("EINVAL", "'index' must be a number")
+            if not 0 <= index < len(aliases):
+                raise ControlError("EDOM", f"no alias number {index}")
+            aliases = [aliases[index]]
+        return {"aliases": aliases}
+
+    @op("newalias")
+    async def newalias(self, request: Request) -> dict[str, Any]:
+        """`alias` names `cell` from now on (root only): /afs shows it as a symbolic link to
+        the cell.  EEXIST when the name is already a cell's or an alias's."""
+        _root_only(request, "add a cell alias")
+        alias, cell = _cell_name(request, "alias"), _cell_name(request, "cell")
+        try:
+            self._manager.add_alias(alias, cell)
+        except FsError as e:
+            raise ControlError("EEXIST", e.strerror or os.strerror(errno.EEXIST)) from None
+        return {"alias": alias, "cell": cell}
+
+    @op("newcell")
+    async def newcell(self, request: Request) -> dict[str, Any]:
+        """`cell` with its database `servers` (IPv4 addresses), VL on `vlport` (default
+        7003), root only; a known cell's servers are replaced.  Usable under /afs at
+        once; setuid is off in it, as `fs newcell` leaves it in OpenAFS."""
+        _root_only(request, "add a cell")
+        name = _cell_name(request, "cell")
+        linked = request.args.get("linked_cell")
+        if linked is not None:
+            linked = _cell_name(request, "linked_cell")
+        port = _port(request.args.get("vlport", VL.port))
+        servers = request.args.get("servers")
+        if not isinstance(servers, list) or not 0 < len(servers) <= MAX_CELL_SERVERS:
+            raise ControlError("EINVAL", f"'servers' must list 1 to {MAX_CELL_SERVERS} addresses")
+        try:
+            addresses = [str(ipaddress.IPv4Address(server)) for server in servers]
+        except (TypeError, ValueError) as e:
+            raise ControlError("EINVAL", f"not an IPv4 address: {e}") from None
+        try:
+            cell = self._manager.add_cell(name, [(a, port) for a in addresses], linked)
+        except FsError as e:
+            raise ControlError("EEXIST", e.strerror or os.strerror(errno.EEXIST)) from None
+        self._manager.allow_setuid(cell.name, False)
+        return {"cell": cell.name, "servers": addresses, "linked_cell": linked}
+
     @op("getcellstatus")
     async def getcellstatus(self, request: Request) -> dict[str, Any]:
-        """Setuid programs are honoured in the home cell only, as afsd sets cells up."""
+        """Whether setuid programs are honoured in a cell: the home cell only, as afsd sets
+        cells up, unless root said otherwise (setcell).  The mount is nosuid whatever this
+        says, so it is a record for the tools, never a way to run setuid from AFS."""
         name = request.text("cell", limit=64)
         cell = await self._manager.cell(name)
         if cell is None:
             raise ControlError("ENOENT", f"unknown cell {name}")
-        flags = 0 if cell.name.lower() == self._this_cell.lower() else CELL_NO_SETUID
+        flags = 0 if self._manager.setuid_allowed(cell.name) else CELL_NO_SETUID
         if cell.linked_cell:
             flags |= CELL_LINKED
         return {"cell": cell.name, "flags": flags, "setuid": not flags & CELL_NO_SETUID}
+
+    @op("setcell")
+    async def setcell(self, request: Request) -> dict[str, Any]:
+        """Record whether setuid programs are honoured in `cell` (`setuid`), root only;
+        getcellstatus answers it back.  Of OpenAFS's cell flags only this one can be set,
+        as with its VIOC_SETCELLSTATUS."""
+        _root_only(request, "set a cell's status")
+        name = request.text("cell", limit=64)
+        setuid = request.args.get("setuid")
+        if type(setuid) is not bool:
+            raise ControlError("EINVAL", "'setuid' must be true or false")
+        cell = await self._manager.cell(name)
+        if cell is None:
+            raise ControlError("ENOENT", f"unknown cell {name}")
+        self._manager.allow_setuid(cell.name, setuid)
+        return {"cell": cell.name, "setuid": setuid}
 
     @op("checkservers")
     async def checkservers(self, request: Request) -> dict[str, Any]:

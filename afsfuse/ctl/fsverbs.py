@@ -1,7 +1,7 @@
 """`afsfuse-ctl` verbs named, taking and printing as `fs` does: whereis, examine, getfid,
 whichcell, diskfree, quota, setvol, flushmount, copyacl, cleanacl, getcalleraccess,
-checkservers, checkvolumes, listcells, getcellstatus, getserverprefs, setserverprefs,
-getcacheparms, nukenfscreds.
+checkservers, checkvolumes, listcells, listaliases, newcell, newalias, getcellstatus,
+setcell, getserverprefs, setserverprefs, getcacheparms, nukenfscreds.
 
 Each asks the daemon the control op that also serves the matching pioctl over rmtsys
 (ctl/pioctl.py), so what `fs` prints through rmtsys and what these print agree.  As in
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from afsfuse.ctl.clibase import PROG, Failed, Usage, each, entry_path, object_path
-from afsfuse.ctl.client import ControlClient
+from afsfuse.ctl.client import ControlClient, ControlFailed
 from afsfuse.fs.acl import Acl, rights_to_letters
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -28,7 +28,6 @@ def add_verbs(command: Command) -> None:
     for name, function, help, aliases in (
         ("whereis", _whereis, "show the fileservers holding the volumes paths are in", []),
         ("examine", _examine, "show the fid and volume status of paths", ["listvol", "lv"]),
-        ("getfid", _getfid, "show the AFS fid of paths", []),
         ("whichcell", _whichcell, "show the cell paths are in", []),
         ("diskfree", _diskfree, "show the space on the partitions of volumes", ["df"]),
         ("quota", _quota, "show how much of their quota volumes use", []),
@@ -36,6 +35,12 @@ def add_verbs(command: Command) -> None:
         ("cleanacl", _cleanacl, "remove the entries of deleted users from ACLs", []),
     ):
         add_paths(command(name, function, help, aliases=aliases))
+    getfid = command("getfid", _getfid, "show the AFS fid of paths")
+    add_paths(getfid)
+    getfid.add_argument(
+        "-literal", "--literal", action="store_true",
+        help="of a mount point or symbolic link itself, not what it leads to",
+    )  # fmt: skip
     add_paths(
         command("flushmount", _flushmount, "forget what is cached of mount points themselves")
     )
@@ -60,6 +65,23 @@ def add_verbs(command: Command) -> None:
     command("checkvolumes", _checkvolumes, "look volumes up again", aliases=["checkbackups"])
     listcells = command("listcells", _listcells, "show the cells and their database servers")
     listcells.add_argument("-numeric", "--numeric", action="store_true", help="addresses only")
+    command("listaliases", _listaliases, "show the cell aliases")
+    newalias = command("newalias", _newalias, "give a cell another name (root only)")
+    newalias.add_argument("alias", metavar="ALIAS")
+    newalias.add_argument("cell", metavar="CELL")
+    newcell = command(
+        "newcell", _newcell, "add a cell and its database servers, until the daemon ends (root)"
+    )
+    newcell.add_argument("cell", metavar="CELL")
+    newcell.add_argument("servers", nargs="+", metavar="SERVER")
+    newcell.add_argument(
+        "-linkedcell", "--linkedcell", metavar="CELL", help="the cell it is linked to"
+    )
+    setcell = command("setcell", _setcell, "set whether setuid is honoured in cells (root)")
+    setcell.add_argument("cells", nargs="*", metavar="CELL")
+    setcell.add_argument("-cell", "--cell", dest="more_cells", nargs="+", default=[])
+    setcell.add_argument("-suid", "--suid", action="store_true", help="allow setuid programs")
+    setcell.add_argument("-nosuid", "--nosuid", action="store_true", help="disallow (default)")
     cellstatus = command("getcellstatus", _getcellstatus, "show whether setuid works in cells")
     cellstatus.add_argument("cells", nargs="+", metavar="CELL")
     getprefs = command(
@@ -127,6 +149,8 @@ def _getfid(client: ControlClient, args: argparse.Namespace) -> list[Any]:
             f"File {path} ({fid['volume']}.{fid['vnode']}.{fid['unique']}) located in cell {fid['cell']}"
         )
 
+    if args.literal:
+        return each(client, "getfid", given(args), _quiet(args, show), entry_path, literal=True)
     return each(client, "getfid", given(args), _quiet(args, show), object_path)
 
 
@@ -286,6 +310,43 @@ def _listcells(client: ControlClient, args: argparse.Namespace) -> Any:
             hosts = "".join(f" {_host(h, args.numeric)}" for h in cell["servers"])
             print(f"Cell {cell['name']} on hosts{hosts}.")
     return result
+
+
+def _listaliases(client: ControlClient, args: argparse.Namespace) -> Any:
+    result = client.call("listaliases")
+    if not args.json:
+        for alias, cell in result["aliases"]:
+            print(f"Alias {alias} for cell {cell}")
+    return result
+
+
+def _newalias(client: ControlClient, args: argparse.Namespace) -> Any:
+    try:
+        return client.call("newalias", alias=args.alias, cell=args.cell)
+    except ControlFailed as error:
+        if error.code != "EEXIST":
+            raise
+        print(f"{PROG}: cell name `{args.alias}' in use by an existing cell.", file=sys.stderr)
+        raise Failed from None
+
+
+def _newcell(client: ControlClient, args: argparse.Namespace) -> Any:
+    servers = []
+    for host in args.servers:
+        try:
+            servers.append(socket.gethostbyname(host))
+        except OSError:
+            print(f"{PROG}: Host {host} not found in host table, skipping it.", file=sys.stderr)
+    return client.call("newcell", cell=args.cell, servers=servers, linked_cell=args.linkedcell)
+
+
+def _setcell(client: ControlClient, args: argparse.Namespace) -> list[Any]:
+    if args.suid and args.nosuid:
+        raise Usage("Cannot specify both -suid and -nosuid.")
+    cells = [*args.cells, *args.more_cells]
+    if not cells:
+        raise Usage("no cell given")
+    return [client.call("setcell", cell=cell, setuid=args.suid) for cell in cells]
 
 
 def _getcellstatus(client: ControlClient, args: argparse.Namespace) -> list[Any]:

@@ -223,9 +223,14 @@ class PathOps:
     @op("getfid")
     async def getfid(self, request: Request) -> dict[str, Any]:
         """The AFS fid; cell_number is the cell's place in the cache manager's list of
-        cells, which is what a VenusFid carries."""
+        cells, which is what a VenusFid carries.  With `literal`, the fid of the entry the
+        path ends in (a mount point or symbolic link itself), not of where it leads."""
         try:
-            fid = await self._fid(request)
+            if request.args.get("literal"):
+                directory, name = await self._parent(request)
+                fid = await self._manager.lookup(directory, name, request.identity)
+            else:
+                fid = await self._fid(request)
         except FsError as e:
             raise _refuse(e) from None
         known = [cell.lower() for cell in self._manager.known_cells()]

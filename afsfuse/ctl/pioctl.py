@@ -11,8 +11,8 @@ written in this host's order: loopback callers share it, and remote ones almost 
 A decoder raises PioctlError with the errno OpenAFS gives for input it cannot use; an
 unknown command is EINVAL, as for every pioctl OpenAFS does not serve.
 
-Over 500 lines: a decoder and an encoder per pioctl, each a few lines, beside the table that
-names them; one ABI is easier to check against OpenAFS's in one place.
+The table names every pioctl served, so the ABI is checked against OpenAFS's in one place;
+the cell pioctls' codecs are in ctl/cellpioctl.py, what all codecs share in ctl/pioctlio.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,23 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from afsfuse.ctl.cellpioctl import (
+    decode_alias_index,
+    decode_cellname,
+    decode_index,
+    decode_newalias,
+    decode_newcell,
+    decode_setcellstatus,
+    encode_alias,
+    encode_cellstatus,
+    encode_listcell,
+)  # fmt: skip
+from afsfuse.ctl.pioctlio import BE as _BE
+from afsfuse.ctl.pioctlio import NATIVE as _NATIVE
+from afsfuse.ctl.pioctlio import PioctlError as PioctlError
+from afsfuse.ctl.pioctlio import Reader as Reader
+from afsfuse.ctl.pioctlio import cstr as _cstr
+from afsfuse.ctl.pioctlio import ipv4 as _ipv4
 from afsfuse.ctl.protocol import token_from_wire, token_to_wire
 from afsfuse.keyring.token import Token
 from afsfuse.rx import xdr
@@ -37,8 +54,7 @@ MAX_OUT = 4096
 MAX_TOKEN_OUT = MAX_IN
 #: GETTOK pads tickets to this many bytes ("for compat").
 _MIN_GETTOK_TICKET = 56
-#: The hosts GETCELL lists per cell (AFS_MAXCELLHOSTS) and WHEREIS per volume (AFS_MAXHOSTS).
-_CELL_HOSTS = 8
+#: The hosts WHEREIS lists per volume (AFS_MAXHOSTS).
 _VOLUME_HOSTS = 13
 #: chservinfo's magic, and the size of its cell name.
 _CHSERV_MAGIC = 0x12345678
@@ -52,8 +68,6 @@ _AUTH_HANDLE_OLD = 999
 #: A caller in no PAG (NOPAG).
 NOPAG = 0xFFFFFFFF
 
-_BE = struct.Struct(">i")
-_NATIVE = struct.Struct("=i")
 _CLEAR_TOKEN = struct.Struct(">i8siii")
 #: AFSFetchVolumeStatus as C lays it out: two ids, four chars, six ints (36 bytes).
 _VOLSTAT = struct.Struct(">II4b6i")
@@ -77,14 +91,6 @@ _ktc_setTokenData = xdr.struct(
 )
 
 
-class PioctlError(Exception):
-    """The errno a pioctl fails with."""
-
-    def __init__(self, number: int, message: str = "") -> None:
-        super().__init__(message or errno.errorcode.get(number, str(number)))
-        self.errno = number
-
-
 class PathUse(Enum):
     """What a pioctl's path names."""
 
@@ -106,51 +112,9 @@ class Pioctl:
     max_out: int = MAX_OUT
 
 
-class Reader:
-    """InData, read front to back; running short is EINVAL, as in OpenAFS."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    @property
-    def remaining(self) -> int:
-        return len(self.data) - self.at
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.remaining < n:
-            raise PioctlError(errno.EINVAL, f"InData ends {n - self.remaining} bytes short")
-        self.at += n
-        return self.data[self.at - n : self.at]
-
-    def be(self) -> int:
-        (value,) = _BE.unpack(self.take(4))
-        return int(value)
-
-    def native(self) -> int:
-        (value,) = _NATIVE.unpack(self.take(4))
-        return int(value)
-
-    def string(self) -> str:
-        """A NUL-terminated string; the kernel ends the input with a NUL of its own, so the
-        last one may lack its terminator."""
-        end = self.data.find(b"\0", self.at)
-        raw = self.data[self.at :] if end < 0 else self.data[self.at : end]
-        self.at = len(self.data) if end < 0 else end + 1
-        return raw.decode("utf-8", "surrogateescape")
-
-
 def command_key(cmd: int) -> tuple[str, int]:
     """('V', 2) for VIOCGETAL: only the low 16 bits of the ioctl number count."""
     return chr((cmd >> 8) & 0xFF), cmd & 0xFF
-
-
-def _cstr(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape") + b"\0"
-
-
-def _ipv4(address: str) -> bytes:
-    return ipaddress.IPv4Address(address).packed
 
 
 def _nothing(reader: Reader) -> dict[str, Any]:
@@ -324,6 +288,12 @@ def _encode_whereis(result: Any, args: dict[str, Any]) -> bytes:
     return b"".join(hosts)
 
 
+def _literal(reader: Reader) -> dict[str, Any]:
+    """GETLITERALFID: the entry itself, named in its directory (a mount point or symbolic
+    link, not what it leads to)."""
+    return {**_decode_name(reader), "literal": True}
+
+
 def _encode_fid(result: Any, args: dict[str, Any]) -> bytes:
     return struct.pack(
         "=iIII", result["cell_number"], result["volume"], result["vnode"], result["unique"]
@@ -364,25 +334,6 @@ def _encode_sysname(result: Any, args: dict[str, Any]) -> bytes:
         return b""
     names = result["names"]
     return _BE.pack(len(names)) + b"".join(_cstr(name) for name in names)
-
-
-def _decode_index(reader: Reader) -> dict[str, Any]:
-    return {"index": reader.be()}
-
-
-def _encode_listcell(result: Any, args: dict[str, Any]) -> bytes:
-    (cell,) = result["cells"]
-    hosts = [_ipv4(host) for host in cell["servers"][:_CELL_HOSTS]]
-    hosts += [b"\0\0\0\0"] * (_CELL_HOSTS - len(hosts))
-    return b"".join(hosts) + _cstr(cell["name"])
-
-
-def _decode_cellname(reader: Reader) -> dict[str, Any]:
-    return {"cell": reader.string()}
-
-
-def _encode_cellstatus(result: Any, args: dict[str, Any]) -> bytes:
-    return _BE.pack(result["flags"])
 
 
 def _decode_checkservers(reader: Reader) -> dict[str, Any]:
@@ -498,12 +449,14 @@ TABLE: dict[tuple[str, int], Pioctl] = {
     ("V", 14): Pioctl("VIOCWHEREIS", "whereis", _O, _nothing, _encode_whereis),
     ("V", 21): Pioctl("VIOCUNPAG", "unlog", _N, _nothing, _empty),
     ("V", 22): Pioctl("VIOCGETFID", "getfid", _O, _nothing, _encode_fid),
-    ("V", 27): Pioctl("VIOCGETCELL", "listcells", _N, _decode_index, _encode_listcell),
+    ("V", 26): Pioctl("VIOCNEWCELL", "newcell", _N, decode_newcell, _empty),
+    ("V", 27): Pioctl("VIOCGETCELL", "listcells", _N, decode_index, encode_listcell),
     ("V", 28): Pioctl("VIOC_AFS_DELETE_MT_PT", "rmmount", _P, _decode_name, _empty),
     ("V", 29): Pioctl("VIOC_AFS_STAT_MT_PT", "lsmount", _P, _decode_name, _encode_mountpoint),
     ("V", 30): Pioctl("VIOC_FILE_CELL_NAME", "whichcell", _O, _nothing, _encode_cell),
     ("V", 31): Pioctl("VIOC_GET_WS_CELL", "wscell", _N, _nothing, _encode_cell),
-    ("V", 35): Pioctl("VIOC_GETCELLSTATUS", "getcellstatus", _N, _decode_cellname, _encode_cellstatus),
+    ("V", 35): Pioctl("VIOC_GETCELLSTATUS", "getcellstatus", _N, decode_cellname, encode_cellstatus),
+    ("V", 36): Pioctl("VIOC_SETCELLSTATUS", "setcell", _N, decode_setcellstatus, _empty),
     ("V", 37): Pioctl("VIOC_FLUSHVOLUME", "flushvolume", _O, _nothing, _empty),
     ("V", 38): Pioctl("VIOC_AFS_SYSNAME", "sysname", _N, _decode_sysname, _encode_sysname),
     ("V", 40): Pioctl("VIOCGETCACHEPARMS", "getcacheparms", _N, _decode_cacheparms, _encode_cacheparms),
@@ -512,10 +465,13 @@ TABLE: dict[tuple[str, int], Pioctl] = {
     ("V", 46): Pioctl("VIOC_SETSPREFS", "setserverprefs", _N, _decode_setsprefs, _empty),
     ("V", 52): Pioctl("VIOC_AFS_FLUSHMOUNT", "flushmount", _P, _decode_name, _empty),
     ("V", 69): Pioctl("VIOC_GETVCXSTATUS2", "getcalleraccess", _O, _nothing, _encode_vcxstat2),
+    ("C", 1): Pioctl("VIOC_NEWALIAS", "newalias", _N, decode_newalias, _empty),
+    ("C", 2): Pioctl("VIOC_GETALIAS", "listaliases", _N, decode_alias_index, encode_alias),
     ("C", 7): Pioctl("VIOC_GETTOK2", "gettoken", _N, _decode_gettok2, _encode_gettok2, MAX_TOKEN_OUT),
     ("C", 8): Pioctl("VIOC_SETTOK2", "settoken", _N, _decode_settok2, _empty),
     ("C", 13): Pioctl("VIOC_GETPAG", "getpag", _N, _nothing, _encode_pag),
     ("C", 14): Pioctl("VIOC_FLUSHALL", "flushall", _N, _nothing, _empty),
+    ("C", 15): Pioctl("VIOC_GETLITERALFID", "getfid", _P, _literal, _encode_fid),
     ("O", 1): Pioctl("VIOC_NFS_NUKE_CREDS", "discard", _N, _decode_nukecreds, _empty),
 }  # fmt: skip
 

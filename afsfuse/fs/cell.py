@@ -1,4 +1,6 @@
-"""The cells this cache manager knows: CellServDB, ThisCell and CellAlias, then DNS.
+"""The cells this cache manager knows: CellServDB, ThisCell and CellAlias, then DNS, and
+what root adds at run time (`fs newcell`, `fs newalias`, `fs setcell`), kept only for the
+daemon's life as in OpenAFS.
 
 A name is looked up as given, then as an alias; a cell missing from CellServDB is asked of
 DNS (SRV, then AFSDB) when a resolver is configured.  The resolver (afsfuse/vl/dns.py)
@@ -26,7 +28,7 @@ class Cell:
     name: str
     #: VL servers as (address, port).
     vlservers: tuple[tuple[str, int], ...]
-    source: str = "CellServDB"  # or "DNS"
+    source: str = "CellServDB"  # or "DNS", or "newcell" (added at run time)
     linked_cell: str | None = None
 
 
@@ -56,6 +58,8 @@ class CellDB:
         #: Cells DNS told us about (listed by known_cells) and lookups that failed lately.
         self._found: dict[str, Cell] = {}
         self._failed: dict[str, float] = {}
+        #: The cells whose setuid programs are honoured: the home cell, as afsd sets it up.
+        self._setuid = {cell_key(this_cell)}
 
     def known(self) -> list[Cell]:
         """Every cell known now: CellServDB's in their order, then those DNS found.  No
@@ -101,3 +105,39 @@ class CellDB:
         cell = Cell(key, tuple(servers.addresses), "DNS")
         self._found[key] = cell
         return cell
+
+    def _taken(self, name: str) -> bool:
+        key = cell_key(name)
+        return key in self._configured or key in self._found or name in self._aliases
+
+    def add_alias(self, alias: str, cell: str) -> None:
+        """`alias` names `cell` from now on; as in OpenAFS the cell need not be known yet.
+        ValueError when the name is already a cell's or an alias's."""
+        if self._taken(alias):
+            raise ValueError(f"{alias} is already the name of a cell or alias")
+        self._aliases[alias] = cell
+
+    def add_cell(
+        self, name: str, vlservers: tuple[tuple[str, int], ...], linked_cell: str | None = None
+    ) -> Cell:
+        """A cell and its VL servers given at run time; a known cell's servers are replaced
+        by these.  ValueError when the name is an alias's."""
+        if name in self._aliases:
+            raise ValueError(f"{name} is already an alias")
+        key = cell_key(name)
+        known = self._configured.get(key)
+        cell = Cell(known.name if known else key, vlservers, "newcell", linked_cell)
+        self._configured[key] = cell
+        self._found.pop(key, None)
+        self._failed.pop(key, None)
+        return cell
+
+    def setuid_allowed(self, name: str) -> bool:
+        return cell_key(self._aliases.get(name, name)) in self._setuid
+
+    def allow_setuid(self, name: str, allowed: bool) -> None:
+        key = cell_key(self._aliases.get(name, name))
+        if allowed:
+            self._setuid.add(key)
+        else:
+            self._setuid.discard(key)

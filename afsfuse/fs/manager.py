@@ -71,6 +71,7 @@ from afsfuse.rx.interfaces.fs import (
     AFSCBMAX,
     PRSFS_READ,
 )
+from afsfuse.vl.cellservdb import cell_key
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
 
 log = logging.getLogger(__name__)
@@ -331,6 +332,31 @@ class CacheManager:
 
     def aliases(self) -> dict[str, str]:
         return self.cells.aliases()
+
+    def add_alias(self, alias: str, cell: str) -> None:
+        """`fs newalias`: EEXIST when the name is taken."""
+        try:
+            self.cells.add_alias(alias, cell)
+        except ValueError as e:
+            raise FsError(errno.EEXIST, str(e)) from None
+
+    def add_cell(
+        self, name: str, vlservers: Sequence[tuple[str, int]], linked_cell: str | None = None
+    ) -> Cell:
+        """`fs newcell`: the cell's volumes are looked up at these servers from now on."""
+        try:
+            cell = self.cells.add_cell(name, tuple(vlservers), linked_cell)
+        except ValueError as e:
+            raise FsError(errno.EEXIST, str(e)) from None
+        for known in [n for n in self._vl if cell_key(n) == cell_key(cell.name)]:
+            del self._vl[known]  # the next lookup asks the new servers
+        return cell
+
+    def setuid_allowed(self, cell: str) -> bool:
+        return self.cells.setuid_allowed(cell)
+
+    def allow_setuid(self, cell: str, allowed: bool) -> None:
+        self.cells.allow_setuid(cell, allowed)
 
     async def _vlclient(self, cell_name: str) -> VLClient:
         client = self._vl.get(cell_name)
