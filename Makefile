@@ -15,7 +15,7 @@ DEBIAN_PACKAGES := \
 	openafs-fileserver openafs-dbserver openafs-client openafs-krb5 \
 	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
 	fuse3 libfuse3-dev libsystemd-dev pkg-config gcc libc6-dev \
-	iproute2 procps util-linux tshark attr git \
+	iproute2 procps util-linux tshark attr git tmux \
 	dh-virtualenv debhelper dpkg-dev mmdebstrap systemd-container man-db
 
 .PHONY: all deps venv test unit lint demo bench soak deb wheel clean
