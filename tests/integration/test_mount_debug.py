@@ -323,17 +323,20 @@ def test_bad_and_malformed_debug_requests_get_errors_and_change_nothing(
     assert mounted.run("cat", str(path)).stdout == data.content
 
 
-#: "store": writes to a file, and on "go" closes it (the close stores, holding the file's
-#: lock).  "wait": on "go" writes to the file (waiting for that lock), and closes it on EOF.
+#: Both open the file first.  "store": writes to it, and on "go" closes it (the close
+#: stores, holding the file's lock).  "wait": on "go" writes to it (waiting for that lock),
+#: and closes it on EOF.
 WRITER = r"""
 import os, sys
 store = sys.argv[2] == "store"
-if not store:
-    sys.stdin.readline()
 fd = os.open(sys.argv[1], os.O_WRONLY)
-os.write(fd, b"s" * 1000)
-print("written", flush=True)
+if store:
+    os.write(fd, b"s" * 1000)
+print("ready", flush=True)
 sys.stdin.readline()
+if not store:
+    os.write(fd, b"w" * 1000)
+    sys.stdin.readline()
 try:
     os.close(fd)
 except OSError as e:
@@ -353,22 +356,30 @@ def test_cmdebug_default_listing_shows_a_file_locked_by_its_store_and_waited_for
         for role in ("store", "wait")
     )
     seen: list[str] = []
+
+    def lock_shown(wanted: str) -> bool:
+        """Lists until the file's lock shows `wanted`, within the store's timeout."""
+        deadline = time.monotonic() + SERVER_TIMEOUT
+        while time.monotonic() < deadline:
+            listed = entries(cmdebug(mounted))
+            seen.extend(e["locks"] or "" for f, e in listed.items() if f == fid)
+            if seen and wanted in seen[-1]:
+                return True
+        return False
+
     try:
-        assert storer.stdout is not None and storer.stdin is not None
-        assert waiter.stdin is not None
-        assert storer.stdout.readline() == b"written\n"
+        for child in (storer, waiter):
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         with frozen(cell):
-            for child in (storer, waiter):  # the store holds the lock, the write waits
+            # The close's store takes the lock; once it shows, a write must wait for it.
+            for child, wanted in ((storer, "write_locked"), (waiter, "1 waiters")):
+                assert child.stdin is not None
                 child.stdin.write(b"go\n")
                 child.stdin.flush()
-            deadline = time.monotonic() + SERVER_TIMEOUT
-            while time.monotonic() < deadline and not any("1 waiters" in s for s in seen):
-                listed = entries(cmdebug(mounted))
-                seen += [e["locks"] or "" for f, e in listed.items() if f == fid]
+                assert lock_shown(wanted), seen
     finally:
         for child in (storer, waiter):
             child.kill()
             child.wait()
     print("the file's lock as cmdebug showed it:", seen)
-    assert seen and all("write_locked" in s for s in seen), seen
-    assert "(writer_waiting, write_locked(pid:0 at:0), 1 waiters)" in seen
+    assert "(writer_waiting, write_locked(pid:0 at:0), 1 waiters)" in seen, seen
