@@ -152,6 +152,11 @@ class Call:
         #: soft acks need not look at them again.
         self.tx_sacked = 0
         self.tx_partial = bytearray()
+        #: Stream bytes written and read so far, and the first four written (a client's
+        #: opcode), for `afsfuse-ctl calls` (rx/snapshot.py).
+        self.bytes_written = 0
+        self.bytes_read = 0
+        self.head = b""
         self.tfirst = 1  # lowest seq not yet hard-acked
         self.tnext = 1  # seq of the next packet to build
         self.tnext_send = 1  # lowest seq never transmitted
@@ -227,6 +232,9 @@ class Call:
             raise RuntimeError("write after close_send")
         view = memoryview(data).cast("B")
         conn = self.conn
+        if not self.bytes_written:
+            self.head = bytes(view[:4])
+        self.bytes_written += len(view)
         conn.peer.bytes_sent += len(view)
         max_data = conn.max_user_data()
         pos = 0
@@ -296,6 +304,7 @@ class Call:
             consumed += 1
         self.rx_offset = offset
         self.rx_avail -= got
+        self.bytes_read += got
         self.conn.peer.bytes_received += got
         if consumed:
             self._consumed(consumed, now)

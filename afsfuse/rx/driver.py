@@ -50,11 +50,6 @@ class CallHandle:
         self._endpoint = endpoint
         self._lot = trio.lowlevel.ParkingLot()
         self._core: Call | None = None
-        #: Stream bytes written and read so far, and the first four written (a client's
-        #: opcode), for `afsfuse-ctl calls` (rx/snapshot.py): one sum per send or read.
-        self.sent = 0
-        self.received = 0
-        self.head = b""
 
     def _bind(self, core_call: Call) -> None:
         self._core = core_call
@@ -77,9 +72,6 @@ class CallHandle:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
-        if not self.sent:
-            self.head = bytes(view[:4])
-        self.sent += len(view)
         endpoint = self._endpoint
         pos = 0
         while True:
@@ -119,7 +111,6 @@ class CallHandle:
                 break
             await self._lot.park()
             parked = True
-        self.received += n
         await self._after_read(parked)
         return n
 
@@ -140,7 +131,6 @@ class CallHandle:
                 raise RxAbort(RX_EOF)
             await self._lot.park()
             parked = True
-        self.received += n
         await self._after_read(parked)
         return bytes(buf)
 
@@ -158,7 +148,6 @@ class CallHandle:
             await self._lot.park()
             parked = True
         data = b"".join(chunks)
-        self.received += len(data)
         await self._after_read(parked)
         return data
 

@@ -153,16 +153,13 @@ def _connection(conn: Connection[Call], now: float) -> ConnFigures:
 
 
 def _call(call: Call, now: float) -> CallFigures:
-    # The driver's handle (driver.CallHandle) counts the stream bytes; a server call not
-    # yet handed to a handler has none.
-    handle = call.app
     if call.state != CallState.ACTIVE:
         state = _STATE_NAMES[call.state]
     elif not call.is_client:
         state = "serving"
     else:
         state = "receiving" if call.tx_last_sent else "sending"
-    head = handle.head if handle is not None else b""
+    head = call.head
     return CallFigures(
         address=call.conn.addr,
         service_id=call.conn.service_id,
@@ -173,8 +170,8 @@ def _call(call: Call, now: float) -> CallFigures:
         opcode=int.from_bytes(head, "big") if call.is_client and len(head) == 4 else None,
         state=state,
         age=now - call.started_at,
-        bytes_sent=handle.sent if handle is not None else 0,
-        bytes_received=handle.received if handle is not None else 0,
+        bytes_sent=call.bytes_written,
+        bytes_received=call.bytes_read,
         cwind=call.cwind,
         twind=call.twind,
         rwind=call.rwind,
