@@ -6,10 +6,15 @@ a private mount namespace with the run's own directories bound over the fixed Op
 so the host's /etc/openafs, /var/lib/openafs, /var/log/openafs and /vicepa are never used.
 The KDC runs on the host, listening on the bridge address.
 
-    python -m afsfuse.testing.cell run [--fileservers N] -- COMMAND [ARGS...]
+    python -m afsfuse.testing.cell run [--fileservers N] [--delay I=RTT ...] -- COMMAND [ARGS...]
 
 starts a cell, runs COMMAND with the cell described in its environment (see Cell.env),
 tears everything down and exits with COMMAND's status.
+
+A server may sit at a distance: `Cell(delays={0: 0.010})` (or `--delay 0=0.010`) puts a
+delay line (afsfuse.testing.delay) adding a 10 ms round trip between the host and server 0,
+and `cell.set_delay(0, rtt)` changes it while the cell runs.  Traffic between two servers
+crosses both lines.
 
 Over 500 lines: one harness that starts, populates and tears down a whole cell, every
 step beside the cleanup that undoes it.
@@ -40,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afsfuse.testing.delay import DelayLine
 from afsfuse.testing.kdc import KDC
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,7 @@ class Server:
     addr: str
     root: Path
     bosserver: subprocess.Popen[bytes] | None = None
+    line: DelayLine | None = None
 
     @property
     def name(self) -> str:
@@ -119,6 +126,9 @@ class Cell:
 
     workdir: Path
     fileservers: int = 1
+    #: Round trip in seconds added between the host and a server, by server index; only
+    #: these servers get a delay line (0 makes one whose delay can be raised later).
+    delays: dict[int, float] = field(default_factory=dict)
     name: str = "afsfuse.test"
     realm: str = ""
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -133,6 +143,9 @@ class Cell:
         self.workdir = Path(self.workdir)
         if not 1 <= self.fileservers <= 8:
             raise CellError("--fileservers must be between 1 and 8")
+        for index, rtt in self.delays.items():
+            if not 0 <= index < self.fileservers or rtt < 0:
+                raise CellError(f"no server {index} to delay by {rtt} s")
 
     # -- what clients see ---------------------------------------------------------------
 
@@ -214,6 +227,8 @@ class Cell:
             with contextlib.suppress(Exception):
                 self.kdc.stop()
         for server in self.servers:
+            if server.line is not None:
+                server.line.stop()
             _run(["ip", "netns", "del", server.netns], check=False)
             _run(["ip", "link", "del", server.host_if], check=False)
         if self.bridge:
@@ -246,8 +261,12 @@ class Cell:
             self.servers.append(server)
             peer = f"afn{self.run_id}{i}"
             _run(["ip", "netns", "add", server.netns])
-            _run(["ip", "link", "add", server.host_if, "type", "veth", "peer", "name", peer])
-            _run(["ip", "link", "set", peer, "netns", server.netns])
+            if i - 1 in self.delays:
+                server.line = DelayLine(server.host_if, server.netns, peer, self.delays[i - 1])
+                self._record_state()
+            else:
+                _run(["ip", "link", "add", server.host_if, "type", "veth", "peer", "name", peer])
+                _run(["ip", "link", "set", peer, "netns", server.netns])
             _run(["ip", "link", "set", server.host_if, "master", self.bridge, "up"])
             in_ns = ["ip", "netns", "exec", server.netns]
             _run([*in_ns, "ip", "addr", "add", f"{server.addr}/24", "dev", peer])
@@ -275,6 +294,7 @@ class Cell:
             "netns": [s.netns for s in self.servers],
             "links": [s.host_if for s in self.servers],
             "kdc": self.kdc.pid if self.kdc is not None else None,
+            "delay_lines": [s.line.pid for s in self.servers if s.line is not None],
         }
         (STATE_DIR / f"{self.run_id}.json").write_text(json.dumps(state))
 
@@ -435,6 +455,13 @@ class Cell:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
 
+    def set_delay(self, index: int, rtt: float) -> None:
+        """Make server `index` (made with a delay line) `rtt` seconds of round trip away."""
+        line = self.servers[index].line
+        if line is None:
+            raise CellError(f"server {index} has no delay line: start the cell with delays")
+        line.set_rtt(rtt)
+
     def stop_fileserver(self, index: int) -> None:
         """Stop one fileserver (and volserver) through bos, as an operator would."""
         server = self.servers[index]
@@ -485,13 +512,16 @@ class Cell:
 
 @contextlib.contextmanager
 def running_cell(
-    fileservers: int = 1, name: str = "afsfuse.test", keep: bool = False
+    fileservers: int = 1,
+    name: str = "afsfuse.test",
+    keep: bool = False,
+    delays: dict[int, float] | None = None,
 ) -> Iterator[Cell]:
     """A cell in a fresh scratch directory, removed afterwards unless `keep`."""
     workdir = Path(tempfile.mkdtemp(prefix="afscell-"))
     workdir.chmod(0o755)
     try:
-        with Cell(workdir, fileservers=fileservers, name=name) as cell:
+        with Cell(workdir, fileservers=fileservers, name=name, delays=delays or {}) as cell:
             yield cell
     finally:
         if not keep:
@@ -515,6 +545,12 @@ def collect_garbage() -> list[str]:
         if state.get("kdc"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state["kdc"], signal.SIGKILL)
+        for pid in state.get("delay_lines", []):
+            # A line ends with its harness (its stdin closes); one that did not is killed,
+            # if the PID still names a delay line.
+            with contextlib.suppress(OSError):
+                if b"afsfuse.testing.delay" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
         record.unlink()
         removed.append(record.stem)
     return removed
@@ -531,6 +567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--fileservers", type=int, default=1)
     run.add_argument("--cell", default="afsfuse.test", help="cell name (default afsfuse.test)")
     run.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    run.add_argument(
+        "--delay",
+        action="append",
+        default=[],
+        metavar="INDEX=RTT",
+        help="add RTT seconds of round trip to server INDEX (from 0); may be repeated",
+    )
     run.add_argument("command", nargs="+", help="command to run (after --)")
     sub.add_parser("gc", help="clean up after harness runs that were killed")
     args = parser.parse_args(argv)
@@ -539,9 +582,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run_id in collect_garbage():
             print(f"removed leftovers of run {run_id}")
         return 0
+    try:
+        delays = {int(i): float(rtt) for i, rtt in (d.split("=", 1) for d in args.delay)}
+    except ValueError:
+        parser.error("--delay takes INDEX=SECONDS, e.g. 0=0.010")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        with running_cell(args.fileservers, args.cell, args.keep) as cell:
+        with running_cell(args.fileservers, args.cell, args.keep, delays) as cell:
             env = {**os.environ, **cell.env()}
             child = subprocess.Popen(args.command, env=env)
             try:
