@@ -455,12 +455,16 @@ class Cell:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
 
-    def set_delay(self, index: int, rtt: float) -> None:
-        """Make server `index` (made with a delay line) `rtt` seconds of round trip away."""
+    def delay_line(self, index: int) -> DelayLine:
+        """Server `index`'s delay line (its counters, its round trip)."""
         line = self.servers[index].line
         if line is None:
             raise CellError(f"server {index} has no delay line: start the cell with delays")
-        line.set_rtt(rtt)
+        return line
+
+    def set_delay(self, index: int, rtt: float) -> None:
+        """Make server `index` (made with a delay line) `rtt` seconds of round trip away."""
+        self.delay_line(index).set_rtt(rtt)
 
     def stop_fileserver(self, index: int) -> None:
         """Stop one fileserver (and volserver) through bos, as an operator would."""
