@@ -1,7 +1,7 @@
 """afsfuse side by side with OpenAFS's afsd.fuse on a throwaway test cell (`make bench`).
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--big-mb N] [--clients A,B]
-                                  [--only W1,W2] [--profile DIR]
+                                  [--only W1,W2] [--profile DIR] [--net wan10|wan1]
 
 Starts a cell, fills <cell>/test/bench as the cell admin (a big file, directories of 1000
 and 10 000 entries, 1000 small files), then runs rounds.  In each round each client in turn
@@ -12,6 +12,9 @@ more with alice's token (rxkad crypt), and once more anonymously with --no-xattr
 Prints one table of medians and writes the same, every run included, as JSON under
 bench/results/.  A workload that fails on a client is reported as failed, with the reason.
 Needs root (the cell, drop_caches, FUSE mounts for every user).
+
+`--net wan10` (or `wan1`) puts every server 10 ms (1 ms) of round trip away, behind a delay
+line, and runs the WAN workloads only (wan.py).
 
 `--profile DIR` attaches py-spy to each afsfuse daemon for each timed workload and leaves
 collapsed stacks in DIR (`<client>-<round>-<workload>.txt`, summarised by
@@ -40,7 +43,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clients import CLIENTS, CellInfo, Client, ClientError
+import wan
+from clients import CLIENTS, CellInfo, Client, ClientError, daemon_usage
 from populate import populate
 from workloads import Context, Workload, WorkloadFailed, workloads
 
@@ -177,6 +181,7 @@ def _meta(args: argparse.Namespace, listing_sizes: tuple[int, ...]) -> dict:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
+        "net": args.net,
         "rounds": args.rounds,
         "big_mb": args.big_mb,
         "listing_sizes": list(listing_sizes),
@@ -202,6 +207,9 @@ def _parse() -> argparse.Namespace:
         "--only", help="comma-separated workload keys (mind those that use an earlier one's files)"
     )
     parser.add_argument("--profile", type=Path, help="py-spy afsfuse into this directory")
+    parser.add_argument(
+        "--net", choices=["lan", *wan.PROFILES], default="lan", help="network profile"
+    )
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.big_mb = args.big_mb or (64 if args.quick else 256)
@@ -214,11 +222,14 @@ def main() -> int:
         print("bench: needs root (test cell, drop_caches, FUSE mounts)", file=sys.stderr)
         return 2
     listing_sizes = (1000,) if args.quick else (1000, 10000)
+    far = args.net in wan.PROFILES
+    if far:
+        listing_sizes = wan.LISTING_SIZES
     chosen = [c for c in CLIENTS if c.name in args.clients.split(",")]
     meta = _meta(args, listing_sizes)
     with (
         tempfile.TemporaryDirectory(prefix="afsfuse-bench-") as tmp,
-        running_cell() as cell,
+        running_cell(delays=wan.lines(fileservers=1) if far else None) as cell,
     ):
         scratch = Path(tmp)
         scratch.chmod(0o755)
@@ -231,7 +242,9 @@ def main() -> int:
         cell.exec("vos", "release", "root.cell", "-localauth", timeout=180)
         members = _scratch_files(scratch, args.big_mb, args.quick)
         clients = [cls(info, scratch / cls.name.replace(" ", "-")) for cls in chosen]
-        plan = workloads(listing_sizes)
+        plan = wan.plan() if far else workloads(listing_sizes)
+        if far:
+            wan.go_far(cell, args.net)
         if args.only:
             plan = [w for w in plan if w.key in args.only.split(",")]
         if args.profile:
@@ -245,6 +258,7 @@ def main() -> int:
         finally:
             for client in clients:
                 client.unmount()
+        lines = [_line_json(cell, index) for index, s in enumerate(cell.servers) if s.line]
     result = {
         "meta": meta,
         "workloads": [
@@ -257,11 +271,19 @@ def main() -> int:
             for w in plan
         ],
         "daemons": rounds,
+        "delay_lines": lines,
     }
     print(render(result))
+    for line in lines:
+        print(
+            f"bench: delay line to server {line['server']}: {line['rtt'] * 1000:g} ms, "
+            f"{line['cpu_seconds']:.1f} s CPU; frames forwarded/dropped: "
+            + ", ".join(f"{way} {n['forwarded']}/{n['dropped']}" for way, n in line["ways"].items())
+        )
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"{stamp}-{meta['mode']}.json"
+    net = "" if meta["net"] == "lan" else f"-{meta['net']}"
+    path = RESULTS / f"{stamp}-{meta['mode']}{net}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nbench: wrote {path}")
     return 0
@@ -299,6 +321,13 @@ def _round(number, order, plan, table, rounds, layout, scratch, members, profile
             }
         )
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def _line_json(cell, index: int) -> dict:
+    """What a delay line did over the run: frames each way (dropped ones too) and its CPU."""
+    line = cell.delay_line(index)
+    cpu = daemon_usage(line.pid).cpu_seconds
+    return {"server": index, "rtt": line.rtt, "cpu_seconds": cpu, "ways": line.stats()}
 
 
 def _cell_json(cell: Series) -> dict:
@@ -382,6 +411,7 @@ def render(result: dict) -> str:
     title = (
         f"afsd.fuse {meta['afsd_fuse_version']} vs afsfuse {meta['afsfuse_commit']}: "
         f"{meta['mode']} run, {meta['rounds']} round(s), big file {meta['big_mb']} MiB, "
+        f"{'' if meta.get('net', 'lan') == 'lan' else meta['net'] + ' network, '}"
         f"medians; time ratio = afsfuse / afsd.fuse (below 1: afsfuse is faster)"
     )
     return title + "\n" + "\n".join(lines)

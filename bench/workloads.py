@@ -131,15 +131,21 @@ def check_written(ctx: Context) -> None:
         raise WorkloadFailed(f"the written file has {size} bytes, not {ctx.layout.big_bytes}")
 
 
-def create_small(ctx: Context) -> None:
-    run([*PYTHON, "-c", _CREATOR, os.fspath(ctx.mine("create")), str(SMALL_FILES),
-         str(SMALL_BYTES)])  # fmt: skip
+def create_small(count: int) -> Callable[[Context], None]:
+    def timed(ctx: Context) -> None:
+        run([*PYTHON, "-c", _CREATOR, os.fspath(ctx.mine("create")), str(count),
+             str(SMALL_BYTES)])  # fmt: skip
+
+    return timed
 
 
-def check_created(ctx: Context) -> None:
-    names = os.listdir(ctx.mine("create"))
-    if len(names) != SMALL_FILES:
-        raise WorkloadFailed(f"{len(names)} files created, not {SMALL_FILES}")
+def check_created(count: int) -> Callable[[Context], None]:
+    def check(ctx: Context) -> None:
+        names = os.listdir(ctx.mine("create"))
+        if len(names) != count:
+            raise WorkloadFailed(f"{len(names)} files created, not {count}")
+
+    return check
 
 
 def list_long(entries: int) -> Callable[[Context], None]:
@@ -197,8 +203,9 @@ def _big(layout: Layout) -> int:
     return layout.big_bytes
 
 
-def workloads(listing_sizes: tuple[int, ...]) -> list[Workload]:
-    """In the order they run within a round (later ones use what earlier ones left)."""
+def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> list[Workload]:
+    """In the order they run within a round (later ones use what earlier ones left);
+    `creates` small files in the create workload."""
     listings = [
         Workload(f"ls-l-{n}", f"cold ls -l, {n} entries", list_long(n), cold) for n in listing_sizes
     ]
@@ -222,7 +229,12 @@ def workloads(listing_sizes: tuple[int, ...]) -> list[Workload]:
             check=check_written,
             nbytes=_big,
         ),
-        Workload("create", f"create {SMALL_FILES} small files", create_small, check=check_created),
+        Workload(
+            "create",
+            f"create {creates} small files",
+            create_small(creates),
+            check=check_created(creates),
+        ),
         *listings,
         Workload("cat-small", "cold cat of small files", cat_small, cold),
         Workload("tar-x", "tar x Python stdlib", untar, make_tar_dir),
