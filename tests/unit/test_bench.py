@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from clients import daemon_usage
 from profile_summary import summarise
 from run import Run, Series, render, short_failure
+from wan import CREATES, KEYS, plan
 
 
 def test_daemon_usage_reads_this_process() -> None:
@@ -102,3 +103,10 @@ def test_profile_summary_ranks_own_and_inclusive_samples(tmp_path: Path) -> None
     assert own == ["     60.0%  create (afsfuse/x.py)", "     30.0%  send (rx.py)"]
     inclusive = lines[lines.index("  top 2 by inclusive samples:") + 1 :]
     assert inclusive == ["    100.0%  thread (1): MainThread", "    100.0%  run (trio/_run.py)"]
+
+
+def test_the_wan_plan_holds_its_four_workloads_and_fewer_creates() -> None:
+    chosen = plan()
+    assert sorted(w.key for w in chosen) == sorted(KEYS)
+    create = next(w for w in chosen if w.key == "create")
+    assert create.title == f"create {CREATES} small files"
