@@ -46,7 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pyfuse3
 
@@ -68,6 +68,7 @@ from afsfuse.vfs.attrs import (
     synthetic_attrs,
 )
 from afsfuse.vfs.dynroot import DynRoot, Entry
+from afsfuse.vfs.eof import RETRY, SETTLE
 from afsfuse.vfs.inodes import (
     FileNode,
     InodeTable,
@@ -245,6 +246,11 @@ class AfsOperations(pyfuse3.Operations):
             name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout, (fid, status)
         )
 
+    async def _settled(self, child: _Child) -> None:
+        """Before attributes go to the kernel: no short read of the file is being taken in."""
+        if child.shown is not None:
+            await self.invalidator.holds.settled(child.shown[0])
+
     def _showing(self, child: _Child) -> None:
         if child.shown is not None:
             self._show(*child.shown)
@@ -297,6 +303,7 @@ class AfsOperations(pyfuse3.Operations):
             child = self._dyn_child(entry, self.shared_timeout)
         else:
             child = await self._lookup_afs(parent, text, who)
+            await self._settled(child)
         attrs = self._reply(child, parent)
         self._touched(ctx, self.inodes.get(attrs.st_ino) or parent)
         return attrs
@@ -336,6 +343,7 @@ class AfsOperations(pyfuse3.Operations):
             # that must not become the node its statfs is about.
             self._touched(ctx, node)
         if isinstance(node, FileNode):
+            await self.invalidator.holds.settled(node.fid)
             status = await self.manager.getattr(node.fid, who)
             self._show(node.fid, status)
             attrs = file_attrs(status, self.shared_timeout)
@@ -392,6 +400,7 @@ class AfsOperations(pyfuse3.Operations):
             # The kernel's pages and length may be an older version's, and the push of the
             # change may still be on its way: drop them now (the pages with this open).  It
             # asks for the attributes before it reads again, and gets this version's.
+            await self.invalidator.holds.settled(node.fid)
             self.invalidator.attributes_now(inode)
             self._show(node.fid, status)
         if flags & os.O_TRUNC:
@@ -444,29 +453,40 @@ class AfsOperations(pyfuse3.Operations):
         fid = handle.fid
         got = await self.manager.read_shown(fid, off, size, handle.who, self._shown_version(fid))
         shown = self._shown_version(fid)  # now: the kernel may have been given more meanwhile
-        if got.version is None or shown is None:
+        if got.version is None or shown is None or handle.direct:
             return got.data
         if got.version == shown[0]:
-            if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
+            if size > _PAGE and len(got.data) <= size - _PAGE:
                 # The kernel reads ahead no further than the page its length ends in: it
                 # sized this read with a longer file than this version, a length it was
                 # given and we have replaced since.  Short, it would keep zeros.
-                self.invalidator.attributes_now(handle.inode)
-                raise fail(errno.EIO)
+                await self._retry_after_change(fid, handle.inode)
+            if off + size > -(-got.length // _PAGE) * _PAGE:
+                # Short of the length the read was sized by: the kernel must take it as the
+                # end of the file (eof.py).
+                self.invalidator.holds.hold(fid, SETTLE)
             return got.data
-        self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.
         if got.version < shown[0]:
             # The kernel has moved past this version since it asked: its pages would outlive
             # the change.
-            raise fail(errno.EIO)
+            await self._retry_after_change(fid, handle.inode)
         if off + len(got.data) < min(off + size, shown[1]):
             # Short of the length the kernel has: it would fill the rest of its pages with
             # zeros, and keep them at that length when its attributes changed since it
             # asked.  Asked again, the short answer at this version cuts the length there.
             self._shown[fid] = (got.version, got.length)
-            raise fail(errno.EIO)
+            await self._retry_after_change(fid, handle.inode)
+        self.invalidator.attributes_now(handle.inode)
         return got.data
+
+    async def _retry_after_change(self, fid: AfsFid, inode: int) -> NoReturn:
+        """Fail this read so the kernel asks again, after it has been told to ask for the
+        attributes first; its next answer may be short, so hold what would unsettle that."""
+        await self.invalidator.holds.settled(fid)  # another reader's short answer first
+        self.invalidator.attributes_now(inode)
+        self.invalidator.holds.hold(fid, RETRY)
+        raise fail(errno.EIO)
 
     @guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -604,6 +624,7 @@ class AfsOperations(pyfuse3.Operations):
             batch = handle.entries[first : first + READDIR_BATCH]
             children = await self._children(handle, batch)
             for child in children:
+                await self._settled(child)
                 node = self.inodes.intern(child.key, child.make)
                 child.attrs.st_ino = node.inode
                 child.attrs.entry_timeout = child.entry_timeout
