@@ -18,15 +18,15 @@ from afsfuse.ctl.server import ControlError, Request, op
 from afsfuse.fs.api import CacheManagerApi
 from afsfuse.fs.errors import FsError
 from afsfuse.rx.interfaces.vl import VL
+from afsfuse.vl.rank import MAX_RANK
 
 #: Cell status bits as OpenAFS's VIOC_GETCELLSTATUS gives them.
 CELL_NO_SETUID = 0x02
 CELL_LINKED = 0x20
 #: `fs checkservers -interval` takes at most ten minutes.
 MAX_PROBE_INTERVAL = 600
-#: Preferences set in one request, and the largest rank (an unsigned short in OpenAFS).
+#: Preferences set in one request.
 MAX_PREFS = 1024
-MAX_RANK = 0xFFFF
 #: The longest cell name (MAXCELLCHARS less its NUL), and the VL servers fs newcell sends.
 MAX_CELL_NAME = 63
 MAX_CELL_SERVERS = 8
@@ -201,11 +201,10 @@ class CellOps:
 
     @op("setserverprefs")
     async def setserverprefs(self, request: Request) -> dict[str, Any]:
-        """`servers` [[address, rank], ...] for fileservers; root only.  VL servers are
-        asked in the order the cell lists them: `vlservers` is refused."""
+        """`servers` [[address, rank], ...] for fileservers (with `vlservers`, for VL
+        servers); root only.  A rank set here wins over distance and round trip."""
         request.require_root("set server preferences")
-        if request.args.get("vlservers"):
-            raise ControlError("EINVAL", "VL server preferences are not kept")
+        vlservers = bool(request.args.get("vlservers"))
         servers = request.args.get("servers")
         if not isinstance(servers, list) or len(servers) > MAX_PREFS:
             raise ControlError("EINVAL", "'servers' must be a list of [address, rank] pairs")
@@ -220,7 +219,7 @@ class CellOps:
                 raise ControlError("EINVAL", f"a rank is 0 to {MAX_RANK}: {entry!r}")
             checked.append((address, rank))
         for address, rank in checked:
-            self._manager.set_server_rank(address, rank)
+            self._manager.set_server_rank(address, rank, vlservers)
         return {"servers": [list(pair) for pair in checked]}
 
     @op("getcacheparms")

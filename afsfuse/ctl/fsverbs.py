@@ -90,7 +90,10 @@ def add_verbs(command: Command) -> None:
     getprefs.add_argument("-numeric", "--numeric", action="store_true", help="addresses only")
     getprefs.add_argument("-vlservers", "--vlservers", action="store_true", help="VL servers")
     setprefs = command(
-        "setserverprefs", _setserverprefs, "rank fileservers (root only)", aliases=["sp"]
+        "setserverprefs",
+        _setserverprefs,
+        "rank fileservers, VL servers (root only)",
+        aliases=["sp"],
     )
     setprefs.add_argument("-servers", "--servers", nargs="+", default=[], metavar="HOST RANK")
     setprefs.add_argument("-vlservers", "--vlservers", nargs="+", default=[], metavar="HOST RANK")

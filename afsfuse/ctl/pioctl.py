@@ -390,8 +390,11 @@ def _sprefs(reader: Reader, count: int) -> list[list[Any]]:
 
 
 def _decode_setsprefs(reader: Reader) -> dict[str, Any]:
-    """setspref {flags, num_servers, spref[]}."""
-    if reader.remaining < 4 + _SPREF.size:
+    """setspref {flags, num_servers, spref[]}.  fs setserverprefs -vlservers first sends
+    the fileservers' list even when it is empty: that is taken as setting none (OpenAFS's
+    kernel refuses it, and fs falls back to the old pioctl, but over rmtsys the refusal
+    prints a warning)."""
+    if reader.remaining < 4:
         raise PioctlError(errno.EINVAL, "no setspref")
     flags, count = struct.unpack("=HH", reader.take(4))
     return {"vlservers": bool(flags & _DB_SERVERS), "servers": _sprefs(reader, count)}

@@ -39,7 +39,7 @@ thread as a waiter.
 
 Cells (GetCellServDB by index, GetCellByNum by number): the cells known, with their VL
 servers' IPv4 addresses.  Server preferences (GetServerPrefs): each fileserver met, with
-its rank (fs/server.py).
+its rank (vl/rank.py).
 
 Cache configuration (GetCacheConfig), OpenAFS's cm_initparams_v1: chunk files are how many
 full chunks the cache size holds; stat caches how many vnode records are kept at most;

@@ -48,12 +48,13 @@ from afsfuse.fs.callback import CallbackRegistry, Fid
 from afsfuse.fs.cell import Cell, CellDB
 from afsfuse.fs.chunkmem import ChunkMemory
 from afsfuse.fs.cmdebug import CacheView
-from afsfuse.fs.cmservice import CacheManagerService
+from afsfuse.fs.cmservice import CacheManagerService, local_ipv4_interfaces
 from afsfuse.fs.dir_edit import Listing
 from afsfuse.fs.directories import DirectoryCache
 from afsfuse.fs.errors import FsError, fs_error
 from afsfuse.fs.invalidate import Invalidator
 from afsfuse.fs.names import NameOps, encode_name
+from afsfuse.fs.ranker import Ranker
 from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import ServerConfig, ServerTable
@@ -71,7 +72,9 @@ from afsfuse.rx.interfaces.fs import (
     AFSCBMAX,
     PRSFS_READ,
 )
+from afsfuse.rx.interfaces.vl import VL
 from afsfuse.vl.cellservdb import cell_key
+from afsfuse.vl.rank import Address, Ranks
 from afsfuse.vl.vlclient import VLClient, VolumeLocation
 
 log = logging.getLogger(__name__)
@@ -180,7 +183,16 @@ class CacheManager:
         self.tokens = tokens
         self.stats = stats
         self.registry = registry or CallbackRegistry()
-        self.servers = ServerTable(endpoint, config.server_config())
+        #: Fileservers' and database servers' ranks, kept by the ranker from Rx's round trips.
+        self.ranks = Ranks(local_ipv4_interfaces)
+        self.servers = ServerTable(endpoint, config.server_config(), self.ranks)
+        self.ranker = Ranker(
+            self.ranks,
+            endpoint.round_trip,
+            self._probe_for_rank,
+            lambda: self.servers.config.probe_interval,
+            config.probe_timeout,
+        )
         tokens.on_forget(self.servers.forget_token)
         self.volumes = VolumeCache(self._locate, config.volume_ttl)
         self.rotator = Rotator(self.servers, self.volumes, config.rotation_config(), stats)
@@ -287,6 +299,7 @@ class CacheManager:
             self._nursery = nursery
             try:
                 nursery.start_soon(self.servers.run_prober)
+                nursery.start_soon(self.ranker.run)
                 await nursery.start(self._clean_writer.run)
                 await nursery.start(self.writer.unsent.run)
                 task_status.started()
@@ -365,12 +378,11 @@ class CacheManager:
             if cell is None:
                 raise FsError(errno.ENOENT, f"unknown cell {cell_name}")
             client = self._vl[cell_name] = VLClient(
-                list(cell.vlservers), self._connect_vl, cell_name
+                list(cell.vlservers), self._connect_vl, cell_name, self.ranks
             )
         return client
 
     def _connect_vl(self, addr: tuple[str, int]) -> ClientConnection:
-        from afsfuse.rx.interfaces.vl import VL
         from afsfuse.rx.security import RXNULL
 
         return self.endpoint.connect(
@@ -691,8 +703,12 @@ class CacheManager:
     # -- fileservers and volume locations (fs/server.py, fs/volume.py) ----------------------
 
     async def check_servers(self, probe: bool) -> list[str]:
-        """Addresses of the fileservers that are down; with probe, asked first."""
-        return [server.addr for server in await self.servers.check(probe)]
+        """Addresses of the fileservers that are down; with probe, asked first (and the
+        round trips the probes measured go into the ranks at once)."""
+        down = await self.servers.check(probe)
+        if probe:
+            self.ranker.refresh()
+        return [server.addr for server in down]
 
     def probe_interval(self, seconds: float | None = None) -> float:
         """Seconds between probes of down servers; sets it first when seconds is given."""
@@ -707,13 +723,29 @@ class CacheManager:
         found: dict[str, int] = {}
         for name in self.known_cells():
             cell = await self.cell(name)
-            for host, _ in cell.vlservers if cell is not None else ():
-                found.setdefault(host, self.servers.rank(host))
+            for host, port in cell.vlservers if cell is not None else ():
+                found.setdefault(host, self.ranks.peek((host, port)))
         return list(found.items())
 
-    def set_server_rank(self, addr: str, rank: int) -> None:
-        """Prefer the fileserver at `addr` by `rank` (lowest first) among a volume's sites."""
-        self.servers.set_rank(addr, rank)
+    def set_server_rank(self, addr: str, rank: int, vlservers: bool = False) -> None:
+        """Prefer the fileserver at `addr` by `rank` (lowest first) among a volume's sites,
+        or with vlservers the database server there among its cell's."""
+        if vlservers:
+            self.ranks.set_pref((addr, VL.port), rank)
+        else:
+            self.servers.set_rank(addr, rank)
+
+    async def _probe_for_rank(self, addr: Address) -> None:
+        """Measure the round trip to a met server nobody uses now (fs/ranker.py)."""
+        server = self.servers.find(*addr)
+        if server is not None:
+            if server.up:  # a down one is the down-server prober's
+                await self.servers.probe(server)
+            return
+        for client in list(self._vl.values()):
+            if addr in client.states:
+                await client.probe(addr)
+                return
 
     def forget_volume_locations(self) -> None:
         """Look every volume up again at its next use (`fs checkvolumes`)."""

@@ -8,7 +8,6 @@ rxnull, short dead time) hears from it again.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -23,41 +22,11 @@ from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import FS
 from afsfuse.rx.rxkad import LEVELS_BY_NAME, RxkadClient
 from afsfuse.rx.security import RXNULL, ClientSecurity
+from afsfuse.vl.rank import Ranks
 
 log = logging.getLogger(__name__)
 
 FS_PORT = 7000
-#: Server ranks as OpenAFS gives them by distance (afs_server.c): this host, a host on one
-#: of its subnets, on one of its (classful) networks, anywhere else.  Lower is preferred.
-RANK_HOST, RANK_SUBNET, RANK_NETWORK, RANK_ELSEWHERE = 5000, 20000, 30000, 40000
-MAX_RANK = 0xFFFF
-
-
-def _classful_mask(address: int) -> int:
-    for top_bits, width, mask in (
-        (0, 1, 0xFF000000),
-        (0b10, 2, 0xFFFF0000),
-        (0b110, 3, 0xFFFFFF00),
-    ):
-        if address >> (32 - width) == top_bits:
-            return mask
-    return 0
-
-
-def distance_rank(address: str, interfaces: list[tuple[int, int]]) -> int:
-    """The rank OpenAFS gives a server at `address` from this host's (address, netmask)
-    interfaces (without the random 0-14 it adds to spread equal servers)."""
-    server = int(ipaddress.IPv4Address(address))
-    rank = RANK_ELSEWHERE
-    for mine, subnet_mask in interfaces:
-        network_mask = _classful_mask(mine)
-        if server & network_mask != mine & network_mask:
-            continue
-        if server & subnet_mask != mine & subnet_mask:
-            rank = min(rank, RANK_NETWORK)
-        else:
-            rank = min(rank, RANK_HOST if server == mine else RANK_SUBNET)
-    return rank
 
 
 @dataclass(frozen=True)
@@ -91,9 +60,6 @@ class FileServer:
     no_inline_bulk: bool = False
     #: The server answered StoreACL (164) with RXGEN_OPCODE: use OldStoreACL (134) instead.
     no_store_acl: bool = False
-    #: Preference among a volume's sites, lowest first (`fs setserverprefs`); None: by
-    #: distance.
-    rank: int | None = None
     _probing: trio.Event | None = None
     _conns: dict[tuple[Token | None, int], ClientConnection] = field(default_factory=dict)
 
@@ -105,14 +71,17 @@ class FileServer:
 class ServerTable:
     """Every fileserver this cache manager has talked to, by address."""
 
-    def __init__(self, endpoint: Endpoint, config: ServerConfig) -> None:
+    def __init__(
+        self, endpoint: Endpoint, config: ServerConfig, ranks: Ranks | None = None
+    ) -> None:
         if config.security not in LEVELS_BY_NAME:
             raise ValueError(f"security must be one of {sorted(LEVELS_BY_NAME)}")
         self._endpoint = endpoint
         self.config = config
         self.level = LEVELS_BY_NAME[config.security]
         self._servers: dict[tuple[str, int], FileServer] = {}
-        self._interfaces: list[tuple[int, int]] | None = None
+        #: Shared with the VL clients and fs/ranker.py, which keeps it current.
+        self.ranks = ranks if ranks is not None else Ranks(local_ipv4_interfaces)
 
     def get(self, addr: str, port: int = FS_PORT) -> FileServer:
         server = self._servers.get((addr, port))
@@ -127,19 +96,13 @@ class ServerTable:
     def all(self) -> list[FileServer]:
         return list(self._servers.values())
 
-    def rank(self, server: FileServer | str) -> int:
-        """A server's preference (`fs getserverprefs`): as set, else by distance."""
-        if isinstance(server, FileServer) and server.rank is not None:
-            return server.rank
-        if self._interfaces is None:
-            self._interfaces = local_ipv4_interfaces()
-        return distance_rank(
-            server.addr if isinstance(server, FileServer) else server, self._interfaces
-        )
+    def rank(self, server: FileServer) -> int:
+        """A server's preference among a volume's sites, lowest first (vl/rank.py)."""
+        return self.ranks.rank(server.address)
 
     def set_rank(self, addr: str, rank: int) -> None:
-        """Prefer a fileserver by `rank` from now on; one not met yet is noted for later."""
-        self.get(addr).rank = min(max(rank, 0), MAX_RANK)
+        """Prefer a fileserver by `rank` from now on (`fs setserverprefs`)."""
+        self.ranks.set_pref((addr, FS_PORT), rank)
 
     def connection(self, server: FileServer, token: Token | None) -> ClientConnection:
         """The connection for calls to `server` made with `token` (None: anonymous)."""

@@ -60,9 +60,9 @@ class ServerView:
     down_for: float | None
     #: Smoothed round trip Rx measured on the calls made to it (None before the first).
     rtt: float | None
-    #: A fileserver's preference (`fs getserverprefs`: as set, else by distance; lower is
-    #: tried first among a volume's sites).  A database server's place in the order the
-    #: next lookup asks its cell's servers: 1 first.
+    #: Its preference, lowest first (`fs getserverprefs`: as set, else by distance and
+    #: round trip, vl/rank.py): among a volume's sites for a fileserver, among its cell's
+    #: servers for a database server.
     rank: int
     calls: int
     #: Calls that failed: a fileserver's that ended in an error (its refusals included);
@@ -212,7 +212,7 @@ def server_views(
         for server in servers.all()
     ]
     for cell, client in vl.items():
-        for rank, addr in enumerate(client.order(), 1):
+        for addr in client.order():
             state = client.states[addr]
             views.append(
                 ServerView(
@@ -222,7 +222,7 @@ def server_views(
                     up=state.up,
                     down_for=None if state.down_since is None else now - state.down_since,
                     rtt=rtts.get(addr),
-                    rank=rank,
+                    rank=client.ranks.peek(addr),
                     calls=state.calls,
                     errors=state.failed,
                     last_error=state.last_error,
@@ -272,7 +272,7 @@ def volume_views(
 
 def _site_rank(servers: ServerTable, site: VolumeSite) -> int:
     """The best rank among a site's addresses: rotation sorts addresses by rank."""
-    return min(servers.rank(servers.find(addr, FS_PORT) or addr) for addr in site.addresses)
+    return min(servers.ranks.peek((addr, FS_PORT)) for addr in site.addresses)
 
 
 def _service(service_id: int, client: bool) -> str:

@@ -102,6 +102,10 @@ class RxCore:
             peer = self._peers[addr] = Peer(addr)
         return peer
 
+    def known_peer(self, addr: Address) -> Peer | None:
+        """The peer of an address talked with, without making one."""
+        return self._peers.get(addr)
+
     def connect(
         self,
         addr: Address,

@@ -304,6 +304,14 @@ class Endpoint:
     def packets_sent(self) -> int:
         return self._core.packets_sent
 
+    def round_trip(self, addr: Address) -> tuple[float, float] | None:
+        """(smoothed round trip, when last heard from) of an address, once a round trip to
+        it was measured; for ranking servers (fs/ranker.py) without a whole snapshot."""
+        peer = self._core.known_peer(addr)
+        if peer is None or peer.srtt == 0.0:
+            return None
+        return peer.srtt, peer.heard
+
     def figures(self) -> snapshot.RxFigures:
         """Peers, connections and live calls as they are now, read on demand."""
         return snapshot.take(self._core, trio.current_time())

@@ -47,6 +47,7 @@ from afsfuse.rx.interfaces.vl import (
 )
 from afsfuse.rx.rpc import ConnectionLike
 from afsfuse.rx.security import RXNULL, ClientSecurity
+from afsfuse.vl.rank import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class VLClient:
         servers: Sequence[Address],
         connect: Callable[[Address], ConnectionLike],
         cell: str = "",
+        ranks: Ranks | None = None,
     ):
         if not servers:
             raise ValueError("a cell needs at least one VL server")
@@ -208,7 +210,9 @@ class VLClient:
         self._connect = connect
         self._conns: dict[Address, ConnectionLike] = {}
         self._generation: dict[Address, int] = {}
-        self._preferred = 0
+        #: Shared with the fileservers' table when the cache manager made this client; on
+        #: its own, every server ranks alike and the cell's order stands.
+        self.ranks = ranks if ranks is not None else Ranks(list)
         #: Fileserver UUID -> (address-list uniquifier, addresses).
         self._uuid_addresses: dict[uuid.UUID, tuple[int, tuple[str, ...]]] = {}
 
@@ -261,16 +265,26 @@ class VLClient:
                 last_error = error
                 continue
             self._answered(state)
-            self._preferred = self.servers.index(addr)
             return location
         assert last_error is not None
         raise last_error
 
     def order(self) -> list[Address]:
-        """The servers in the order the next lookup asks them: the one that answered last,
-        then the rest as configured."""
-        count = len(self.servers)
-        return [self.servers[(self._preferred + i) % count] for i in range(count)]
+        """The servers in the order the next lookup asks them: those not found failing
+        first, each group best ranked first (vl/rank.py), ties as the cell lists them."""
+        states, rank = self.states, self.ranks.rank
+        return sorted(self.servers, key=lambda addr: (not states[addr].up, rank(addr)))
+
+    async def probe(self, addr: Address) -> None:
+        """Ask one server whether it is there (VL.ProbeServer), so its round trip stays
+        known while another server answers the lookups; its state follows the outcome."""
+        state = self.states[addr]
+        try:
+            await VL.ProbeServer(self._conn(addr))
+        except RxAbort as error:
+            self._failed(state, error)
+            return
+        self._answered(state)
 
     def _failed(self, state: VLServerState, error: RxAbort) -> None:
         state.failed += 1

@@ -32,6 +32,7 @@ from logins import kinit
 from mounting import Mount, afs_mount, daemon_pid, no_client_files, stop_daemon
 
 from afsfuse.testing.cell import Cell
+from afsfuse.vl.rank import RANK_NETWORK, RANK_SUBNET
 
 pytestmark = pytest.mark.cell
 
@@ -563,16 +564,21 @@ def test_other_hosts_only_when_allowed_and_their_users_are_theirs(
             assert remote(0, 2, set_it=False) == [[errno.EDOM, False]]
 
 
+def _ranks(listing: str) -> dict[str, int]:
+    """`fs getserverprefs` output: host, rank."""
+    return {host: int(rank) for host, rank in (line.split() for line in listing.splitlines())}
+
+
 def test_server_preferences(tools: Tools) -> None:
-    """Ranks as OpenAFS gives them by distance (the fileserver is on one of this host's
-    subnets: 20000), root's own preferences, and no VL server preferences at all."""
+    """Ranks as OpenAFS gives them by distance (the servers are on one of this host's
+    subnets: 20000), refined by round trip within that band, and root's own preferences for
+    fileservers and VL servers, which win."""
     server = tools.cell.servers[0].addr
-    listed = tools.ok("bob", "fs", "getserverprefs", "-numeric")
-    assert f"{server:<50} {20000:5d}\n" in listed
-    assert (
-        tools.ok("bob", "fs", "getserverprefs", "-vlservers")
-        == f"{host_name(server):<50} {20000:5d}\n"
-    )
+    listed = _ranks(tools.ok("bob", "fs", "getserverprefs", "-numeric"))
+    assert RANK_SUBNET <= listed[server] < RANK_NETWORK, listed
+    vl_ranks = _ranks(tools.ok("bob", "fs", "getserverprefs", "-vlservers"))
+    assert list(vl_ranks) == [host_name(server)]
+    assert RANK_SUBNET <= vl_ranks[host_name(server)] < RANK_NETWORK
     refused = tools.run("alice", "fs", "setserverprefs", "-servers", server, "7000")
     assert refused.stderr == "Permission denied: requires root access.\n"
     try:
@@ -581,11 +587,14 @@ def test_server_preferences(tools: Tools) -> None:
         assert [server, 7000] in tools.ctl_json("alice", "getserverprefs")["servers"]
         # Files are still reached (the only site, now preferred).
         assert tools.ok("alice", "fs", "checkservers") == "All servers are running.\n"
-        vl = tools.run(None, "fs", "setserverprefs", "-vlservers", server, "100")
-        assert vl.returncode == 1
-        assert vl.stderr == "This cache manager does not support VL server preferences.\n"
+        assert tools.ok(None, "fs", "setserverprefs", "-vlservers", server, "100") == ""
+        vl_listed = tools.ok("alice", "fs", "getserverprefs", "-vlservers", "-numeric")
+        assert vl_listed == f"{server:<50} {100:5d}\n"
+        # The fileserver on the same host keeps its own.
+        assert f"{server:<50} {7000:5d}\n" in tools.ok("alice", "fs", "getserverprefs", "-numeric")
     finally:
         tools.ok(None, "fs", "setserverprefs", "-servers", server, "20000")
+        tools.ok(None, "fs", "setserverprefs", "-vlservers", server, "20000")
 
 
 def test_afsfuse_ctl_speaks_as_fs(tools: Tools, volume: str) -> None:

@@ -374,6 +374,10 @@ class MemEndpoint:
     def serve(self, service_id: int, handler: Any, securities: Any = ()) -> None:
         self.served[service_id] = handler
 
+    def round_trip(self, addr: tuple[str, int]) -> tuple[float, float]:
+        """Every server is near and was heard from just now: the ranker probes none."""
+        return 0.0001, trio.current_time()
+
 
 @asynccontextmanager
 async def mem_manager(

@@ -146,6 +146,9 @@ class FakeEndpoint:
     def serve(self, service_id, handler, securities=()) -> None:
         self.served = service_id
 
+    def round_trip(self, addr):
+        return None  # nothing measured: ranks by distance
+
 
 @pytest.fixture
 def manager(tmp_path: Path):

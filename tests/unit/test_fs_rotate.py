@@ -10,6 +10,7 @@ import trio
 
 from afsfuse.fs import deadline
 from afsfuse.fs.errors import FsError
+from afsfuse.fs.ranker import Ranker
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import FileServer, ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
@@ -17,6 +18,7 @@ from afsfuse.fs.volume import VolumeCache
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort, RxTimeout
 from afsfuse.rx.interfaces import fs as fsint
 from afsfuse.rx.interfaces.vl import VL_NOENT, VLSF_ROVOL, VLSF_RWVOL
+from afsfuse.vl.rank import Ranks
 from afsfuse.vl.vlclient import VolumeLocation, VolumeSite
 
 RW, RO = 100, 101
@@ -401,3 +403,52 @@ async def test_a_wait_too_short_to_judge_marks_nothing(autojump_clock) -> None:
         with pytest.raises(FsError):
             await r.call("c", RO, None, "FS.X", hang)
     assert r.servers.get("10.0.0.1").up
+
+
+def ranked(r: Rotator, round_trips: dict[str, float]) -> Ranker:
+    """A ranker over `r`'s servers whose Rx peers measured `round_trips` (changed in place);
+    every server is on our subnet, so only the round trip tells them apart."""
+    r.servers.ranks = Ranks(lambda: [(0x0A000063, 0xFFFFFF00)])  # 10.0.0.99/24
+
+    def round_trip(addr: tuple[str, int]) -> tuple[float, float] | None:
+        rtt = round_trips.get(addr[0])
+        return None if rtt is None else (rtt, trio.current_time())
+
+    async def probe(addr: tuple[str, int]) -> None:
+        raise AssertionError("every server was heard from just now")
+
+    return Ranker(r.servers.ranks, round_trip, probe, lambda: 30.0, 3.0)
+
+
+async def test_the_nearer_ro_site_is_tried_first_and_the_order_turns_past_hysteresis() -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
+    round_trips = {"10.0.0.1": 0.040, "10.0.0.2": 0.004}
+    ranker = ranked(r, round_trips)
+    op, calls = scripted({"10.0.0.1": ["far"] * 3, "10.0.0.2": ["near"] * 3})
+    assert await r.call("c", RO, None, "FS.X", op) == "far"  # nothing measured yet: VLDB order
+    assert ranker.refresh() == 2
+    assert await r.call("c", RO, None, "FS.X", op) == "near"
+    # The far site comes nearer, but not past the hysteresis (a fifth of 4 ms is 0.8 ms).
+    round_trips["10.0.0.1"] = 0.0045
+    ranker.refresh()
+    round_trips["10.0.0.2"] = 0.0047
+    assert ranker.refresh() == 0
+    assert await r.call("c", RO, None, "FS.X", op) == "near"
+    # Past it: the sites swap.
+    round_trips["10.0.0.2"] = 0.012
+    assert ranker.refresh() == 1
+    assert await r.call("c", RO, None, "FS.X", op) == "far"
+    assert calls == ["10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.1"]
+    assert [r.servers.rank(r.servers.get(a)) for a in ("10.0.0.1", "10.0.0.2")] == [20045, 20120]
+
+
+async def test_a_set_preference_wins_over_round_trips() -> None:
+    r, _ = rotator([location("10.0.0.1", "10.0.0.2")], set())
+    ranker = ranked(r, {"10.0.0.1": 0.040, "10.0.0.2": 0.004})
+    ranker.refresh()
+    r.servers.set_rank("10.0.0.1", 20000)
+    op, calls = scripted({"10.0.0.1": ["far", "far"]})
+    assert await r.call("c", RO, None, "FS.X", op) == "far"
+    ranker.refresh()  # no later round trip undoes it
+    assert await r.call("c", RO, None, "FS.X", op) == "far"
+    assert calls == ["10.0.0.1", "10.0.0.1"]

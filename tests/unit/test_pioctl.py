@@ -231,6 +231,8 @@ def test_server_preferences_are_native_sprefs() -> None:
     with pytest.raises(PioctlError):
         decode("V", 46, struct.pack("=HH", 0, 3) + bytes(8))  # three announced, one there
     assert decode("V", 42, setspref[4:] * 2) == {"servers": [["10.0.0.9", 123]] * 2}
+    empty = {"vlservers": False, "servers": []}
+    assert decode("V", 46, struct.pack("=HH", 0, 0)) == empty  # fs sp -vlservers alone
 
 
 def test_getpag_without_a_pag_is_nopag() -> None:

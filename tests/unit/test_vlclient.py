@@ -26,6 +26,7 @@ from afsfuse.rx.interfaces.vl import (
     vldbentry,
 )
 from afsfuse.rx.rpc import make_dispatcher
+from afsfuse.vl.rank import Ranks
 from afsfuse.vl.vlclient import VLClient
 
 RW, RO, BK = 536870912, 536870913, 536870914
@@ -120,7 +121,9 @@ class MiddleVL:
         )
 
 
-def client(nursery: trio.Nursery, *impls: object) -> tuple[VLClient, list[tuple[str, int]]]:
+def client(
+    nursery: trio.Nursery, *impls: object, ranks: Ranks | None = None
+) -> tuple[VLClient, list[tuple[str, int]]]:
     """A VLClient over one fake server per impl; also the list of addresses it connected to."""
     servers = [(f"192.0.2.{i + 1}", 7003) for i in range(len(impls))]
     by_addr = {addr: impl for addr, impl in zip(servers, impls, strict=True)}
@@ -138,7 +141,7 @@ def client(nursery: trio.Nursery, *impls: object) -> tuple[VLClient, list[tuple[
             return FakeConnection(nursery, failing)
         return FakeConnection(nursery, make_dispatcher(VL, impl))
 
-    return VLClient(servers, connect), connected
+    return VLClient(servers, connect, ranks=ranks), connected
 
 
 async def test_uuid_sites_resolve_and_split_by_type(nursery: trio.Nursery) -> None:
@@ -245,6 +248,10 @@ class FlakyVL(NewVL):
             raise RxAbort(RX_CALL_DEAD)
         return await super().GetEntryByNameU(call, volumename)
 
+    async def ProbeServer(self, call: FakeServerCall) -> None:
+        if self.down:
+            raise RxAbort(RX_CALL_DEAD)
+
 
 async def test_each_server_is_counted_and_its_fall_and_return_logged_once(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
@@ -252,18 +259,45 @@ async def test_each_server_is_counted_and_its_fall_and_return_logged_once(
     flaky, good = FlakyVL(), NewVL()
     vl, _ = client(nursery, flaky, good)
     first, second = vl.servers
-    for _ in range(2):
-        await vl.locate("root.cell")
-        vl._preferred = 0  # ask the flaky one first again
+    await vl.locate("root.cell")
+    assert vl.order() == [second, first]  # one that failed is asked last
+    await vl.locate("root.cell")
+    await vl.probe(first)  # fs/ranker.py asks it while it is not used
     down = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(down) == 1 and "192.0.2.1:7003" in down[0], down
     state = vl.states[first]
-    assert (state.up, state.calls, state.failed) == (False, 2, 2)
+    assert (state.up, state.calls, state.failed) == (False, 1, 2)
     assert state.down_since is not None and "RX_CALL_DEAD" in state.last_error
     assert (vl.states[second].up, vl.states[second].calls) == (True, 2)
-    assert vl.order() == [first, second]
     flaky.down = False
-    await vl.locate("root.cell")
+    await vl.probe(first)
     assert vl.states[first].up and vl.states[first].down_since is None
     assert sum("answers again" in r.getMessage() for r in caplog.records) == 1
     assert vl.order() == [first, second]
+    await vl.locate("root.cell")
+    assert (vl.states[first].calls, flaky.names) == (2, ["root.cell"])
+
+
+async def test_lookups_go_to_the_best_ranked_server_and_a_preference_wins(
+    nursery: trio.Nursery,
+) -> None:
+    """Ranks shared with the fileservers' (vl/rank.py): the nearer by round trip is asked
+    first, past the hysteresis the order turns, and a set preference wins over both."""
+    near, far = NewVL(), NewVL()
+    ranks = Ranks(lambda: [(0xC0000263, 0xFFFFFF00)])  # 192.0.2.99/24: both on our subnet
+    vl, _ = client(nursery, far, near, ranks=ranks)
+    far_addr, near_addr = vl.servers
+    ranks.measured(far_addr, 0.030)
+    ranks.measured(near_addr, 0.002)
+    assert vl.order() == [near_addr, far_addr]
+    await vl.locate("root.cell")
+    assert (near.names, far.names) == (["root.cell"], [])
+    ranks.measured(near_addr, 0.0021)  # noise: nothing moves
+    assert ranks.rtt(near_addr) == 0.002
+    ranks.measured(near_addr, 0.050)
+    ranks.measured(far_addr, 0.003)
+    assert vl.order() == [far_addr, near_addr]
+    ranks.set_pref(near_addr, 100)
+    assert vl.order() == [near_addr, far_addr]
+    await vl.locate("root.cell")
+    assert near.names == ["root.cell", "root.cell"] and far.names == []
