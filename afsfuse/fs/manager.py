@@ -714,6 +714,7 @@ class CacheManager:
         """Seconds between probes of down servers; sets it first when seconds is given."""
         if seconds is not None:
             self.servers.set_probe_interval(seconds)
+            self.ranker.interval_changed()
         return self.servers.config.probe_interval
 
     async def server_ranks(self, vlservers: bool = False) -> list[tuple[str, int]]:

@@ -42,9 +42,15 @@ class Ranker:
         self.ranks = ranks
         self._round_trip = round_trip
         self._probe = probe
-        #: Read every round, so a new `fs checkservers -interval` applies at once.
+        #: Read every round; interval_changed() cuts the wait for the next one short.
         self._interval = interval
         self._probe_timeout = probe_timeout
+        self._wake = trio.Event()
+
+    def interval_changed(self) -> None:
+        """`fs checkservers -interval` set a new interval: a round now, then at the new one
+        (not after whatever was left of the old)."""
+        self._wake.set()
 
     def refresh(self) -> int:
         """Take every met server's smoothed round trip into its rank; how many changed."""
@@ -84,8 +90,10 @@ class Ranker:
             await self._probe(addr)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background task: a round every interval."""
+        """Background task: a round every interval, and one when the interval changes."""
         task_status.started()
         while True:
-            await trio.sleep(self._interval())
+            with trio.move_on_after(self._interval()):
+                await self._wake.wait()
+            self._wake = trio.Event()
             await self.round()

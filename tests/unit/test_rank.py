@@ -144,7 +144,7 @@ async def test_a_probe_that_hangs_is_cut_and_the_round_goes_on(
     assert ranks.rank(("10.1.2.1", FS)) == RANK_SUBNET + 40
 
 
-async def test_the_task_rounds_at_the_interval_read_each_time(
+async def test_the_task_rounds_at_the_interval_and_at_once_when_it_changes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     peers, ranks = Peers(), Ranks(lambda: INTERFACES)
@@ -155,8 +155,15 @@ async def test_the_task_rounds_at_the_interval_read_each_time(
         await nursery.start(ranker.run)
         await trio.sleep(99)
         assert peers.probed == []
-        interval[0] = 2.0  # `fs checkservers -interval 2`, after the first round
-        await trio.sleep(2)
+        interval[0] = 2.0  # `fs checkservers -interval 2`: a round at once
+        ranker.interval_changed()
+        await trio.sleep(0.5)
         assert peers.probed == [("10.1.2.1", FS)]
         assert ranks.rank(("10.1.2.1", FS)) == RANK_SUBNET + 20
+        await trio.sleep(2)  # then every 2 s (heard 2 s ago: not idle, no probe)
+        assert peers.probed == [("10.1.2.1", FS)]
+        interval[0] = 0.1
+        ranker.interval_changed()
+        await trio.sleep(0.05)  # silent for over ten rounds of 0.1 s now: probed again
+        assert peers.probed == [("10.1.2.1", FS)] * 2
         nursery.cancel_scope.cancel()
