@@ -20,7 +20,7 @@ from typing import Any
 from . import packet as P
 from .connection import Connection
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort
-from .peer import MAX_PACKET
+from .peer import MAX_PACKET, RTT_REFRESH
 from .schedule import CallChanged, Schedule
 
 MAX_WINDOW = 32  # rx_maxSendWindow / rx_maxReceiveWindow
@@ -508,16 +508,18 @@ class Call:
     ) -> None:
         """An ACK's fields (packet.decode_ack_fields): what the peer holds of our stream."""
         self.last_receive = now
+        peer = self.conn.peer
+        if reason == _ACK_PING_RESPONSE and self.ping_serial and serial == self.ping_serial:
+            # Taken even once the call is over: the answer to a ping sent with the request
+            # may come just after the reply.
+            peer.rtt_sample(now - self.ping_sent_at, now)
+            self.ping_serial = 0
         if self.state in _FINISHED_STATES:
             return
         if rwind:
             self.twind = rwind if rwind < MAX_WINDOW else MAX_WINDOW
-        peer = self.conn.peer
         if max_mtu and max_mtu != peer.max_packet:
             peer.set_max_packet(max_mtu)
-        if reason == _ACK_PING_RESPONSE and self.ping_serial and serial == self.ping_serial:
-            peer.rtt_sample(now - self.ping_sent_at)
-            self.ping_serial = 0
         if first < self.tfirst:
             return  # the window moved backwards: a stale ACK
         if (
@@ -573,7 +575,7 @@ class Call:
         elif popped:
             self.tx_sacked = max(0, self.tx_sacked - popped)
         if rtt_packet is not None and reason != _ACK_DELAY and rtt_packet.sent_at is not None:
-            peer.rtt_sample(now - rtt_packet.sent_at)
+            peer.rtt_sample(now - rtt_packet.sent_at, now)
         if newly:
             if self.recover_until and self._recovered():
                 self.recover_until = 0
@@ -900,6 +902,15 @@ class Call:
             self.last_receive = now
         if self.resend_at is None:
             self.resend_at = now + self._resend_timeout()
+        if (
+            self.is_client
+            and self.tx_last_sent
+            and stop > start
+            and now - peer.sampled_at >= RTT_REFRESH
+        ):
+            # A server that answers at once lets its reply ack the request, even one that
+            # asked for an ack: no round trip is measured.  A ping it answers at once.
+            self.send_ping(now)
 
     def _resend_timeout(self) -> float:
         """How long sent packets may go unacknowledged before they count as lost."""

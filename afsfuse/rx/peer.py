@@ -21,6 +21,13 @@ MIN_PACKET = 520
 #: round trips in between); the wait doubles while nothing comes.
 STALL_PROBE_MIN = 0.005
 STALL_PROBE_MAX = 0.05
+#: A request is followed by a ping (a round-trip sample) when the peer's last sample is
+#: older than this, so that the round trip of a server in use stays measured (server
+#: ranks, fs/ranker.py) at the cost of at most a ping and its answer a second.
+RTT_REFRESH = 1.0
+#: A sample after this long without one starts the estimate afresh: the path may have
+#: changed meanwhile (a replica probed now and then must not keep its old round trip).
+RTT_STALE = 5.0
 
 
 class Peer:
@@ -36,6 +43,7 @@ class Peer:
         "resends",
         "rto",
         "rttvar",
+        "sampled_at",
         "srtt",
         "stall_wait",
     )
@@ -46,6 +54,8 @@ class Peer:
         self.heard = float("-inf")
         self.srtt = 0.0  # 0 until the first sample
         self.rttvar = 0.0
+        #: When the last round-trip sample was taken.
+        self.sampled_at = float("-inf")
         self.rto = INITIAL_RTO
         self.max_packet = MAX_PACKET
         #: How long a reply stream may go quiet before we probe the sender: two round
@@ -59,13 +69,14 @@ class Peer:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    def rtt_sample(self, sample: float) -> None:
-        """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off."""
+    def rtt_sample(self, sample: float, now: float) -> None:
+        """Van Jacobson: smoothed RTT and mean deviation; a fresh sample undoes back-off.
+        The first sample, or the first after RTT_STALE, sets the estimate outright."""
         if sample < 0:
             return
         # Every ACK of a bulk send brings a sample: comparisons, not min() and max() calls.
         srtt = self.srtt
-        if srtt == 0.0:
+        if srtt == 0.0 or now - self.sampled_at >= RTT_STALE:
             srtt = sample
             rttvar = sample / 2
         else:
@@ -75,6 +86,7 @@ class Peer:
             rttvar += ((err if err >= 0 else -err) - rttvar) / 4
         self.srtt = srtt
         self.rttvar = rttvar
+        self.sampled_at = now
         rto = srtt + 4 * rttvar
         self.rto = MIN_RTO if rto < MIN_RTO else MAX_RTO if rto > MAX_RTO else rto
         stall = 2 * srtt

@@ -26,7 +26,13 @@ from afsfuse.rx.call import (
 from afsfuse.rx.core import RxCore
 from afsfuse.rx.debug import DEBUG_BURST, DEBUG_RATE
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
-from afsfuse.rx.peer import MAX_PACKET, STALL_PROBE_MAX, STALL_PROBE_MIN
+from afsfuse.rx.peer import (
+    MAX_PACKET,
+    RTT_STALE,
+    STALL_PROBE_MAX,
+    STALL_PROBE_MIN,
+    Peer,
+)
 from afsfuse.rx.schedule import IncomingCall
 from afsfuse.rx.security import (
     RXNULL,
@@ -277,7 +283,7 @@ def test_a_quiet_reply_with_a_hole_is_nudged_with_an_ack_and_a_ping() -> None:
     core, call = client_call(dead_time=12.0)
     call.close_send(0.0)
     sent(core, 0.0)
-    call.conn.peer.rtt_sample(0.01)
+    call.conn.peer.rtt_sample(0.01, 0.0)
     for seq in (1, 3):
         packet = server_packet(call, P.DATA, seq, seq, b"x", P.MORE_PACKETS)
         core.receive_datagram(packet, SERVER, 0.1)
@@ -297,7 +303,7 @@ def test_the_first_stall_probe_waits_two_round_trips_within_bounds() -> None:
         core, call = client_call(dead_time=12.0)
         call.close_send(0.0)
         sent(core, 0.0)
-        call.conn.peer.rtt_sample(srtt)
+        call.conn.peer.rtt_sample(srtt, 0.0)
         core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"x", P.MORE_PACKETS), SERVER, 1)
         assert call.stall_probe_at == pytest.approx(1 + wait)
 
@@ -471,7 +477,7 @@ def test_retransmit_timer_backs_off() -> None:
 
 def test_a_request_once_the_round_trip_is_known_asks_for_no_ack_and_its_timer_allows_one() -> None:
     core, call = client_call()
-    call.conn.peer.rtt_sample(0.001)
+    call.conn.peer.rtt_sample(0.001, 0.0)
     rto = call.conn.peer.rto
     call.write(b"request", 0.0)
     call.close_send(0.0)
@@ -485,9 +491,45 @@ def test_a_request_once_the_round_trip_is_known_asks_for_no_ack_and_its_timer_al
     assert call.resend_at == pytest.approx(deadline + 2 * rto)
 
 
+def test_a_request_is_followed_by_a_ping_when_the_last_round_trip_sample_is_old() -> None:
+    """A server that answers at once lets the reply ack the request, so no ack measures
+    the round trip; a ping it answers at once does, for at most a ping a second, and its
+    answer counts even when it comes after the reply."""
+    core = RxCore(rng=random.Random(1))
+    conn = core.connect(SERVER, SERVICE, RXNULL)
+    conn.peer.rtt_sample(0.001, 0.0)
+    pings = []
+    for now in (0.5, 1.5):
+        call = core.new_call(conn, now)
+        assert call is not None
+        call.write(b"request", now)
+        call.close_send(now)
+        out = sent(core, now)
+        pings.append([a.reason for a in acks_in(out)])
+        (request,) = data_in(out)
+        assert request.flags & P.LAST_PACKET and not request.flags & P.REQUEST_ACK
+        reply = server_packet(call, P.DATA, 1, 1, b"reply", P.LAST_PACKET)
+        core.receive_datagram(reply, SERVER, now + 0.02)
+        assert call.read(100, now + 0.02) == b"reply"
+    assert pings == [[], [P.ACK_PING]]
+    answer = P.AckBody(0, 0, call.ping_serial, P.ACK_PING_RESPONSE, b"", 1444, 1444, 32, 1)
+    core.receive_datagram(server_packet(call, P.ACK, 0, 2, answer.encode()), SERVER, 1.54)
+    assert conn.peer.sampled_at == 1.54
+    assert conn.peer.srtt == pytest.approx(0.001 + (0.04 - 0.001) / 8)
+
+
+def test_a_round_trip_sample_after_a_silence_starts_the_estimate_afresh() -> None:
+    peer = Peer(SERVER)
+    peer.rtt_sample(0.040, 0.0)
+    peer.rtt_sample(0.004, 1.0)
+    assert peer.srtt == pytest.approx(0.0355)  # smoothed: an eighth of the way
+    peer.rtt_sample(0.004, 1.0 + RTT_STALE)
+    assert (peer.srtt, peer.rttvar) == (0.004, 0.002)
+
+
 def test_the_last_burst_of_a_longer_request_asks_for_no_ack_but_the_earlier_ones_do() -> None:
     core, call = client_call()
-    call.conn.peer.rtt_sample(0.001)
+    call.conn.peer.rtt_sample(0.001, 0.0)
     call.write(b"x" * 1412 * 4, 0.0)
     call.close_send(0.0)
     call.cwind = 2
@@ -1050,7 +1092,7 @@ def test_challenge_on_idle_client_connection_is_ignored() -> None:
 
 def test_soft_acks_already_seen_are_skipped_and_a_dropped_one_is_resent() -> None:
     core, call = client_call()
-    call.conn.peer.rtt_sample(0.001)
+    call.conn.peer.rtt_sample(0.001, 0.0)
     call.write(b"x" * (6 * 1416 + 10), 0.0)
     call.close_send(0.0)
     call.cwind = 8

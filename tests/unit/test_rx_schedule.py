@@ -35,6 +35,7 @@ def client_call(core: RxCore) -> Call:
 def test_the_endpoint_sends_owed_acks_before_transmissions_and_empties_the_schedule() -> None:
     core = RxCore(rng=random.Random(1))
     call = client_call(core)
+    call.conn.peer.rtt_sample(0.001, 0.0)  # measured just now: the request brings no ping
     call.write(b"request", 0.0)
     call.close_send(0.0)
     assert core.schedule.transmits == {call}
@@ -68,10 +69,11 @@ def test_a_call_reaches_its_endpoint_only_through_the_schedule() -> None:
     call.close_send(0.0)
     assert schedule.transmits == {call}
     call.transmit(0.0)
-    ((datagram, addr),) = schedule.outgoing
+    (datagram, addr), (ping, _) = schedule.outgoing  # a peer never measured: a ping follows
     header = P.decode_header(datagram)
     assert addr == ADDR and header.type == P.DATA and datagram[P.HEADER_SIZE :] == b"request"
     assert header.flags & P.LAST_PACKET
+    assert P.decode_ack(ping[P.HEADER_SIZE :]).reason == P.ACK_PING
     assert not hasattr(call, "core")
 
 
