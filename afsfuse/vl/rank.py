@@ -118,11 +118,6 @@ class Ranks:
         """The rank `addr` has or would have, without counting it as met."""
         return self._entry(addr).value
 
-    def rtt(self, addr: Address) -> float | None:
-        """The round trip `addr`'s rank was last set from."""
-        entry = self._ranks.get(addr)
-        return entry.rtt if entry is not None else None
-
     def set_pref(self, addr: Address, rank: int) -> None:
         """`fs setserverprefs`: `addr` ranks `rank` (bounded to 0..MAX_RANK) from now on,
         whatever its distance and round trip; one not met yet is noted for later."""

@@ -46,7 +46,7 @@ def test_hysteresis_a_fifth_and_at_least_half_a_millisecond() -> None:
     ranks.measured(addr, 0.010)
     assert not ranks.measured(addr, 0.0119)  # within a fifth
     assert not ranks.measured(addr, 0.0081)
-    assert ranks.rtt(addr) == 0.010
+    assert ranks.rank(addr) == RANK_SUBNET + 100
     assert ranks.measured(addr, 0.0121)
     assert ranks.rank(addr) == RANK_SUBNET + 121
     lan = ("10.1.2.10", FS)
@@ -62,7 +62,7 @@ def test_a_preference_wins_until_set_again_and_is_bounded() -> None:
     assert ranks.met() == []  # named by a preference only: not probed
     assert ranks.rank(addr) == 7 and ranks.met() == [addr]
     assert not ranks.measured(addr, 0.5)
-    assert ranks.rank(addr) == 7 and ranks.rtt(addr) == 0.5
+    assert ranks.rank(addr) == 7
     ranks.set_pref(addr, 1 << 20)
     assert ranks.rank(addr) == MAX_RANK
     # A VL server's preference is its own: the fileserver on the same host keeps its rank.
@@ -119,8 +119,8 @@ async def test_idle_servers_are_probed_longest_silent_first_and_few_a_round(
     assert chosen == [servers[n] for n in (4, 5, 6, 7)]  # never measured: silent longest
     await ranker.round()
     assert sorted(peers.probed) == sorted(chosen)
-    assert all(ranks.rtt(addr) is not None for addr in chosen)
-    assert ranks.rtt(servers[0]) == 0.001  # measured by use, taken in the same round
+    assert [ranks.rank(addr) for addr in chosen] == [RANK_SUBNET + 20] * 3 + [RANK_SUBNET + 30]
+    assert ranks.rank(servers[0]) == RANK_SUBNET + 10  # measured by use, taken the same round
     peers.probed.clear()
     assert ranker.idle(trio.current_time()) == [servers[1], servers[2]]
     await ranker.round()
