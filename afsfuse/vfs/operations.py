@@ -247,9 +247,17 @@ class AfsOperations(pyfuse3.Operations):
         )
 
     async def _settled(self, child: _Child) -> None:
-        """Before attributes go to the kernel: no short read of the file is being taken in."""
+        """Before attributes go to the kernel: no short read of the file they would
+        unsettle is being taken in (eof.py)."""
         if child.shown is not None:
-            await self.invalidator.holds.settled(child.shown[0])
+            await self._settled_for(*child.shown)
+
+    async def _settled_for(self, fid: AfsFid, status: Status) -> None:
+        shown = self._shown.get(fid)
+        if shown is not None and shown[1] != _WRITTEN and status.size > shown[1]:
+            await self.invalidator.holds.before_longer(fid)
+        else:
+            await self.invalidator.holds.settled(fid)
 
     def _showing(self, child: _Child) -> None:
         if child.shown is not None:
@@ -343,8 +351,8 @@ class AfsOperations(pyfuse3.Operations):
             # that must not become the node its statfs is about.
             self._touched(ctx, node)
         if isinstance(node, FileNode):
-            await self.invalidator.holds.settled(node.fid)
             status = await self.manager.getattr(node.fid, who)
+            await self._settled_for(node.fid, status)
             self._show(node.fid, status)
             attrs = file_attrs(status, self.shared_timeout)
         elif isinstance(node, MountNode) and node.source is not None:
@@ -455,6 +463,8 @@ class AfsOperations(pyfuse3.Operations):
         shown = self._shown_version(fid)  # now: the kernel may have been given more meanwhile
         if got.version is None or shown is None or handle.direct:
             return got.data
+        if len(got.data) < size:
+            self.invalidator.holds.answered_short(fid)
         if got.version == shown[0]:
             if size > _PAGE and len(got.data) <= size - _PAGE:
                 # The kernel reads ahead no further than the page its length ends in: it
@@ -477,6 +487,7 @@ class AfsOperations(pyfuse3.Operations):
             # asked.  Asked again, the short answer at this version cuts the length there.
             self._shown[fid] = (got.version, got.length)
             await self._retry_after_change(fid, handle.inode)
+        await self.invalidator.holds.settled(fid)
         self.invalidator.attributes_now(handle.inode)
         return got.data
 

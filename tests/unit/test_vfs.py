@@ -629,6 +629,17 @@ async def test_a_short_answer_holds_back_what_would_unsettle_it(autojump_clock) 
     (inodes, _), resume = ops.invalidator._take()
     assert inodes == [pub.st_ino] and resume is None
 
+    # A short answer at the very end of the kernel's length: nothing is held back...
+    assert await ops.read(info.fh, 0, 4096) == b"y" * 10
+    answered = trio.current_time()
+    await ops.getattr(pub.st_ino, ctx())
+    assert trio.current_time() == answered and holds.until(fid) is None
+    # ...but attributes that lengthen the file wait until the kernel has taken it: the
+    # zero-filled end of the page would be inside the new length.
+    manager.files[fid] = replace(manager.files[fid], data_version=3, size=20)
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 20
+    assert trio.current_time() == pytest.approx(answered + SETTLE)
+
 
 async def test_holds_are_bounded_however_often_they_are_renewed(autojump_clock) -> None:
     holds = EofHolds()
