@@ -11,7 +11,6 @@ import pyfuse3
 import trio
 
 from afsfuse.fs.vnode import AfsFid
-from afsfuse.vfs.eof import EofHolds
 from afsfuse.vfs.inodes import InodeTable, RootNode
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ class Invalidator:
         invalidate_entry: Callable[[int, bytes], None] = pyfuse3.invalidate_entry,
     ) -> None:
         self._inodes = inodes
-        self.holds = EofHolds()
         self._invalidate_inode = invalidate_inode
         self._invalidate_entry = invalidate_entry
         self._fids: set[AfsFid] = set()
@@ -63,21 +61,17 @@ class Invalidator:
         except OSError as e:
             log.debug("invalidate_inode(%d, attributes): %s", inode, e)
 
-    def _take(self) -> tuple[_Batch, float | None]:
-        """What to push now, and when the earliest hold on what is kept back ends."""
-        held = {fid: until for fid in self._fids if (until := self.holds.until(fid)) is not None}
+    def _take(self) -> _Batch:
         if self._everything:
             nodes = [n for n in self._inodes.nodes() if not isinstance(n, RootNode)]
         else:
-            nodes = [
-                node for fid in self._fids if fid not in held for node in self._inodes.for_fid(fid)
-            ]
-        self._fids = set(held)
+            nodes = [node for fid in self._fids for node in self._inodes.for_fid(fid)]
+        self._fids.clear()
         self._everything = False
         entries = [
             (n.inode, name) for n in nodes for name in self._inodes.take_cached_names(n.inode)
         ]
-        return ([n.inode for n in nodes], entries), min(held.values(), default=None)
+        return [n.inode for n in nodes], entries
 
     def _push(self, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
         for inode in inodes:
@@ -100,12 +94,10 @@ class Invalidator:
         threading.Thread(target=self._pusher, name="afsfuse-invalidate", daemon=True).start()
         task_status.started()
         try:
-            resume: float | None = None
             while True:
-                with trio.move_on_at(resume if resume is not None else float("inf")):
-                    await self._wakeup.wait()
+                await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                (inodes, entries), resume = self._take()
+                inodes, entries = self._take()
                 if inodes or entries:
                     self._batches.put((inodes, entries))
         finally:

@@ -46,7 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import pyfuse3
 
@@ -68,7 +68,6 @@ from afsfuse.vfs.attrs import (
     synthetic_attrs,
 )
 from afsfuse.vfs.dynroot import DynRoot, Entry
-from afsfuse.vfs.eof import RETRY, SETTLE
 from afsfuse.vfs.inodes import (
     FileNode,
     InodeTable,
@@ -246,19 +245,6 @@ class AfsOperations(pyfuse3.Operations):
             name, ("fid", fid), lambda i: FileNode(i, fid=fid), attrs, timeout, (fid, status)
         )
 
-    async def _settled(self, child: _Child) -> None:
-        """Before attributes go to the kernel: no short read of the file they would
-        unsettle is being taken in (eof.py)."""
-        if child.shown is not None:
-            await self._settled_for(*child.shown)
-
-    async def _settled_for(self, fid: AfsFid, status: Status) -> None:
-        shown = self._shown.get(fid)
-        if shown is not None and shown[1] != _WRITTEN and status.size > shown[1]:
-            await self.invalidator.holds.before_longer(fid)
-        else:
-            await self.invalidator.holds.settled(fid)
-
     def _showing(self, child: _Child) -> None:
         if child.shown is not None:
             self._show(*child.shown)
@@ -311,7 +297,6 @@ class AfsOperations(pyfuse3.Operations):
             child = self._dyn_child(entry, self.shared_timeout)
         else:
             child = await self._lookup_afs(parent, text, who)
-            await self._settled(child)
         attrs = self._reply(child, parent)
         self._touched(ctx, self.inodes.get(attrs.st_ino) or parent)
         return attrs
@@ -352,7 +337,6 @@ class AfsOperations(pyfuse3.Operations):
             self._touched(ctx, node)
         if isinstance(node, FileNode):
             status = await self.manager.getattr(node.fid, who)
-            await self._settled_for(node.fid, status)
             self._show(node.fid, status)
             attrs = file_attrs(status, self.shared_timeout)
         elif isinstance(node, MountNode) and node.source is not None:
@@ -408,7 +392,6 @@ class AfsOperations(pyfuse3.Operations):
             # The kernel's pages and length may be an older version's, and the push of the
             # change may still be on its way: drop them now (the pages with this open).  It
             # asks for the attributes before it reads again, and gets this version's.
-            await self.invalidator.holds.settled(node.fid)
             self.invalidator.attributes_now(inode)
             self._show(node.fid, status)
         if flags & os.O_TRUNC:
@@ -461,43 +444,29 @@ class AfsOperations(pyfuse3.Operations):
         fid = handle.fid
         got = await self.manager.read_shown(fid, off, size, handle.who, self._shown_version(fid))
         shown = self._shown_version(fid)  # now: the kernel may have been given more meanwhile
-        if got.version is None or shown is None or handle.direct:
+        if got.version is None or shown is None:
             return got.data
-        if len(got.data) < size:
-            self.invalidator.holds.answered_short(fid)
         if got.version == shown[0]:
-            if size > _PAGE and len(got.data) <= size - _PAGE:
+            if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
                 # The kernel reads ahead no further than the page its length ends in: it
                 # sized this read with a longer file than this version, a length it was
                 # given and we have replaced since.  Short, it would keep zeros.
-                await self._retry_after_change(fid, handle.inode)
-            if off + size > -(-got.length // _PAGE) * _PAGE:
-                # Short of the length the read was sized by: the kernel must take it as the
-                # end of the file (eof.py).
-                self.invalidator.holds.hold(fid, SETTLE)
+                self.invalidator.attributes_now(handle.inode)
+                raise fail(errno.EIO)
             return got.data
+        self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.
         if got.version < shown[0]:
             # The kernel has moved past this version since it asked: its pages would outlive
             # the change.
-            await self._retry_after_change(fid, handle.inode)
+            raise fail(errno.EIO)
         if off + len(got.data) < min(off + size, shown[1]):
             # Short of the length the kernel has: it would fill the rest of its pages with
             # zeros, and keep them at that length when its attributes changed since it
             # asked.  Asked again, the short answer at this version cuts the length there.
             self._shown[fid] = (got.version, got.length)
-            await self._retry_after_change(fid, handle.inode)
-        await self.invalidator.holds.settled(fid)
-        self.invalidator.attributes_now(handle.inode)
+            raise fail(errno.EIO)
         return got.data
-
-    async def _retry_after_change(self, fid: AfsFid, inode: int) -> NoReturn:
-        """Fail this read so the kernel asks again, after it has been told to ask for the
-        attributes first; its next answer may be short, so hold what would unsettle that."""
-        await self.invalidator.holds.settled(fid)  # another reader's short answer first
-        self.invalidator.attributes_now(inode)
-        self.invalidator.holds.hold(fid, RETRY)
-        raise fail(errno.EIO)
 
     @guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -635,7 +604,6 @@ class AfsOperations(pyfuse3.Operations):
             batch = handle.entries[first : first + READDIR_BATCH]
             children = await self._children(handle, batch)
             for child in children:
-                await self._settled(child)
                 node = self.inodes.intern(child.key, child.make)
                 child.attrs.st_ino = node.inode
                 child.attrs.entry_timeout = child.entry_timeout

@@ -22,7 +22,6 @@ from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.fs.volume import VolumeStatus
 from afsfuse.keyring.store import Identity
 from afsfuse.rx.interfaces.fs import FILE_DIRECTORY, FILE_FILE, FILE_SYMLINK
-from afsfuse.vfs.eof import LONGEST, RETRY, SETTLE, EofHolds
 from afsfuse.vfs.inodes import ROOT_INODE, FileNode, InodeTable, MountNode
 from afsfuse.vfs.mounts import afs_mount, cell_mount, volume_mount
 from afsfuse.vfs.operations import AfsOperations, Invalidator
@@ -594,68 +593,3 @@ async def test_reads_tell_the_manager_what_the_kernel_believes_and_fix_its_lengt
     # Not so for O_DIRECT, whose reads go past the end as asked.
     direct = await ops.open(pub.st_ino, os.O_RDONLY | os.O_DIRECT, ctx())
     assert await ops.read(direct.fh, 0, 3 * 4096) == b"hello there"
-
-
-async def test_a_short_answer_holds_back_what_would_unsettle_it(autojump_clock) -> None:
-    """The kernel takes a short read as the end of the file only if the inode's attributes
-    did not move meanwhile: pushes and attribute replies for the file wait (eof.py)."""
-    ops = AfsOperations(FakeManager(), [b"amd64"], make_invalidator=lambda i: Invalidator(
-        i, lambda inode, attr_only: None, lambda parent, name: None))  # fmt: skip
-    manager, holds = ops.manager, ops.invalidator.holds
-    fid = AfsFid(CELL, 11, 2, 2)
-    manager.contents[fid] = b"x" * 9000
-    manager.files[fid] = replace(manager.files[fid], size=9000)
-    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
-    pub = await ops.lookup(top.st_ino, b"pub", ctx())
-    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
-    assert len(await ops.read(info.fh, 0, 3 * 4096)) == 9000
-    assert holds.until(fid) is None  # the end of the length the kernel has: nothing held
-
-    # Another client made it shorter: the read the kernel sized by 9000 bytes fails, and the
-    # page it asks for again is answered short; both hold the file.
-    manager.files[fid] = replace(manager.files[fid], data_version=2, size=10)
-    manager.contents[fid] = b"y" * 10
-    with pytest.raises(pyfuse3.FUSEError):
-        await ops.read(info.fh, 8192, 4096)
-    assert holds.until(fid) == pytest.approx(trio.current_time() + RETRY)
-    await trio.sleep(RETRY - SETTLE / 2)  # the kernel asks again late
-    assert await ops.read(info.fh, 8192, 4096) == b""
-    answered = trio.current_time()
-    ops.invalidator.queue(fid)  # a break meanwhile: kept back
-    (inodes, _), resume = ops.invalidator._take()
-    assert inodes == [] and resume == pytest.approx(answered + SETTLE)
-    await ops.getattr(pub.st_ino, ctx())  # waits for the hold
-    assert trio.current_time() == pytest.approx(answered + SETTLE)
-    (inodes, _), resume = ops.invalidator._take()
-    assert inodes == [pub.st_ino] and resume is None
-
-    # A short answer at the very end of the kernel's length: nothing is held back...
-    assert await ops.read(info.fh, 0, 4096) == b"y" * 10
-    answered = trio.current_time()
-    await ops.getattr(pub.st_ino, ctx())
-    assert trio.current_time() == answered and holds.until(fid) is None
-    # ...but attributes that lengthen the file wait until the kernel has taken it: the
-    # zero-filled end of the page would be inside the new length.
-    manager.files[fid] = replace(manager.files[fid], data_version=3, size=20)
-    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 20
-    assert trio.current_time() == pytest.approx(answered + SETTLE)
-
-
-async def test_holds_are_bounded_however_often_they_are_renewed(autojump_clock) -> None:
-    holds = EofHolds()
-    fid = AfsFid(CELL, 11, 2, 2)
-    holds.hold(fid, RETRY)
-    holds.hold(fid, SETTLE)  # a shorter hold never cuts a longer one short
-    assert holds.until(fid) == pytest.approx(trio.current_time() + RETRY)
-
-    async def renew_forever() -> None:
-        while True:
-            holds.hold(fid, SETTLE)
-            await trio.sleep(SETTLE / 2)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(renew_forever)
-        began = trio.current_time()
-        await holds.settled(fid)  # a waiter is let through all the same
-        assert trio.current_time() - began == pytest.approx(LONGEST)
-        nursery.cancel_scope.cancel()
