@@ -9,8 +9,10 @@ is mounted alone on an empty cache and runs every workload; the order of the cli
 rotates from round to round.  afsd.fuse can only be anonymous; afsfuse runs anonymously, once
 more with alice's token (rxkad crypt), and once more anonymously with --no-xattrs.
 
-Prints one table of medians and writes the same, every run included, as JSON under
-bench/results/.  A workload that fails on a client is reported as failed, with the reason.
+The workloads that write (cp, create, tar x) are timed until their programs returned and
+again until the fileserver held everything, polled over Rx from outside either mount
+(onserver.py).  Prints one table of medians and writes the same, every run included, as JSON
+under bench/results/.  A workload that fails on a client is reported as failed, with the reason.
 Needs root (the cell, drop_caches, FUSE mounts for every user).
 
 `--net wan10` (or `wan1`) puts every server 10 ms (1 ms) of round trip away, behind a delay
@@ -45,8 +47,9 @@ from pathlib import Path
 
 import wan
 from clients import CLIENTS, CellInfo, Client, ClientError, daemon_usage
+from onserver import NotOnServer, ServerWatch
 from populate import populate
-from workloads import Context, Workload, WorkloadFailed, workloads
+from workloads import STEP_TIMEOUT, Context, Workload, WorkloadFailed, workloads
 
 from afsfuse.keyring import token_from_ccache
 from afsfuse.testing.cell import USERS, running_cell
@@ -58,10 +61,14 @@ CONTENDER = "afsfuse"
 
 @dataclass
 class Run:
-    seconds: float | None
+    seconds: float | None  # until the program returned
     cpu_seconds: float | None = None
     peak_rss_kib: int | None = None
     error: str | None = None
+    #: For a workload that writes: until the fileserver held it all, and the poller's last
+    #: pass (its resolution).
+    on_server_seconds: float | None = None
+    poll_pass_seconds: float | None = None
 
 
 @dataclass
@@ -76,26 +83,40 @@ class Series:
 
     def median(self, attribute: str = "seconds") -> float | None:
         values = [getattr(r, attribute) for r in self.runs if r.error is None]
+        values = [v for v in values if v is not None]
         return statistics.median(values) if values and self.failure is None else None
 
 
-def measure(client: Client, workload: Workload, ctx: Context, profile: Path | None) -> Run:
+def measure(
+    client: Client, workload: Workload, ctx: Context, profile: Path | None, watch: ServerWatch
+) -> Run:
+    """One timed run.  A workload that writes is timed twice from its start: until its
+    programs returned, and until the fileserver held everything (its CPU figure then
+    covers the client's stores after the return too)."""
     try:
         if client.process is None or client.process.poll() is not None:
             assert client.cache is not None
             client.unmount()
             client.mount(client.cache)
         workload.prepare(ctx)
+        expected = workload.written(ctx) if workload.written else None
         before = client.usage()
+        stored = None
         with profiled(client, profile / f"{ctx.tag}-{workload.key}.txt" if profile else None):
             started = time.monotonic()
             workload.run(ctx)
             seconds = time.monotonic() - started
+            if expected is not None:
+                stored = watch.wait(expected, STEP_TIMEOUT)
         after = client.usage()
         workload.check(ctx)
-    except (WorkloadFailed, ClientError, OSError, subprocess.SubprocessError) as e:
+    except (WorkloadFailed, NotOnServer, ClientError, OSError, subprocess.SubprocessError) as e:
         return Run(None, error=f"{type(e).__name__}: {e}"[:300])
-    return Run(seconds, after.cpu_seconds - before.cpu_seconds, after.peak_rss_kib)
+    run = Run(seconds, after.cpu_seconds - before.cpu_seconds, after.peak_rss_kib)
+    if stored is not None:
+        run.on_server_seconds = stored.at - started
+        run.poll_pass_seconds = stored.last_pass
+    return run
 
 
 @contextlib.contextmanager
@@ -239,6 +260,7 @@ def main() -> int:
         print(f"bench: cell {cell.name} is up; filling it", flush=True)
         admin = _ccache_token(cell.name, env["KRB5_CONFIG"], scratch / "cc_admin", "admin")
         layout = populate(cell.name, cell.db_server.addr, admin, args.big_mb, listing_sizes, 1000)
+        watch = ServerWatch(cell.name, [cell.db_server.addr], "test")
         cell.exec("vos", "release", "root.cell", "-localauth", timeout=180)
         members = _scratch_files(scratch, args.big_mb, args.quick)
         clients = [cls(info, scratch / cls.name.replace(" ", "-")) for cls in chosen]
@@ -254,7 +276,8 @@ def main() -> int:
         try:
             for number in range(args.rounds):
                 order = clients[number % len(clients) :] + clients[: number % len(clients)]
-                _round(number, order, plan, table, rounds, layout, scratch, members, args.profile)
+                _round(number, order, plan, table, rounds, layout, scratch, members,
+                       args.profile, watch)  # fmt: skip
         finally:
             for client in clients:
                 client.unmount()
@@ -266,6 +289,7 @@ def main() -> int:
                 "key": w.key,
                 "title": w.title,
                 "bytes": w.nbytes(layout) if w.nbytes else None,
+                "on_server": w.written is not None,
                 "clients": {name: _cell_json(cell) for name, cell in table[w.key].items()},
             }
             for w in plan
@@ -289,7 +313,7 @@ def main() -> int:
     return 0
 
 
-def _round(number, order, plan, table, rounds, layout, scratch, members, profile) -> None:
+def _round(number, order, plan, table, rounds, layout, scratch, members, profile, watch) -> None:
     """Each client in turn, alone on the host: mounted on an empty cache, every workload,
     unmounted, so no client's background work or callback traffic weighs on another's."""
     print(f"bench: round {number + 1}: {', '.join(c.name for c in order)}", flush=True)
@@ -308,9 +332,11 @@ def _round(number, order, plan, table, rounds, layout, scratch, members, profile
             else:
                 tag = f"{client.name.replace(' ', '-')}-{number}"
                 ctx = Context(client, layout, tag, scratch, members)
-                result = measure(client, workload, ctx, profile)
+                result = measure(client, workload, ctx, profile, watch)
             table[workload.key][client.name].runs.append(result)
             shown = f"{result.seconds:.2f} s" if result.error is None else result.error
+            if result.on_server_seconds is not None:
+                shown += f", on the server {result.on_server_seconds:.2f} s"
             print(f"  {client.name:14s} {workload.key:14s} {shown}", flush=True)
         client.unmount()  # reads the daemon's usage one last time
         rounds[client.name].append(
@@ -333,6 +359,7 @@ def _line_json(cell, index: int) -> dict:
 def _cell_json(cell: Series) -> dict:
     return {
         "median_seconds": cell.median(),
+        "median_on_server_seconds": cell.median("on_server_seconds"),
         "median_cpu_seconds": cell.median("cpu_seconds"),
         "failed": cell.failure,
         "runs": [asdict(r) for r in cell.runs],
@@ -355,15 +382,34 @@ def short_failure(error: str) -> str:
     return f"failed: {program}{': ' if program else ''}{reason}"
 
 
-def _seconds(entry: dict | None, nbytes: int | None) -> str:
+def _seconds(entry: dict | None, nbytes: int | None, key: str = "median_seconds") -> str:
     if entry is None:
         return "-"
     if entry["failed"] is not None:
         return short_failure(entry["failed"])
-    seconds = entry["median_seconds"]
+    seconds = entry[key]
     text = f"{seconds:.2f} s"
     if nbytes:
         text += f" ({nbytes / seconds / 1e6:.0f} MB/s)"
+    return text
+
+
+def _ratio(base: dict | None, mine: dict | None, key: str) -> str:
+    if base and mine and base[key] and mine[key] is not None:
+        return f"{mine[key] / base[key]:.2f}"
+    if (base and base["failed"]) or (mine and mine["failed"]):
+        return "failed"
+    return "-"
+
+
+_ON_SERVER = "median_on_server_seconds"
+
+
+def _other(entry: dict | None, nbytes: int | None, on_server: bool) -> str:
+    """A client beside the two compared: returned, and on the server where measured."""
+    text = _seconds(entry, nbytes)
+    if on_server and entry is not None and entry["failed"] is None:
+        text += f", {_seconds(entry, None, _ON_SERVER)} on server"
     return text
 
 
@@ -374,23 +420,26 @@ def _cpu(entry: dict | None) -> str:
 
 
 def render(result: dict) -> str:
-    """One table: medians per client, afsfuse's time as a fraction of afsd.fuse's, daemon CPU
-    seconds per workload, then the daemons' peak RSS and CPU per round."""
+    """One table: medians per client until the programs returned and, for the workloads that
+    write, until all was on the fileserver; afsfuse's time as a fraction of afsd.fuse's for
+    each; daemon CPU seconds per workload; then the daemons' peak RSS and CPU per round."""
     names = list(result["daemons"])
     others = [n for n in names if n not in (BASELINE, CONTENDER)]
-    header = ["workload", BASELINE, CONTENDER, "time ratio", *others]
+    header = ["workload", BASELINE, CONTENDER, "time ratio"]
+    header += [f"{BASELINE} on server", f"{CONTENDER} on server", "ratio on server", *others]
     header += [f"CPU s {n}" for n in names]
     rows = [header]
     for w in result["workloads"]:
-        clients = w["clients"]
+        clients, nbytes = w["clients"], w["bytes"]
         base, mine = clients.get(BASELINE), clients.get(CONTENDER)
-        ratio = "-"
-        if base and mine and base["median_seconds"] and mine["median_seconds"] is not None:
-            ratio = f"{mine['median_seconds'] / base['median_seconds']:.2f}"
-        elif (base and base["failed"]) or (mine and mine["failed"]):
-            ratio = "failed"
-        row = [w["title"], _seconds(base, w["bytes"]), _seconds(mine, w["bytes"]), ratio]
-        row += [_seconds(clients.get(n), w["bytes"]) for n in others]
+        row = [w["title"], _seconds(base, nbytes), _seconds(mine, nbytes)]
+        row.append(_ratio(base, mine, "median_seconds"))
+        if w.get("on_server"):
+            row += [_seconds(base, nbytes, _ON_SERVER), _seconds(mine, nbytes, _ON_SERVER)]
+            row.append(_ratio(base, mine, _ON_SERVER))
+        else:
+            row += ["", "", ""]
+        row += [_other(clients.get(n), nbytes, w.get("on_server", False)) for n in others]
         row += [_cpu(clients.get(n)) for n in names]
         rows.append(row)
     for label, key, scale, unit in (
@@ -401,7 +450,7 @@ def render(result: dict) -> str:
         for n in names:
             values = [r[key] for r in result["daemons"][n] if r[key] is not None]
             cells[n] = f"{statistics.median(values) * scale:.1f} {unit}" if values else "-"
-        row = [label, cells.get(BASELINE, "-"), cells.get(CONTENDER, "-"), ""]
+        row = [label, cells.get(BASELINE, "-"), cells.get(CONTENDER, "-"), "", "", "", ""]
         rows.append(row + [cells[n] for n in others] + [""] * len(names))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
@@ -412,7 +461,8 @@ def render(result: dict) -> str:
         f"afsd.fuse {meta['afsd_fuse_version']} vs afsfuse {meta['afsfuse_commit']}: "
         f"{meta['mode']} run, {meta['rounds']} round(s), big file {meta['big_mb']} MiB, "
         f"{'' if meta.get('net', 'lan') == 'lan' else meta['net'] + ' network, '}"
-        f"medians; time ratio = afsfuse / afsd.fuse (below 1: afsfuse is faster)"
+        f"medians; time ratio = afsfuse / afsd.fuse (below 1: afsfuse is faster); "
+        f"on server: from the start until the fileserver held all that was written"
     )
     return title + "\n" + "\n".join(lines)
 

@@ -2,7 +2,9 @@
 
 Each has an untimed `prepare` (sync, drop the kernel's caches, remount...), a timed `run`,
 and an untimed `check` that the result is right; a workload that does the wrong thing fast
-is a failure, not a figure.  Every program runs under a time limit.
+is a failure, not a figure.  One that writes also says what it leaves in the volume
+(`written`), and is timed again until that is on the fileserver (onserver.py).  Every
+program runs under a time limit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients import Client
+from onserver import Expected
 from populate import Layout
 
 #: Seconds any one program may take before the workload counts as failed.
@@ -59,6 +62,10 @@ class Context:
 
     def mine(self, what: str) -> Path:
         return self.client.top / f"{what}-{self.tag}"
+
+    def mine_in_volume(self, what: str) -> str:
+        """`mine(what)` as a path from the root of the bench's volume, for onserver.py."""
+        return f"{Layout.top}/{what}-{self.tag}"
 
 
 def run(argv: list[str], *, stdout: int | None = subprocess.DEVNULL) -> str:
@@ -125,6 +132,10 @@ def write_big(ctx: Context) -> None:
     run(["cp", os.fspath(write_source(ctx)), os.fspath(ctx.mine("write"))])
 
 
+def written_big(ctx: Context) -> Expected:
+    return Expected({ctx.mine_in_volume("write"): ctx.layout.big_bytes})
+
+
 def check_written(ctx: Context) -> None:
     size = os.stat(ctx.mine("write")).st_size
     if size != ctx.layout.big_bytes:
@@ -137,6 +148,14 @@ def create_small(count: int) -> Callable[[Context], None]:
              str(SMALL_BYTES)])  # fmt: skip
 
     return timed
+
+
+def written_small(count: int) -> Callable[[Context], Expected]:
+    def written(ctx: Context) -> Expected:
+        directory = ctx.mine_in_volume("create")
+        return Expected({f"{directory}/f{i:04d}": SMALL_BYTES for i in range(count)})
+
+    return written
 
 
 def check_created(count: int) -> Callable[[Context], None]:
@@ -178,6 +197,10 @@ def untar(ctx: Context) -> None:
          "--no-same-owner", "--no-same-permissions", "-m"])  # fmt: skip
 
 
+def written_tar(ctx: Context) -> Expected:
+    return Expected.from_tar(ctx.scratch / "stdlib.tar", ctx.mine_in_volume("tar"))
+
+
 def find_ls(ctx: Context) -> None:
     out = run(["find", os.fspath(ctx.mine("tar")), "-ls"], stdout=subprocess.PIPE)
     if len(out.splitlines()) != ctx.tar_members + 1:
@@ -197,6 +220,8 @@ class Workload:
     check: Callable[[Context], None] = _nothing
     #: Bytes moved, for MB/s (None: not a bulk transfer).
     nbytes: Callable[[Layout], int] | None = None
+    #: What it leaves on the fileserver, for the "on the server" time (None: writes nothing).
+    written: Callable[[Context], Expected] | None = None
 
 
 def _big(layout: Layout) -> int:
@@ -228,15 +253,17 @@ def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> lis
             prepare=prepare_write,
             check=check_written,
             nbytes=_big,
+            written=written_big,
         ),
         Workload(
             "create",
             f"create {creates} small files",
             create_small(creates),
             check=check_created(creates),
+            written=written_small(creates),
         ),
         *listings,
         Workload("cat-small", "cold cat of small files", cat_small, cold),
-        Workload("tar-x", "tar x Python stdlib", untar, make_tar_dir),
+        Workload("tar-x", "tar x Python stdlib", untar, make_tar_dir, written=written_tar),
         Workload("find-ls", "find -ls over it (cold)", find_ls, cold),
     ]

@@ -39,8 +39,25 @@ def test_short_failure_keeps_program_and_errno_text() -> None:
     )
 
 
-def _entry(seconds: float | None, cpu: float | None = 0.5, failed: str | None = None) -> dict:
-    return {"median_seconds": seconds, "median_cpu_seconds": cpu, "failed": failed, "runs": []}
+def test_on_server_median_leaves_out_runs_without_it() -> None:
+    series = Series([Run(1.0, on_server_seconds=1.5), Run(2.0, on_server_seconds=2.5)])
+    assert series.median("on_server_seconds") == 2.0
+    assert Series([Run(1.0)]).median("on_server_seconds") is None
+
+
+def _entry(
+    seconds: float | None,
+    cpu: float | None = 0.5,
+    failed: str | None = None,
+    on_server: float | None = None,
+) -> dict:
+    return {
+        "median_seconds": seconds,
+        "median_on_server_seconds": on_server,
+        "median_cpu_seconds": cpu,
+        "failed": failed,
+        "runs": [],
+    }
 
 
 def test_table_has_ratio_rate_failure_and_daemon_rows() -> None:
@@ -63,12 +80,23 @@ def test_table_has_ratio_rate_failure_and_daemon_rows() -> None:
                 "key": "write",
                 "title": "write",
                 "bytes": None,
+                "on_server": True,
                 "clients": {
-                    "afsd.fuse": _entry(1.0),
+                    "afsd.fuse": _entry(1.0, on_server=2.0),
                     "afsfuse": _entry(
                         None, None, "WorkloadFailed: cp exit 1: cp: x: Function not implemented"
                     ),
-                    "afsfuse crypt": _entry(3.0),
+                    "afsfuse crypt": _entry(3.0, on_server=3.25),
+                },
+            },
+            {
+                "key": "create",
+                "title": "create",
+                "bytes": None,
+                "on_server": True,
+                "clients": {
+                    "afsd.fuse": _entry(1.0, on_server=4.0),
+                    "afsfuse": _entry(2.0, on_server=2.0),
                 },
             },
         ],
@@ -81,11 +109,15 @@ def test_table_has_ratio_rate_failure_and_daemon_rows() -> None:
     lines = render(result).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
     header, rows = cells[0], {row[0]: row for row in cells[2:]}
-    assert header[:5] == ["workload", "afsd.fuse", "afsfuse", "time ratio", "afsfuse crypt"]
-    assert rows["cold read"][1:5] == ["4.00 s (25 MB/s)", "2.00 s (50 MB/s)", "0.50",
+    assert header[:8] == ["workload", "afsd.fuse", "afsfuse", "time ratio", "afsd.fuse on server",
+                          "afsfuse on server", "ratio on server", "afsfuse crypt"]  # fmt: skip
+    assert rows["cold read"][1:8] == ["4.00 s (25 MB/s)", "2.00 s (50 MB/s)", "0.50", "", "", "",
                                       "2.50 s (40 MB/s)"]  # fmt: skip
-    assert rows["write"][2:4] == ["failed: cp: Function not implemented", "failed"]
-    assert rows["daemon peak RSS"][1:5] == ["25.0 MiB", "62.0 MiB", "", "-"]
+    assert rows["write"][2:8] == ["failed: cp: Function not implemented", "failed", "2.00 s",
+                                  "failed: cp: Function not implemented", "failed",
+                                  "3.00 s, 3.25 s on server"]  # fmt: skip
+    assert rows["create"][1:7] == ["1.00 s", "2.00 s", "2.00", "4.00 s", "2.00 s", "0.50"]
+    assert rows["daemon peak RSS"][1:8] == ["25.0 MiB", "62.0 MiB", "", "", "", "", "-"]
     assert rows["daemon CPU per round"][1:3] == ["6.0 s", "14.0 s"]
 
 
