@@ -1,5 +1,9 @@
 """The benchmark's files in the test cell, made by the cell admin straight over Rx.
 
+A big file, four files of a quarter of its size (one per parallel reader: together as many
+bytes as the big file, so that row compares with the single cold read), directories of 1000
+and 10 000 empty files, and 1000 small files to cat.
+
 No mount is involved, so neither client under test has seen any of it, and afsd.fuse (which
 cannot hold tokens) can still use it: root.cell and the `test` volume get `system:anyuser`
 rights, and root.cell gets a mount point `test` for the `test` volume (released afterwards).
@@ -29,6 +33,8 @@ BUSY_PAUSE = 0.5
 READ_LOOKUP = 1 | 8
 READ_WRITE = READ_LOOKUP | 2 | 4 | 16 | 32
 SMALL_FILE = 2048
+#: Readers and tar processes at once in the parallel workloads.
+PARALLEL = 4
 #: Calls in flight at once while filling directories (Rx gives 4 channels per connection).
 WORKERS = 8
 _PIECE = 1 << 20
@@ -42,10 +48,17 @@ class Layout:
     big_sha256: str
     listing_sizes: tuple[int, ...]
     cat_files: int
+    #: The parallel readers' files: a quarter of the big file each, their SHA-256s.
+    quarter_bytes: int
+    quarter_sha256: tuple[str, ...]
 
     @staticmethod
     def listing_dir(entries: int) -> str:
         return f"ls{entries}"
+
+    @staticmethod
+    def quarter_file(index: int) -> str:
+        return f"quarter{index}.bin"
 
     cat_dir = "cat"
     cat_bytes = SMALL_FILE
@@ -60,6 +73,11 @@ def _acl(anyuser_rights: int) -> bytes:
 def big_block(index: int, seed: bytes) -> bytes:
     """1 MiB of incompressible data, different for every index (so no block repeats)."""
     return hashlib.shake_256(seed + index.to_bytes(8, "little")).digest(_PIECE)
+
+
+def _seed(seed: bytes, quarter: int) -> bytes:
+    """A quarter file's own seed, so that no two files share a block."""
+    return seed + b"quarter" + quarter.to_bytes(1, "little")
 
 
 def big_content_sha256(size: int, seed: bytes) -> str:
@@ -133,6 +151,10 @@ async def _populate(cell: str, vlserver: str, admin: Token, layout: Layout, seed
         top = (await FS.MakeDir(conns[0], test, layout.top, AFSStoreStatus())).OutFid
         big = (await FS.CreateFile(conns[0], top, layout.big_file, mode)).OutFid
         await _store(conns[0], big, layout.big_bytes, lambda i: big_block(i, seed))
+        for index in range(PARALLEL):
+            quarter = (await FS.CreateFile(conns[0], top, layout.quarter_file(index), mode)).OutFid
+            own = _seed(seed, index)
+            await _store(conns[0], quarter, layout.quarter_bytes, lambda i, s=own: big_block(i, s))
         small = os.urandom(SMALL_FILE)
         await _fill_dir(conns, top, layout.cat_dir, layout.cat_files, small)
         for entries in layout.listing_sizes:
@@ -150,6 +172,10 @@ def populate(
     """Create <cell>/test/bench and its contents; root.cell then needs a `vos release`."""
     seed = os.urandom(16)
     size = big_mb * _PIECE
-    layout = Layout(size, big_content_sha256(size, seed), listing_sizes, cat_files)
+    quarter = max(1, big_mb // PARALLEL) * _PIECE
+    quarters = tuple(big_content_sha256(quarter, _seed(seed, i)) for i in range(PARALLEL))
+    layout = Layout(
+        size, big_content_sha256(size, seed), listing_sizes, cat_files, quarter, quarters
+    )
     trio.run(_populate, cell, vlserver, admin, layout, seed)
     return layout

@@ -4,21 +4,24 @@ Each has an untimed `prepare` (sync, drop the kernel's caches, remount...), a ti
 and an untimed `check` that the result is right; a workload that does the wrong thing fast
 is a failure, not a figure.  One that writes also says what it leaves in the volume
 (`written`), and is timed again until that is on the fileserver (onserver.py).  Every
-program runs under a time limit.
+program runs under a time limit; the parallel ones start a few programs at once, under one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from clients import Client
 from onserver import Expected
-from populate import Layout
+from populate import PARALLEL, Layout
 
 #: Seconds any one program may take before the workload counts as failed.
 STEP_TIMEOUT = 900.0
@@ -68,21 +71,62 @@ class Context:
         return f"{Layout.top}/{what}-{self.tag}"
 
 
+_ENV = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
+
+
+def _failed(argv: list[str], returncode: int, stderr: bytes) -> WorkloadFailed:
+    # The first complaint and the last line (a summary, or the exception that ended a
+    # traceback).
+    err = stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
+    said = err[0] if len(err) == 1 else f"{err[0]} ... {err[-1]}"
+    return WorkloadFailed(f"{os.path.basename(argv[0])} exit {returncode}: {said}")
+
+
 def run(argv: list[str], *, stdout: int | None = subprocess.DEVNULL) -> str:
-    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
     try:
         done = subprocess.run(
-            argv, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=STEP_TIMEOUT, check=False
+            argv, stdout=stdout, stderr=subprocess.PIPE, env=_ENV, timeout=STEP_TIMEOUT, check=False
         )
     except subprocess.TimeoutExpired:
         raise WorkloadFailed(f"{argv[0]} timed out after {STEP_TIMEOUT:.0f} s") from None
     if done.returncode != 0:
-        # The first complaint and the last line (a summary, or the exception that ended a
-        # traceback).
-        err = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
-        said = err[0] if len(err) == 1 else f"{err[0]} ... {err[-1]}"
-        raise WorkloadFailed(f"{os.path.basename(argv[0])} exit {done.returncode}: {said}")
+        raise _failed(argv, done.returncode, done.stderr)
     return done.stdout.decode() if done.stdout is not None else ""
+
+
+def run_all(argvs: list[list[str]]) -> list[str]:
+    """Start every program at once and wait until all have ended, within one STEP_TIMEOUT;
+    their outputs.  Output goes to files, so no program waits on a full pipe while another
+    is waited for."""
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(tempfile.TemporaryFile()) for _ in argvs]
+        errs = [stack.enter_context(tempfile.TemporaryFile()) for _ in argvs]
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for argv, out, err in zip(argvs, outs, errs, strict=True):
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=err, env=_ENV))
+            deadline = time.monotonic() + STEP_TIMEOUT
+            for argv, proc in zip(argvs, procs, strict=True):
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise WorkloadFailed(
+                        f"{argv[0]} timed out after {STEP_TIMEOUT:.0f} s"
+                    ) from None
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for argv, proc, err in zip(argvs, procs, errs, strict=True):
+            if proc.returncode != 0:
+                err.seek(0)
+                raise _failed(argv, proc.returncode, err.read())
+        texts = []
+        for out in outs:
+            out.seek(0)
+            texts.append(out.read().decode())
+        return texts
 
 
 def drop_caches() -> None:
@@ -110,13 +154,35 @@ def read_big(ctx: Context) -> None:
         raise WorkloadFailed(f"read {got} bytes of {ctx.layout.big_bytes}")
 
 
-def check_big_content(ctx: Context) -> None:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(ctx.big, "rb") as f:
+    with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
-    if digest.hexdigest() != ctx.layout.big_sha256:
+    return digest.hexdigest()
+
+
+def check_big_content(ctx: Context) -> None:
+    if _sha256(ctx.big) != ctx.layout.big_sha256:
         raise WorkloadFailed("the big file read back with the wrong content")
+
+
+def _quarters(ctx: Context) -> list[Path]:
+    return [ctx.client.top / Layout.quarter_file(i) for i in range(PARALLEL)]
+
+
+def read_quarters(ctx: Context) -> None:
+    """One reader process per quarter file, all at once."""
+    outs = run_all([[*PYTHON, "-c", _READER, os.fspath(path)] for path in _quarters(ctx)])
+    got = [int(out) for out in outs]
+    if got != [ctx.layout.quarter_bytes] * PARALLEL:
+        raise WorkloadFailed(f"the readers read {got} bytes, each of {ctx.layout.quarter_bytes}")
+
+
+def check_quarters(ctx: Context) -> None:
+    for path, sha256 in zip(_quarters(ctx), ctx.layout.quarter_sha256, strict=True):
+        if _sha256(path) != sha256:
+            raise WorkloadFailed(f"{path.name} read back with the wrong content")
 
 
 def write_source(ctx: Context) -> Path:
@@ -190,15 +256,40 @@ def make_tar_dir(ctx: Context) -> None:
     os.sync()
 
 
-def untar(ctx: Context) -> None:
+def _untar_argv(ctx: Context, into: str) -> list[str]:
     # No owners, modes or times from the archive: afsd.fuse implements neither chown nor
     # utimens, and the point is creating files, not metadata calls one side lacks.
-    run(["tar", "xf", os.fspath(ctx.scratch / "stdlib.tar"), "-C", os.fspath(ctx.mine("tar")),
-         "--no-same-owner", "--no-same-permissions", "-m"])  # fmt: skip
+    return ["tar", "xf", os.fspath(ctx.scratch / "stdlib.tar"), "-C", os.fspath(ctx.mine(into)),
+            "--no-same-owner", "--no-same-permissions", "-m"]  # fmt: skip
+
+
+def untar(ctx: Context) -> None:
+    run(_untar_argv(ctx, "tar"))
 
 
 def written_tar(ctx: Context) -> Expected:
     return Expected.from_tar(ctx.scratch / "stdlib.tar", ctx.mine_in_volume("tar"))
+
+
+def _parallel_tar_dirs() -> list[str]:
+    return [f"ptar{i}" for i in range(PARALLEL)]
+
+
+def make_parallel_tar_dirs(ctx: Context) -> None:
+    for into in _parallel_tar_dirs():
+        os.mkdir(ctx.mine(into))
+    os.sync()
+
+
+def untar_parallel(ctx: Context) -> None:
+    """A tar process per directory, all at once."""
+    run_all([_untar_argv(ctx, into) for into in _parallel_tar_dirs()])
+
+
+def written_parallel_tars(ctx: Context) -> Expected:
+    tarball = ctx.scratch / "stdlib.tar"
+    trees = [Expected.from_tar(tarball, ctx.mine_in_volume(into)) for into in _parallel_tar_dirs()]
+    return Expected({path: size for tree in trees for path, size in tree.files.items()})
 
 
 def find_ls(ctx: Context) -> None:
@@ -228,6 +319,10 @@ def _big(layout: Layout) -> int:
     return layout.big_bytes
 
 
+def _all_quarters(layout: Layout) -> int:
+    return layout.quarter_bytes * PARALLEL
+
+
 def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> list[Workload]:
     """In the order they run within a round (later ones use what earlier ones left);
     `creates` small files in the create workload."""
@@ -245,6 +340,14 @@ def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> lis
             prepare=remount_then_cold,
             check=check_big_content,
             nbytes=_big,
+        ),
+        Workload(
+            "parallel-read",
+            f"{PARALLEL} parallel readers, cold",
+            read_quarters,
+            cold,
+            check=check_quarters,
+            nbytes=_all_quarters,
         ),
         Workload(
             "write",
@@ -266,4 +369,11 @@ def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> lis
         Workload("cat-small", "cold cat of small files", cat_small, cold),
         Workload("tar-x", "tar x Python stdlib", untar, make_tar_dir, written=written_tar),
         Workload("find-ls", "find -ls over it (cold)", find_ls, cold),
+        Workload(
+            "parallel-tar-x",
+            f"{PARALLEL} parallel tar x",
+            untar_parallel,
+            make_parallel_tar_dirs,
+            written=written_parallel_tars,
+        ),
     ]

@@ -1,5 +1,5 @@
 """The benchmark's "on the server" bookkeeping: what a tar x leaves, and how the passes over
-listings and statuses decide that all is there."""
+listings and statuses decide that all is there; and its parallel programs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from onserver import Expected, Progress
+from workloads import WorkloadFailed, run_all
 
 from afsfuse.fs.dir import DirEntry
 from afsfuse.rx.interfaces.fs import AFSFid
@@ -76,3 +79,13 @@ def test_a_symbolic_link_needs_only_to_exist() -> None:
     progress.listed("", _listing(("l", 2)))
     progress.status("l", 5)
     assert progress.done
+
+
+def test_run_all_returns_each_output_in_order() -> None:
+    outs = run_all([["sh", "-c", "sleep 0.2; echo one"], ["echo", "two"]])
+    assert outs == ["one\n", "two\n"]
+
+
+def test_run_all_fails_with_the_failing_programs_words() -> None:
+    with pytest.raises(WorkloadFailed, match="sh exit 3: no such thing"):
+        run_all([["true"], ["sh", "-c", "echo no such thing >&2; exit 3"]])
