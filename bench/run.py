@@ -111,12 +111,25 @@ def measure(
         after = client.usage()
         workload.check(ctx)
     except (WorkloadFailed, NotOnServer, ClientError, OSError, subprocess.SubprocessError) as e:
-        return Run(None, error=f"{type(e).__name__}: {e}"[:300])
+        return Run(None, error=(_died(client) + f"{type(e).__name__}: {e}")[:300])
     run = Run(seconds, after.cpu_seconds - before.cpu_seconds, after.peak_rss_kib)
     if stored is not None:
         run.on_server_seconds = stored.at - started
         run.poll_pass_seconds = stored.last_pass
     return run
+
+
+def _died(client: Client) -> str:
+    """Says so when the daemon itself ended during the workload (afsd.fuse can crash under
+    parallel reads), which the programs on the mount only see as ENOTCONN."""
+    if client.process is None:
+        return ""
+    try:
+        code = client.process.wait(timeout=1)  # its files close just before it ends
+    except subprocess.TimeoutExpired:
+        return ""
+    how = signal.Signals(-code).name if code < 0 else f"status {code}"
+    return f"daemon died ({how}): "
 
 
 @contextlib.contextmanager
@@ -373,6 +386,8 @@ def short_failure(error: str) -> str:
     """`failed: <what>`, short enough for a table cell: the errno text when there is one."""
     if error.startswith("not available"):
         return "failed: not available"
+    if died := re.match(r"daemon died \([^)]*\)", error):
+        return f"failed: {died.group(0)}"
     exited = re.search(r"(\S+) exit -?\d+: ", error)
     program = exited.group(1) if exited else ""
     reason = next((text for text in _STRERRORS if text in error), None)

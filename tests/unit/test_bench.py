@@ -37,6 +37,8 @@ def test_short_failure_keeps_program_and_errno_text() -> None:
     assert short_failure("not available: /usr/sbin/afsd.fuse is not installed") == (
         "failed: not available"
     )
+    died = "daemon died (SIGSEGV): WorkloadFailed: python3 exit 1: ... [Errno 107] Transport"
+    assert short_failure(died) == "failed: daemon died (SIGSEGV)"
 
 
 def test_on_server_median_leaves_out_runs_without_it() -> None:
