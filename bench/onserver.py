@@ -37,6 +37,7 @@ from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.volume import VolumeCache
+from afsfuse.keyring import Token
 from afsfuse.rx.driver import open_endpoint
 from afsfuse.rx.errors import RxAbort
 from afsfuse.rx.interfaces.fs import AFSCBMAX, FS, AFSFid
@@ -156,12 +157,16 @@ class Stored:
 
 
 class ServerWatch:
-    """Polls one volume of a cell from the bench process, anonymously."""
+    """Polls one volume of a cell from the bench process: anonymously, or with `token`
+    (rxkad clear) where system:anyuser may not look."""
 
-    def __init__(self, cell: str, vl_hosts: list[str], volume: str) -> None:
+    def __init__(
+        self, cell: str, vl_hosts: list[str], volume: str, token: Token | None = None
+    ) -> None:
         self.cell = cell
         self.vl_hosts = vl_hosts
         self.volume = volume
+        self.token = token
 
     def wait(self, expected: Expected, timeout: float) -> Stored:
         """Poll until the fileserver holds everything `expected`; NotOnServer after
@@ -187,7 +192,7 @@ class ServerWatch:
                 CacheManagerService(CallbackRegistry(), local_cell=self.cell).install(endpoint)
                 vl = VLClient.on_endpoint(endpoint, self.vl_hosts)
                 volumes = VolumeCache(lambda _cell, volume: vl.locate(volume))
-                servers = ServerTable(endpoint, ServerConfig())
+                servers = ServerTable(endpoint, ServerConfig(security="clear"))
                 rotator = Rotator(servers, volumes, RotationConfig(), Stats())
                 location = await volumes.location(self.cell, self.volume)
                 progress.root(AFSFid(location.rw_id, 1, 1))
@@ -202,7 +207,7 @@ class ServerWatch:
 
         async def call(name: str, op: Any) -> Any:
             async with limit:
-                return await rotator.call(self.cell, volume, None, name, op)
+                return await rotator.call(self.cell, volume, self.token, name, op)
 
         async def list_dir(directory: str, fid: AFSFid) -> None:
             data, _reply = await call(
@@ -239,7 +244,7 @@ class ServerWatch:
     async def _give_up_callbacks(self, rotator: Rotator, volume: int) -> None:
         """Spare the fileserver breaks to a poller about to vanish."""
         await rotator.call(
-            self.cell, volume, None, "FS.GiveUpAllCallBacks",
+            self.cell, volume, self.token, "FS.GiveUpAllCallBacks",
             lambda conn, _server: FS.GiveUpAllCallBacks(conn),
         )  # fmt: skip
 
