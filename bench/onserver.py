@@ -8,8 +8,8 @@ holds every file written at its full length.
 
 The fileserver itself is asked, over Rx with afsfuse's own library (the VL client for the
 volume, the rotation of fs/rotate.py, FetchData64 of each directory parsed by fs/dir.py,
-InlineBulkStatus of the files), never through a mount.  Anonymously: system:anyuser may read
-and look up in the bench volume.  A pass lists the directories not yet seen whole and asks
+InlineBulkStatus of the files), never through a mount; anonymously in the bench, whose
+volume system:anyuser may read and look up.  A pass lists the directories not yet seen whole and asks
 the status of the files not yet seen complete; passes follow every POLL_INTERVAL until
 nothing is missing, or the time limit ends it.  The time taken is the end of the pass that
 found the last file complete, so it includes up to one pass (a few hundred RPCs at most),

@@ -9,7 +9,7 @@ is mounted alone on an empty cache and runs every workload; the order of the cli
 rotates from round to round.  afsd.fuse can only be anonymous; afsfuse runs anonymously, once
 more with alice's token (rxkad crypt), and once more anonymously with --no-xattrs.
 
-The workloads that write (cp, create, tar x) are timed until their programs returned and
+The workloads that write (cp, create, tar x, 4 parallel tar x) are timed until their programs returned and
 again until the fileserver held everything, polled over Rx from outside either mount
 (onserver.py).  Prints one table of medians and writes the same, every run included, as JSON
 under bench/results/.  A workload that fails on a client is reported as failed, with the reason.
