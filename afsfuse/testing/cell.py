@@ -6,10 +6,12 @@ a private mount namespace with the run's own directories bound over the fixed Op
 so the host's /etc/openafs, /var/lib/openafs, /var/log/openafs and /vicepa are never used.
 The KDC runs on the host, listening on the bridge address.
 
-    python -m afsfuse.testing.cell run [--fileservers N] [--delay I=RTT ...] -- COMMAND [ARGS...]
+    python -m afsfuse.testing.cell run [--fileservers N] [--delay I=RTT ...] [--jumbo] -- COMMAND
 
 starts a cell, runs COMMAND with the cell described in its environment (see Cell.env),
-tears everything down and exits with COMMAND's status.
+tears everything down and exits with COMMAND's status.  --jumbo runs the cell's links at
+MTU 9000 and its fileservers with -jumbo, so Rx may use packets of up to 8588 bytes and
+jumbograms there.
 
 A server may sit at a distance: `Cell(delays={0: 0.010})` (or `--delay 0=0.010`) puts a
 delay line (afsfuse.testing.delay) adding a 10 ms round trip between the host and server 0,
@@ -62,6 +64,7 @@ TEST_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 STATE_DIR = Path("/run/afsfuse-cells")
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "admin": "admin-pw"}
 START_TIMEOUT = 240.0
+JUMBO_MTU = 9000
 
 
 class CellError(RuntimeError):
@@ -130,6 +133,8 @@ class Cell:
     #: these servers get a delay line (0 makes one whose delay can be raised later).
     delays: dict[int, float] = field(default_factory=dict)
     name: str = "afsfuse.test"
+    #: Links at MTU 9000 (the bridge and both ends of every veth), fileservers with -jumbo.
+    jumbo: bool = False
     realm: str = ""
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     servers: list[Server] = field(default_factory=list)
@@ -238,6 +243,10 @@ class Cell:
 
     # -- network ------------------------------------------------------------------------
 
+    @property
+    def mtu(self) -> int:
+        return JUMBO_MTU if self.jumbo else 1500
+
     def _make_network(self) -> None:
         """A bridge on the host and one namespace per server, in a /24 nobody else uses."""
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -249,7 +258,7 @@ class Cell:
             self.bridge = f"afb{self.run_id}"
             _run(["ip", "link", "add", "name", self.bridge, "type", "bridge"])
             _run(["ip", "addr", "add", f"{self.host_addr}/24", "dev", self.bridge])
-            _run(["ip", "link", "set", self.bridge, "up"])
+            _run(["ip", "link", "set", self.bridge, "mtu", str(self.mtu), "up"])
         for i in range(1, self.fileservers + 1):
             server = Server(
                 index=i,
@@ -267,10 +276,11 @@ class Cell:
             else:
                 _run(["ip", "link", "add", server.host_if, "type", "veth", "peer", "name", peer])
                 _run(["ip", "link", "set", peer, "netns", server.netns])
-            _run(["ip", "link", "set", server.host_if, "master", self.bridge, "up"])
+            mtu = ["mtu", str(self.mtu)]  # a delay line's TAP devices carry jumbo frames too
+            _run(["ip", "link", "set", server.host_if, *mtu, "master", self.bridge, "up"])
             in_ns = ["ip", "netns", "exec", server.netns]
             _run([*in_ns, "ip", "addr", "add", f"{server.addr}/24", "dev", peer])
-            _run([*in_ns, "ip", "link", "set", peer, "up"])
+            _run([*in_ns, "ip", "link", "set", peer, *mtu, "up"])
             _run([*in_ns, "ip", "link", "set", "lo", "up"])
 
     @staticmethod
@@ -381,10 +391,11 @@ class Cell:
         self._wait_for_ubik()
         # A fileserver registers its addresses with the VLDB at start and retries only every
         # few minutes, so it starts once the database servers have elected a sync site.
+        fileserver = str(SERVER_BINARIES / "fileserver") + (" -jumbo" if self.jumbo else "")
         for server in self.servers:
             self.exec(
                 "bos", "create", "-server", server.addr, "-instance", "fs", "-type", "fs",
-                "-cmd", str(SERVER_BINARIES / "fileserver"),
+                "-cmd", fileserver,
                 "-cmd", str(SERVER_BINARIES / "volserver"),
                 "-cmd", str(SERVER_BINARIES / "salvager"), "-localauth",
             )  # fmt: skip
@@ -520,12 +531,15 @@ def running_cell(
     name: str = "afsfuse.test",
     keep: bool = False,
     delays: dict[int, float] | None = None,
+    jumbo: bool = False,
 ) -> Iterator[Cell]:
     """A cell in a fresh scratch directory, removed afterwards unless `keep`."""
     workdir = Path(tempfile.mkdtemp(prefix="afscell-"))
     workdir.chmod(0o755)
     try:
-        with Cell(workdir, fileservers=fileservers, name=name, delays=delays or {}) as cell:
+        with Cell(
+            workdir, fileservers=fileservers, name=name, delays=delays or {}, jumbo=jumbo
+        ) as cell:
             yield cell
     finally:
         if not keep:
@@ -578,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="INDEX=RTT",
         help="add RTT seconds of round trip to server INDEX (from 0); may be repeated",
     )
+    run.add_argument("--jumbo", action="store_true", help="links at MTU 9000, fileserver -jumbo")
     run.add_argument("command", nargs="+", help="command to run (after --)")
     sub.add_parser("gc", help="clean up after harness runs that were killed")
     args = parser.parse_args(argv)
@@ -592,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--delay takes INDEX=SECONDS, e.g. 0=0.010")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        with running_cell(args.fileservers, args.cell, args.keep, delays) as cell:
+        with running_cell(args.fileservers, args.cell, args.keep, delays, args.jumbo) as cell:
             env = {**os.environ, **cell.env()}
             child = subprocess.Popen(args.command, env=env)
             try:
