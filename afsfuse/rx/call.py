@@ -20,7 +20,7 @@ from typing import Any
 from . import packet as P
 from .connection import Connection
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RxAbort
-from .peer import MAX_PACKET, RTT_REFRESH
+from .peer import RTT_REFRESH
 from .schedule import CallChanged, Schedule
 
 MAX_WINDOW = 32  # rx_maxSendWindow / rx_maxReceiveWindow
@@ -503,6 +503,7 @@ class Call:
         reason: int,
         acks: bytes,
         max_mtu: int | None,
+        if_mtu: int | None,
         rwind: int | None,
         now: float,
     ) -> None:
@@ -518,8 +519,8 @@ class Call:
             return
         if rwind:
             self.twind = rwind if rwind < MAX_WINDOW else MAX_WINDOW
-        if max_mtu and max_mtu != peer.max_packet:
-            peer.set_max_packet(max_mtu)
+        if max_mtu and (max_mtu != peer.their_max_mtu or if_mtu != peer.their_if_mtu):
+            peer.set_max_packet(max_mtu, if_mtu)
         if first < self.tfirst:
             return  # the window moved backwards: a stale ACK
         if (
@@ -935,6 +936,9 @@ class Call:
                 self._send_ack(reason, serial, now)
 
     def ack_body(self, reason: int, serial: int) -> bytes:
+        """The ACK's fields and its trailer: our path's packet size (as both maxMTU and
+        ifMTU), our receive window, and 1 as the jumbogram size."""
+        peer = self.conn.peer
         n_held = self.rnext - self.rconsumed
         top = max(self.rx_highest, self.rnext - 1)
         count = min(top - self.rconsumed + 1, P.MAX_ACKS)
@@ -955,9 +959,12 @@ class Call:
             serial,
             reason,
             acks,
-            MAX_PACKET,
-            MAX_PACKET,
+            peer.if_mtu,
+            peer.if_mtu,
             self.rwind,
+            # No jumbograms, though we take them: told we do, an OpenAFS sender packs
+            # 1412-byte packets six to a datagram instead of sending packets as big as
+            # the path allows, and each costs us as much as a whole one.
             1,
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from . import packet as P
 from .call import Call, CallState
@@ -28,7 +28,7 @@ from .debug import (
     peer_entry,
 )
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_INVALID_OPERATION, RxAbort, RxSecurityError
-from .peer import Address, Peer
+from .peer import ETHERNET_MTU, Address, Peer
 from .schedule import Datagram, Event, IncomingCall, Schedule
 from .security import (
     ClientConnectionSecurity,
@@ -66,8 +66,12 @@ class RxCore:
         rng: random.Random | None = None,
         version_string: str = VERSION_STRING,
         epoch: int | None = None,
+        path_mtu: Callable[[Address], int] = lambda _addr: ETHERNET_MTU,
     ) -> None:
+        """path_mtu tells the MTU of our route to an address, asked once per new peer (the
+        driver asks the kernel; the default suits a plain Ethernet path)."""
         rng = rng or random.SystemRandom()
+        self._path_mtu = path_mtu
         self.epoch = (
             epoch if epoch is not None else (rng.getrandbits(32) | 0x80000000) & ~0x40000000
         )
@@ -99,7 +103,7 @@ class RxCore:
     def peer(self, addr: Address) -> Peer:
         peer = self._peers.get(addr)
         if peer is None:
-            peer = self._peers[addr] = Peer(addr)
+            peer = self._peers[addr] = Peer(addr, self._path_mtu(addr))
         return peer
 
     def known_peer(self, addr: Address) -> Peer | None:
@@ -296,13 +300,15 @@ class RxCore:
                     return
             call.on_data(seq, serial, flags, payload, now)
         elif ptype == P.ACK:
-            first, previous, ack_serial, reason, acks, max_mtu, rwind = _decode_ack_fields(body)
+            first, previous, ack_serial, reason, acks, max_mtu, if_mtu, rwind = _decode_ack_fields(
+                body
+            )
             if flags & P.REQUEST_ACK:
                 call.last_receive = now
                 call.answer_ping(serial, now)
                 if reason == P.ACK_PING:
                     return
-            call.on_ack(first, previous, ack_serial, reason, acks, max_mtu, rwind, now)
+            call.on_ack(first, previous, ack_serial, reason, acks, max_mtu, if_mtu, rwind, now)
         elif ptype == P.ABORT:
             call.on_abort(P.decode_abort(body), now)
         elif ptype == P.BUSY:

@@ -94,6 +94,7 @@ def peer_entry(peer: Peer) -> P.DebugPeer:
         peer.addr,
         peer.srtt * 1000,
         peer.rttvar * 1000,
+        peer.if_mtu,
         peer.max_packet,
         peer.data_sent + peer.resends,
         peer.resends,

@@ -24,6 +24,7 @@ from .call import SEND_BACKLOG, Call, CallState
 from .connection import DEFAULT_DEAD_TIME, Connection
 from .core import RxCore
 from .errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_EOF, RX_USER_ABORT, RxAbort, RxTimeout
+from .pathmtu import path_mtu
 from .peer import Address
 from .schedule import CallChanged, Datagram, IncomingCall
 from .security import RXNULL, ClientSecurity, ServerConnectionSecurity, ServerSecurity
@@ -288,7 +289,7 @@ class Endpoint:
     def __init__(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         self._sock = sock
         self._nursery = nursery
-        self._core = RxCore()
+        self._core = RxCore(path_mtu=path_mtu)
         self._handlers: dict[int, Handler] = {}
         self._wait_scope: trio.CancelScope | None = None
         self._poked = False

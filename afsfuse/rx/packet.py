@@ -182,19 +182,20 @@ def encode_ack(
 
 def decode_ack_fields(
     body: bytes | memoryview,
-) -> tuple[int, int, int, int, bytes, int | None, int | None]:
+) -> tuple[int, int, int, int, bytes, int | None, int | None, int | None]:
     """What a sender uses of an ACK, without building an AckBody (hot path).
 
-    (first_packet, previous_packet, serial, reason, acks, max_mtu, rwind); the trailer's
-    are None when the peer did not send them.
+    (first_packet, previous_packet, serial, reason, acks, max_mtu, if_mtu, rwind); the
+    trailer's are None when the peer did not send them.
     """
     size = len(body)
     if size >= ACK_HEAD.size:
         _space, _skew, first, previous, serial, reason, n_acks = ACK_HEAD.unpack_from(body)
         end = ACK_HEAD.size + n_acks
         if size >= end + ACK_TRAILER.size:  # the whole trailer, as every current peer sends it
-            max_mtu, _if_mtu, rwind, _dgrams = ACK_TRAILER.unpack_from(body, end)
-            return first, previous, serial, reason, bytes(body[ACK_HEAD.size : end]), max_mtu, rwind
+            max_mtu, if_mtu, rwind, _dgrams = ACK_TRAILER.unpack_from(body, end)
+            acks = bytes(body[ACK_HEAD.size : end])
+            return first, previous, serial, reason, acks, max_mtu, if_mtu, rwind
     ack = decode_ack(body)
     return (
         ack.first_packet,
@@ -203,6 +204,7 @@ def decode_ack_fields(
         ack.reason,
         ack.acks,
         ack.max_mtu,
+        ack.if_mtu,
         ack.rwind,
     )
 
@@ -340,6 +342,8 @@ class DebugPeer(NamedTuple):
     addr: tuple[str, int]
     rtt_ms: float
     rtt_dev_ms: float
+    #: Our path's packet size (ifMTU), and what we send the peer now (natMTU, maxMTU, MTU).
+    if_mtu: int
     mtu: int
     #: DATA packets sent and of them resent; payload bytes sent and received.
     sent: int = 0
@@ -354,7 +358,7 @@ class DebugPeer(NamedTuple):
         mtus = (self.mtu, self.mtu, 0, 0, self.mtu, 0, 0, 0)  # natMTU, maxMTU... MTU
         sent, received = self.bytes_sent & _UINT64, self.bytes_received & _UINT64
         return DEBUG_PEER.pack(
-            socket.inet_aton(host), port.to_bytes(2, "big"), self.mtu, 0, 0, 0, 0,
+            socket.inet_aton(host), port.to_bytes(2, "big"), self.if_mtu, 0, 0, 0, 0,
             rtt, dev, self.sent & _UINT32, self.resends & _UINT32, 0, 0, 0, *mtus,
             sent >> 32, sent & _UINT32, received >> 32, received & _UINT32,
         )  # fmt: skip

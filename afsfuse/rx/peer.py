@@ -3,7 +3,11 @@
 Every connection to an address shares its Peer, so a round trip measured on one call times
 the retransmissions of the next.  It also counts what went to and came from the address,
 for `rxdebug -peers` (rx/stats.py sums them for -rxstats).  Sans-I/O, like the rest of the
-core.
+core: the path MTU it starts from is looked up by the driver (rx/pathmtu.py).
+
+Packet sizes count the 28-byte Rx header but not the IP and UDP headers, as OpenAFS does.
+A peer's packets may grow past 1444 bytes only when both our route to it and its ACK
+trailer allow, so a 1500-byte path never sees an IP fragment.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ INITIAL_RTO = 2.0
 #: Our sender asks for an immediate ack of each burst, so no delayed-ack allowance is added.
 MIN_RTO = 0.02
 MAX_RTO = 60.0
-MAX_PACKET = 1444  # largest packet we send or accept (header included): no IP fragments
+#: Every Rx peer takes this, and we send no more until its ACK trailer says it takes more:
+#: a 1500-byte frame less the headers OpenAFS reserves (OLD_MAX_PACKET_SIZE).
+OLD_MAX_PACKET = 1444
+#: The largest packet we send or advertise: OpenAFS's own sending limit (rx_MyMaxSendSize),
+#: which a 9000-byte link allows.
+MAX_PACKET = 8588
 MIN_PACKET = 520
+#: IPv6, its fragment header and UDP: what OpenAFS keeps free below the link MTU
+#: (RX_IPUDP_SIZE), so one size rule fits both address families.
+IP_UDP_OVERHEAD = 56
+ETHERNET_MTU = 1500
 #: Bounds of the first wait before pinging a server whose reply stream went quiet (two
 #: round trips in between); the wait doubles while nothing comes.
 STALL_PROBE_MIN = 0.005
@@ -39,6 +52,7 @@ class Peer:
         "bytes_sent",
         "data_sent",
         "heard",
+        "if_mtu",
         "max_packet",
         "resends",
         "rto",
@@ -46,10 +60,19 @@ class Peer:
         "sampled_at",
         "srtt",
         "stall_wait",
+        "their_if_mtu",
+        "their_max_mtu",
     )
 
-    def __init__(self, addr: Address) -> None:
+    def __init__(self, addr: Address, path_mtu: int = ETHERNET_MTU) -> None:
         self.addr = addr
+        #: The largest packet our route to the address carries whole: what our ACKs
+        #: advertise as both ifMTU and maxMTU (a larger maxMTU would let an OpenAFS
+        #: sender fragment), and the bound on what we send.
+        self.if_mtu = packet_limit(path_mtu)
+        #: The peer's last advertised maxMTU (0 until its first ACK trailer) and ifMTU.
+        self.their_max_mtu = 0
+        self.their_if_mtu: int | None = None
         #: When a packet from this address last arrived on one of our connections.
         self.heard = float("-inf")
         self.srtt = 0.0  # 0 until the first sample
@@ -57,7 +80,8 @@ class Peer:
         #: When the last round-trip sample was taken.
         self.sampled_at = float("-inf")
         self.rto = INITIAL_RTO
-        self.max_packet = MAX_PACKET
+        #: The largest DATA packet we build for the peer now (header included).
+        self.max_packet = min(OLD_MAX_PACKET, self.if_mtu)
         #: How long a reply stream may go quiet before we probe the sender: two round
         #: trips, bounded.  Kept here because every received DATA packet re-arms it.
         self.stall_wait = STALL_PROBE_MIN
@@ -105,5 +129,18 @@ class Peer:
         """Dead-time allowance for a slow path."""
         return self.srtt + 8 * self.rttvar
 
-    def set_max_packet(self, advertised: int) -> None:
-        self.max_packet = max(MIN_PACKET, min(MAX_PACKET, advertised))
+    def set_max_packet(self, max_mtu: int, if_mtu: int | None) -> None:
+        """The peer's ACK trailer: it takes packets up to max_mtu, its link carries if_mtu.
+
+        We send the smallest of those and our own path's limit (OpenAFS's natMTU and
+        maxMTU rules, without its IP-fragment "jumbograms").
+        """
+        self.their_max_mtu = max_mtu
+        self.their_if_mtu = if_mtu
+        limit = min(self.if_mtu, max_mtu, if_mtu or max_mtu)
+        self.max_packet = MIN_PACKET if limit < MIN_PACKET else limit
+
+
+def packet_limit(path_mtu: int) -> int:
+    """The largest Rx packet a path of this MTU carries unfragmented, within our bounds."""
+    return max(MIN_PACKET, min(MAX_PACKET, path_mtu - IP_UDP_OVERHEAD))

@@ -27,7 +27,7 @@ from afsfuse.rx.core import RxCore
 from afsfuse.rx.debug import DEBUG_BURST, DEBUG_RATE
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from afsfuse.rx.peer import (
-    MAX_PACKET,
+    OLD_MAX_PACKET,
     RTT_STALE,
     STALL_PROBE_MAX,
     STALL_PROBE_MIN,
@@ -944,7 +944,7 @@ def test_lossy_duplicating_reordering_pipe(seed: int) -> None:
     # What rxdebug -rxstats and -peers show of it: the losses and duplicates it survived.
     stats, to_server = net.client.stats, net.client.peer(SERVER)
     sent = to_server.data_sent + to_server.resends
-    assert to_server.data_sent > len(request) // MAX_PACKET and to_server.resends > 0
+    assert to_server.data_sent > len(request) // OLD_MAX_PACKET and to_server.resends > 0
     assert net.server.stats.dup_read + stats.dup_read > 0
     words = struct.unpack(
         ">71i", encode_rx_stats(stats, [to_server], server_conns=0, client_conns=1, calls=0)
@@ -970,7 +970,7 @@ def test_each_end_counts_what_the_other_end_counted_on_a_clean_pipe() -> None:
     # Bytes of call data: the request one way, the reply the other.
     assert to_server.bytes_sent == to_client.bytes_received == len(request)
     assert to_client.bytes_sent == to_server.bytes_received == len(request)
-    assert to_server.data_sent == -(-len(request) // (MAX_PACKET - P.HEADER_SIZE))
+    assert to_server.data_sent == -(-len(request) // (OLD_MAX_PACKET - P.HEADER_SIZE))
     assert to_server.resends == to_client.resends == 0
     assert client.stats.dup_read == server.stats.dup_read == 0
 

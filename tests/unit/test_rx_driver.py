@@ -15,6 +15,8 @@ import trio.testing
 from afsfuse.rx import packet as P
 from afsfuse.rx.driver import RECEIVE_BATCH, ServerCall, open_endpoint
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_USER_ABORT, RxAbort, RxTimeout
+from afsfuse.rx.pathmtu import path_mtu
+from afsfuse.rx.peer import ETHERNET_MTU
 
 SERVICE = 52
 LOCAL = "127.0.0.1"
@@ -270,7 +272,9 @@ async def test_openafs_rxdebug_ends_every_listing_with_sane_figures() -> None:
         assert "call 0: # 1, state dally, mode: eof" in every
         peers = await rxdebug("-peers", "-noconns")
         assert peers.count(f"Peer at host {LOCAL}, port {server.port}\n") == 1
-        assert peers.endswith("Done.\n") and "ifMTU 1444" in peers
+        # Loopback carries 64 KiB datagrams: our packets are as big as we make them, both
+        # ways, once the first ACK trailer told each end the other's size.
+        assert peers.endswith("Done.\n") and "ifMTU 8588\tnatMTU 8588\tmaxMTU 8588" in peers
         rtt = re.search(r"rtt (\d+) msec, rtt_dev (\d+) msec", peers)
         assert rtt is not None and int(rtt[1]) < 1000
         stats = await rxdebug("-rxstats", "-noconns")
@@ -279,3 +283,11 @@ async def test_openafs_rxdebug_ends_every_listing_with_sane_figures() -> None:
         assert counts is not None and counts.groups() == ("0", "1", "1", "0")
         assert "Unexpected size" not in stats and "unexpected size" not in stats
         assert "AFS version:  afsfuse" in await rxdebug("-version")
+
+
+def test_the_path_mtu_comes_from_the_kernels_route() -> None:
+    # Loopback's 64 KiB (IP_MTU stops at 65535), where the route's interface says so.
+    with open("/sys/class/net/lo/mtu") as lo:
+        assert path_mtu((LOCAL, 7000)) == min(int(lo.read()), 65535)
+    # The kernel refuses to connect a socket without SO_BROADCAST to a broadcast address.
+    assert path_mtu(("255.255.255.255", 7000)) == ETHERNET_MTU

@@ -73,6 +73,7 @@ def test_hot_path_ack_fields_agree_with_the_dataclass(words: int) -> None:
         ack.reason,
         ack.acks,
         ack.max_mtu,
+        ack.if_mtu,
         ack.rwind,
     )
     assert type(P.decode_ack_fields(raw)[4]) is bytes
@@ -149,11 +150,11 @@ def test_rxdebug_connection_entry_has_openafs_layout() -> None:
 
 
 def test_rxdebug_peer_entry_has_openafs_layout() -> None:
-    peer = P.DebugPeer(("10.1.2.3", 7001), 12.5, 3.0, 1444, 40, 3, (5 << 32) + 7, 99)
+    peer = P.DebugPeer(("10.1.2.3", 7001), 12.5, 3.0, 8588, 1444, 40, 3, (5 << 32) + 7, 99)
     raw = peer.encode()
     assert len(raw) == 132  # sizeof(struct rx_debugPeer)
     assert raw[:6] == bytes([10, 1, 2, 3]) + (7001).to_bytes(2, "big")
-    assert struct.unpack_from(">H", raw, 6) == (1444,)  # ifMTU
+    assert struct.unpack_from(">H", raw, 6) == (8588,)  # ifMTU
     assert struct.unpack_from(">ii", raw, 24) == (100, 12)  # rtt ms << 3, rtt_dev ms << 2
     assert struct.unpack_from(">II", raw, 40) == (40, 3)  # nSent, reSends
     assert struct.unpack_from(">HH", raw, 60) == (1444, 1444)  # natMTU, maxMTU
