@@ -1,7 +1,7 @@
 """afsfuse side by side with OpenAFS's afsd.fuse on a throwaway test cell (`make bench`).
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--big-mb N] [--clients A,B]
-                                  [--only W1,W2] [--profile DIR] [--net wan10|wan1]
+                                  [--only W1,W2] [--profile DIR] [--net wan10|wan1] [--jumbo]
 
 Starts a cell, fills <cell>/test/bench as the cell admin (a big file, directories of 1000
 and 10 000 entries, 1000 small files), then runs rounds.  In each round each client in turn
@@ -9,10 +9,15 @@ is mounted alone on an empty cache and runs every workload; the order of the cli
 rotates from round to round.  afsd.fuse can only be anonymous; afsfuse runs anonymously, once
 more with alice's token (rxkad crypt), and once more anonymously with --no-xattrs.
 
-The workloads that write (cp, create, tar x, 4 parallel tar x) are timed until their programs returned and
-again until the fileserver held everything, polled over Rx from outside either mount
-(onserver.py).  Prints one table of medians and writes the same, every run included, as JSON
-under bench/results/.  A workload that fails on a client is reported as failed, with the reason.
+The workloads that write (cp, create, tar x, 4 parallel tar x) are timed until their programs
+returned and again until the fileserver held everything, polled over Rx from outside either
+mount (onserver.py).  Prints one table of medians and writes the same, every run included, as
+JSON under bench/results/.  A workload that fails on a client is reported as failed, with the
+reason.
+
+--jumbo is the jumbo profile: the cell's links at MTU 9000 and its fileservers started
+-jumbo, so Rx may use packets of up to 8588 bytes (and jumbograms) where a client asks.
+
 Needs root (the cell, drop_caches, FUSE mounts for every user).
 
 `--net wan10` (or `wan1`) puts every server 10 ms (1 ms) of round trip away, behind a delay
@@ -216,6 +221,7 @@ def _meta(args: argparse.Namespace, listing_sizes: tuple[int, ...]) -> dict:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "net": args.net,
+        "jumbo": args.jumbo,
         "rounds": args.rounds,
         "big_mb": args.big_mb,
         "listing_sizes": list(listing_sizes),
@@ -244,6 +250,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument(
         "--net", choices=["lan", *wan.PROFILES], default="lan", help="network profile"
     )
+    parser.add_argument(
+        "--jumbo", action="store_true", help="cell links at MTU 9000, fileservers with -jumbo"
+    )
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.big_mb = args.big_mb or (64 if args.quick else 256)
@@ -263,7 +272,7 @@ def main() -> int:
     meta = _meta(args, listing_sizes)
     with (
         tempfile.TemporaryDirectory(prefix="afsfuse-bench-") as tmp,
-        running_cell(delays=wan.lines(fileservers=1) if far else None) as cell,
+        running_cell(delays=wan.lines(fileservers=1) if far else None, jumbo=args.jumbo) as cell,
     ):
         scratch = Path(tmp)
         scratch.chmod(0o755)
@@ -320,6 +329,7 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     net = "" if meta["net"] == "lan" else f"-{meta['net']}"
+    net += "-jumbo" if meta["jumbo"] else ""
     path = RESULTS / f"{stamp}-{meta['mode']}{net}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nbench: wrote {path}")
@@ -476,6 +486,7 @@ def render(result: dict) -> str:
         f"afsd.fuse {meta['afsd_fuse_version']} vs afsfuse {meta['afsfuse_commit']}: "
         f"{meta['mode']} run, {meta['rounds']} round(s), big file {meta['big_mb']} MiB, "
         f"{'' if meta.get('net', 'lan') == 'lan' else meta['net'] + ' network, '}"
+        f"{'jumbo (MTU 9000, fileserver -jumbo), ' if meta.get('jumbo') else ''}"
         f"medians; time ratio = afsfuse / afsd.fuse (below 1: afsfuse is faster); "
         f"on server: from the start until the fileserver held all that was written"
     )
