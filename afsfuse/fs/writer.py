@@ -69,6 +69,13 @@ def _fid_name(fid: AfsFid) -> str:
     return f"{fid.cell} fid {fid.volume}.{fid.vnode}.{fid.unique}"
 
 
+def _stored_later_for(dirty: DirtyFile, who: Identity) -> bool:
+    """Will `who`'s own close store `dirty`?  Not data a store failed to send (it goes in
+    the background, and may outlive this daemon's memory), nor another caller's (their
+    store, with their rights, would carry this caller's change)."""
+    return not dirty.unsent and dirty.writer == (who.uid, who.pag)
+
+
 class Writer:
     """Dirty data and stores.  `token_for(cell, who)` is a caller's token; `notify(fid)`
     tells the kernel."""
@@ -467,9 +474,18 @@ class Writer:
         size: int | None = None,
     ) -> None:
         """Change a file's status on the fileserver now (StoreStatus).  A new size is stored
-        now too (truncate(2) has no close to wait for), with the file's other dirty data."""
+        now too (truncate(2) has no close to wait for), with the file's other dirty data.
+
+        A new modification time alone, set by the writer of data not stored yet (tar's
+        futimens before close), goes with that data instead: the store sends it anyway,
+        so a StoreStatus now would be a second RPC for the same field."""
         token = self.token_for(fid.cell, who)
         async with self._file_lock(fid):
+            if mtime is not None and (mode, owner, group, size) == (None, None, None, None):
+                dirty = self.store.dirty.get(fid)
+                if dirty is not None and _stored_later_for(dirty, who):
+                    self._mtimes[fid] = mtime
+                    return
             if size is not None:
                 dirty = await self._truncate(fid, size, who)
                 if mtime is not None:

@@ -415,6 +415,37 @@ def test_stdlib_tar_extracts_and_diffs_clean(writer: Mount, volumes: Volumes) ->
     assert done.returncode == 0, done.stdout[-2000:]
 
 
+TIMES_BEFORE_AND_AFTER_CLOSE = r"""
+import os, sys
+for name in ("early", "late"):
+    fd = os.open(os.path.join(sys.argv[1], name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, name.encode())
+    if name == "early":
+        os.utime(fd, (1_000_000_000, 1_000_000_000))  # futimens, as tar x does
+        assert os.fstat(fd).st_mtime == 1_000_000_000
+    os.close(fd)
+os.utime(os.path.join(sys.argv[1], "late"), (1_100_000_000, 1_100_000_000))
+print("ok")
+"""
+
+
+def test_a_time_set_before_close_goes_with_the_store(
+    writer: Mount, reader: Mount, volumes: Volumes
+) -> None:
+    """A writer's futimens before close rides with the data in the close's StoreData;
+    a time set after close is stored at once (StoreStatus).  Both reach another client."""
+    where = fresh_dir(writer, volumes.work)
+    d = volume_path(writer, volumes.work) / where
+    rpcs_before = writer.stats()["rpcs"]
+    assert ok(python(writer, TIMES_BEFORE_AND_AFTER_CLOSE, str(d))).stdout == b"ok\n"
+    rpcs = {k: n - rpcs_before.get(k, 0) for k, n in writer.stats()["rpcs"].items()}
+    assert rpcs.get("FS.StoreStatus") == 1, rpcs
+    other = volume_path(reader, volumes.work) / where
+    eventually(lambda: os.stat(other / "late").st_mtime == 1_100_000_000)
+    assert os.stat(other / "early").st_mtime == 1_000_000_000
+    assert reader.run("cat", str(other / "early"), user="alice").stdout == b"early"
+
+
 def test_git_in_afs(writer: Mount, volumes: Volumes) -> None:
     where = fresh_dir(writer, volumes.work)
     d = volume_path(writer, volumes.work) / where

@@ -273,6 +273,15 @@ class MemFileServer:
         self._after(fault)
         return FS.StoreData64.Result(self._status(vnode), AFSVolSync())
 
+    async def StoreStatus(self, call: Any, Fid: AFSFid, InStatus: Any) -> Any:
+        """Only the modification time: the one status field the tests here change."""
+        fault = self._before("StoreStatus")
+        vnode = self._vnode(Fid)
+        if InStatus.Mask & AFS_SETMODTIME:
+            vnode.mtime = InStatus.ClientModTime
+        self._after(fault)
+        return FS.StoreStatus.Result(self._status(vnode), AFSVolSync())
+
     async def CreateFile(self, call: Any, DirFid: AFSFid, Name: str, InStatus: Any) -> Any:
         fault = self._before("CreateFile")
         parent = self._vnode(DirFid)

@@ -220,3 +220,36 @@ async def test_new_writes_after_a_failed_store_go_with_the_unsent_data(tmp_path:
         # Two runs of dirty chunks, two calls: the first over the version written over.
         assert [(s.over, s.made) for s in server.stores] == [(1, 2), (2, 3)]
         assert m.store.dirty.get(fid) is None
+
+
+async def test_a_new_mtime_from_the_writer_goes_with_its_store(tmp_path: Path) -> None:
+    """tar sets each file's time through its descriptor just before close: the store at
+    close carries it, with no StoreStatus of its own."""
+    async with mem_manager(tmp_path) as (m, server):
+        fid = server.add_file("f", OLD)
+        await m.write(fid, 0, OURS, ME)
+        status = await m.setattr(fid, ME, mtime=THEIR_MTIME - 7)
+        assert status.mtime == THEIR_MTIME - 7  # shown at once
+        await m.store_data(fid, ME)
+        assert [s.mtime for s in server.stores] == [THEIR_MTIME - 7]
+        assert (await m.getattr(fid, ME)).mtime == THEIR_MTIME - 7
+        assert m.stats.rpcs["FS.StoreStatus"] == 0
+
+
+async def test_a_new_mtime_is_stored_at_once_without_the_writers_close_to_carry_it(
+    tmp_path: Path,
+) -> None:
+    """Another caller's change needs their own rights, and data a store failed to send goes
+    in the background: either way the time is stored now, and again with the data."""
+    async with mem_manager(tmp_path) as (m, server):
+        fid = server.add_file("f", OLD)
+        await m.write(fid, 0, OURS, ME)
+        await m.setattr(fid, Identity(1001), mtime=THEIR_MTIME - 7)
+        assert m.stats.rpcs["FS.StoreStatus"] == 1 and server.stores == []
+
+        server.fail("StoreData64", VOVERQUOTA)
+        assert await store_errno(m, fid) == errno.EDQUOT
+        await m.setattr(fid, ME, mtime=THEIR_MTIME - 9)
+        assert m.stats.rpcs["FS.StoreStatus"] == 2
+        await m.store_data(fid, ME)
+        assert [s.mtime for s in server.stores] == [THEIR_MTIME - 9]
