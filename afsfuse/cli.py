@@ -62,6 +62,7 @@ from afsfuse.keyring.kernel import forget_keep, open_keep
 from afsfuse.keyring.store import TokenStore
 from afsfuse.keyring.token import Token
 from afsfuse.keyring.viceid import with_viceid
+from afsfuse.malloc import tune as tune_malloc
 from afsfuse.mounthelper import helper_argv, helper_form
 from afsfuse.preflight import Exit, MountError
 from afsfuse.rx.driver import open_endpoint
@@ -81,6 +82,7 @@ GIVE_UP_TIMEOUT = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()
     argv = list(sys.argv[1:] if argv is None else argv)
     if helper_form(argv):
         try:
