@@ -59,7 +59,7 @@ from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import ServerConfig, ServerTable
 from afsfuse.fs.stats import Stats
-from afsfuse.fs.status import StatusKeeper
+from afsfuse.fs.status import BulkBatch, StatusKeeper
 from afsfuse.fs.vnode import AfsFid, Status, VnodeTable
 from afsfuse.fs.volume import VolumeCache, VolumeStatus
 from afsfuse.fs.writer import Writer
@@ -416,7 +416,8 @@ class CacheManager:
     async def bulk_status(self, fids: Sequence[AfsFid], who: Identity) -> list[Status | FsError]:
         """Status of many fids, in order; an entry the server refused is an FsError in its
         place.  Fids with a valid callback and known rights cost nothing; the rest go 50 at a
-        time in InlineBulkStatus (FetchStatus each where the server lacks it).
+        time in InlineBulkStatus (FetchStatus each where the server lacks it), several calls
+        at once (`StatusKeeper.bulk_many`).
 
         Each status is this mount's view (`_local_view`) at the moment it was taken: a held
         status together with the dirty state of that same moment, a fetched one with the
@@ -438,16 +439,49 @@ class CacheManager:
                 results[i] = self._local_view(vnode.status.with_access(rights), fid)
             else:
                 wanted.setdefault((fid.cell, fid.volume), []).append(i)
+        batches = self._bulk_batches(fids, wanted, who)
+
+        def got(number: int, statuses: list[Status | FsError]) -> None:
+            for i, status in zip(batches[number][0], statuses, strict=True):
+                results[i] = (
+                    self._local_view(status, fids[i]) if isinstance(status, Status) else status
+                )
+
+        await self.status.bulk_many([batch for _, batch in batches], got)
+        return [r for r in results if r is not None]
+
+    def _bulk_batches(
+        self, fids: Sequence[AfsFid], wanted: dict[tuple[str, int], list[int]], who: Identity
+    ) -> list[tuple[list[int], BulkBatch]]:
+        """The InlineBulkStatus calls for the `wanted` indexes of `fids`, by volume."""
+        out = []
         for (cell, volume), indexes in wanted.items():
             token = self._token(cell, who)
             for start in range(0, len(indexes), AFSCBMAX):
                 batch = indexes[start : start + AFSCBMAX]
-                statuses = await self.status.bulk(cell, volume, [fids[i] for i in batch], token)
-                for i, status in zip(batch, statuses, strict=True):
-                    results[i] = (
-                        self._local_view(status, fids[i]) if isinstance(status, Status) else status
-                    )
-        return [r for r in results if r is not None]
+                out.append((batch, BulkBatch(cell, volume, [fids[i] for i in batch], token)))
+        return out
+
+    @_boundary
+    async def prefetch_status(self, fids: Sequence[AfsFid], who: Identity) -> dict[AfsFid, FsError]:
+        """Fetch the status of those of `fids` whose status or whose rights for `who` are
+        not known, as bulk_status does, so that bulk_status of them later costs nothing (a
+        directory listing's next entries); the fids the server refused, with their error."""
+        now = trio.current_time()
+        wanted: dict[tuple[str, int], list[int]] = {}
+        for i, fid in enumerate(fids):
+            if self.vnodes.get(fid).rights(self._token(fid.cell, who), now) is None:
+                wanted.setdefault((fid.cell, fid.volume), []).append(i)
+        batches = self._bulk_batches(fids, wanted, who)
+        refused: dict[AfsFid, FsError] = {}
+
+        def got(number: int, statuses: list[Status | FsError]) -> None:
+            for fid, status in zip(batches[number][1].fids, statuses, strict=True):
+                if isinstance(status, FsError):
+                    refused[fid] = status
+
+        await self.status.bulk_many([batch for _, batch in batches], got)
+        return refused
 
     # -- directories -------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
@@ -90,8 +90,11 @@ __all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
 _PAGE = mmap.PAGESIZE
 #: The length of a remembered version (`_shown`) when the kernel's is this mount's writes'.
 _WRITTEN = -1
-#: Directory entries whose status is fetched together in one readdir step.
+#: Directory entries made ready for the kernel in one readdir step.
 READDIR_BATCH = 100
+#: Directory entries whose status is fetched together (`_children`): eight InlineBulkStatus
+#: calls, two rounds of bulk_status's four at once.
+STATUS_WINDOW = 400
 #: How long statfs trusts "the last node this process touched" (see statfs).
 STATFS_HINT_SECONDS = 10.0
 _STATFS_HINTS = 1024
@@ -128,6 +131,10 @@ class _DirHandle:
     who: Identity
     dir_fid: AfsFid | None
     entries: list[Any]
+    #: The STATUS_WINDOW-entry windows of `entries` whose status was fetched, and the
+    #: entries the fileserver refused to `who` then (not asked again through this handle).
+    windows: set[int] = field(default_factory=set)
+    refused: dict[AfsFid, FsError] = field(default_factory=dict)
 
 
 class AfsOperations(pyfuse3.Operations):
@@ -601,8 +608,7 @@ class AfsOperations(pyfuse3.Operations):
             position += 1  # no lookup to count: the kernel takes none for the dots
         while position - len(dots) < len(handle.entries):
             first = position - len(dots)
-            batch = handle.entries[first : first + READDIR_BATCH]
-            children = await self._children(handle, batch)
+            children = await self._children(handle, first)
             for child in children:
                 node = self.inodes.intern(child.key, child.make)
                 child.attrs.st_ino = node.inode
@@ -616,16 +622,40 @@ class AfsOperations(pyfuse3.Operations):
                     self.inodes.note_cached_name(directory.inode, child.name)
                 position += 1
 
-    async def _children(self, handle: _DirHandle, batch: list[Any]) -> list[_Child]:
+    async def _children(self, handle: _DirHandle, first: int) -> list[_Child]:
+        """The entries from `first` on, READDIR_BATCH of them.  The status of the
+        STATUS_WINDOW entries around them is fetched first, in one go (bulk_status makes its
+        calls at once): the kernel takes a few dozen entries per readdir, and a fetch per
+        readdir would wait a round trip each; a status fetched for the window reaches
+        bulk_status through the vnode it went to, so each is this moment's."""
+        batch = handle.entries[first : first + READDIR_BATCH]
         if handle.dir_fid is None:
             return [self._dyn_child(entry, self.shared_timeout) for entry in batch]
         who = handle.who
         dir_status = await self.manager.getattr(handle.dir_fid, who)
         timeout = self.shared_timeout if anyone_may_look_up(dir_status) else 0.0
-        statuses = await self.manager.bulk_status([fid for _, fid in batch], who)
+        windows = range(first // STATUS_WINDOW, (first + len(batch) - 1) // STATUS_WINDOW + 1)
+        new = [w for w in windows if w not in handle.windows]
+        if new:
+            handle.windows.update(new)
+            ahead = [
+                fid
+                for w in new
+                for _, fid in handle.entries[w * STATUS_WINDOW : (w + 1) * STATUS_WINDOW]
+            ]
+            handle.refused.update(await self.manager.prefetch_status(ahead, who))
+        refused = handle.refused
+        asked = [fid for _, fid in batch if fid not in refused]
+        statuses = iter(await self.manager.bulk_status(asked, who)) if asked else iter(())
         return [
-            await self._afs_child(os.fsencode(name), fid, status, who, timeout)
-            for (name, fid), status in zip(batch, statuses, strict=True)
+            await self._afs_child(
+                os.fsencode(name),
+                fid,
+                refused[fid] if fid in refused else next(statuses),
+                who,
+                timeout,
+            )
+            for name, fid in batch
         ]
 
     @guard

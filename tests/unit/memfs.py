@@ -117,6 +117,13 @@ class MemFileServer:
         self.stores: list[Store] = []
         #: (vnode, first byte, bytes asked for) of every FetchData64.
         self.fetches: list[tuple[int, int, int]] = []
+        #: The fids asked for in each InlineBulkStatus.
+        self.bulk_calls: list[list[int]] = []
+        #: Seconds each FetchData64 and InlineBulkStatus takes (a distant server), the
+        #: calls of those under way, and the most that were at once.
+        self.latency = 0.0
+        self.under_way = 0
+        self.most_at_once = 0
         self.broken: Callable[[list[Fid]], None] = lambda fids: None
 
     # -- what a test does -------------------------------------------------------------
@@ -232,10 +239,34 @@ class MemFileServer:
         self._after(fault)
         return FS.FetchStatus.Result(self._status(vnode), CALLBACK, AFSVolSync())
 
+    async def _far(self) -> None:
+        """The server's round trips, counting the calls waiting for them."""
+        self.under_way += 1
+        self.most_at_once = max(self.most_at_once, self.under_way)
+        try:
+            await trio.sleep(self.latency)
+        finally:
+            self.under_way -= 1
+
+    async def InlineBulkStatus(self, call: Any, FidsArray: list[AFSFid]) -> Any:
+        self._after(self._before("InlineBulkStatus"))
+        self.bulk_calls.append([fid.Vnode for fid in FidsArray])
+        await self._far()
+        statuses, callbacks = [], []
+        for fid in FidsArray:
+            try:
+                statuses.append(self._status(self._vnode(fid)))
+            except RxAbort as e:
+                fields = dict.fromkeys(AFSFetchStatus._fields, 0)
+                statuses.append(AFSFetchStatus(**{**fields, "errorCode": e.code}))
+            callbacks.append(CALLBACK)
+        return FS.InlineBulkStatus.Result(statuses, callbacks, AFSVolSync())
+
     async def FetchData64(self, call: Any, stream: Any, Fid: AFSFid, Pos: int, Length: int) -> Any:
         fault = self._before("FetchData64")
         vnode = self._vnode(Fid)
         self.fetches.append((vnode.vnode, Pos, Length))
+        await self._far()
         data = bytes(vnode.data[Pos : Pos + Length])
         await stream.start(len(data))
         await stream.send(data)

@@ -118,6 +118,13 @@ class FakeManager:
                 out.append(e)
         return out
 
+    async def prefetch_status(self, fids, who):
+        return {
+            fid: s
+            for fid, s in zip(fids, await self.bulk_status(fids, who), strict=True)
+            if isinstance(s, FsError)
+        }
+
     async def lookup(self, dir_fid, name, who) -> AfsFid:
         await self.getattr(dir_fid, who)
         key = name.decode() if isinstance(name, bytes) else name
