@@ -16,7 +16,8 @@ call.  Where things are:
 
 - status, bulk status, commit status: fs/status.py;
 - directory listings and our own edits to them: fs/directories.py, fs/dir_edit.py;
-- chunks, reads and the read-ahead decision: fs/reader.py;
+- chunks, reads and the read-ahead decision: fs/reader.py; the next small files of a
+  directory read file by file: fs/siblings.py;
 - writes, truncation, stores and setting unsent data aside: fs/writer.py (stores retried in
   the background: fs/unsent.py);
 - create, mkdir, symlink, link, unlink, rmdir, rename: fs/names.py;
@@ -58,6 +59,7 @@ from afsfuse.fs.ranker import Ranker
 from afsfuse.fs.reader import ChunkReader, DataVersionChanged, FileData, Shown
 from afsfuse.fs.rotate import RotationConfig, Rotator
 from afsfuse.fs.server import ServerConfig, ServerTable
+from afsfuse.fs.siblings import SiblingReadAhead
 from afsfuse.fs.stats import Stats
 from afsfuse.fs.status import BulkBatch, StatusKeeper
 from afsfuse.fs.vnode import AfsFid, Status, VnodeTable
@@ -253,6 +255,9 @@ class CacheManager:
             call_chunks=config.readahead_call_chunks,
             changed=self._notify,
             nursery=lambda: self._nursery,
+        )
+        self.siblings = SiblingReadAhead(
+            self.vnodes, self.dirs, self.reader, nursery=lambda: self._nursery
         )
         self.writer = Writer(
             self.status,
@@ -548,6 +553,8 @@ class CacheManager:
         if dirty is not None:
             data = await self.writer.read_dirty(fid, vnode, token, dirty, offset, size, trusted)
             return FileData(data, None, dirty.length)
+        if offset == 0 and trusted:
+            self.siblings.read(fid, vnode, token)
         return await self.reader.read(fid, vnode, token, status, offset, size, shown, trusted)
 
     @_boundary

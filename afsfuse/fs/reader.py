@@ -176,6 +176,11 @@ class ChunkReader:
             del self.inflight[key]
         event.set()
 
+    def settle(self, fid: AfsFid, version: int, claimed: dict[int, trio.Event]) -> None:
+        """Chunks claimed for `prefetch` are done with (again: harmless)."""
+        for i, event in claimed.items():
+            self._settle((fid, version, i), event)
+
     async def _fetch_run(
         self, fid: AfsFid, vnode: Vnode, token: Token | None, version: int, first: int, count: int
     ) -> list[bytes]:
@@ -247,9 +252,9 @@ class ChunkReader:
         claimed = {i: trio.Event() for i in wanted}
         for i, event in claimed.items():
             self.inflight[(fid, version, i)] = event
-        nursery.start_soon(self._prefetch, fid, vnode, token, version, claimed)
+        nursery.start_soon(self.prefetch, fid, vnode, token, version, claimed)
 
-    async def _prefetch(
+    async def prefetch(
         self,
         fid: AfsFid,
         vnode: Vnode,
@@ -258,7 +263,8 @@ class ChunkReader:
         claimed: dict[int, trio.Event],
     ) -> None:
         """Chunks the disk cache holds are loaded into memory; runs of the others are
-        fetched, several chunks per call.  Every claimed chunk is settled at the end."""
+        fetched, several chunks per call.  Every claimed chunk (its event put in `inflight`
+        by the caller) is settled at the end."""
         try:
             record = await self.cache.get_record(fid)
             cached = record.chunks if record is not None and record.data_version == version else ()

@@ -1,6 +1,8 @@
 """Fewer round trips in a row to a distant fileserver, against the in-memory fileserver
 (memfs, each call made to take a while): a big listing's InlineBulkStatus calls go out
-together, a directory's entries are fetched once and the refused ones named."""
+together, a directory's entries are fetched once and the refused ones named; the next small
+files of a directory read file by file are fetched ahead, within their bounds, and only
+those whose rights are known."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ import errno
 from pathlib import Path
 
 import pytest
-from memfs import CELL, VOLUME, mem_manager
+import trio
+from memfs import CELL, CHUNK, ROOT, VOLUME, MemFileServer, mem_manager
 
+from afsfuse.fs import siblings
 from afsfuse.fs.errors import FsError
+from afsfuse.fs.manager import CacheManager
 from afsfuse.fs.status import BULK_CALLS
 from afsfuse.fs.vnode import AfsFid, Status
 from afsfuse.keyring.store import Identity
@@ -24,6 +29,18 @@ LATENCY = 0.02
 def small(i: int) -> bytes:
     """A file's contents: its own bytes, below a chunk."""
     return bytes([65 + i % 26]) * (1000 + i)
+
+
+async def settled(m: CacheManager) -> None:
+    """Until the fetches ahead have ended."""
+    with trio.fail_after(10):
+        while m.reader.inflight or m.siblings.bytes_ahead:
+            await trio.sleep(0.001)
+
+
+def fetched(server: MemFileServer) -> list[int]:
+    """The files whose data was fetched (the directory's own fetch left out)."""
+    return [vnode for vnode, _, _ in server.fetches if vnode != ROOT.vnode]
 
 
 # -- status of many entries -----------------------------------------------------------------
@@ -66,3 +83,67 @@ async def test_prefetch_status_fetches_what_is_unknown_and_names_what_was_refuse
         assert sorted(len(call) for call in server.bulk_calls) == [1, 10, 50]  # at once
         await m.bulk_status(fids, ME)  # all known: nothing more asked
         assert len(server.bulk_calls) == 3
+
+
+# -- the next small files of a directory --------------------------------------------------
+
+
+async def _listed(m: CacheManager, server: MemFileServer, names: list[str]) -> list[AfsFid]:
+    """Files made in this order, listed and their status fetched, as a glob or `ls` leaves
+    them."""
+    fids = [server.add_file(name, small(i)) for i, name in enumerate(names)]
+    await m.readdir(ROOT, ME)
+    await m.bulk_status(fids, ME)
+    server.latency = LATENCY
+    return fids
+
+
+@pytest.mark.parametrize("order", ["name", "directory"])
+async def test_files_read_one_after_another_get_the_next_ones_fetched_ahead(
+    tmp_path: Path, order: str
+) -> None:
+    async with mem_manager(tmp_path) as (m, server):
+        # Made in reverse name order: the directory's order is not the names'.
+        names = [f"f{i:02d}" for i in reversed(range(40))]
+        fids = await _listed(m, server, names)
+        reading = sorted(range(40), key=lambda i: names[i]) if order == "name" else range(40)
+        sequence = [(fids[i], small(i)) for i in reading]
+        for fid, data in sequence[:2]:
+            assert await m.read(fid, 0, CHUNK, ME) == data
+        await settled(m)
+        ahead = 2 + siblings.AHEAD_FILES
+        assert sorted(fetched(server)) == sorted(fid.vnode for fid, _ in sequence[:ahead])
+        assert 1 < server.most_at_once <= siblings.CALLS + 1  # the reader's own call too
+        for fid, data in sequence[2:]:
+            assert await m.read(fid, 0, CHUNK, ME) == data
+        await settled(m)
+        assert sorted(fetched(server)) == sorted(fid.vnode for fid in fids)  # each once
+
+
+async def test_files_read_out_of_order_get_nothing_fetched_ahead(tmp_path: Path) -> None:
+    async with mem_manager(tmp_path) as (m, server):
+        fids = await _listed(m, server, [f"f{i:02d}" for i in range(20)])
+        for i in (5, 1, 12, 3):
+            assert await m.read(fids[i], 0, CHUNK, ME) == small(i)
+        await settled(m)
+        assert fetched(server) == [fids[i].vnode for i in (5, 1, 12, 3)]
+
+
+async def test_only_small_files_with_known_rights_are_fetched_ahead_within_the_bytes_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with mem_manager(tmp_path) as (m, server):
+        names = [f"f{i:02d}" for i in range(12)]
+        fids = [server.add_file(name, small(i)) for i, name in enumerate(names)]
+        big = server.add_file("f02-big", b"b" * (CHUNK + 1))  # a chunk or more: not whole
+        await m.readdir(ROOT, ME)
+        await m.bulk_status([*fids, big], ME)
+        m.vnodes.get(fids[3]).invalidate()  # a break: its rights are not known any more
+        monkeypatch.setattr(siblings, "AHEAD_BYTES", 4 * 1010)  # four files at once
+        server.latency = LATENCY
+        for i in (0, 1):
+            assert await m.read(fids[i], 0, CHUNK, ME) == small(i)
+        await settled(m)
+        assert big.vnode not in fetched(server) and fids[3].vnode not in fetched(server)
+        # Ahead of f01: f02, then f04 to f06 (f03 skipped), up to the bound.
+        assert sorted(fetched(server)) == [fids[i].vnode for i in (0, 1, 2, 4, 5, 6)]
