@@ -50,6 +50,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import limits
 import wan
 from clients import CLIENTS, CellInfo, Client, ClientError, daemon_usage
 from onserver import NotOnServer, ServerWatch
@@ -304,6 +305,11 @@ def main() -> int:
             for client in clients:
                 client.unmount()
         lines = [_line_json(cell, index) for index, s in enumerate(cell.servers) if s.line]
+        sent = None
+        if any(w.key == limits.COLD_READ for w in plan):
+            print("bench: the fileserver's own limit, afsfuse-io to /dev/null", flush=True)
+            big = [layout.top, layout.big_file]
+            sent = limits.to_json(limits.measure(cell, scratch, big, layout.big_bytes))
     result = {
         "meta": meta,
         "workloads": [
@@ -318,8 +324,12 @@ def main() -> int:
         ],
         "daemons": rounds,
         "delay_lines": lines,
+        "fileserver_limits": sent,
+        "crypt_share": None,
     }
+    result["crypt_share"] = limits.summary(result)
     print(render(result))
+    print(limits.render(result))
     for line in lines:
         print(
             f"bench: delay line to server {line['server']}: {line['rtt'] * 1000:g} ms, "
