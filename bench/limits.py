@@ -12,7 +12,8 @@ limit per call (more streams, more MB/s) from one per server.  The clear read go
 so the fileserver reads the file from its page cache in every timed run.
 
 Each run keeps afsfuse-io's CPU seconds (its rusage) and the fileserver's (its process in
-the cell's namespace, from /proc), so the table says which side was busy.
+the cell's namespace, from /proc), so the table says which side was busy; MB per fileserver
+CPU second is what one of its cores can encrypt and send, whatever the host's load.
 """
 
 from __future__ import annotations
@@ -201,23 +202,25 @@ def render(result: dict) -> str:
     if not limits:
         return f"fileserver limits: not measured (no {COLD_READ} workload in this run)"
     rows = [["fileserver sending the big file (afsfuse-io)", "MB/s", "CPU s afsfuse-io",
-             "CPU s fileserver"]]  # fmt: skip
+             "CPU s fileserver", "MB per fileserver CPU s"]]  # fmt: skip
     for lim in limits:
         level = "crypt" if lim["level"] == "crypt" else "clear (rxnull)"
         label = f"fileserver limit at {level} (afsfuse-io, {lim['streams']} stream"
         label += "s)" if lim["streams"] > 1 else ")"
         if lim["error"] is not None:
-            rows.append([label, f"failed: {lim['error'][:60]}", "-", "-"])
+            rows.append([label, f"failed: {lim['error'][:60]}", "-", "-", "-"])
             continue
+        server = lim["server_cpu_seconds"]
+        per_cpu = f"{lim['nbytes'] / server / 1e6:.1f}" if server else "-"
         rows.append([label, f"{lim['mb_per_s']:.1f}", f"{lim['io_cpu_seconds']:.2f}",
-                     f"{lim['server_cpu_seconds']:.2f}"])  # fmt: skip
+                     f"{server:.2f}", per_cpu])  # fmt: skip
     share = summary(result)
     if share is not None:
         rows.append([
             f"{CRYPT_CLIENT} cold read, % of the crypt limit ({share['limit_streams']} streams)",
             f"{share['cold_read_mb_per_s']:.1f} = {share['percent']:.0f} %"
             f" ({'meets' if share['meets_target'] else 'below'} {TARGET_PERCENT} %)",
-            "", "",
+            "", "", "",
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"

@@ -64,4 +64,5 @@ def test_render_names_every_run_and_the_share() -> None:
     assert "fileserver limit at crypt (afsfuse-io, 2 streams)" in text
     assert "failed: afsfuse-io exit 1: permission denied" in text
     assert "26.8" in text and "= 31 % (below 90 %)" in text
+    assert "| 17.9 " in text  # 2 x 64 MiB for 7.5 s of the fileserver's CPU
     assert render(_result(8.0, None)).startswith("fileserver limits: not measured")
