@@ -9,7 +9,9 @@ the least a client can do.  At crypt it uses alice's token, as the "afsfuse cryp
 does; at clear (rxnull, anonymous) for context.  Crypt runs with one stream, as a mount's
 single reader, and with several processes each reading the whole file at once, to tell a
 limit per call (more streams, more MB/s) from one per server.  The clear read goes first,
-so the fileserver reads the file from its page cache in every timed run.
+so the fileserver reads the file from its page cache in every timed run.  Not under
+`--net`: behind the delay line a call's window over the round trip bounds each stream
+(3.9 MB/s at wan10 even over rxnull), and the runs would take minutes.
 
 Each run keeps afsfuse-io's CPU seconds (its rusage) and the fileserver's (its process in
 the cell's namespace, from /proc), so the table says which side was busy; MB per fileserver
@@ -199,6 +201,12 @@ def summary(result: dict) -> dict | None:
 def render(result: dict) -> str:
     """A second table: each afsfuse-io run, then the crypt client's share of the limit."""
     limits = result.get("fileserver_limits")
+    net = result["meta"].get("net", "lan")
+    if not limits and net != "lan":
+        return (
+            f"fileserver limits: not measured under --net {net} (there the round trip bounds"
+            " a call, not the fileserver's fcrypt, and a run of afsfuse-io takes minutes)"
+        )
     if not limits:
         return f"fileserver limits: not measured (no {COLD_READ} workload in this run)"
     rows = [["fileserver sending the big file (afsfuse-io)", "MB/s", "CPU s afsfuse-io",

@@ -306,7 +306,7 @@ def main() -> int:
                 client.unmount()
         lines = [_line_json(cell, index) for index, s in enumerate(cell.servers) if s.line]
         sent = None
-        if any(w.key == limits.COLD_READ for w in plan):
+        if any(w.key == limits.COLD_READ for w in plan) and not far:
             print("bench: the fileserver's own limit, afsfuse-io to /dev/null", flush=True)
             big = [layout.top, layout.big_file]
             sent = limits.to_json(limits.measure(cell, scratch, big, layout.big_bytes))

@@ -20,6 +20,7 @@ def _result(cold_seconds: float | None, limits: list[Limit] | None) -> dict:
             {"key": "create", "bytes": None, "clients": {"afsfuse crypt": crypt}},
         ],
         "fileserver_limits": None if limits is None else to_json(limits),
+        "meta": {"net": "lan"},
     }
 
 
@@ -65,4 +66,6 @@ def test_render_names_every_run_and_the_share() -> None:
     assert "failed: afsfuse-io exit 1: permission denied" in text
     assert "26.8" in text and "= 31 % (below 90 %)" in text
     assert "| 17.9 " in text  # 2 x 64 MiB for 7.5 s of the fileserver's CPU
-    assert render(_result(8.0, None)).startswith("fileserver limits: not measured")
+    assert render(_result(8.0, None)).startswith("fileserver limits: not measured (no cold-read")
+    far = {**_result(8.0, None), "meta": {"net": "wan10"}}
+    assert render(far).startswith("fileserver limits: not measured under --net wan10")
