@@ -22,12 +22,6 @@ from afsfuse.vfs.inodes import LinkNode, Node
 
 #: Seconds the kernel may keep what every user may see anyway.
 SHARED_TIMEOUT = 60.0
-#: A file's preferred I/O size (st_blksize), which cp, cat and Python size their buffers
-#: by: the kernel's largest FUSE write and a cache chunk, 1 MiB.  At 4 KiB, cp wrote in
-#: 128 KiB pieces, each a FUSE write and a security.capability lookup of its own; a
-#: whole-chunk write also needs no clean copy of the chunk to write over.  (NFS gives its
-#: 1 MiB transfer size here for the same reason.)
-PREFERRED_IO = 1 << 20
 
 _START = int(time.time() * 1e9)
 _DYNROOT_BLOCKS = 9_999_999
@@ -65,7 +59,7 @@ def status_attrs(status: Status) -> pyfuse3.EntryAttributes:
     attrs.st_uid = status.owner & 0xFFFFFFFF
     attrs.st_gid = status.group & 0xFFFFFFFF
     attrs.st_size = status.size
-    attrs.st_blksize = PREFERRED_IO
+    attrs.st_blksize = 4096
     attrs.st_blocks = (status.size + 511) // 512
     _times(attrs, status.mtime * 10**9, status.server_mtime * 10**9)
     attrs.generation = 0

@@ -326,14 +326,6 @@ async def test_at_sys_is_expanded_and_never_cached(ops) -> None:
         await ops.lookup(top.st_ino, b"@sys", ctx())
 
 
-async def test_files_ask_for_io_in_chunks(ops) -> None:
-    """cp and Python size their buffers by st_blksize: a file asks for chunk-sized I/O, so
-    each of their writes is one whole FUSE write of a chunk, not eight."""
-    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
-    pub = await ops.lookup(top.st_ino, b"pub", ctx())
-    assert pub.st_blksize == (await ops.getattr(pub.st_ino, ctx())).st_blksize == 1 << 20
-
-
 async def test_private_entries_are_never_cached_and_checked_per_caller(ops) -> None:
     top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
     alice, bob = ctx(1001), ctx(1002)
