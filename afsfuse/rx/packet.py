@@ -125,7 +125,9 @@ def decode_header(data: bytes | memoryview) -> Header:
     return Header._make(HEADER.unpack_from(data))
 
 
-@dataclass(slots=True)
+# Not slots=True: mypyc, which compiles this module, rejects it (its classes have fixed
+# attributes anyway).
+@dataclass
 class AckBody:
     """An ACK packet body.  Trailer fields are None when the peer did not send them."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from struct import Struct, pack, unpack_from
 from struct import error as StructError
 from typing import Any
@@ -70,7 +70,7 @@ class Codec:
     fmt: str = ""
     nflat: int = 0
     identity: bool = False
-    default: Any = None
+    default: Any = None  # the zero value (a struct's is set by struct_type)
 
     def to_flat(self, value: Any, out: list[Any]) -> None:
         raise NotImplementedError
@@ -247,7 +247,7 @@ class _Counted(Codec):
 
 
 class _String(_Counted):
-    default = ""
+    default: Any = ""
 
     def pack_into(self, out: bytearray, value: str | bytes) -> None:
         self._pack_bytes(out, _text_bytes(value))
@@ -258,7 +258,7 @@ class _String(_Counted):
 
 
 class _Opaque(_Counted):
-    default = b""
+    default: Any = b""
 
     def pack_into(self, out: bytearray, value: bytes) -> None:
         if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -270,7 +270,7 @@ class _Opaque(_Counted):
 
 
 class _VarArray(Codec):
-    default = ()
+    default: Any = ()
 
     def __init__(self, elem: Codec, maximum: int | None) -> None:
         if elem.min_size <= 0:
@@ -362,10 +362,6 @@ class _Struct(Codec):
             self._segments.append((Struct(fmt), plan))
             run.clear()
 
-    @property
-    def default(self) -> Any:
-        return self.cls()
-
     # Fixed-layout protocol, used when this struct is nested in another fixed layout.
     def to_flat(self, value: Sequence[Any], out: list[Any]) -> None:
         if len(value) != len(self.fields):
@@ -428,6 +424,10 @@ class _Struct(Codec):
 
 XdrType = Codec | type
 
+#: namedtuple called through a plain variable: mypy (and so mypyc) reads a direct call as a
+#: class definition, which a field list known only at run time is not.
+_make_namedtuple: Callable[..., type[Any]] = namedtuple
+
 
 def codec(t: XdrType) -> Codec:
     """The codec of a type: codecs are themselves, struct classes carry theirs."""
@@ -477,18 +477,25 @@ def struct_type(
     Its fields are known only at run time: the interfaces' generated stubs (stubgen.py)
     give type checkers the NamedTuple each declaration makes."""
     resolved = [(field, codec(t)) for field, t in fields]
-    cls: type[Any] = namedtuple(  # type: ignore[misc]
+    cls = _make_namedtuple(
         name,
         [field for field, _ in resolved],
-        defaults=[c.default for _, c in resolved] if defaults else None,  # type: ignore[misc]
+        defaults=[c.default for _, c in resolved] if defaults else None,
     )
-    cls._xdr = _Struct(cls, resolved)  # type: ignore[attr-defined]
+    struct_codec = _Struct(cls, resolved)
+    if defaults:
+        struct_codec.default = cls()  # immutable, so one value serves every use
+    # setattr: mypyc fails on an attribute assigned to a class it knows only as type[Any].
+    setattr(cls, "_xdr", struct_codec)  # noqa: B010
     return cls
 
 
-def struct(name: str, /, **fields: XdrType) -> type[Any]:
-    """Shorthand of `struct_type` with the fields as keyword arguments, in order."""
-    return struct_type(name, list(fields.items()))
+def struct(struct_name: str, /, **fields: XdrType) -> type[Any]:
+    """Shorthand of `struct_type` with the fields as keyword arguments, in order.
+
+    Not `name`: compiled by mypyc, a positional-only parameter still takes its keyword, and
+    `name` is a field of several structs."""
+    return struct_type(struct_name, list(fields.items()))
 
 
 def encode(t: XdrType, value: Any) -> bytes:
