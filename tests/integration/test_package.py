@@ -63,9 +63,15 @@ def in_root(root: Path, script: str, timeout: float = 120) -> subprocess.Complet
     )  # fmt: skip
 
 
+#: Prints where the Rx core was loaded from: a .so when mypyc compiled it (setup.py).
+RX_CORE_ORIGIN = '-c "import afsfuse.rx.core as m; print(m.__spec__.origin)"'
+
+
 def test_the_package_installs_the_commands_unit_pages_and_settings(installed: Path) -> None:
     done = in_root(installed, "afsfuse --version; afsfuse-ctl --version")
     assert done.stdout == "afsfuse 0.1.0\nafsfuse-ctl 0.1.0\n", done.stderr
+    done = in_root(installed, f"/opt/venvs/afsfuse/bin/python {RX_CORE_ORIGIN}")
+    assert done.stdout.strip().endswith(".so"), (done.stdout, done.stderr)
     for path in (
         "lib/systemd/system/afsfuse.service",
         "etc/systemd/system/remote-fs.target.wants/afsfuse.service",
@@ -219,5 +225,7 @@ def test_the_wheel_installs_with_the_readmes_instructions(
             (root / "opt" / "afsfuse").glob("lib/python3*/site-packages/afsfuse/rx/_fcrypt*.so")
         )
         assert fcrypt, "the fcrypt accelerator was built"
+        origin = in_root(root, f"/opt/afsfuse/bin/python {RX_CORE_ORIGIN}")
+        assert origin.stdout.strip().endswith(".so"), (origin.stdout, origin.stderr)
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
