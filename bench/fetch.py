@@ -14,9 +14,12 @@ per 64 MiB (Rx alone, no process start-up) and the packets received and sent.
 
 `--core` needs no cell: it stores --size-mb through the sans-I/O RxCore alone, against a
 scripted receiver that acks every second packet as the OpenAFS fileserver does, one ACK per
-turn of the loop, the writer refilling the call only when woken, as the driver does.  No
-sockets and a fake clock: the CPU it prints is the Rx send path's own, and it repeats
-exactly under `valgrind --tool=callgrind` (count instructions there; the machine is noisy).
+turn of the loop, the writer refilling the call only when woken, as the driver does.  It
+then fetches as much from a scripted sender, whose full DATA packets reach the core one per
+turn, each read out as soon as it is in, as a reader waiting on the call would.  No
+sockets and a fake clock: the CPU it prints is the Rx send and receive paths' own, and it
+repeats exactly under `valgrind --tool=callgrind` or `perf stat -e instructions:u` (count
+instructions there; the machine is noisy).
 """
 
 from __future__ import annotations
@@ -184,6 +187,39 @@ def store_core(size: int) -> int:
     return sent
 
 
+def fetch_core(size: int) -> int:
+    """Receive `size` bytes of reply through one RxCore call; return DATA packets received.
+
+    The scripted sender answers the one-packet request with full DATA packets, one per
+    turn, the last flagged LAST_PACKET; what the core sends back (its ACKs) is drained and
+    dropped, as the sender never needs to resend.
+    """
+    core = RxCore(rng=random.Random(1))
+    conn = core.connect(CORE_SERVER, FS.service_id, RXNULL)
+    now = 0.0
+    call = core.new_call(conn, now)
+    assert call is not None
+    call.write(bytes(16), now)
+    call.close_send(now)
+    request = core.datagrams_to_send(now)[0][0]  # the request (a ping may follow it)
+    epoch, cid, number, _s, _serial, _t, _f, _u, index, _c, service = P.HEADER.unpack_from(request)
+    payload = bytes(conn.max_user_data())
+    sink = memoryview(bytearray(FETCH_PIECE))
+    packets = -(-size // len(payload))
+    for seq in range(1, packets + 1):
+        now += CORE_TICK
+        flags = P.LAST_PACKET if seq == packets else 0
+        header = P.HEADER.pack(epoch, cid, number, seq, seq, P.DATA, flags, 0, index, 0, service)
+        core.receive_datagram(header + payload, CORE_SERVER, now)
+        core.pop_events()
+        call.read_into(sink, now)
+        core.datagrams_to_send(now)
+    assert call.at_eof
+    call.end(now)
+    core.datagrams_to_send(now)
+    return packets
+
+
 def run_io(argv: list[str], env: dict[str, str], stdin: object = None) -> tuple[float, float]:
     """Run afsfuse-io; return (wall seconds, CPU seconds) of the child."""
     started = time.monotonic()
@@ -214,6 +250,15 @@ def main() -> None:
             print(
                 f"core store {args.size_mb} MiB run {run}: CPU {cpu * 64 / args.size_mb:.3f} s"
                 f" per 64 MiB, {sent} packets sent",
+                flush=True,
+            )
+        for run in range(1, args.runs + 1):
+            cpu = time.process_time()
+            received = fetch_core(args.size_mb << 20)
+            cpu = time.process_time() - cpu
+            print(
+                f"core fetch {args.size_mb} MiB run {run}: CPU {cpu * 64 / args.size_mb:.3f} s"
+                f" per 64 MiB, {received} packets received, {cpu / received * 1e6:.2f} us each",
                 flush=True,
             )
         return

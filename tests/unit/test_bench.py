@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from clients import daemon_usage
+from fetch import fetch_core, store_core
 from profile_summary import summarise
 from run import Run, Series, render, short_failure
 from wan import CREATES, KEYS, plan
@@ -20,6 +21,13 @@ def test_daemon_usage_reads_this_process() -> None:
     times = os.times()
     assert 0 < usage.cpu_seconds <= times.user + times.system + 0.02
     assert usage.peak_rss_kib > 1024  # a Python process holds more than 1 MiB
+
+
+def test_core_benches_move_the_whole_stream() -> None:
+    """--core: every byte goes through one call each way (1412 user bytes per packet)."""
+    size = 100_000
+    assert fetch_core(size) == -(-size // 1412)  # fetch_core checks the call reached EOF
+    assert store_core(size) >= -(-size // 1412)  # DATA packets, and the ACKs it answers
 
 
 def test_one_failed_run_fails_the_series() -> None:
