@@ -95,10 +95,14 @@ bench: venv $(STAMPS)/bench
 soak: venv
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
-# The wheel that `pip install` and `pipx install` take: build/wheel/afsfuse-*.whl.
+# The wheel that `pip install` and `pipx install` take: build/wheel/afsfuse-*.whl.  Built
+# from the tracked files (with their changes) in build/wheel-src, as the Debian package is:
+# setuptools packs whatever its build directory holds, and the checkout's may hold modules
+# compiled earlier under other names.
 wheel: venv
-	rm -rf build/wheel
-	$(PY) -m pip wheel --quiet --no-deps -w build/wheel .
+	rm -rf build/wheel build/wheel-src && mkdir -p build/wheel-src
+	git ls-files -z --cached --others --exclude-standard | xargs -0 tar -c | tar -x -C build/wheel-src
+	$(PY) -m pip wheel --quiet --no-deps -w build/wheel build/wheel-src
 
 # The Debian package, built by dh-virtualenv from the tracked files (with their changes) in
 # build/deb, so nothing is written beside the checkout: build/deb/afsfuse_*.deb.
