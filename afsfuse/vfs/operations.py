@@ -168,6 +168,8 @@ class AfsOperations(pyfuse3.Operations):
         #: Per file: the data version and length of the attributes the kernel was last
         #: given, which bound what it reads and what its page cache may hold.
         self._shown: dict[AfsFid, Shown] = {}
+        #: Per file: the version shown before that, while it was longer (see `read`).
+        self._longer_before: dict[AfsFid, Shown] = {}
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
         manager.on_invalidate(self.invalidator.queue)
 
@@ -263,7 +265,14 @@ class AfsOperations(pyfuse3.Operations):
         are stored, would come back short and leave zeros in the kernel's pages.  Nor is
         the kernel's length a version's once this mount writes: its writes set it."""
         if status.is_file:
-            self._shown[fid] = (status.data_version, _WRITTEN if status.unstored else status.size)
+            length = _WRITTEN if status.unstored else status.size
+            before = self._shown.get(fid)
+            if before is not None and before[0] != status.data_version:
+                if before[1] > length >= 0:
+                    self._longer_before[fid] = before
+                else:
+                    self._longer_before.pop(fid, None)
+            self._shown[fid] = (status.data_version, length)
 
     def _written(self, fid: AfsFid) -> None:
         """This mount writes `fid`: the kernel's length is its writes' (see `_show`)."""
@@ -333,6 +342,7 @@ class AfsOperations(pyfuse3.Operations):
             self.inodes.forget(inode, count)
             if isinstance(node, FileNode) and self.inodes.get(inode) is None:
                 self._shown.pop(node.fid, None)
+                self._longer_before.pop(node.fid, None)
 
     @guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -449,7 +459,17 @@ class AfsOperations(pyfuse3.Operations):
         the old one for the end of the file."""
         handle = self._file_handle(fh)
         fid = handle.fid
-        got = await self.manager.read_shown(fid, off, size, handle.who, self._shown_version(fid))
+        asked = self._shown_version(fid)
+        longer = self._longer_before.get(fid)
+        if asked is not None and longer is not None and asked[1] <= off < longer[1]:
+            # Past the end of the version just shown, inside a longer one shown before: the
+            # kernel sized this read by that one.  Its pages, while at hand, keep the kernel
+            # from taking the end of the file for anywhere short of where the new length
+            # will cut it (an empty answer here, cut or not, is a page of zeros).
+            asked = longer
+        got = await self.manager.read_shown(fid, off, size, handle.who, asked)
+        if longer is not None and asked is longer and got.version == longer[0]:
+            return got.data
         shown = self._shown_version(fid)  # now: the kernel may have been given more meanwhile
         if got.version is None or shown is None:
             return got.data

@@ -76,6 +76,7 @@ class FakeManager:
         self.store_error: int | None = None
         self.contents: dict[AfsFid, bytes] = {}
         self.shown_reads: list = []
+        self.kept: dict[tuple[AfsFid, int], bytes] = {}
         self.during_read = None
 
     def on_invalidate(self, callback) -> None:
@@ -141,10 +142,13 @@ class FakeManager:
         return self.links[fid]
 
     async def read_shown(self, fid, offset, size, who, shown) -> FileData:
-        """The file's current contents; remembers what the reader was shown."""
+        """The file's current contents, or the version shown while it is `kept` (as the
+        real one serves a version whose chunks are in memory); remembers what was shown."""
         self.shown_reads.append(shown)
         data = self.contents.get(fid, b"")
         version = self.files[fid].data_version
+        if shown is not None and (fid, shown[0]) in self.kept:
+            version, data = shown[0], self.kept[(fid, shown[0])]
         if self.during_read is not None:
             await self.during_read()
         return FileData(data[offset : offset + size], version, len(data))
@@ -600,3 +604,29 @@ async def test_reads_tell_the_manager_what_the_kernel_believes_and_fix_its_lengt
     # Not so for O_DIRECT, whose reads go past the end as asked.
     direct = await ops.open(pub.st_ino, os.O_RDONLY | os.O_DIRECT, ctx())
     assert await ops.read(direct.fh, 0, 3 * 4096) == b"hello there"
+
+
+async def test_a_read_past_a_new_shorter_end_gets_the_longer_version_the_kernel_sized_it_by(
+    ops,
+) -> None:
+    """The kernel reads past the end of a version it was just given, by the longer one it had
+    before: an empty answer there would be a page of zeros inside a length not yet cut."""
+    manager = ops.manager
+    fid = AfsFid(CELL, 11, 2, 2)
+    manager.contents[fid] = b"a" * 12000
+    manager.files[fid] = replace(manager.files[fid], size=12000)
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    manager.kept[(fid, 1)] = b"a" * 12000  # version 1's chunks still in memory
+    manager.files[fid] = replace(manager.files[fid], data_version=2, size=10)
+    manager.contents[fid] = b"b" * 10
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 10  # given to the kernel...
+    # ...while a read it sized by version 1 is on its way
+    assert await ops.read(info.fh, 8192, 4096) == b"a" * (12000 - 8192)
+    assert manager.shown_reads[-1] == (1, 12000)
+    # Inside the new length, only the new version: the kernel has cut its pages there.
+    assert await ops.read(info.fh, 0, 4096) == b"b" * 10
+    del manager.kept[(fid, 1)]  # gone from memory: the end of the file, as before
+    assert await ops.read(info.fh, 8192, 4096) == b""
+    assert manager.shown_reads[-1] == (1, 12000)
