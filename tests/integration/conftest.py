@@ -9,7 +9,7 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
@@ -25,7 +25,7 @@ from afsfuse.keyring.store import TokenStore
 from afsfuse.rx.driver import Endpoint, open_endpoint
 from afsfuse.rx.errors import RxError
 from afsfuse.rx.interfaces.fs import FS
-from afsfuse.testing.cell import USERS, Cell
+from afsfuse.testing.cell import USERS, Cell, running_cell
 
 
 @pytest.fixture(scope="session")
@@ -124,3 +124,10 @@ def user_python(users: dict[str, User]) -> UserPython:
         "build the virtualenv on a Python every user can run: make clean venv"
     )
     return UserPython(sys.executable, {})
+
+
+@pytest.fixture(scope="module")
+def far_cell() -> Iterator[Cell]:
+    """A cell of its own whose server sits behind a delay line, at 0 until a test sets it."""
+    with running_cell(name="far.afsfuse.test", delays={0: 0.0}) as c:
+        yield c

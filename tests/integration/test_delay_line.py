@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from volumes import volume_root
 from afsfuse.keyring.store import TokenStore
 from afsfuse.rx.driver import open_endpoint
 from afsfuse.rx.interfaces.vl import VL
-from afsfuse.testing.cell import Cell, running_cell
+from afsfuse.testing.cell import Cell
 from afsfuse.testing.delay import DelayLine
 
 pytestmark = pytest.mark.cell
@@ -31,12 +30,6 @@ pytestmark = pytest.mark.cell
 SAMPLES = 10
 #: However busy the machine, the quickest of SAMPLES calls comes within this of the setting.
 SLACK = 0.025
-
-
-@pytest.fixture(scope="module")
-def far_cell() -> Iterator[Cell]:
-    with running_cell(name="far.afsfuse.test", delays={0: 0.010}) as c:
-        yield c
 
 
 async def _quickest_round_trip(addr: str) -> float:

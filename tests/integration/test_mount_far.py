@@ -6,7 +6,6 @@ nothing that was fetched for another."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,13 @@ from mounting import afs_mount
 from volumes import volume_root
 
 from afsfuse.keyring.store import TokenStore
-from afsfuse.testing.cell import Cell, running_cell
+from afsfuse.testing.cell import Cell
 
 pytestmark = pytest.mark.cell
 
 RTT = 0.010
 #: alice may read the directory's files; everyone else may only list them.
 READERS = "3\n0\nsystem:administrators 127\nalice 9\nsystem:anyuser 8\n"
-
-
-@pytest.fixture(scope="module")
-def far_cell() -> Iterator[Cell]:
-    with running_cell(name="far.afsfuse.test", delays={0: 0.0}) as c:
-        yield c
 
 
 async def _fill(cell: Cell, cache: Path, volume: str, store: TokenStore, files: dict) -> None:
