@@ -26,6 +26,9 @@ line, and runs the WAN workloads only (wan.py).
 `--profile DIR` attaches py-spy to each afsfuse daemon for each timed workload and leaves
 collapsed stacks in DIR (`<client>-<round>-<workload>.txt`, summarised by
 `bench/profile_summary.py`) and the RPCs the daemon made meanwhile (`....rpcs.json`).
+
+Just over 500 lines: the run, its rounds and the one table they print, read top to bottom;
+the pieces with a concern of their own are beside it (workloads, onserver, limits, wan).
 """
 
 from __future__ import annotations
