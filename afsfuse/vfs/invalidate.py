@@ -61,6 +61,17 @@ class Invalidator:
         except OSError as e:
             log.debug("invalidate_inode(%d, attributes): %s", inode, e)
 
+    async def pages_now(self, inodes: list[int], wait: float) -> bool:
+        """Drop the kernel's attributes and pages of `inodes`, and return once it has (True),
+        or after `wait` seconds (False).  The kernel waits for every read of those pages in
+        progress to be answered first, so a request may await this, but not while holding
+        anything such a read needs."""
+        with trio.move_on_after(wait):
+            await trio.to_thread.run_sync(self._push, inodes, [], abandon_on_cancel=True)
+            return True
+        log.debug("pages of %s still not dropped after %.1f s", inodes, wait)
+        return False
+
     def _take(self) -> _Batch:
         if self._everything:
             nodes = [n for n in self._inodes.nodes() if not isinstance(n, RootNode)]

@@ -10,6 +10,7 @@ Each handler is kept short; what is not about FUSE requests lives beside it:
 | `attrs.py` | the attributes the kernel gets, their timeouts, access(2) and statfs(2) |
 | `xattrs.py` | the `afs.*` extended attributes, a table of {name: handler} |
 | `invalidate.py` | callback breaks pushed to the kernel by a worker thread, in batches |
+| `kernelview.py` | what the kernel was shown of each file, and where its pages may hold zeros |
 | `silly.py` | open files, and unlink of an open file (hidden names, removed at release) |
 | `mounts.py`, `dynroot.py`, `inodes.py` | mount points, /afs, the inode table |
 
@@ -50,7 +51,7 @@ from typing import Any
 
 import pyfuse3
 
-from afsfuse.fs.api import CacheManagerApi, Shown
+from afsfuse.fs.api import CacheManagerApi
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.sysname import check_sysnames, sysname_candidates
 from afsfuse.fs.vnode import AfsFid, Status
@@ -78,6 +79,7 @@ from afsfuse.vfs.inodes import (
     RootNode,
 )
 from afsfuse.vfs.invalidate import Invalidator
+from afsfuse.vfs.kernelview import KernelView
 from afsfuse.vfs.mounts import afs_mount, mount_root
 from afsfuse.vfs.request import fail, guard, identities, log
 from afsfuse.vfs.silly import OpenFiles
@@ -88,8 +90,9 @@ __all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
 
 #: The kernel's page: it reads ahead in whole pages, up to the one its length ends in.
 _PAGE = mmap.PAGESIZE
-#: The length of a remembered version (`_shown`) when the kernel's is this mount's writes'.
-_WRITTEN = -1
+#: How long a reply that lengthens a file waits for the kernel to drop pages that may hold
+#: zeros inside the new length (kernelview.py); it waits for reads of them in progress.
+DROP_WAIT = 10.0
 #: Directory entries made ready for the kernel in one readdir step.
 READDIR_BATCH = 100
 #: Directory entries whose status is fetched together (`_children`): eight InlineBulkStatus
@@ -165,11 +168,8 @@ class AfsOperations(pyfuse3.Operations):
         self._files = OpenFiles(manager)
         self._next_handle = 1
         self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
-        #: Per file: the data version and length of the attributes the kernel was last
-        #: given, which bound what it reads and what its page cache may hold.
-        self._shown: dict[AfsFid, Shown] = {}
-        #: Per file: the version shown before that, while it was longer (see `read`).
-        self._longer_before: dict[AfsFid, Shown] = {}
+        #: What the kernel was given of each file, which bounds what it reads and keeps.
+        self._view = KernelView()
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
         manager.on_invalidate(self.invalidator.queue)
 
@@ -256,34 +256,23 @@ class AfsOperations(pyfuse3.Operations):
 
     def _showing(self, child: _Child) -> None:
         if child.shown is not None:
-            self._show(*child.shown)
+            self._view.show(*child.shown)
 
-    def _show(self, fid: AfsFid, status: Status) -> None:
-        """The kernel now has these attributes: remember a file's version (see `read`).
-        A length with this mount's unstored writes is no version's: the version beside it
-        is the one they went over, and serving that version up to that length, once they
-        are stored, would come back short and leave zeros in the kernel's pages.  Nor is
-        the kernel's length a version's once this mount writes: its writes set it."""
-        if status.is_file:
-            length = _WRITTEN if status.unstored else status.size
-            before = self._shown.get(fid)
-            if before is not None and before[0] != status.data_version:
-                if before[1] > length >= 0:
-                    self._longer_before[fid] = before
-                else:
-                    self._longer_before.pop(fid, None)
-            self._shown[fid] = (status.data_version, length)
-
-    def _written(self, fid: AfsFid) -> None:
-        """This mount writes `fid`: the kernel's length is its writes' (see `_show`)."""
-        shown = self._shown.get(fid)
-        if shown is not None:
-            self._shown[fid] = (shown[0], _WRITTEN)
-
-    def _shown_version(self, fid: AfsFid) -> Shown | None:
-        """The version and length the kernel has of `fid`, if its length is a version's."""
-        shown = self._shown.get(fid)
-        return None if shown is None or shown[1] == _WRITTEN else shown
+    async def _before_lengthening(self, shown: tuple[AfsFid, Status] | None) -> None:
+        """Before a reply gives the kernel a longer length than a short answer it may still
+        hold pages of, have it drop them (kernelview.py).  The version is shown first, so
+        no read answered meanwhile is short of it and leaves new zeros; the reply waits
+        for the drop, as the kernel takes the length the moment it has the reply."""
+        if shown is None:
+            return
+        fid, status = shown
+        end = self._view.zeros_below(fid, status)
+        if end is None:
+            return
+        self._view.show(fid, status)
+        inodes = [node.inode for node in self.inodes.for_fid(fid)]
+        if await self.invalidator.pages_now(inodes, DROP_WAIT):
+            self._view.dropped(fid, end)
 
     def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
         probe = entry.make(0)
@@ -313,6 +302,7 @@ class AfsOperations(pyfuse3.Operations):
             child = self._dyn_child(entry, self.shared_timeout)
         else:
             child = await self._lookup_afs(parent, text, who)
+            await self._before_lengthening(child.shown)
         attrs = self._reply(child, parent)
         self._touched(ctx, self.inodes.get(attrs.st_ino) or parent)
         return attrs
@@ -341,8 +331,7 @@ class AfsOperations(pyfuse3.Operations):
             node = self.inodes.get(inode)
             self.inodes.forget(inode, count)
             if isinstance(node, FileNode) and self.inodes.get(inode) is None:
-                self._shown.pop(node.fid, None)
-                self._longer_before.pop(node.fid, None)
+                self._view.forget(node.fid)
 
     @guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -354,7 +343,8 @@ class AfsOperations(pyfuse3.Operations):
             self._touched(ctx, node)
         if isinstance(node, FileNode):
             status = await self.manager.getattr(node.fid, who)
-            self._show(node.fid, status)
+            await self._before_lengthening((node.fid, status))
+            self._view.show(node.fid, status)
             attrs = file_attrs(status, self.shared_timeout)
         elif isinstance(node, MountNode) and node.source is not None:
             attrs = mount_attrs(await self.manager.getattr(node.source, who))
@@ -403,16 +393,16 @@ class AfsOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             await self.manager.truncate(node.fid, 0, who)  # stored at close, like any write
         self._touched(ctx, node)
-        shown = self._shown.get(node.fid)
+        shown = self._view.shown(node.fid)
         fresh = shown is None or shown[0] == status.data_version
         if not fresh:
             # The kernel's pages and length may be an older version's, and the push of the
             # change may still be on its way: drop them now (the pages with this open).  It
             # asks for the attributes before it reads again, and gets this version's.
             self.invalidator.attributes_now(inode)
-            self._show(node.fid, status)
+            self._view.show(node.fid, status)
         if flags & os.O_TRUNC:
-            self._written(node.fid)
+            self._view.written(node.fid)
         fh = self._open_file(node.fid, inode, who, write, direct=bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
@@ -459,8 +449,8 @@ class AfsOperations(pyfuse3.Operations):
         the old one for the end of the file."""
         handle = self._file_handle(fh)
         fid = handle.fid
-        asked = self._shown_version(fid)
-        longer = self._longer_before.get(fid)
+        asked = self._view.version(fid)
+        longer = self._view.longer_before(fid)
         if asked is not None and longer is not None and asked[1] <= off < longer[1]:
             # Past the end of the version just shown, inside a longer one shown before: the
             # kernel sized this read by that one.  Its pages, while at hand, keep the kernel
@@ -469,10 +459,10 @@ class AfsOperations(pyfuse3.Operations):
             asked = longer
         got = await self.manager.read_shown(fid, off, size, handle.who, asked)
         if longer is not None and asked is longer and got.version == longer[0]:
-            return got.data
-        shown = self._shown_version(fid)  # now: the kernel may have been given more meanwhile
+            return self._answer(handle, got.data, off, size)
+        shown = self._view.version(fid)  # now: the kernel may have been given more meanwhile
         if got.version is None or shown is None:
-            return got.data
+            return self._answer(handle, got.data, off, size)
         if got.version == shown[0]:
             if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
                 # The kernel reads ahead no further than the page its length ends in: it
@@ -480,7 +470,7 @@ class AfsOperations(pyfuse3.Operations):
                 # given and we have replaced since.  Short, it would keep zeros.
                 self.invalidator.attributes_now(handle.inode)
                 raise fail(errno.EIO)
-            return got.data
+            return self._answer(handle, got.data, off, size)
         self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.
         if got.version < shown[0]:
@@ -491,14 +481,20 @@ class AfsOperations(pyfuse3.Operations):
             # Short of the length the kernel has: it would fill the rest of its pages with
             # zeros, and keep them at that length when its attributes changed since it
             # asked.  Asked again, the short answer at this version cuts the length there.
-            self._shown[fid] = (got.version, got.length)
+            self._view.answered(fid, got.version, got.length)
             raise fail(errno.EIO)
-        return got.data
+        return self._answer(handle, got.data, off, size)
+
+    def _answer(self, handle: _FileHandle, data: bytes, off: int, size: int) -> bytes:
+        """The reply to a read; one short of `size` leaves zeros in the kernel's pages."""
+        if not handle.direct:
+            self._view.read_answered(handle.fid, off, size, len(data))
+        return data
 
     @guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._file_handle(fh, writing=True)
-        self._written(handle.fid)
+        self._view.written(handle.fid)
         return await self.manager.write(handle.fid, off, bytes(buf), handle.who)
 
     @guard
@@ -578,6 +574,7 @@ class AfsOperations(pyfuse3.Operations):
         if fields.update_gid:
             changes["group"] = attr.st_gid
         if fields.update_size:
+            self._view.resized(fid)
             handle = self._handles.get(fh) if fh is not None else None
             if isinstance(handle, _FileHandle) and handle.writable and handle.fid == fid:
                 await self.manager.truncate(fid, attr.st_size, handle.who)
@@ -589,7 +586,7 @@ class AfsOperations(pyfuse3.Operations):
             status = await self.manager.getattr(fid, who)  # atime alone: AFS keeps none
         if isinstance(node, MountNode):
             return await self.getattr(inode, ctx)  # shown through the mount point's vnode
-        self._show(fid, status)
+        self._view.show(fid, status)
         attrs = file_attrs(status, self.shared_timeout)
         attrs.st_ino = inode
         return attrs
@@ -629,6 +626,8 @@ class AfsOperations(pyfuse3.Operations):
         while position - len(dots) < len(handle.entries):
             first = position - len(dots)
             children = await self._children(handle, first)
+            for child in children:
+                await self._before_lengthening(child.shown)
             for child in children:
                 node = self.inodes.intern(child.key, child.make)
                 child.attrs.st_ino = node.inode

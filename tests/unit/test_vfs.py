@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +25,7 @@ from afsfuse.keyring.store import Identity
 from afsfuse.rx.interfaces.fs import FILE_DIRECTORY, FILE_FILE, FILE_SYMLINK
 from afsfuse.vfs.inodes import ROOT_INODE, FileNode, InodeTable, MountNode
 from afsfuse.vfs.mounts import afs_mount, cell_mount, volume_mount
-from afsfuse.vfs.operations import AfsOperations, Invalidator
+from afsfuse.vfs.operations import DROP_WAIT, AfsOperations, Invalidator
 from afsfuse.vfs.paths import MountPaths
 from afsfuse.vl.vlclient import VolumeLocation
 
@@ -630,3 +631,89 @@ async def test_a_read_past_a_new_shorter_end_gets_the_longer_version_the_kernel_
     del manager.kept[(fid, 1)]  # gone from memory: the end of the file, as before
     assert await ops.read(info.fh, 8192, 4096) == b""
     assert manager.shown_reads[-1] == (1, 12000)
+
+
+async def test_a_longer_length_reaches_the_kernel_only_after_pages_with_zeros_are_dropped(
+    ops,
+) -> None:
+    """A short answer leaves zeros past its end in the kernel's pages; given a longer length
+    while it keeps them, a reader would get those zeros inside the file."""
+    manager = ops.manager
+    fid = AfsFid(CELL, 11, 2, 2)
+    manager.contents[fid] = b"a" * 5000
+    manager.files[fid] = replace(manager.files[fid], size=5000, caller_access=0x7F)
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    assert await ops.read(info.fh, 4096, 4096) == b"a" * 904  # short: zeros from 5000 on
+    ops.calls.clear()
+
+    def lengthen(version: int, size: int) -> None:
+        manager.files[fid] = replace(manager.files[fid], data_version=version, size=size)
+        manager.contents[fid] = bytes([96 + version]) * size
+
+    lengthen(2, 9000)
+    # A read the kernel sized by the old length, answered while the new one is shown: it
+    # gets the new version, whole, so no new zeros land below the new end.
+    seen = []
+
+    async def read_meanwhile() -> None:
+        manager.during_read = None
+        seen.append(await ops.read(info.fh, 4096, 4096))
+
+    async def drop(inodes: list[int], wait: float) -> bool:
+        ops.calls.append(("dropped", inodes))
+        await read_meanwhile()
+        return True
+
+    ops.invalidator.pages_now = drop
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 9000
+    assert ops.calls == [("dropped", [pub.st_ino])]
+    assert seen == [b"b" * 4096]
+    # Dropped: the next longer length needs no drop, unless a short answer came since.
+    lengthen(3, 9100)
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 9100
+    assert await ops.lookup(top.st_ino, b"pub", ctx())
+    assert len(ops.calls) == 1
+    assert await ops.read(info.fh, 8192, 4096) == b"c" * 908
+    lengthen(4, 20000)
+    assert (await ops.lookup(top.st_ino, b"pub", ctx())).st_size == 20000
+    assert ops.calls[1:] == [("dropped", [pub.st_ino])]
+    # This mount's own writes set its pages.
+    assert await ops.read(info.fh, 16384, 4096) == b"d" * 3616
+    writer = await ops.open(pub.st_ino, os.O_WRONLY, ctx())
+    await ops.write(writer.fh, 20000, b"more")
+    await ops.flush(writer.fh)
+    lengthen(5, 30000)
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 30000
+    assert len(ops.calls) == 2
+    # Reading the page again, at a longer version, replaces its zeros.
+    assert await ops.read(info.fh, 28672, 4096) == b"e" * 1328
+    lengthen(6, 40000)
+    assert await ops.read(info.fh, 28672, 4096) == b"f" * 4096
+    assert ops.calls[2:] == [("inode", pub.st_ino)]  # its length asked for again
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 40000
+    assert len(ops.calls) == 3
+
+
+async def test_a_drop_the_kernel_does_not_finish_holds_the_reply_no_longer_than_its_bound(
+    ops, autojump_clock
+) -> None:
+    """The kernel drops pages only once reads of them are answered; a reply waits for that
+    a bounded time."""
+    manager = ops.manager
+    fid = AfsFid(CELL, 11, 2, 2)
+    manager.contents[fid] = b"a" * 5
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    assert await ops.read(info.fh, 0, 4096) == b"a" * 5
+    manager.files[fid] = replace(manager.files[fid], data_version=2, size=50)
+    stuck = threading.Event()
+    ops.invalidator._invalidate_inode = lambda inode, attr_only: stuck.wait(60)
+    try:
+        began = trio.current_time()
+        assert (await ops.getattr(pub.st_ino, ctx())).st_size == 50
+        assert trio.current_time() - began == pytest.approx(DROP_WAIT)
+    finally:
+        stuck.set()
