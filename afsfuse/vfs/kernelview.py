@@ -13,6 +13,10 @@ new length.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from afsfuse.fs.api import Shown
 from afsfuse.fs.vnode import AfsFid, Status
 
@@ -29,6 +33,8 @@ class KernelView:
         self._longer_before: dict[AfsFid, Shown] = {}
         #: The lowest end of a short answer the kernel may still hold pages of.
         self._short_ends: dict[AfsFid, int] = {}
+        #: Files whose pages are being dropped before a longer length is shown.
+        self._dropping: Counter[AfsFid] = Counter()
 
     def show(self, fid: AfsFid, status: Status) -> None:
         """The kernel now has these attributes.  A length with this mount's unstored writes
@@ -103,6 +109,20 @@ class KernelView:
         if end is None or not status.is_file or status.unstored or status.size <= end:
             return None
         return end
+
+    @contextmanager
+    def dropping(self, fid: AfsFid) -> Iterator[None]:
+        """The kernel's pages of `fid` are being dropped: any answered meanwhile go too."""
+        self._dropping[fid] += 1
+        try:
+            yield
+        finally:
+            self._dropping[fid] -= 1
+            if not self._dropping[fid]:
+                del self._dropping[fid]
+
+    def is_dropping(self, fid: AfsFid) -> bool:
+        return fid in self._dropping
 
     def dropped(self, fid: AfsFid, end: int) -> None:
         """The kernel's pages of `fid` were dropped after a short answer ending at `end`;

@@ -261,18 +261,23 @@ class AfsOperations(pyfuse3.Operations):
     async def _before_lengthening(self, shown: tuple[AfsFid, Status] | None) -> None:
         """Before a reply gives the kernel a longer length than a short answer it may still
         hold pages of, have it drop them (kernelview.py).  The version is shown first, so
-        no read answered meanwhile is short of it and leaves new zeros; the reply waits
-        for the drop, as the kernel takes the length the moment it has the reply."""
+        reads asked from now on are answered at it, never short of its length; those asked
+        before are answered as they are, and their pages go with the drop, which waits for
+        them.  The reply waits for the drop: the kernel takes the length the moment it has
+        the reply."""
         if shown is None:
             return
         fid, status = shown
-        end = self._view.zeros_below(fid, status)
-        if end is None:
+        if self._view.zeros_below(fid, status) is None:
             return
         self._view.show(fid, status)
         inodes = [node.inode for node in self.inodes.for_fid(fid)]
-        if await self.invalidator.pages_now(inodes, DROP_WAIT):
-            self._view.dropped(fid, end)
+        with self._view.dropping(fid):
+            for _ in range(2):  # again if a read asked before left a lower end meanwhile
+                end = self._view.zeros_below(fid, status)
+                if end is None or not await self.invalidator.pages_now(inodes, DROP_WAIT):
+                    return
+                self._view.dropped(fid, end)
 
     def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
         probe = entry.make(0)
@@ -471,6 +476,8 @@ class AfsOperations(pyfuse3.Operations):
                 self.invalidator.attributes_now(handle.inode)
                 raise fail(errno.EIO)
             return self._answer(handle, got.data, off, size)
+        if got.version < shown[0] and self._view.is_dropping(fid):
+            return self._answer(handle, got.data, off, size)  # its pages are being dropped
         self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.
         if got.version < shown[0]:

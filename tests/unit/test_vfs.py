@@ -14,6 +14,7 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from afsfuse.fs.api import CacheManagerApi, FileData
 from afsfuse.fs.cell import Cell
@@ -717,3 +718,44 @@ async def test_a_drop_the_kernel_does_not_finish_holds_the_reply_no_longer_than_
         assert trio.current_time() - began == pytest.approx(DROP_WAIT)
     finally:
         stuck.set()
+
+
+async def test_a_read_asked_before_a_longer_version_was_shown_is_answered_while_its_pages_drop(
+    ops,
+) -> None:
+    """Failed, it would be made again page by page, and fail again at the next version: the
+    drop takes its pages anyway, before the kernel has the new length."""
+    manager = ops.manager
+    fid = AfsFid(CELL, 11, 2, 2)
+    manager.contents[fid] = b"a" * 5
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    assert await ops.read(info.fh, 0, 4096) == b"a" * 5
+    go, answered = trio.Event(), trio.Event()
+
+    async def held() -> None:
+        manager.during_read = None
+        await go.wait()
+
+    async def drop(inodes: list[int], wait: float) -> bool:
+        go.set()
+        await answered.wait()
+        return True
+
+    ops.invalidator.pages_now = drop
+    got = []
+
+    async def reader() -> None:
+        got.append(await ops.read(info.fh, 0, 4096))
+        answered.set()
+
+    manager.during_read = held
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        manager.files[fid] = replace(manager.files[fid], data_version=2, size=11)
+        manager.contents[fid] = b"b" * 11
+        assert (await ops.getattr(pub.st_ino, ctx())).st_size == 11
+    assert got == [b"a" * 5]
+    assert await ops.read(info.fh, 0, 4096) == b"b" * 11
