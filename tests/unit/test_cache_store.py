@@ -25,7 +25,7 @@ from afsfuse.cache import (
     FileRecord,
     parse_size,
 )
-from afsfuse.cache.dirty import DEFAULT_MEMORY_BUDGET, WouldBlock
+from afsfuse.cache.dirty import DEFAULT_MEMORY_BUDGET, INLINE_WRITE, WouldBlock
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -476,6 +476,24 @@ def test_small_dirty_file_stays_in_memory_until_it_outgrows_a_chunk(tmp_path: Pa
         s.dirty.discard(FID)
         assert s.dirty.get(FID) is None
         assert not any((tmp_path / "dirty" / "example.org").iterdir())
+
+
+def test_a_small_write_into_a_chunk_dirty_on_disk_needs_no_thread(tmp_path: Path) -> None:
+    with CacheStore(tmp_path, 64 * MiB, chunk_size=64 * KiB) as s:
+        s.dirty.begin(FID, 3, 0)
+        s.dirty.write(FID, 0, chunk(1, 100 * KiB))  # two chunks: on disk
+        assert not s.dirty.in_memory(FID)
+        s.dirty.write(FID, 10 * KiB, b"tar record", blocking=False)
+        with pytest.raises(WouldBlock):  # a new chunk: its state is saved
+            s.dirty.write(FID, 130 * KiB, b"x", blocking=False)
+        with pytest.raises(WouldBlock):  # big: may meet the kernel's dirty-page throttling
+            s.dirty.write(FID, 0, chunk(2, INLINE_WRITE + 1), blocking=False)
+        assert s.dirty.get(FID).length == 100 * KiB  # refused before anything changed
+        assert s.dirty.read_chunk(FID, 0)[10 * KiB - 1 : 10 * KiB + 11] == (
+            chunk(1, 100 * KiB)[10 * KiB - 1 : 10 * KiB]
+            + b"tar record"
+            + chunk(1, 100 * KiB)[10 * KiB + 10 : 10 * KiB + 11]
+        )
 
 
 def test_memory_budget_sends_further_files_to_disk(tmp_path: Path) -> None:
