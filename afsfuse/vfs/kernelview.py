@@ -1,14 +1,15 @@
 """What the kernel was shown of each file: the version and length of the attributes it was
-last given, and where its page cache may hold zeros past an answer that ended short.
+last given, and which versions its page cache may hold pages of.
 
-The kernel reads whole pages up to the length it was given and keeps them.  A READ answered
-short is the end of the file to it: it fills the rest of the pages it asked for with zeros,
-and cuts its length there only if the inode's attributes did not move while the read was
-out (any push or reply with attributes moves them).  So the zeros are only ever harmless
-past a length the kernel still has: `vfs/operations.py` answers reads at the version the
-kernel was shown (`version`), and before it shows a longer length it drops the pages that
-may hold such zeros (`zeros_below`), as otherwise a reader would be handed them inside the
-new length.
+The kernel reads whole pages up to the length it was given and keeps them until it is told
+to drop them, and reads are answered at the version it was shown (`version`), so that a
+short answer is the end of a version it knows.  So its pages may be of a version older
+than the one the cache manager has: a callback break pushes a drop, but a read asked at
+the old version until the kernel has the new attributes brings such pages back.  Shown
+another version while it may hold pages of one (`other_versions`), a reader would be
+handed a page of the old version inside a file of the new one: the rest of a page the old
+version ended in, which the kernel fills with zeros, or a whole page of it where the two
+are the same length.  `vfs/operations.py` has the kernel drop them first.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class KernelView:
         self._shown: dict[AfsFid, Shown] = {}
         #: The version shown before the current one, while it was longer (see `longer_before`).
         self._longer_before: dict[AfsFid, Shown] = {}
-        #: The lowest end of a short answer the kernel may still hold pages of.
-        self._short_ends: dict[AfsFid, int] = {}
-        #: Files whose pages are being dropped before a longer length is shown.
+        #: The versions the kernel may hold pages of, since they were last dropped.
+        self._answered: dict[AfsFid, set[int]] = {}
+        #: Files whose pages are being dropped before another version is shown.
         self._dropping: Counter[AfsFid] = Counter()
 
     def show(self, fid: AfsFid, status: Status) -> None:
@@ -59,21 +60,18 @@ class KernelView:
 
     def written(self, fid: AfsFid) -> None:
         """This mount writes `fid`: the kernel's length is its writes', and the pages it
-        writes are theirs (zeros past an old end included, as a file extended has)."""
+        writes are theirs, and the rest are of the version they go over, which is what the
+        version they make holds there."""
         shown = self._shown.get(fid)
         if shown is not None:
             self._shown[fid] = (shown[0], _WRITTEN)
-        self._short_ends.pop(fid, None)
-
-    def resized(self, fid: AfsFid) -> None:
-        """truncate(2) from this mount: the kernel cut or extended its own pages."""
-        self._short_ends.pop(fid, None)
+        self._answered.pop(fid, None)
 
     def forget(self, fid: AfsFid) -> None:
         """The kernel dropped the inode, and its pages with it."""
         self._shown.pop(fid, None)
         self._longer_before.pop(fid, None)
-        self._short_ends.pop(fid, None)
+        self._answered.pop(fid, None)
 
     def shown(self, fid: AfsFid) -> Shown | None:
         """The version and length last shown, the length -1 when this mount's writes set it."""
@@ -89,26 +87,29 @@ class KernelView:
         by it until the new length has cut its pages."""
         return self._longer_before.get(fid)
 
-    def read_answered(self, fid: AfsFid, offset: int, size: int, got: int) -> None:
-        """A read of `size` bytes at `offset` was answered with `got`: the kernel's pages
-        there are this answer's now, and if it is short they hold zeros past its end."""
-        end = self._short_ends.get(fid)
-        if end is not None and offset <= end < offset + size:
-            end = None  # the page it ended in was read again
-        if got < size and (end is None or offset + got < end):
-            end = offset + got
-        if end is None:
-            self._short_ends.pop(fid, None)
+    def read_answered(self, fid: AfsFid, version: int) -> None:
+        """The kernel was given pages of `version`."""
+        versions = self._answered.get(fid)
+        if versions is None:
+            self._answered[fid] = {version}
         else:
-            self._short_ends[fid] = end
+            versions.add(version)
 
-    def zeros_below(self, fid: AfsFid, status: Status) -> int | None:
-        """Where the kernel's pages may hold zeros inside the length these attributes would
-        give it (the end of an earlier short answer), or None when they cannot."""
-        end = self._short_ends.get(fid)
-        if end is None or not status.is_file or status.unstored or status.size <= end:
-            return None
-        return end
+    def pushed(self, fid: AfsFid | None) -> None:
+        """A drop of `fid`'s pages (None: every file's) is on its way to the kernel: what it
+        held goes with it (forgotten before the drop is made, so what comes after is not)."""
+        if fid is None:
+            self._answered.clear()
+        else:
+            self._answered.pop(fid, None)
+
+    def other_versions(self, fid: AfsFid, status: Status) -> set[int]:
+        """The versions, other than the one in these attributes, the kernel may hold pages
+        of (none to care about while this mount's writes set its length)."""
+        versions = self._answered.get(fid)
+        if not versions or not status.is_file or status.unstored:
+            return set()
+        return {v for v in versions if v != status.data_version}
 
     @contextmanager
     def dropping(self, fid: AfsFid) -> Iterator[None]:
@@ -124,8 +125,8 @@ class KernelView:
     def is_dropping(self, fid: AfsFid) -> bool:
         return fid in self._dropping
 
-    def dropped(self, fid: AfsFid, end: int) -> None:
-        """The kernel's pages of `fid` were dropped after a short answer ending at `end`;
-        a later one is kept."""
-        if self._short_ends.get(fid) == end:
-            del self._short_ends[fid]
+    def dropped(self, fid: AfsFid, versions: set[int]) -> None:
+        """The kernel dropped its pages of `fid`, those of `versions` among them."""
+        held = self._answered.get(fid)
+        if held is not None:
+            held -= versions

@@ -51,7 +51,7 @@ from typing import Any
 
 import pyfuse3
 
-from afsfuse.fs.api import CacheManagerApi
+from afsfuse.fs.api import CacheManagerApi, FileData
 from afsfuse.fs.errors import FsError
 from afsfuse.fs.sysname import check_sysnames, sysname_candidates
 from afsfuse.fs.vnode import AfsFid, Status
@@ -171,7 +171,12 @@ class AfsOperations(pyfuse3.Operations):
         #: What the kernel was given of each file, which bounds what it reads and keeps.
         self._view = KernelView()
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
-        manager.on_invalidate(self.invalidator.queue)
+        manager.on_invalidate(self._broken)
+
+    def _broken(self, fid: AfsFid | None) -> None:
+        """A callback break: the kernel is to drop what it holds of `fid` (None: of all)."""
+        self._view.pushed(fid)
+        self.invalidator.queue(fid)
 
     # -- @sys ------------------------------------------------------------------------
 
@@ -258,26 +263,25 @@ class AfsOperations(pyfuse3.Operations):
         if child.shown is not None:
             self._view.show(*child.shown)
 
-    async def _before_lengthening(self, shown: tuple[AfsFid, Status] | None) -> None:
-        """Before a reply gives the kernel a longer length than a short answer it may still
-        hold pages of, have it drop them (kernelview.py).  The version is shown first, so
-        reads asked from now on are answered at it, never short of its length; those asked
-        before are answered as they are, and their pages go with the drop, which waits for
-        them.  The reply waits for the drop: the kernel takes the length the moment it has
-        the reply."""
+    async def _before_showing(self, shown: tuple[AfsFid, Status] | None) -> None:
+        """Before a reply gives the kernel a file's version, have it drop any pages it may
+        hold of another (kernelview.py).  The version is shown first, so reads asked from
+        now on are answered at it; those asked before are answered as they are, and their
+        pages go with the drop, which waits for them.  The reply waits for the drop: the
+        kernel takes the attributes the moment it has the reply."""
         if shown is None:
             return
         fid, status = shown
-        if self._view.zeros_below(fid, status) is None:
+        if not self._view.other_versions(fid, status):
             return
         self._view.show(fid, status)
         inodes = [node.inode for node in self.inodes.for_fid(fid)]
         with self._view.dropping(fid):
-            for _ in range(2):  # again if a read asked before left a lower end meanwhile
-                end = self._view.zeros_below(fid, status)
-                if end is None or not await self.invalidator.pages_now(inodes, DROP_WAIT):
+            for _ in range(2):  # again if a read asked before was answered meanwhile
+                versions = self._view.other_versions(fid, status)
+                if not versions or not await self.invalidator.pages_now(inodes, DROP_WAIT):
                     return
-                self._view.dropped(fid, end)
+                self._view.dropped(fid, versions)
 
     def _dyn_child(self, entry: Entry, timeout: float) -> _Child:
         probe = entry.make(0)
@@ -307,7 +311,7 @@ class AfsOperations(pyfuse3.Operations):
             child = self._dyn_child(entry, self.shared_timeout)
         else:
             child = await self._lookup_afs(parent, text, who)
-            await self._before_lengthening(child.shown)
+            await self._before_showing(child.shown)
         attrs = self._reply(child, parent)
         self._touched(ctx, self.inodes.get(attrs.st_ino) or parent)
         return attrs
@@ -348,7 +352,7 @@ class AfsOperations(pyfuse3.Operations):
             self._touched(ctx, node)
         if isinstance(node, FileNode):
             status = await self.manager.getattr(node.fid, who)
-            await self._before_lengthening((node.fid, status))
+            await self._before_showing((node.fid, status))
             self._view.show(node.fid, status)
             attrs = file_attrs(status, self.shared_timeout)
         elif isinstance(node, MountNode) and node.source is not None:
@@ -464,10 +468,10 @@ class AfsOperations(pyfuse3.Operations):
             asked = longer
         got = await self.manager.read_shown(fid, off, size, handle.who, asked)
         if longer is not None and asked is longer and got.version == longer[0]:
-            return self._answer(handle, got.data, off, size)
+            return self._answer(handle, got)
         shown = self._view.version(fid)  # now: the kernel may have been given more meanwhile
         if got.version is None or shown is None:
-            return self._answer(handle, got.data, off, size)
+            return self._answer(handle, got)
         if got.version == shown[0]:
             if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
                 # The kernel reads ahead no further than the page its length ends in: it
@@ -475,9 +479,9 @@ class AfsOperations(pyfuse3.Operations):
                 # given and we have replaced since.  Short, it would keep zeros.
                 self.invalidator.attributes_now(handle.inode)
                 raise fail(errno.EIO)
-            return self._answer(handle, got.data, off, size)
+            return self._answer(handle, got)
         if got.version < shown[0] and self._view.is_dropping(fid):
-            return self._answer(handle, got.data, off, size)  # its pages are being dropped
+            return self._answer(handle, got)  # its pages are being dropped
         self.invalidator.attributes_now(handle.inode)
         # A failed read is made again by the kernel, a page at a time, unseen by the reader.
         if got.version < shown[0]:
@@ -490,13 +494,13 @@ class AfsOperations(pyfuse3.Operations):
             # asked.  Asked again, the short answer at this version cuts the length there.
             self._view.answered(fid, got.version, got.length)
             raise fail(errno.EIO)
-        return self._answer(handle, got.data, off, size)
+        return self._answer(handle, got)
 
-    def _answer(self, handle: _FileHandle, data: bytes, off: int, size: int) -> bytes:
-        """The reply to a read; one short of `size` leaves zeros in the kernel's pages."""
-        if not handle.direct:
-            self._view.read_answered(handle.fid, off, size, len(data))
-        return data
+    def _answer(self, handle: _FileHandle, got: FileData) -> bytes:
+        """The reply to a read: the kernel keeps its pages (but with O_DIRECT)."""
+        if got.version is not None and not handle.direct:
+            self._view.read_answered(handle.fid, got.version)
+        return got.data
 
     @guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -581,7 +585,7 @@ class AfsOperations(pyfuse3.Operations):
         if fields.update_gid:
             changes["group"] = attr.st_gid
         if fields.update_size:
-            self._view.resized(fid)
+            self._view.written(fid)
             handle = self._handles.get(fh) if fh is not None else None
             if isinstance(handle, _FileHandle) and handle.writable and handle.fid == fid:
                 await self.manager.truncate(fid, attr.st_size, handle.who)
@@ -634,7 +638,7 @@ class AfsOperations(pyfuse3.Operations):
             first = position - len(dots)
             children = await self._children(handle, first)
             for child in children:
-                await self._before_lengthening(child.shown)
+                await self._before_showing(child.shown)
             for child in children:
                 node = self.inodes.intern(child.key, child.make)
                 child.attrs.st_ino = node.inode
