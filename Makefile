@@ -9,13 +9,14 @@ STAMPS := .stamps
 PY := $(VENV)/bin/python
 
 # Debian 12 packages: Python, OpenAFS servers and tools for the test cell, MIT Kerberos, FUSE
-# and the headers pyfuse3 and the krb5 bindings build against, and tshark for protocol checks.
+# and the headers pyfuse3 and the krb5 bindings build against, tshark for protocol checks and
+# strace to see what a program asks the mount for.
 DEBIAN_PACKAGES := \
 	python3 python3-venv python3-dev \
 	openafs-fileserver openafs-dbserver openafs-client openafs-krb5 \
 	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
 	fuse3 libfuse3-dev libsystemd-dev pkg-config gcc libc6-dev \
-	iproute2 procps util-linux tshark attr git tmux \
+	iproute2 procps util-linux tshark attr strace git tmux \
 	dh-virtualenv debhelper dpkg-dev mmdebstrap systemd-container man-db
 
 .PHONY: all deps venv test unit unit-source lint demo bench soak deb wheel clean

@@ -24,8 +24,8 @@ rights here (not `default_permissions`: AFS rights are ACLs the kernel cannot se
   list at once.  Mount points get attribute timeouts of 0, so a stat (df's first step)
   reaches us and statfs learns which volume a process is looking at (see `statfs`); their
   names are cached like any other, because `ls -l dir` walks the whole path again for each
-  entry (statx and two xattr calls), and a lookup per mount point per walk made it ten
-  times slower.
+  entry (its statx, and xattr calls for the first), and a lookup per mount point per walk
+  made it ten times slower.
 
 Writing follows AFS close semantics: writes land in the cache manager's local copy, and the
 FUSE flush of each close(2) stores them (fsync(2) too), so close and fsync return only once
@@ -84,7 +84,7 @@ from afsfuse.vfs.mounts import afs_mount, mount_root
 from afsfuse.vfs.request import fail, guard, identities, log
 from afsfuse.vfs.silly import OpenFiles
 from afsfuse.vfs.xattrs import TABLE as XATTRS
-from afsfuse.vfs.xattrs import Xattrs
+from afsfuse.vfs.xattrs import Xattrs, absent
 
 __all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
 
@@ -878,13 +878,13 @@ class AfsOperations(pyfuse3.Operations):
 
     @guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        # Inline, not through Xattrs.handler: ls -l asks every file for security.selinux
-        # and an ACL, and each write(2) for security.capability, all refused here.
+        # The table looked up inline: each write(2) asks for security.capability, refused
+        # at once (ls -l stops asking for a label and an ACL after one refusal, xattrs.py).
         if not self.xattrs.enabled:
             raise fail(errno.ENOSYS)  # the kernel stops asking, for the mount's lifetime
         xattr = XATTRS.get(name)
         if xattr is None:
-            raise fail(pyfuse3.ENOATTR)
+            raise fail(absent(name))
         return await self.xattrs.get(xattr, self._node(inode), self.identity(ctx))
 
     @guard

@@ -5,6 +5,12 @@ point: its volume's root); afs.mountpoint is a mount point's own text; afs.acl i
 directory's ACL as FetchACL gives it and StoreACL takes it (what kAFS exposes), the only
 one that can be set.  With xattrs off (`--no-xattrs`) every request answers ENOSYS, and
 the kernel stops asking for the mount's lifetime.
+
+A name outside `afs.*` (a security label, a POSIX ACL, `user.*`) answers EOPNOTSUPP, as on
+kAFS, where the VFS finds no handler for it: AFS keeps none of them.  It also spares a
+request per entry: `ls -l` asks each entry for `security.selinux` and
+`system.posix_acl_access`, and coreutils stops asking a device for either once it answered
+"not supported" (ENODATA, "none here", had it ask again for every entry).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ XATTR_FID = b"afs.fid"
 XATTR_VOLUME = b"afs.volume"
 XATTR_MOUNTPOINT = b"afs.mountpoint"
 XATTR_ACL = b"afs.acl"
+_PREFIX = b"afs."
 
 _SUFFIXES: dict[int | None, str] = {VolumeType.RO: ".readonly", VolumeType.BK: ".backup"}
 
@@ -89,7 +96,7 @@ class Xattrs:
 
     def remove(self, name: bytes) -> None:
         self.check()
-        raise fail(errno.EPERM if name in TABLE else pyfuse3.ENOATTR)
+        raise fail(errno.EPERM if name in TABLE else absent(name))
 
     async def target(self, node: FileNode | MountNode) -> AfsFid:
         """The vnode a node shows: a mount point's is its volume's root."""
@@ -101,6 +108,12 @@ class Xattrs:
             return str(fid.volume)
         suffix = _SUFFIXES.get(location.type_of(fid.volume), "")
         return location.name + suffix
+
+
+def absent(name: bytes) -> int:
+    """The errno for a name not in TABLE: ENODATA inside `afs.*`, EOPNOTSUPP outside it
+    (see the module's docstring)."""
+    return pyfuse3.ENOATTR if name.startswith(_PREFIX) else errno.EOPNOTSUPP
 
 
 async def _cell(xattrs: Xattrs, node: FileNode | MountNode, who: Identity) -> bytes:

@@ -519,6 +519,40 @@ async def test_without_xattrs_the_kernel_is_told_to_stop_asking() -> None:
         assert caught.value.errno == errno.ENOSYS
 
 
+async def test_names_outside_afs_are_not_supported_and_afs_names_absent_are_no_data(ops) -> None:
+    """A label or a POSIX ACL is refused as unsupported (ls -l then stops asking for it);
+    an afs.* name a node lacks is merely absent."""
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    mnt = await ops.lookup(top.st_ino, b"mnt", ctx())
+    answers = {}
+    for name in (b"security.selinux", b"system.posix_acl_access", b"user.x", b"afs.nothing"):
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await ops.getxattr(top.st_ino, name, ctx())
+        answers[name] = caught.value.errno
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await ops.getxattr(pub.st_ino, b"afs.mountpoint", ctx())  # not a mount point
+    answers[b"afs.mountpoint"] = caught.value.errno
+    for name in (b"system.posix_acl_default", b"afs.nothing"):
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await ops.removexattr(top.st_ino, name, ctx())
+        answers[b"remove " + name] = caught.value.errno
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await ops.setxattr(top.st_ino, b"system.posix_acl_access", b"\2\0\0\0", ctx())
+    answers[b"set system.posix_acl_access"] = caught.value.errno
+    assert answers == {
+        b"security.selinux": errno.EOPNOTSUPP,
+        b"system.posix_acl_access": errno.EOPNOTSUPP,
+        b"user.x": errno.EOPNOTSUPP,
+        b"afs.nothing": errno.ENODATA,
+        b"afs.mountpoint": errno.ENODATA,
+        b"remove system.posix_acl_default": errno.EOPNOTSUPP,
+        b"remove afs.nothing": errno.ENODATA,
+        b"set system.posix_acl_access": errno.EOPNOTSUPP,
+    }
+    assert await ops.getxattr(mnt.st_ino, b"afs.mountpoint", ctx()) == b"#test"  # still served
+
+
 async def test_open_files_unlinked_in_one_directory_never_share_a_hidden_name(ops) -> None:
     """(vnode 0x1, unique 0x23) and (0x12, 0x3) once both hid as '.__afs123': the second
     unlink replaced the first hidden file, still open.  A name someone else chose is never
