@@ -143,6 +143,8 @@ class _DirHandle:
 class AfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
+    #: Not FUSE_POSIX_ACL: it turns on default_permissions (the kernel checks mode bits, not
+    #: AFS rights, and refused writes AFS allows) and made `ls -l` ask for ACLs more often.
     enable_acl = False
 
     def __init__(
