@@ -139,6 +139,13 @@ class _Values(Protocol):
     def close(self) -> None: ...
 
 
+#: SQLite's page cache per connection (diskcache opens one per thread; its default is 8192
+#: pages, 32 MiB).  Reads go through SQLite's memory map of the database (diskcache maps
+#: the first 64 MiB), not this cache; writes leave the pages they touched here after the
+#: commit.  At the default, the worker threads held 35 MiB here under 4 parallel `tar x`.
+SQLITE_CACHE_PAGES = 512
+
+
 class CacheStore:
     """The on-disk cache of one afsfuse instance: clean data (`get_*`/`put_*`) plus the
     dirty store (`dirty`).  Synchronous and thread-safe; use `AsyncCacheStore` under trio.
@@ -177,6 +184,7 @@ class CacheStore:
             tag_index=True,
             statistics=False,
             cull_limit=0,  # put_many culls once per batch
+            sqlite_cache_size=SQLITE_CACHE_PAGES,
         )
         self._check_layout()
         self._record_lock = threading.Lock()
