@@ -67,6 +67,7 @@ from afsfuse.fs.volume import VolumeCache, VolumeStatus
 from afsfuse.fs.writer import Writer
 from afsfuse.keyring.store import Identity, TokenStore
 from afsfuse.keyring.token import Token
+from afsfuse.malloc import Trimmer
 from afsfuse.rx.connection import DEFAULT_DEAD_TIME
 from afsfuse.rx.driver import ClientConnection, Endpoint
 from afsfuse.rx.errors import RxAbort
@@ -209,7 +210,9 @@ class CacheManager:
         )
         self._vl: dict[str, VLClient] = {}
         self._listeners: list[Listener] = []
-        self._memory = ChunkMemory(config.chunk_memory)
+        #: Gives back the space of small chunks chunk memory let go (afsfuse/malloc.py).
+        self._trimmer = Trimmer()
+        self._memory = ChunkMemory(config.chunk_memory, self._trimmer.freed)
         #: Fetched and stored data on its way to the disk cache, in batches.
         self._clean_writer = CleanWriter(self.cache, config.write_behind_chunks)
         self._nursery: trio.Nursery | None = None
@@ -306,6 +309,7 @@ class CacheManager:
                 nursery.start_soon(self.servers.run_prober)
                 nursery.start_soon(self.ranker.run)
                 await nursery.start(self._clean_writer.run)
+                await nursery.start(self._trimmer.run)
                 await nursery.start(self.writer.unsent.run)
                 task_status.started()
                 await trio.sleep_forever()

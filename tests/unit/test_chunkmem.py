@@ -40,3 +40,17 @@ def test_drop_and_clear() -> None:
     assert len(memory) == 2 and memory.used == 4 and (B, 1, 1) in memory
     memory.clear()
     assert len(memory) == 0 and memory.used == 0
+
+
+def test_every_chunk_let_go_is_reported_with_its_size() -> None:
+    freed: list[int] = []
+    memory = ChunkMemory(budget=10, on_free=freed.append)
+    memory.put((A, 1, 0), b"aaaa")
+    memory.put((A, 1, 0), b"bbb")  # replaced
+    memory.put((A, 1, 1), b"cccc")
+    memory.put((B, 1, 0), b"dddddd")  # pushes (A, 1, 0) out
+    assert freed == [4, 3]
+    memory.drop(lambda fid: fid == A)
+    assert freed == [4, 3, 4]
+    memory.clear()
+    assert freed == [4, 3, 4, 6] and memory.used == 0
