@@ -82,13 +82,18 @@ class Trimmer:
     """Trims (in a worker thread) once `after` bytes of arena blocks were reported freed;
     owners of many such blocks report them with `freed`."""
 
-    def __init__(self, after: int = TRIM_AFTER, trim: Callable[[], bool] = trim) -> None:
+    def __init__(
+        self,
+        after: int = TRIM_AFTER,
+        trim: Callable[[], bool] = trim,
+        trimmed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.after = after
         self._trim = trim
+        #: Told of every trim done (the daemon counts them in its statistics).
+        self._trimmed = trimmed
         self._freed = 0
         self._wanted = trio.Event()
-        #: Trims done, for the statistics.
-        self.trims = 0
 
     def freed(self, size: int) -> None:
         """A block of `size` bytes was let go (never blocks: the trim happens in `run`)."""
@@ -105,4 +110,4 @@ class Trimmer:
             self._wanted = trio.Event()
             self._freed = 0
             await trio.to_thread.run_sync(self._trim)
-            self.trims += 1
+            self._trimmed()

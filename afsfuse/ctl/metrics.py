@@ -287,6 +287,11 @@ def _activity(stats: Stats) -> list[Family]:
             "Unsent data set aside since the daemon started.",
             stats.leftovers,
         ),
+        _counter(
+            "afsfuse_memory_trims_total",
+            "Times freed memory was given back to the system (malloc_trim).",
+            stats.memory_trims,
+        ),
     ]
 
 

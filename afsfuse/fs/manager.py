@@ -211,7 +211,7 @@ class CacheManager:
         self._vl: dict[str, VLClient] = {}
         self._listeners: list[Listener] = []
         #: Gives back the space of small chunks chunk memory let go (afsfuse/malloc.py).
-        self._trimmer = Trimmer()
+        self._trimmer = Trimmer(trimmed=self._count_trim)
         self._memory = ChunkMemory(config.chunk_memory, self._trimmer.freed)
         #: Fetched and stored data on its way to the disk cache, in batches.
         self._clean_writer = CleanWriter(self.cache, config.write_behind_chunks)
@@ -315,6 +315,9 @@ class CacheManager:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+
+    def _count_trim(self) -> None:
+        self.stats.memory_trims += 1
 
     def on_invalidate(self, callback: Listener) -> None:
         """`callback(fid)` after a callback break or a data-version change of `fid`;

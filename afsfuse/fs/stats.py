@@ -30,6 +30,8 @@ class Stats:
     failovers: int = 0
     busy_waits: int = 0
     vldb_refreshes: int = 0
+    #: Times malloc was asked to give back what freed chunks left (afsfuse/malloc.py).
+    memory_trims: int = 0
 
     def count_rpc(self, name: str) -> None:
         self.rpcs[name] += 1
