@@ -731,18 +731,24 @@ async def test_a_version_reaches_the_kernel_only_after_its_pages_of_others_are_d
     assert len(ops.calls) == 2
 
 
+async def _opened_and_read(ops, data: bytes) -> tuple[AfsFid, Any, pyfuse3.FileInfo]:
+    """`pub` holding `data`, looked up, opened and read: the kernel has pages of it."""
+    fid = AfsFid(CELL, 11, 2, 2)
+    ops.manager.contents[fid] = data
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    assert await ops.read(info.fh, 0, 4096) == data
+    return fid, pub, info
+
+
 async def test_a_drop_the_kernel_does_not_finish_holds_the_reply_no_longer_than_its_bound(
     ops, autojump_clock
 ) -> None:
     """The kernel drops pages only once reads of them are answered; a reply waits for that
     a bounded time."""
     manager = ops.manager
-    fid = AfsFid(CELL, 11, 2, 2)
-    manager.contents[fid] = b"a" * 5
-    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
-    pub = await ops.lookup(top.st_ino, b"pub", ctx())
-    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
-    assert await ops.read(info.fh, 0, 4096) == b"a" * 5
+    fid, pub, _ = await _opened_and_read(ops, b"a" * 5)
     manager.files[fid] = replace(manager.files[fid], data_version=2, size=50)
     stuck = threading.Event()
     ops.invalidator._invalidate_inode = lambda inode, attr_only: stuck.wait(60)
@@ -760,12 +766,7 @@ async def test_a_read_asked_before_a_longer_version_was_shown_is_answered_while_
     """Failed, it would be made again page by page, and fail again at the next version: the
     drop takes its pages anyway, before the kernel has the new length."""
     manager = ops.manager
-    fid = AfsFid(CELL, 11, 2, 2)
-    manager.contents[fid] = b"a" * 5
-    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
-    pub = await ops.lookup(top.st_ino, b"pub", ctx())
-    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
-    assert await ops.read(info.fh, 0, 4096) == b"a" * 5
+    fid, pub, info = await _opened_and_read(ops, b"a" * 5)
     go, answered = trio.Event(), trio.Event()
 
     async def held() -> None:
