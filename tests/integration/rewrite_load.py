@@ -122,7 +122,7 @@ def writer(directory: str, name: str, until: float, lock: threading.Lock) -> Non
         try:
             write_version(os.path.join(directory, name), name, version)
         except OSError as e:
-            report(lock, kind="error", name=name, began=began, error=str(e))
+            report(lock, kind="error", role="write", name=name, began=began, error=str(e))
             return
         report(lock, kind="write", name=name, version=version, began=began, done=time.monotonic())
 
@@ -136,7 +136,7 @@ def reader(directory: str, names: list[str], until: float, lock: threading.Lock)
         try:
             data = read_whole(os.path.join(directory, name))
         except OSError as e:
-            report(lock, kind="error", name=name, began=began, error=str(e))
+            report(lock, kind="error", role="read", name=name, began=began, error=str(e))
             continue
         done = time.monotonic()
         runs, joins, bad = runs_of(name, data)

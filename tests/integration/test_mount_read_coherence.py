@@ -157,7 +157,12 @@ def test_readers_see_only_pages_of_real_versions_while_another_mount_rewrites(
     written = _records(writers)
     reads = {"B": _records(readers_b), "A": _records(readers_a)}
 
-    errors = [r for r in written + reads["A"] + reads["B"] if r["kind"] == "error"]
+    errors = [
+        {**r, "mount": mount}
+        for mount, records in (("A", written + reads["A"]), ("B", reads["B"]))
+        for r in records
+        if r["kind"] == "error"
+    ]
     assert not errors, errors[:5]
     versions: dict[str, dict[int, Version]] = {
         name: {0: Version(float("-inf"), float("-inf"))} for name in FILES
