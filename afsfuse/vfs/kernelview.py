@@ -9,9 +9,7 @@ the old version until the kernel has the new attributes brings such pages back. 
 another version while it may hold pages of one (`other_versions`), a reader would be
 handed a page of the old version inside a file of the new one: the rest of a page the old
 version ended in, which the kernel fills with zeros, or a whole page of it where the two
-are the same length.  `vfs/operations.py` has the kernel drop them first, even after a
-callback break: the break's own drop is made by another thread, and may come after the new
-attributes.
+are the same length.  `vfs/operations.py` has the kernel drop them first.
 """
 
 from __future__ import annotations
@@ -96,6 +94,14 @@ class KernelView:
             self._answered[fid] = {version}
         else:
             versions.add(version)
+
+    def pushed(self, fid: AfsFid | None) -> None:
+        """A drop of `fid`'s pages (None: every file's) is on its way to the kernel: what it
+        held goes with it (forgotten before the drop is made, so what comes after is not)."""
+        if fid is None:
+            self._answered.clear()
+        else:
+            self._answered.pop(fid, None)
 
     def other_versions(self, fid: AfsFid, status: Status) -> set[int]:
         """The versions, other than the one in these attributes, the kernel may hold pages

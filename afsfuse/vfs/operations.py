@@ -173,7 +173,12 @@ class AfsOperations(pyfuse3.Operations):
         #: What the kernel was given of each file, which bounds what it reads and keeps.
         self._view = KernelView()
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
-        manager.on_invalidate(self.invalidator.queue)
+        manager.on_invalidate(self._broken)
+
+    def _broken(self, fid: AfsFid | None) -> None:
+        """A callback break: the kernel is to drop what it holds of `fid` (None: of all)."""
+        self._view.pushed(fid)
+        self.invalidator.queue(fid)
 
     # -- @sys ------------------------------------------------------------------------
 

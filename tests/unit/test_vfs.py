@@ -711,11 +711,14 @@ async def test_a_version_reaches_the_kernel_only_after_its_pages_of_others_are_d
     assert seen == [b"b" * 4096]
     assert (await ops.lookup(top.st_ino, b"pub", ctx())).st_size == 9000
     assert len(ops.calls) == 1  # the same version again: nothing to drop
-    # Pages read at a version, then another of the same length shown (a callback break
-    # pushes a drop of its own, but from another thread, maybe after the reply).
-    assert await ops.read(info.fh, 0, 4096) == b"b" * 4096
-    change(4, 9000)
+    # A callback break pushes a drop of its own: nothing held from before it.
+    change(3, 9000)
     manager.listeners[0](fid)
+    assert (await ops.getattr(pub.st_ino, ctx())).st_size == 9000
+    assert len(ops.calls) == 1
+    # Pages read at a version, then another of the same length shown before the break.
+    assert await ops.read(info.fh, 0, 4096) == b"c" * 4096
+    change(4, 9000)
     assert (await ops.lookup(top.st_ino, b"pub", ctx())).st_size == 9000
     assert ops.calls[1:] == [("dropped", [pub.st_ino])]
     # This mount's own writes set its pages, over the version they were written on.
