@@ -243,24 +243,20 @@ def main() -> None:
     parser.add_argument("--core", action="store_true", help="see the description")
     args = parser.parse_args()
     if args.core:
-        for run in range(1, args.runs + 1):
-            cpu = time.process_time()
-            sent = store_core(args.size_mb << 20)
-            cpu = time.process_time() - cpu
-            print(
-                f"core store {args.size_mb} MiB run {run}: CPU {cpu * 64 / args.size_mb:.3f} s"
-                f" per 64 MiB, {sent} packets sent",
-                flush=True,
-            )
-        for run in range(1, args.runs + 1):
-            cpu = time.process_time()
-            received = fetch_core(args.size_mb << 20)
-            cpu = time.process_time() - cpu
-            print(
-                f"core fetch {args.size_mb} MiB run {run}: CPU {cpu * 64 / args.size_mb:.3f} s"
-                f" per 64 MiB, {received} packets received, {cpu / received * 1e6:.2f} us each",
-                flush=True,
-            )
+        for what, through_core, moved in (
+            ("store", store_core, "sent"),
+            ("fetch", fetch_core, "received"),
+        ):
+            for run in range(1, args.runs + 1):
+                cpu = time.process_time()
+                packets = through_core(args.size_mb << 20)
+                cpu = time.process_time() - cpu
+                print(
+                    f"core {what} {args.size_mb} MiB run {run}: CPU"
+                    f" {cpu * 64 / args.size_mb:.3f} s per 64 MiB, {packets} packets {moved},"
+                    f" {cpu / packets * 1e6:.2f} us each",
+                    flush=True,
+                )
         return
     cell = os.environ["AFSCELL_NAME"]
     vl_hosts = os.environ["AFSCELL_VLSERVERS"].split()

@@ -299,10 +299,10 @@ class DirtyStore:
             first, last = offset // size, (end - 1) // size
             new_chunks = [i for i in range(first, last + 1) if i not in dirty.chunks]
             updated = replace(dirty, length=length, chunks=dirty.chunks | set(new_chunks))
-            in_memory = fid in self._resident and self._fits(fid, length)
-            if not in_memory and not (
-                fid not in self._resident and not new_chunks and len(data) <= INLINE_WRITE
-            ):
+            resident = fid in self._resident
+            in_memory = resident and self._fits(fid, length)
+            inline = not resident and not new_chunks and len(data) <= INLINE_WRITE
+            if not in_memory and not inline:
                 self._on_disk(fid, blocking)  # before any work a thread would repeat
             pieces = self._pieces(dirty, offset, data, bases, length, new_chunks)
             if in_memory:

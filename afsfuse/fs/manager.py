@@ -12,7 +12,9 @@ public method raises FsError and nothing else: unexpected exceptions are logged 
 into EIO at the boundary.
 
 This is the façade: it builds the components and keeps the public API that vfs/ and ctl/
-call.  Where things are:
+call.  About 850 lines, on purpose: it is that API (fs/api.py, some 50 methods), each a few
+lines handing the request to the component that owns it; the work itself is elsewhere.
+Where things are:
 
 - status, bulk status, commit status: fs/status.py;
 - directory listings and our own edits to them: fs/directories.py, fs/dir_edit.py;

@@ -10,7 +10,7 @@ Each handler is kept short; what is not about FUSE requests lives beside it:
 | `attrs.py` | the attributes the kernel gets, their timeouts, access(2) and statfs(2) |
 | `xattrs.py` | the `afs.*` extended attributes, a table of {name: handler} |
 | `invalidate.py` | callback breaks pushed to the kernel by a worker thread, in batches |
-| `kernelview.py` | what the kernel was shown of each file, and where its pages may hold zeros |
+| `kernelview.py` | what the kernel was shown of each file, and which versions its pages hold |
 | `silly.py` | open files, and unlink of an open file (hidden names, removed at release) |
 | `mounts.py`, `dynroot.py`, `inodes.py` | mount points, /afs, the inode table |
 
@@ -90,8 +90,8 @@ __all__ = ["SHARED_TIMEOUT", "AfsOperations", "Invalidator"]
 
 #: The kernel's page: it reads ahead in whole pages, up to the one its length ends in.
 _PAGE = mmap.PAGESIZE
-#: How long a reply that lengthens a file waits for the kernel to drop pages that may hold
-#: zeros inside the new length (kernelview.py); it waits for reads of them in progress.
+#: How long a reply that shows another version of a file waits for the kernel to drop its
+#: pages of the others (kernelview.py); the kernel waits for reads of them in progress.
 DROP_WAIT = 10.0
 #: Directory entries made ready for the kernel in one readdir step.
 READDIR_BATCH = 100
