@@ -110,6 +110,16 @@ class Files:
         self.written = {name: Written() for name in names}
 
     def check(self, name: str, data: bytes) -> str | None:
+        problem = self._problem(name, data)
+        if problem is None:
+            return None
+        # Where the last versions ended, in blocks: a wrong block near one of them is
+        # where a length change met a read.
+        ranges = self.written[name].ranges
+        ends = ", ".join(f"v{v}: {ranges[v][1]}" for v in sorted(ranges)[-4:])
+        return f"{problem} (read {len(data) / BLOCK:g} blocks; the last versions end at {ends})"
+
+    def _problem(self, name: str, data: bytes) -> str | None:
         """None when every block is one some version wrote at that place; else why not.
 
         A read that ends inside a block is fine when that block's start is right: a
@@ -131,8 +141,13 @@ class Files:
             span = written.ranges.get(version)
             if span is None or not span[0] <= index < span[1]:
                 return f"block {index}: version {version} never wrote it"
-            if got != block(name, version, index):
-                return f"block {index} of version {version} is damaged: {got[:48]!r}"
+            expected = block(name, version, index)
+            if got != expected:
+                at = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+                return (
+                    f"block {index} of version {version} is damaged from byte {at}:"
+                    f" {got[at : at + 48]!r}"
+                )
         return None
 
     def _starts_a_block(self, name: str, index: int, part: bytes) -> bool:
