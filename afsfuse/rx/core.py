@@ -523,10 +523,20 @@ class RxCore:
         return (c for c in conns if any(call is not None and call.live for call in c.calls))
 
     def _reap(self, now: float) -> None:
+        """Let go of idle server connections, and of the peers no connection uses that
+        were not heard from for as long: every source address and port that sent a call
+        makes a peer, and they must not pile up for ever."""
         for key, conn in list(self._server_conns.items()):
             busy = any(call is not None and call.live for call in conn.calls)
             if not busy and now - conn.last_activity > IDLE_CONNECTION_TIME:
                 del self._server_conns[key]
+        used = {
+            conn.peer.addr
+            for conn in itertools.chain(self._client_conns.values(), self._server_conns.values())
+        }
+        for addr, peer in list(self._peers.items()):
+            if addr not in used and now - peer.heard > IDLE_CONNECTION_TIME:
+                del self._peers[addr]
 
 
 def _free_channel(conn: Connection[Call]) -> int | None:

@@ -23,7 +23,7 @@ from afsfuse.rx.call import (
     Call,
     CallState,
 )
-from afsfuse.rx.core import RxCore
+from afsfuse.rx.core import HOUSEKEEPING_INTERVAL, IDLE_CONNECTION_TIME, RxCore
 from afsfuse.rx.debug import DEBUG_BURST, DEBUG_RATE
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_INVALID_OPERATION, RxAbort, RxSecurityError
 from afsfuse.rx.peer import (
@@ -1108,3 +1108,25 @@ def test_soft_acks_already_seen_are_skipped_and_a_dropped_one_is_resent() -> Non
     core.receive_datagram(server_packet(call, P.ACK, 0, 30, body), SERVER, 0.02)
     assert call.tx_sacked == 1 and not call.tx[1].acked
     assert [h.seq for h in data_in(sent(core, 0.02))] == [2]
+
+
+def test_peers_no_connection_uses_are_let_go_once_their_connections_are_idle() -> None:
+    """Packets from many source ports must not grow the endpoint's memory for ever: a peer
+    lives as long as a connection uses it, and a while after it was last heard."""
+    core = serving_core()
+    server = core.connect(SERVER, SERVICE, RXNULL)
+    for port in range(1000, 1100):
+        request = client_packet(P.DATA, 1, 1, b"x", flags=P.LAST_PACKET, cid=port << 2)
+        core.receive_datagram(request, ("10.0.0.9", port), 0.0)
+    for event in core.pop_events():
+        assert isinstance(event, IncomingCall)
+        event.call.abort(RX_INVALID_OPERATION, 0.0)
+    core.datagrams_to_send(0.0)
+    assert core.known_peer(("10.0.0.9", 1000)) is not None
+    now = 0.0
+    while now < 2 * IDLE_CONNECTION_TIME:
+        now += HOUSEKEEPING_INTERVAL
+        core.handle_timer(now)
+        core.datagrams_to_send(now)
+    assert all(core.known_peer(("10.0.0.9", port)) is None for port in range(1000, 1100))
+    assert core.known_peer(SERVER) is server.peer  # the client connection still uses it
