@@ -478,7 +478,10 @@ class AfsOperations(pyfuse3.Operations):
         if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
             # The kernel reads ahead no further than the page its length ends in: it sized
             # this read with a longer file than the version answered, whichever version
-            # that is and whatever we believe it holds.  Short, it would keep zeros.
+            # that is and whatever we believe it holds.  Short, it would keep zeros.  It
+            # reads the pages again one at a time, which a newer version answers (as below).
+            if got.version > shown[0]:
+                self._view.answered(fid, got.version, got.length)
             self.invalidator.attributes_now(handle.inode)
             raise fail(errno.EIO)
         if got.version == shown[0]:
