@@ -10,15 +10,6 @@ another version while it may hold pages of one (`other_versions`), a reader woul
 handed a page of the old version inside a file of the new one: the rest of a page the old
 version ended in, which the kernel fills with zeros, or a whole page of it where the two
 are the same length.  `vfs/operations.py` has the kernel drop them first.
-
-Nor is the length the kernel sizes its reads by always the one it was given last.  It
-drops attributes whose request was sent before it last took a file's attributes, or was
-told to drop them (every push does): so a reply made while the drop above is pushed is
-always dropped, and of two replies of different versions on their way together, the one
-it takes first wins.  Reads under way meanwhile keep reading ahead up to the length it
-had, which may be that of a version shown several versions ago.  So every version shown
-before the current one and longer than it is remembered (`longer_at`): a read past the
-current length was sized by one of them.
 """
 
 from __future__ import annotations
@@ -32,8 +23,6 @@ from afsfuse.fs.vnode import AfsFid, Status
 
 #: The length of a remembered version when the kernel's is this mount's writes'.
 _WRITTEN = -1
-#: Longer versions remembered per file (a file seldom shrinks more times in a row).
-_LONGER_KEPT = 8
 
 
 class KernelView:
@@ -41,16 +30,15 @@ class KernelView:
 
     def __init__(self) -> None:
         self._shown: dict[AfsFid, Shown] = {}
-        #: Versions shown before the current one and longer than it, oldest first (see
-        #: `longer_at`).
-        self._longer: dict[AfsFid, list[Shown]] = {}
+        #: The version shown before the current one, while it was longer (see `longer_before`).
+        self._longer_before: dict[AfsFid, Shown] = {}
         #: The versions the kernel may hold pages of, since they were last dropped.
         self._answered: dict[AfsFid, set[int]] = {}
         #: Files whose pages are being dropped before another version is shown.
         self._dropping: Counter[AfsFid] = Counter()
 
     def show(self, fid: AfsFid, status: Status) -> None:
-        """The kernel is given these attributes.  A length with this mount's unstored writes
+        """The kernel now has these attributes.  A length with this mount's unstored writes
         is no version's: the version beside it is the one they went over, and serving that
         version up to that length, once they are stored, would come back short and leave
         zeros in the kernel's pages.  Nor is the kernel's length a version's once this mount
@@ -59,14 +47,12 @@ class KernelView:
             return
         length = _WRITTEN if status.unstored else status.size
         before = self._shown.get(fid)
+        if before is not None and before[0] != status.data_version:
+            if before[1] > length >= 0:
+                self._longer_before[fid] = before
+            else:
+                self._longer_before.pop(fid, None)
         self._shown[fid] = (status.data_version, length)
-        if before is None or before[0] == status.data_version:
-            return
-        longer = [s for s in self._longer.pop(fid, ()) if s[1] > length >= 0]
-        if before[1] > length >= 0:
-            longer.append(before)
-        if longer:
-            self._longer[fid] = longer[-_LONGER_KEPT:]
 
     def answered(self, fid: AfsFid, version: int, length: int) -> None:
         """A short answer at `version`, which ends at `length`, is to cut the kernel's length."""
@@ -79,13 +65,12 @@ class KernelView:
         shown = self._shown.get(fid)
         if shown is not None:
             self._shown[fid] = (shown[0], _WRITTEN)
-        self._longer.pop(fid, None)
         self._answered.pop(fid, None)
 
     def forget(self, fid: AfsFid) -> None:
         """The kernel dropped the inode, and its pages with it."""
         self._shown.pop(fid, None)
-        self._longer.pop(fid, None)
+        self._longer_before.pop(fid, None)
         self._answered.pop(fid, None)
 
     def shown(self, fid: AfsFid) -> Shown | None:
@@ -97,13 +82,10 @@ class KernelView:
         shown = self._shown.get(fid)
         return None if shown is None or shown[1] == _WRITTEN else shown
 
-    def longer_at(self, fid: AfsFid, offset: int) -> Shown | None:
-        """The newest version shown before the current one that goes on past `offset`: the
-        kernel may still size reads by it until a length it takes has cut its pages."""
-        for shown in reversed(self._longer.get(fid, ())):
-            if shown[1] > offset:
-                return shown
-        return None
+    def longer_before(self, fid: AfsFid) -> Shown | None:
+        """The longer version shown before the current one: the kernel may still size reads
+        by it until the new length has cut its pages."""
+        return self._longer_before.get(fid)
 
     def read_answered(self, fid: AfsFid, version: int) -> None:
         """The kernel was given pages of `version`."""

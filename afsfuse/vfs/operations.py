@@ -269,9 +269,8 @@ class AfsOperations(pyfuse3.Operations):
         """Before a reply gives the kernel a file's version, have it drop any pages it may
         hold of another (kernelview.py).  The version is shown first, so reads asked from
         now on are answered at it; those asked before are answered as they are, and their
-        pages go with the drop, which waits for them.  The reply waits for the drop, and
-        the kernel drops it (its request was sent before the push) and asks again: these
-        attributes reach it only once its pages of others are gone."""
+        pages go with the drop, which waits for them.  The reply waits for the drop: the
+        kernel takes the attributes the moment it has the reply."""
         if shown is None:
             return
         fid, status = shown
@@ -462,29 +461,26 @@ class AfsOperations(pyfuse3.Operations):
         handle = self._file_handle(fh)
         fid = handle.fid
         asked = self._view.version(fid)
-        longer = None if asked is None or off < asked[1] else self._view.longer_at(fid, off)
-        if longer is not None:
-            # Past the end of the version shown, inside a longer one shown before: the
+        longer = self._view.longer_before(fid)
+        if asked is not None and longer is not None and asked[1] <= off < longer[1]:
+            # Past the end of the version just shown, inside a longer one shown before: the
             # kernel sized this read by that one.  Its pages, while at hand, keep the kernel
             # from taking the end of the file for anywhere short of where the new length
             # will cut it (an empty answer here, cut or not, is a page of zeros).
             asked = longer
         got = await self.manager.read_shown(fid, off, size, handle.who, asked)
-        if longer is not None and got.version == longer[0]:
+        if longer is not None and asked is longer and got.version == longer[0]:
             return self._answer(handle, got)
         shown = self._view.version(fid)  # now: the kernel may have been given more meanwhile
         if got.version is None or shown is None:
             return self._answer(handle, got)
-        if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
-            # The kernel reads ahead no further than the page its length ends in: it sized
-            # this read with a longer file than the version answered, whichever version
-            # that is and whatever we believe it holds.  Short, it would keep zeros.  It
-            # reads the pages again one at a time, which a newer version answers (as below).
-            if got.version > shown[0]:
-                self._view.answered(fid, got.version, got.length)
-            self.invalidator.attributes_now(handle.inode)
-            raise fail(errno.EIO)
         if got.version == shown[0]:
+            if size > _PAGE and len(got.data) <= size - _PAGE and not handle.direct:
+                # The kernel reads ahead no further than the page its length ends in: it
+                # sized this read with a longer file than this version, a length it was
+                # given and we have replaced since.  Short, it would keep zeros.
+                self.invalidator.attributes_now(handle.inode)
+                raise fail(errno.EIO)
             return self._answer(handle, got)
         if got.version < shown[0] and self._view.is_dropping(fid):
             return self._answer(handle, got)  # its pages are being dropped

@@ -671,59 +671,6 @@ async def test_a_read_past_a_new_shorter_end_gets_the_longer_version_the_kernel_
     assert manager.shown_reads[-1] == (1, 12000)
 
 
-async def test_a_read_past_the_end_gets_any_longer_version_shown_before(ops) -> None:
-    """The kernel drops replies whose requests were sent before it took others or was told
-    to drop its attributes: it may size reads by a length given several versions ago."""
-    manager = ops.manager
-    fid = AfsFid(CELL, 11, 2, 2)
-    manager.contents[fid] = b"a" * 20000
-    manager.files[fid] = replace(manager.files[fid], size=20000)
-    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
-    pub = await ops.lookup(top.st_ino, b"pub", ctx())
-    info = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
-    manager.kept[(fid, 1)] = b"a" * 20000
-    manager.kept[(fid, 2)] = b"b" * 9000
-    for version, size in ((2, 9000), (3, 5000), (4, 6000)):
-        manager.files[fid] = replace(manager.files[fid], data_version=version, size=size)
-        manager.contents[fid] = bytes([96 + version]) * size
-        assert (await ops.getattr(pub.st_ino, ctx())).st_size == size
-    # Past version 4's end: the newest longer version that goes on there.
-    assert await ops.read(info.fh, 8192, 4096) == b"b" * (9000 - 8192)
-    assert manager.shown_reads[-1] == (2, 9000)
-    assert await ops.read(info.fh, 12288, 4096) == b"a" * 4096
-    assert manager.shown_reads[-1] == (1, 20000)
-    # A longer version shown since makes them no more needed.
-    manager.files[fid] = replace(manager.files[fid], data_version=5, size=30000)
-    manager.contents[fid] = b"e" * 30000
-    await ops.getattr(pub.st_ino, ctx())
-    assert await ops.read(info.fh, 12288, 4096) == b"e" * 4096
-    assert manager.shown_reads[-1] == (5, 30000)
-
-
-async def test_a_read_ahead_answered_short_by_a_newer_version_fails(ops) -> None:
-    """Sized by a length longer than the version shown and than the newer one at hand (one
-    the kernel kept, see the test above), a read ahead answered short would leave zeros
-    inside the kernel's length."""
-    manager = ops.manager
-    fid, pub, info = await _opened_and_read(ops, b"a" * 5)
-
-    def change(version: int, size: int) -> None:
-        manager.files[fid] = replace(manager.files[fid], data_version=version, size=size)
-        manager.contents[fid] = bytes([96 + version]) * size
-
-    for version, size in ((2, 20000), (3, 12000)):
-        change(version, size)
-        await ops.getattr(pub.st_ino, ctx())
-    change(4, 6000)
-    ops.calls.clear()
-    with pytest.raises(pyfuse3.FUSEError):
-        await ops.read(info.fh, 0, 4 * 4096)
-    assert ops.calls == [("inode", pub.st_ino)]  # to ask for the length again
-    # It reads the pages again one at a time, and a failed one would fail the reader.
-    assert await ops.read(info.fh, 4096, 4096) == b"d" * (6000 - 4096)
-    assert await ops.read(info.fh, 8192, 4096) == b""  # the end: its length is cut there
-
-
 async def test_a_version_reaches_the_kernel_only_after_its_pages_of_others_are_dropped(
     ops,
 ) -> None:
