@@ -49,6 +49,7 @@ CHUNK = 1 << 20
 SIZES = (1, 60, CHUNK // BLOCK + 3, 3 * CHUNK // BLOCK + 1)
 _HEADER = re.compile(rb"(\S+) v(\d+) b(\d+)")
 RSS_SLACK_BYTES = 16 << 20
+READ_SIZE = 128 * 1024
 RSS_SLACK_RATIO = 0.10
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Seconds both mounts get to agree on the last versions (callbacks travel asynchronously).
@@ -59,6 +60,19 @@ def block(name: str, version: int, index: int) -> bytes:
     """Block `index` of `name` as version `version` wrote it."""
     header = f"{name} v{version} b{index}\n".encode()
     return (header * (BLOCK // len(header) + 1))[:BLOCK]
+
+
+def read_whole(path: Path) -> bytes:
+    """A file read to its end in 128 KiB reads, each one read(2), as `cat` does.  Reads that
+    start where a page starts: a file rewritten between two reads hands the second one the
+    new version's bytes, so a read ending inside a page would leave that page (and a block)
+    made of two versions, with no byte wrong.  f.read() would: it asks for the size stat
+    gave plus one, then grows its requests by an eighth."""
+    parts = []
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(READ_SIZE):
+            parts.append(chunk)
+    return b"".join(parts)
 
 
 def blocks(name: str, version: int, first: int, count: int) -> bytes:
@@ -280,8 +294,7 @@ class Soak:
             if not self.files.written[name].version:
                 time.sleep(0.05)  # not created yet
                 return
-            with open(self.dir(mount) / "files" / name, "rb") as f:
-                data = f.read()
+            data = read_whole(self.dir(mount) / "files" / name)
             problem = self.files.check(name, data)
             if problem is not None:
                 whose = "its own" if name.startswith(f"{mount.name}-") else "the other mount's"
