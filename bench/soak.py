@@ -47,9 +47,10 @@ BLOCK = 1024
 CHUNK = 1 << 20
 #: Sizes of the files each writer owns, in blocks: one block, tens of KiB, 2 and 4 chunks.
 SIZES = (1, 60, CHUNK // BLOCK + 3, 3 * CHUNK // BLOCK + 1)
+#: What one read(2) of a reader asks for, as `cat` does.
+READ_SIZE = 128 * 1024
 _HEADER = re.compile(rb"(\S+) v(\d+) b(\d+)")
 RSS_SLACK_BYTES = 16 << 20
-READ_SIZE = 128 * 1024
 RSS_SLACK_RATIO = 0.10
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Seconds both mounts get to agree on the last versions (callbacks travel asynchronously).
@@ -63,11 +64,12 @@ def block(name: str, version: int, index: int) -> bytes:
 
 
 def read_whole(path: Path) -> bytes:
-    """A file read to its end in 128 KiB reads, each one read(2), as `cat` does.  Reads that
-    start where a page starts: a file rewritten between two reads hands the second one the
-    new version's bytes, so a read ending inside a page would leave that page (and a block)
-    made of two versions, with no byte wrong.  f.read() would: it asks for the size stat
-    gave plus one, then grows its requests by an eighth."""
+    """A file read to its end one read(2) of READ_SIZE at a time, so that reads end where
+    pages end.  A file rewritten between two reads hands the second one the new version's
+    bytes: a read ending inside a page would leave that page, and a block, of two versions
+    with no byte wrong.  f.read() ends them anywhere: it asks for the size stat gave plus
+    one, then grows its requests by an eighth.  (tests/integration/rewrite_load.py reads
+    the same way; it runs as a local user without afsfuse, so the two cannot share this.)"""
     parts = []
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(READ_SIZE):
