@@ -28,6 +28,7 @@ from .pathmtu import path_mtu
 from .peer import Address
 from .schedule import CallChanged, Datagram, IncomingCall
 from .security import RXNULL, ClientSecurity, ServerConnectionSecurity, ServerSecurity
+from .sendbatch import DatagramSender
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,7 @@ class Endpoint:
         self._sock = sock
         self._nursery = nursery
         self._core = RxCore(path_mtu=path_mtu)
+        self._sender = DatagramSender(sock, self._core.stats)
         self._handlers: dict[int, Handler] = {}
         self._wait_scope: trio.CancelScope | None = None
         self._poked = False
@@ -375,16 +377,8 @@ class Endpoint:
         self, datagrams: list[tuple[Datagram, Address]]
     ) -> list[tuple[Datagram, Address]]:
         """Send what the socket takes without blocking; return what it would not take."""
-        sock = self._sock
-        for i, (data, addr) in enumerate(datagrams):
-            try:
-                sock.sendto(data, addr)
-            except BlockingIOError:
-                return datagrams[i:]
-            except OSError as exc:
-                self._core.stats.send_failures += 1
-                log.debug("sendto %s: %s", addr, exc)
-        return []
+        sent = self._sender.send(datagrams)
+        return datagrams[sent:] if sent < len(datagrams) else []
 
     async def _run(self) -> None:
         sock = self._sock
@@ -434,18 +428,10 @@ class Endpoint:
             self._wait_scope = None
 
     async def _send(self, datagrams: list[tuple[Datagram, Address]]) -> None:
-        sock = self._sock
-        for data, addr in datagrams:
-            while True:
-                try:
-                    sock.sendto(data, addr)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as exc:
-                    self._core.stats.send_failures += 1
-                    log.debug("sendto %s: %s", addr, exc)
-                    break
+        sent = self._sender.send(datagrams)
+        while sent < len(datagrams):
+            await trio.lowlevel.wait_writable(self._sock)
+            sent = self._sender.send(datagrams, sent)
 
     def _dispatch_events(self) -> bool:
         """Wake the tasks the core's events concern; True if any task was woken or started."""
