@@ -176,14 +176,18 @@ def afs_mount(
     sysnames: Sequence[str] = (SYSNAME,),
     extra_args: Sequence[str] = (),
 ) -> Iterator[Mount]:
-    """A mount of `cell` with its disk cache in `cache`, unmounted at the end; the daemon
-    log's path is printed then."""
+    """A mount of `cell` with its disk cache in `cache` (a temporary path of the test's),
+    unmounted at the end; the daemon log's path is printed then."""
     public = Path(tempfile.mkdtemp(prefix="afsfuse-mount-"))
     public.chmod(0o755)
     mountpoint = public / "afs"
     mountpoint.mkdir()
     mountpoint.chmod(0o755)
-    log_file = Path(tempfile.mkdtemp(prefix="afsfuse-mount-log-")) / "afsfuse.log"
+    # Beside the cache, in pytest's temporary directory: kept for a look after a failure,
+    # and removed with the runs pytest no longer keeps.
+    daemon_dir = cache.with_name(f"{cache.name}-daemon")
+    daemon_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_file = daemon_dir / "afsfuse.log"
     pid = start_daemon(cell, mountpoint, cache, log_file, sysnames=sysnames, extra_args=extra_args)
     mount = Mount(mountpoint, pid, cell.name, {}, user_python, users, cache, log_file)
     try:
