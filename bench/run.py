@@ -248,7 +248,7 @@ def _parse() -> argparse.Namespace:
         "--clients", default=",".join(c.name for c in CLIENTS), help="comma-separated subset"
     )
     parser.add_argument(
-        "--only", help="comma-separated workload keys (mind those that use an earlier one's files)"
+        "--only", help="comma-separated workload keys (and those whose files they use)"
     )
     parser.add_argument("--profile", type=Path, help="py-spy afsfuse into this directory")
     parser.add_argument(
@@ -274,6 +274,9 @@ def main() -> int:
         listing_sizes = wan.LISTING_SIZES
     chosen = [c for c in CLIENTS if c.name in args.clients.split(",")]
     meta = _meta(args, listing_sizes)
+    plan = wan.plan() if far else workloads(listing_sizes)
+    if args.only:
+        plan = chosen_workloads(plan, args.only.split(","))
     with (
         tempfile.TemporaryDirectory(prefix="afsfuse-bench-") as tmp,
         running_cell(delays=wan.lines(fileservers=1) if far else None, jumbo=args.jumbo) as cell,
@@ -290,11 +293,8 @@ def main() -> int:
         cell.exec("vos", "release", "root.cell", "-localauth", timeout=180)
         members = _scratch_files(scratch, args.big_mb, args.quick)
         clients = [cls(info, scratch / cls.name.replace(" ", "-")) for cls in chosen]
-        plan = wan.plan() if far else workloads(listing_sizes)
         if far:
             wan.go_far(cell, args.net)
-        if args.only:
-            plan = [w for w in plan if w.key in args.only.split(",")]
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
         table = {w.key: {c.name: Series() for c in clients} for w in plan}
@@ -347,6 +347,20 @@ def main() -> int:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nbench: wrote {path}")
     return 0
+
+
+def chosen_workloads(plan: list[Workload], keys: list[str]) -> list[Workload]:
+    """The workloads named, with those whose files or caches they use, in the plan's order."""
+    unknown = set(keys) - {w.key for w in plan}
+    if unknown:
+        raise SystemExit(f"bench: no workload {', '.join(sorted(unknown))} in this profile")
+    needed = set(keys)
+    for workload in plan:
+        for need in workload.needs:
+            if workload.key in keys and need not in needed:
+                print(f"bench: also running {need}: {workload.key} uses what it leaves")
+                needed.add(need)
+    return [w for w in plan if w.key in needed]
 
 
 def _round(number, order, plan, table, rounds, layout, scratch, members, profile, watch) -> None:

@@ -313,6 +313,8 @@ class Workload:
     nbytes: Callable[[Layout], int] | None = None
     #: What it leaves on the fileserver, for the "on the server" time (None: writes nothing).
     written: Callable[[Context], Expected] | None = None
+    #: Workloads whose files or caches it uses: `--only` runs them before it.
+    needs: tuple[str, ...] = ()
 
 
 def _big(layout: Layout) -> int:
@@ -331,8 +333,17 @@ def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> lis
     ]
     return [
         Workload("cold-read", "cold read (empty cache)", read_big, cold, nbytes=_big),
-        Workload("second-read", "second read (page cache)", read_big, nbytes=_big),
-        Workload("cache-read", "read after drop_caches", read_big, cold, nbytes=_big),
+        Workload(
+            "second-read", "second read (page cache)", read_big, nbytes=_big, needs=("cold-read",)
+        ),
+        Workload(
+            "cache-read",
+            "read after drop_caches",
+            read_big,
+            cold,
+            nbytes=_big,
+            needs=("cold-read",),
+        ),
         Workload(
             "remount-read",
             "read after remount",
@@ -368,7 +379,7 @@ def workloads(listing_sizes: tuple[int, ...], creates: int = SMALL_FILES) -> lis
         *listings,
         Workload("cat-small", "cold cat of small files", cat_small, cold),
         Workload("tar-x", "tar x Python stdlib", untar, make_tar_dir, written=written_tar),
-        Workload("find-ls", "find -ls over it (cold)", find_ls, cold),
+        Workload("find-ls", "find -ls over it (cold)", find_ls, cold, needs=("tar-x",)),
         Workload(
             "parallel-tar-x",
             f"{PARALLEL} parallel tar x",

@@ -6,13 +6,16 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from clients import daemon_usage
 from fetch import fetch_core, store_core
 from profile_summary import summarise
-from run import Run, Series, render, short_failure
+from run import Run, Series, chosen_workloads, render, short_failure
 from wan import CREATES, KEYS, plan
+from workloads import workloads
 
 
 def test_daemon_usage_reads_this_process() -> None:
@@ -152,3 +155,13 @@ def test_the_wan_plan_holds_its_four_workloads_and_fewer_creates() -> None:
     assert sorted(w.key for w in chosen) == sorted(KEYS)
     create = next(w for w in chosen if w.key == "create")
     assert create.title == f"create {CREATES} small files"
+
+
+def test_only_runs_what_the_chosen_workloads_use_first(capsys) -> None:
+    everything = workloads((1000,))
+    chosen = chosen_workloads(everything, ["find-ls", "second-read"])
+    assert [w.key for w in chosen] == ["cold-read", "second-read", "tar-x", "find-ls"]
+    assert "also running tar-x: find-ls uses what it leaves" in capsys.readouterr().out
+    assert [w.key for w in chosen_workloads(everything, ["create"])] == ["create"]
+    with pytest.raises(SystemExit, match="no workload tar-y"):
+        chosen_workloads(everything, ["tar-x", "tar-y"])
