@@ -377,8 +377,7 @@ class Endpoint:
         self, datagrams: list[tuple[Datagram, Address]]
     ) -> list[tuple[Datagram, Address]]:
         """Send what the socket takes without blocking; return what it would not take."""
-        sent = self._sender.send(datagrams)
-        return datagrams[sent:] if sent < len(datagrams) else []
+        return datagrams[self._sender.send(datagrams) :]
 
     async def _run(self) -> None:
         sock = self._sock
