@@ -377,7 +377,8 @@ class Endpoint:
         self, datagrams: list[tuple[Datagram, Address]]
     ) -> list[tuple[Datagram, Address]]:
         """Send what the socket takes without blocking; return what it would not take."""
-        return datagrams[self._sender.send(datagrams) :]
+        sent = self._sender.send(datagrams)
+        return datagrams[sent:] if sent < len(datagrams) else []
 
     async def _run(self) -> None:
         sock = self._sock

@@ -122,7 +122,6 @@ def test_a_full_socket_buffer_stops_at_the_first_datagram_not_sent() -> None:
     assert sender.send(flush, 1) == 4
     assert sock.wire == [data for data, _ in flush]
 
-    full = _Socket()
-    full.sendto_errors[2] = BlockingIOError()
-    plain = DatagramSender(full, RxStats(), segmentation=False)  # type: ignore[arg-type]
+    plain = DatagramSender(_Socket(), RxStats(), segmentation=False)  # type: ignore[arg-type]
+    plain._sock.sendto_errors[2] = BlockingIOError()  # type: ignore[attr-defined]
     assert plain.send(_flush(4)) == 2
