@@ -28,7 +28,6 @@ from .pathmtu import path_mtu
 from .peer import Address
 from .schedule import CallChanged, Datagram, IncomingCall
 from .security import RXNULL, ClientSecurity, ServerConnectionSecurity, ServerSecurity
-from .sendbatch import DatagramSender
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +290,6 @@ class Endpoint:
         self._sock = sock
         self._nursery = nursery
         self._core = RxCore(path_mtu=path_mtu)
-        self._sender = DatagramSender(sock, self._core.stats)
         self._handlers: dict[int, Handler] = {}
         self._wait_scope: trio.CancelScope | None = None
         self._poked = False
@@ -377,8 +375,16 @@ class Endpoint:
         self, datagrams: list[tuple[Datagram, Address]]
     ) -> list[tuple[Datagram, Address]]:
         """Send what the socket takes without blocking; return what it would not take."""
-        sent = self._sender.send(datagrams)
-        return datagrams[sent:] if sent < len(datagrams) else []
+        sock = self._sock
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                sock.sendto(data, addr)
+            except BlockingIOError:
+                return datagrams[i:]
+            except OSError as exc:
+                self._core.stats.send_failures += 1
+                log.debug("sendto %s: %s", addr, exc)
+        return []
 
     async def _run(self) -> None:
         sock = self._sock
@@ -428,10 +434,18 @@ class Endpoint:
             self._wait_scope = None
 
     async def _send(self, datagrams: list[tuple[Datagram, Address]]) -> None:
-        sent = self._sender.send(datagrams)
-        while sent < len(datagrams):
-            await trio.lowlevel.wait_writable(self._sock)
-            sent = self._sender.send(datagrams, sent)
+        sock = self._sock
+        for data, addr in datagrams:
+            while True:
+                try:
+                    sock.sendto(data, addr)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as exc:
+                    self._core.stats.send_failures += 1
+                    log.debug("sendto %s: %s", addr, exc)
+                    break
 
     def _dispatch_events(self) -> bool:
         """Wake the tasks the core's events concern; True if any task was woken or started."""

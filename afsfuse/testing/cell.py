@@ -258,10 +258,6 @@ class Cell:
             self.bridge = f"afb{self.run_id}"
             _run(["ip", "link", "add", "name", self.bridge, "type", "bridge"])
             _run(["ip", "addr", "add", f"{self.host_addr}/24", "dev", self.bridge])
-            # As a NIC would, the bridge sends what Rx gave the kernel to segment (UDP GSO,
-            # rx/sendbatch.py) as the datagrams it stands for, so that a capture on any of its
-            # links sees what a wire would carry.
-            _run(["ip", "link", "set", self.bridge, "gso_max_segs", "1"])
             _run(["ip", "link", "set", self.bridge, "mtu", str(self.mtu), "up"])
         for i in range(1, self.fileservers + 1):
             server = Server(
