@@ -351,9 +351,13 @@ class Call:
         self.schedule.final_acks.add(self)
 
     def send_final_ack(self, now: float) -> None:
-        """Client, dallying: send the final ACK now, unless a duplicate's ACK went since."""
-        if self.ack_at is not None:
+        """Client, dallying: send the final ACK now, if it was not sent or made needless."""
+        if self.ack_at is not None and self.state is CallState.DALLY:
             self._send_ack(P.ACK_DELAY, 0, now)
+
+    def next_call_started(self) -> None:
+        """Client, dallying: the next call on the channel acknowledges our reply."""
+        self.ack_at = None
 
     def superseded(self) -> None:
         """Server: the client's next call on the channel acknowledges our whole reply."""

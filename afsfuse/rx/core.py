@@ -173,9 +173,10 @@ class RxCore:
         if channel is None:
             return None
         old = conn.calls[channel]
-        if old is not None:
+        if old is not None and old in self.schedule.final_acks:
             # The new call's first packet acknowledges the old call's whole reply.
             self.schedule.final_acks.discard(old)
+            old.next_call_started()
         conn.call_numbers[channel] += 1
         call = Call(conn, channel, conn.call_numbers[channel], True, now)
         conn.calls[channel] = call
