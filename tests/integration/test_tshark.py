@@ -20,7 +20,6 @@ from afsfuse.keyring import Token
 from afsfuse.rx.interfaces.fs import FS, AFSFid, AFSStoreStatus
 from afsfuse.rx.interfaces.pt import PT
 from afsfuse.rx.interfaces.vl import VL
-from afsfuse.rx.packet import ACK_PING, ACK_PING_RESPONSE
 from afsfuse.rx.rxkad import Level, RxkadClient
 from afsfuse.rx.security import RXNULL
 from afsfuse.testing.cell import Cell
@@ -113,52 +112,3 @@ async def test_tshark_decodes_our_rx_without_complaint(
     our_replies = [r for r in ours if r[2] == str(RX_DATA) and r[3] in ("0", "False")]
     assert their_calls and all(r[4] == str(CB_SERVICE) for r in their_calls)
     assert len(our_replies) >= len(their_calls)
-
-
-async def test_small_calls_in_a_row_send_one_packet_each_and_the_last_ack_on_its_own(
-    cm, cell: Cell, tmp_path: Path
-) -> None:
-    """Against the real fileserver: each next FetchStatus on the channel acknowledges the
-    reply before it, so we send no ACK between the calls; the last reply's ACK follows by
-    its timer, and the fileserver never sends a reply twice (it would, after its resend
-    timeout, for a reply nobody acknowledged)."""
-    endpoint = cm.endpoint
-    vl = endpoint.connect((cell.db_server.addr, VL.port), VL.service_id)
-    entry = await VL.GetEntryByNameU(vl, "test")
-    root = AFSFid(Volume=entry.volumeId[0], Vnode=1, Unique=1)
-    conn = endpoint.connect((cell.servers[0].addr, FS.port), FS.service_id, RXNULL)
-    calls = 20
-    capture = Capture(cell.bridge, tmp_path / "calls.pcapng")
-    try:
-        await capture.started()
-        with trio.fail_after(30):
-            for _ in range(calls):
-                status = await FS.FetchStatus(conn, root)
-                assert status.OutStatus.FileType == 2
-        await trio.sleep(3.0)  # past the fileserver's first resend timeout (2.2 s at most)
-    finally:
-        capture.stop()
-
-    our_port = str(endpoint.port)
-    rows = tshark_read(
-        capture.path,
-        f"rx && udp.port == {FS.port} && udp.port == {our_port}",
-        "udp.srcport",
-        "rx.type",
-        "rx.flags.client_init",
-        "rx.callnumber",
-        "rx.reason",
-    )
-    ours, theirs = [], []
-    for src, ptype, client_init, call_number, reason in rows:
-        by_us = src == our_port
-        if by_us != (client_init in ("1", "True")):
-            continue  # the fileserver's calls to our callback service
-        if ptype == str(RX_ACK) and reason in (str(ACK_PING), str(ACK_PING_RESPONSE)):
-            continue
-        (ours if by_us else theirs).append((int(ptype), int(call_number)))
-    print(f"\nours {ours}\ntheirs {theirs}")
-    our_data = [n for t, n in ours if t == RX_DATA]
-    assert len(our_data) == calls
-    assert [n for t, n in ours if t == RX_ACK] == [max(our_data)]
-    assert sorted(n for t, n in theirs if t == RX_DATA) == sorted(our_data)
