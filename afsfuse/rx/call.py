@@ -50,10 +50,6 @@ SEND_LOW_WATER = MAX_WINDOW
 #: acks it after 100 ms (rx_softAckDelay) if no reply has gone out by then.
 DELAYED_ACK_ALLOWANCE = 0.2
 MAX_PROBE = 10.0  # longest wait between pings to a receiver whose reader is stalled
-#: How long the ACK that ends a client call waits for the next call on its channel, whose
-#: first packet acknowledges the whole reply instead (so a run of calls sends one packet
-#: each, not two).  Far below any server's retransmit timeout (at least 220 ms).
-FINAL_ACK_DELAY = 0.005
 
 
 class CallState(IntEnum):
@@ -334,30 +330,16 @@ class Call:
             self.ack_at = now + ACK_DELAY
 
     def end(self, now: float) -> None:
-        """Client: the application is done with a completed call; its final ACK is due
-        in FINAL_ACK_DELAY unless the next call on the channel makes it needless."""
+        """Client: the application is done with a completed call; send the final ACK."""
         if self.state != CallState.ACTIVE:
             return
         while self.rx_ready:
             self.read(1 << 30, now)
+        self._send_ack(P.ACK_DELAY, 0, now)
         self.state = CallState.DALLY
         self.tx.clear()
         self.resend_at = None
         self.schedule.finished(self)
-        # An ACK still owed (the server asks for one on a short reply) waits with it.
-        self.ack_reason = 0
-        self.ack_twice = False
-        self.ack_at = now + FINAL_ACK_DELAY
-        self.schedule.final_acks.add(self)
-
-    def send_final_ack(self, now: float) -> None:
-        """Client, dallying: send the final ACK now, if it was not sent or made needless."""
-        if self.ack_at is not None and self.state is CallState.DALLY:
-            self._send_ack(P.ACK_DELAY, 0, now)
-
-    def next_call_started(self) -> None:
-        """Client, dallying: the next call on the channel acknowledges our reply."""
-        self.ack_at = None
 
     def superseded(self) -> None:
         """Server: the client's next call on the channel acknowledges our whole reply."""

@@ -139,25 +139,11 @@ class RxCore:
         return conn
 
     def close_connection(self, conn: Connection[Call], now: float) -> None:
-        """Forget a client connection; its live calls are aborted, and the final ACKs
-        held back for its finished ones go now (no next call will make them needless)."""
-        final_acks = self.schedule.final_acks
+        """Forget a client connection; its live calls are aborted."""
         for call in conn.calls:
-            if call is None:
-                continue
-            if call.live:
+            if call is not None and call.live:
                 call.abort(RX_CALL_TIMEOUT, now)
-            elif call in final_acks:
-                final_acks.discard(call)
-                call.send_final_ack(now)
         self._client_conns.pop(conn.cid, None)
-
-    def send_final_acks(self, now: float) -> None:
-        """Send every final ACK held back, at once: the endpoint is going away."""
-        final_acks = self.schedule.final_acks
-        self.schedule.final_acks = set()
-        for call in final_acks:
-            call.send_final_ack(now)
 
     def add_service(self, service_id: int, securities: Sequence[ServerSecurity]) -> None:
         self._services[service_id] = {sec.index: sec for sec in securities}
@@ -172,11 +158,6 @@ class RxCore:
         channel = _free_channel(conn)
         if channel is None:
             return None
-        old = conn.calls[channel]
-        if old is not None and old in self.schedule.final_acks:
-            # The new call's first packet acknowledges the old call's whole reply.
-            self.schedule.final_acks.discard(old)
-            old.next_call_started()
         conn.call_numbers[channel] += 1
         call = Call(conn, channel, conn.call_numbers[channel], True, now)
         conn.calls[channel] = call
@@ -222,21 +203,11 @@ class RxCore:
             when = conn.challenge_at
             if when is not None and (deadline is None or when < deadline):
                 deadline = when
-        for call in self.schedule.final_acks:
-            when = call.ack_at
-            if when is not None and (deadline is None or when < deadline):
-                deadline = when
         return deadline
 
     def handle_timer(self, now: float) -> None:
         for call in list(self.schedule.live):
             call.on_timer(now)
-        final_acks = self.schedule.final_acks
-        for call in list(final_acks):
-            when = call.ack_at
-            if when is None or now >= when:  # None: sent already, with a duplicate's ACK
-                final_acks.discard(call)
-                call.send_final_ack(now)
         for conn in list(self._challenging):
             if conn.challenge_at is not None and now >= conn.challenge_at:
                 self._send_challenge(conn, now)

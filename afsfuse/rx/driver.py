@@ -366,7 +366,7 @@ class Endpoint:
             scope.cancel()
             return
         self._dispatch_events()
-        if call is not None:  # live, or finished with its final ACK held back
+        if call is not None and call.live:
             deadline = call.next_deadline()
             if deadline is not None and deadline < scope.deadline:
                 scope.deadline = deadline
@@ -385,12 +385,6 @@ class Endpoint:
                 self._core.stats.send_failures += 1
                 log.debug("sendto %s: %s", addr, exc)
         return []
-
-    def _send_final_acks(self) -> None:
-        """Closing: the final ACKs held back go now, as far as the socket takes them."""
-        now = trio.current_time()
-        self._core.send_final_acks(now)
-        self._send_now(self._core.datagrams_to_send(now))
 
     async def _run(self) -> None:
         sock = self._sock
@@ -528,6 +522,5 @@ async def open_endpoint(host: str = "0.0.0.0", port: int = 0) -> AsyncIterator[E
                 yield endpoint
             finally:
                 nursery.cancel_scope.cancel()
-                endpoint._send_final_acks()
     finally:
         sock.close()

@@ -2,11 +2,10 @@
 
 A call never touches the endpoint (RxCore) itself.  It is handed a Schedule, where it
 queues datagrams (`outgoing`), asks to transmit or to send an ACK at the next flush (it
-adds itself to `transmits` or `acks`), holds its final ACK back (`final_acks`), posts the
-event that wakes its task (`events`), counts what it sent and saw (`stats`, for rxdebug)
-and says it is over (`finished`).  The endpoint, which owns the Schedule, adds the calls
-it starts to `live` and drains the rest when the driver flushes
-(RxCore.datagrams_to_send, RxCore.pop_events) or its timers run (RxCore.handle_timer).
+adds itself to `transmits` or `acks`), posts the event that wakes its task (`events`),
+counts what it sent and saw (`stats`, for rxdebug) and says it is over (`finished`).  The endpoint, which owns the Schedule, adds the calls it
+starts to `live` and drains the rest when the driver flushes (RxCore.datagrams_to_send,
+RxCore.pop_events).
 
 The containers themselves, not methods wrapping them: on the per-packet path a wrapper's
 extra call (or a bound method kept in an attribute, which CPython 3.11 does not
@@ -50,7 +49,7 @@ Event: TypeAlias = IncomingCall[C] | CallChanged[C]
 class Schedule(Generic[C]):
     """Outgoing datagrams, calls wanting to transmit or ack, live calls and their events."""
 
-    __slots__ = ("acks", "events", "final_acks", "live", "outgoing", "stats", "transmits")
+    __slots__ = ("acks", "events", "live", "outgoing", "stats", "transmits")
 
     def __init__(self) -> None:
         #: Calls whose timers count: started and not yet finished.
@@ -63,9 +62,6 @@ class Schedule(Generic[C]):
         self.transmits: set[C] = set()
         #: Calls owing an ACK: flush_ack() runs at the next flush, before the transmits.
         self.acks: set[C] = set()
-        #: Finished client calls whose final ACK waits for its time (or for the next call
-        #: on the channel, which makes it needless): the endpoint's timers send it.
-        self.final_acks: set[C] = set()
         #: The endpoint's counters (rx/stats.py).
         self.stats = RxStats()
 

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from afsfuse.rx import packet as P
 from afsfuse.rx.call import (
     DELAYED_ACK_ALLOWANCE,
-    FINAL_ACK_DELAY,
     MAX_WINDOW,
     MIN_RECOVERY_WINDOW,
     RX_BUFFER_PACKETS,
@@ -604,98 +603,6 @@ def test_reply_data_implicitly_acks_the_request() -> None:
     core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"reply", P.LAST_PACKET), SERVER, 3.0)
     assert call.tx_backlog == 0 and call.resend_at is None
     assert call.read(100, 3.0) == b"reply" and call.at_eof
-
-
-# ----- the final ACK of a client call --------------------------------------------------------
-
-
-def ended_call(now: float) -> tuple[RxCore, Call]:
-    """A client call whose one-packet reply came, was read, and that the caller ended."""
-    core, call = client_call(now)
-    call.write(b"request", now)
-    call.close_send(now)
-    sent(core, now)
-    core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"reply", P.LAST_PACKET), SERVER, now)
-    assert call.read(100, now) == b"reply" and call.at_eof
-    sent(core, now)
-    call.end(now)
-    return core, call
-
-
-def acks_for(packets: list[tuple[P.Header, bytes]], call: Call) -> list[P.AckBody]:
-    return [
-        P.decode_ack(body)
-        for h, body in packets
-        if h.type == P.ACK and h.call_number == call.call_number and h.cid & 3 == call.channel
-    ]
-
-
-def test_the_final_ack_waits_a_moment_for_a_next_call_then_goes_once() -> None:
-    core, call = ended_call(1.0)
-    assert call.state == CallState.DALLY and acks_in(sent(core, 1.0)) == []
-    assert core.next_deadline() == pytest.approx(1.0 + FINAL_ACK_DELAY)
-    core.handle_timer(1.0 + FINAL_ACK_DELAY / 2)
-    assert acks_in(sent(core, 1.0 + FINAL_ACK_DELAY / 2)) == []
-    core.handle_timer(1.0 + FINAL_ACK_DELAY)
-    (ack,) = acks_for(sent(core, 1.0 + FINAL_ACK_DELAY), call)
-    assert ack.reason == P.ACK_DELAY and ack.first_packet == 2  # the whole reply
-    core.handle_timer(5.0)
-    assert sent(core, 5.0) == []
-
-
-def test_the_next_call_on_the_channel_acknowledges_the_reply_in_place_of_the_final_ack() -> None:
-    core, call = ended_call(1.0)
-    later = core.new_call(call.conn, 1.001)
-    assert later is not None and later.channel == call.channel
-    assert later.call_number == call.call_number + 1
-    later.write(b"next", 1.001)
-    later.close_send(1.001)
-    out = sent(core, 1.001)
-    assert [h.call_number for h in data_in(out)] == [later.call_number]
-    for when in (1.0 + FINAL_ACK_DELAY, 2.0, 30.0):
-        core.handle_timer(when)
-        assert acks_for(sent(core, when), call) == []
-
-
-def test_a_next_call_on_another_channel_leaves_the_final_ack_due() -> None:
-    core = RxCore(rng=random.Random(1))
-    conn = core.connect(SERVER, SERVICE, RXNULL)
-    first, second = core.new_call(conn, 1.0), core.new_call(conn, 1.0)
-    assert first is not None and second is not None and second.channel == 1
-    for call in (first, second):
-        call.close_send(1.0)
-        sent(core, 1.0)
-        core.receive_datagram(server_packet(call, P.DATA, 1, 1, b"", P.LAST_PACKET), SERVER, 1.0)
-        call.end(1.0)
-    later = core.new_call(conn, 1.001)  # the lowest free channel: the first call's
-    assert later is not None and later.channel == first.channel
-    core.handle_timer(1.0 + FINAL_ACK_DELAY)
-    out = sent(core, 1.0 + FINAL_ACK_DELAY)
-    assert acks_for(out, first) == [] and len(acks_for(out, second)) == 1
-
-
-def test_a_duplicate_reply_packet_is_acked_at_once_and_the_held_ack_not_sent_again() -> None:
-    core, call = ended_call(1.0)
-    core.receive_datagram(
-        server_packet(call, P.DATA, 1, 2, b"reply", P.LAST_PACKET | P.REQUEST_ACK), SERVER, 1.001
-    )
-    assert len(acks_for(sent(core, 1.001), call)) == 1
-    core.handle_timer(1.0 + FINAL_ACK_DELAY)
-    assert acks_for(sent(core, 1.0 + FINAL_ACK_DELAY), call) == []
-
-
-def test_closing_the_connection_or_the_endpoint_sends_the_held_final_ack_at_once() -> None:
-    core, call = ended_call(1.0)
-    core.close_connection(call.conn, 1.001)
-    assert len(acks_for(sent(core, 1.001), call)) == 1
-    core.handle_timer(2.0)
-    assert acks_for(sent(core, 2.0), call) == []
-
-    core, call = ended_call(1.0)
-    core.send_final_acks(1.001)
-    assert len(acks_for(sent(core, 1.001), call)) == 1
-    core.handle_timer(2.0)
-    assert acks_for(sent(core, 2.0), call) == []
 
 
 # ----- liveness, aborts, busy --------------------------------------------------------------

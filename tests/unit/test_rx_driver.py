@@ -13,7 +13,6 @@ import trio
 import trio.testing
 
 from afsfuse.rx import packet as P
-from afsfuse.rx.call import FINAL_ACK_DELAY
 from afsfuse.rx.driver import RECEIVE_BATCH, ServerCall, open_endpoint
 from afsfuse.rx.errors import RX_CALL_DEAD, RX_CALL_TIMEOUT, RX_USER_ABORT, RxAbort, RxTimeout
 from afsfuse.rx.pathmtu import path_mtu
@@ -105,50 +104,6 @@ async def test_more_than_four_concurrent_calls_share_one_connection() -> None:
                     nursery.start_soon(one, i)
     assert results == {i: b"%d" % i * 2 for i in range(12)}
     assert peak == 4
-
-
-async def test_calls_in_a_row_send_no_final_acks_but_the_last_goes_on_time_by_itself(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    """Against a bare socket answering each request with one DATA packet that asks for no
-    ACK (as an OpenAFS fileserver answers a small RPC): each next call on the channel
-    acknowledges the reply before it, and the last reply's ACK follows FINAL_ACK_DELAY
-    later with nothing else to wake the socket task (the clock moves only when told)."""
-    server = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await server.bind((LOCAL, 0))
-    seen: list[tuple[int, int]] = []  # (packet type, call number), pings left out
-
-    async def answer() -> None:
-        while True:
-            data, addr = await server.recvfrom(2048)
-            header = P.decode_header(data)
-            if header.type == P.ACK and P.decode_ack(data[P.HEADER_SIZE :]).reason == P.ACK_PING:
-                continue
-            seen.append((header.type, header.call_number))
-            if header.type == P.DATA and header.flags & P.LAST_PACKET:
-                reply = header._replace(seq=1, type=P.DATA, flags=P.LAST_PACKET)
-                await server.sendto(reply.encode() + b"reply", addr)
-
-    async def settle() -> None:
-        for _ in range(3):  # a datagram sent just now is seen by the next poll
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-
-    with server:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(answer)
-            async with open_endpoint(LOCAL) as client:
-                conn = client.connect((LOCAL, server.getsockname()[1]), SERVICE)
-                for _ in range(3):
-                    assert await conn.rpc(b"request") == b"reply"
-                await settle()
-                assert seen == [(P.DATA, 1), (P.DATA, 2), (P.DATA, 3)]
-                mock_clock.jump(FINAL_ACK_DELAY * 0.9)
-                await settle()
-                assert seen[3:] == []
-                mock_clock.jump(FINAL_ACK_DELAY * 0.2)
-                await settle()
-                assert seen[3:] == [(P.ACK, 3)]
-            nursery.cancel_scope.cancel()
 
 
 async def test_handler_errors_reach_the_caller_and_the_endpoint_survives() -> None:
