@@ -436,18 +436,9 @@ class Endpoint:
             self._wait_scope = None
 
     async def _send(self, datagrams: list[tuple[Datagram, Address]]) -> None:
-        sock = self._sock
-        for data, addr in datagrams:
-            while True:
-                try:
-                    sock.sendto(data, addr)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as exc:
-                    self._core.stats.send_failures += 1
-                    log.debug("sendto %s: %s", addr, exc)
-                    break
+        """Send them all, waiting whenever the socket's buffer is full."""
+        while datagrams := self._send_now(datagrams):
+            await trio.lowlevel.wait_writable(self._sock)
 
     def _dispatch_events(self) -> bool:
         """Wake the tasks the core's events concern; True if any task was woken or started."""

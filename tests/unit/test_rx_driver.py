@@ -219,6 +219,38 @@ async def test_a_flood_that_wakes_no_task_still_lets_other_tasks_run_between_bat
     assert any(0 < count < total for count in seen)
 
 
+class _FullBuffer:
+    """A UDP socket whose send buffer is full at every other sendto."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if (self.refused + self.sent) % 2 == 0:
+            self.refused += 1
+            raise BlockingIOError
+        self.sent += 1
+        return self._sock.sendto(data, addr)
+
+    sent = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+async def test_a_full_send_buffer_delays_datagrams_but_loses_none() -> None:
+    payload = random.Random(3).randbytes(300_000)
+    async with open_endpoint(LOCAL) as server, open_endpoint(LOCAL) as client:
+        server.serve(SERVICE, echo)
+        full = _FullBuffer(client._sock)
+        client._sock = full  # type: ignore[assignment]
+        conn = client.connect((LOCAL, server.port), SERVICE)
+        with trio.fail_after(10):
+            assert await conn.rpc(payload) == payload
+    assert full.refused >= full.sent > 10
+
+
 async def test_version_request_is_answered() -> None:
     async with open_endpoint(LOCAL) as server:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
