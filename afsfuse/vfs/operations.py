@@ -1,6 +1,6 @@
 """The FUSE face: pyfuse3 Operations over the cache manager (fs/api.py).
 
-About 800 lines, on purpose: this is the pyfuse3.Operations subclass, some 30 handlers and the
+About 900 lines, on purpose: this is the pyfuse3.Operations subclass, some 30 handlers and the
 state they share (the inode table, open handles, what the kernel was shown, statfs hints).
 Each handler is kept short; what is not about FUSE requests lives beside it:
 
