@@ -102,8 +102,13 @@ def describe(piece: bytes) -> str:
 
 
 def read_whole(path: str) -> bytes:
+    """The file read to its end as cat reads it: one read(2) of READ_SIZE at a time, until
+    the first that returns nothing.  A buffered f.read() would not stop there: it ends a
+    read(2) anywhere (its buffer is st_blksize), returns what it has when one of them meets
+    the end of the file, and the next f.read() reads on past that end, into whatever version
+    has replaced the file by then, from inside a page."""
     parts = []
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         while chunk := f.read(READ_SIZE):
             parts.append(chunk)
     return b"".join(parts)
