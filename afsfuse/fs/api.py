@@ -106,7 +106,14 @@ class CacheManagerApi(Protocol):
     # -- file data -----------------------------------------------------------------------
 
     def read_shown(
-        self, fid: AfsFid, offset: int, size: int, who: Identity, shown: Shown | None
+        self,
+        fid: AfsFid,
+        offset: int,
+        size: int,
+        who: Identity,
+        shown: Shown | None,
+        *,
+        clean: bool = False,
     ) -> Awaitable[FileData]: ...
     def open(self, fid: AfsFid, who: Identity, *, write: bool) -> Awaitable[Status]: ...
     def write(self, fid: AfsFid, offset: int, data: bytes, who: Identity) -> Awaitable[int]: ...

@@ -532,23 +532,37 @@ class CacheManager:
 
     @_boundary
     async def read_shown(
-        self, fid: AfsFid, offset: int, size: int, who: Identity, shown: Shown | None
+        self,
+        fid: AfsFid,
+        offset: int,
+        size: int,
+        who: Identity,
+        shown: Shown | None,
+        *,
+        clean: bool = False,
     ) -> FileData:
         """Like `read`, for a reader that believes the file is at data version and length
         `shown`: that version is served while its chunks are in memory, so what the reader
-        gets agrees with the length it was told.  Otherwise the version the fileserver has."""
+        gets agrees with the length it was told.  Otherwise the version the fileserver has.
+        `clean`: the fileserver's copy even where this mount has unstored changes."""
         if offset < 0 or size < 0:
             raise FsError(errno.EINVAL)
         token = self._token(fid.cell, who)
         for _ in range(3):
             try:
-                return await self._read(fid, offset, size, token, shown)
+                return await self._read(fid, offset, size, token, shown, clean)
             except DataVersionChanged:
                 shown = None
         raise FsError(errno.EIO, "file keeps changing while being read")
 
     async def _read(
-        self, fid: AfsFid, offset: int, size: int, token: Token | None, shown: Shown | None
+        self,
+        fid: AfsFid,
+        offset: int,
+        size: int,
+        token: Token | None,
+        shown: Shown | None,
+        clean: bool = False,
     ) -> FileData:
         vnode, trusted = await self.status.status_for(fid, token, PRSFS_READ)
         status = vnode.status
@@ -558,7 +572,7 @@ class CacheManager:
         # The owner-read bit is checked by the server for ordinary users; a cached copy is
         # only handed out when the server would surely agree.
         trusted = trusted and bool(status.mode & 0o400)
-        dirty = self.writer.shown_dirty(fid, status)
+        dirty = None if clean else self.writer.shown_dirty(fid, status)
         if dirty is not None:
             data = await self.writer.read_dirty(fid, vnode, token, dirty, offset, size, trusted)
             return FileData(data, None, dirty.length)

@@ -44,7 +44,7 @@ import mmap
 import os
 import stat
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +126,8 @@ class _FileHandle:
     writable: bool = False
     #: Opened with O_DIRECT: its reads skip the kernel's cache and may go past the end.
     direct: bool = False
+    #: Opened with O_TRUNC, and the kernel may not have cut its length yet (see `open`).
+    truncating: bool = False
 
 
 @dataclass
@@ -172,6 +174,8 @@ class AfsOperations(pyfuse3.Operations):
         self._statfs_hints: OrderedDict[int, tuple[float, Node]] = OrderedDict()
         #: What the kernel was given of each file, which bounds what it reads and keeps.
         self._view = KernelView()
+        #: Clean files an O_TRUNC open has cut here and not yet in the kernel (see `open`).
+        self._truncating: Counter[AfsFid] = Counter()
         self.invalidator = (make_invalidator or Invalidator)(self.inodes)
         manager.on_invalidate(self._broken)
 
@@ -401,8 +405,20 @@ class AfsOperations(pyfuse3.Operations):
             raise fail(errno.EISDIR)
         if not allows(status, os.W_OK if write else os.R_OK):
             raise fail(errno.EACCES)
+        truncating = bool(flags & os.O_TRUNC) and not self.manager.unstored(node.fid)
         if flags & os.O_TRUNC:
-            await self.manager.truncate(node.fid, 0, who)  # stored at close, like any write
+            # Stored at close, like any write.  The kernel cuts its length and pages only
+            # once it has this reply: until then it may read on at the old length, and an
+            # empty answer from the cut copy would be pages of zeros a reader copies.  Those
+            # reads get the server's copy, the length they were sized by (`read`).
+            if truncating:
+                self._truncating[node.fid] += 1
+            try:
+                await self.manager.truncate(node.fid, 0, who)
+            except BaseException:
+                if truncating:
+                    self._truncate_seen(node.fid)
+                raise
         self._touched(ctx, node)
         shown = self._view.shown(node.fid)
         fresh = shown is None or shown[0] == status.data_version
@@ -415,6 +431,7 @@ class AfsOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             self._view.written(node.fid)
         fh = self._open_file(node.fid, inode, who, write, direct=bool(flags & os.O_DIRECT))
+        self._file_handle(fh, use=False).truncating = truncating
         return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
     @guard
@@ -446,11 +463,21 @@ class AfsOperations(pyfuse3.Operations):
         self._files.opened(fid, writable)
         return self._new_handle(_FileHandle(fid, inode, who, writable, direct))
 
-    def _file_handle(self, fh: int, *, writing: bool = False) -> _FileHandle:
+    def _file_handle(self, fh: int, *, writing: bool = False, use: bool = True) -> _FileHandle:
+        """The open file `fh`.  A request that uses it comes after its open(2) returned:
+        the kernel has cut the length of a file that open truncated."""
         handle = self._handles.get(fh)
         if not isinstance(handle, _FileHandle) or (writing and not handle.writable):
             raise fail(errno.EBADF)
+        if use and handle.truncating:
+            handle.truncating = False
+            self._truncate_seen(handle.fid)
         return handle
+
+    def _truncate_seen(self, fid: AfsFid) -> None:
+        self._truncating[fid] -= 1
+        if self._truncating[fid] <= 0:
+            del self._truncating[fid]
 
     @guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -460,6 +487,10 @@ class AfsOperations(pyfuse3.Operations):
         the old one for the end of the file."""
         handle = self._file_handle(fh)
         fid = handle.fid
+        if fid in self._truncating:
+            # Sized by the length from before an O_TRUNC open this mount is still answering.
+            got = await self.manager.read_shown(fid, off, size, handle.who, None, clean=True)
+            return self._answer(handle, got)
         asked = self._view.version(fid)
         longer = self._view.longer_before(fid)
         if asked is not None and longer is not None and asked[1] <= off < longer[1]:
@@ -539,6 +570,8 @@ class AfsOperations(pyfuse3.Operations):
         if not isinstance(handle, _FileHandle):
             return
         fid = handle.fid
+        if handle.truncating:
+            self._truncate_seen(fid)
         last_writer = self._files.released(fid, handle.writable)
         if last_writer and self.manager.unstored(fid) and not self._files.hidden(fid):
             try:

@@ -80,6 +80,7 @@ class FakeManager:
         self.shown_reads: list = []
         self.kept: dict[tuple[AfsFid, int], bytes] = {}
         self.during_read = None
+        self.during_truncate = None
 
     def on_invalidate(self, callback) -> None:
         self.listeners.append(callback)
@@ -143,10 +144,14 @@ class FakeManager:
     async def readlink(self, fid, who) -> bytes:
         return self.links[fid]
 
-    async def read_shown(self, fid, offset, size, who, shown) -> FileData:
+    async def read_shown(self, fid, offset, size, who, shown, *, clean=False) -> FileData:
         """The file's current contents, or the version shown while it is `kept` (as the
-        real one serves a version whose chunks are in memory); remembers what was shown."""
+        real one serves a version whose chunks are in memory), or this mount's unstored
+        changes but when `clean`; remembers what was shown."""
         self.shown_reads.append(shown)
+        if fid in self.dirty and not clean:
+            data = bytes(self.dirty[fid])
+            return FileData(data[offset : offset + size], None, len(data))
         data = self.contents.get(fid, b"")
         version = self.files[fid].data_version
         if shown is not None and (fid, shown[0]) in self.kept:
@@ -174,6 +179,8 @@ class FakeManager:
         buf = self.dirty.setdefault(fid, bytearray(self.stored.get(fid, b"")))
         del buf[length:]
         buf.extend(bytes(length - len(buf)))
+        if self.during_truncate is not None:
+            await self.during_truncate()
 
     async def store_data(self, fid, who) -> Status:
         self.stores.append(fid)
@@ -643,6 +650,50 @@ async def test_reads_tell_the_manager_what_the_kernel_believes_and_fix_its_lengt
     # Not so for O_DIRECT, whose reads go past the end as asked.
     direct = await ops.open(pub.st_ino, os.O_RDONLY | os.O_DIRECT, ctx())
     assert await ops.read(direct.fh, 0, 3 * 4096) == b"hello there"
+
+
+async def test_reads_while_an_o_trunc_open_is_answered_get_the_length_the_kernel_still_has(
+    ops,
+) -> None:
+    """The kernel cuts a file's length and pages only once it has the reply to an O_TRUNC
+    open: a read it sends meanwhile was sized by the old length, and an empty answer from
+    the cut copy would be pages of zeros that a reader copies."""
+    manager = ops.manager
+    fid = AfsFid(CELL, 11, 2, 2)
+    manager.files[fid] = status(FILE_FILE, 0o644, 0x7F, size=5)
+    manager.contents[fid] = manager.stored[fid] = b"hello"
+    top = await ops.lookup(ROOT_INODE, CELL.encode(), ctx())
+    pub = await ops.lookup(top.st_ino, b"pub", ctx())
+    reader = await ops.open(pub.st_ino, os.O_RDONLY, ctx())
+    during: list[bytes] = []
+
+    async def read_meanwhile() -> None:
+        during.append(await ops.read(reader.fh, 0, 4096))
+
+    manager.during_truncate = read_meanwhile
+    writer = await ops.open(pub.st_ino, os.O_WRONLY | os.O_TRUNC, ctx())
+    assert during == [b"hello"] and manager.dirty[fid] == b""
+    # Until a request on the new descriptor shows that its open(2) has returned.
+    assert await ops.read(reader.fh, 0, 4096) == b"hello"
+    await ops.write(writer.fh, 0, b"bye")
+    assert await ops.read(reader.fh, 0, 4096) == b"bye"
+    await ops.release(writer.fh)
+    manager.contents[fid] = manager.stored[fid]
+
+    # A descriptor released unused says the same.
+    unused = await ops.open(pub.st_ino, os.O_WRONLY | os.O_TRUNC, ctx())
+    assert during[-1] == b"bye" and await ops.read(reader.fh, 0, 4096) == b"bye"
+    await ops.release(unused.fh)
+    manager.during_truncate = None
+    other = await ops.open(pub.st_ino, os.O_WRONLY, ctx())
+    await ops.write(other.fh, 0, b"xy")
+    assert await ops.read(reader.fh, 0, 4096) == b"xy"
+    # A file with unstored changes here was showing them: they are what is cut.
+    manager.during_truncate = read_meanwhile
+    again = await ops.open(pub.st_ino, os.O_WRONLY | os.O_TRUNC, ctx())
+    assert during[-1] == b"" and await ops.read(reader.fh, 0, 4096) == b""
+    await ops.release(again.fh)
+    await ops.release(other.fh)
 
 
 async def test_a_read_past_a_new_shorter_end_gets_the_longer_version_the_kernel_sized_it_by(
