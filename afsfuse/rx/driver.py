@@ -416,8 +416,8 @@ class Endpoint:
                 # Let the tasks just woken read and write, so their acks and data share one
                 # flush.  With none woken (most ACKs of a bulk send wake nobody) the trip
                 # through trio's scheduler would only delay the flush.  Trio runs the tasks
-                # of one batch in either order, so they go first about half the time; a
-                # second checkpoint to make sure sent no fewer ACKs in a bulk read.
+                # of one batch in either order, so they go first about half the time (a
+                # second checkpoint, to make sure, sent no fewer ACKs in a bulk read).
                 await trio.lowlevel.checkpoint()
             self._poked = False
             datagrams = core.datagrams_to_send(trio.current_time())

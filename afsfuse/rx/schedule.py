@@ -3,9 +3,9 @@
 A call never touches the endpoint (RxCore) itself.  It is handed a Schedule, where it
 queues datagrams (`outgoing`), asks to transmit or to send an ACK at the next flush (it
 adds itself to `transmits` or `acks`), posts the event that wakes its task (`events`),
-counts what it sent and saw (`stats`, for rxdebug) and says it is over (`finished`).  The endpoint, which owns the Schedule, adds the calls it
-starts to `live` and drains the rest when the driver flushes (RxCore.datagrams_to_send,
-RxCore.pop_events).
+counts what it sent and saw (`stats`, for rxdebug) and says it is over (`finished`).
+The endpoint, which owns the Schedule, adds the calls it starts to `live` and drains the
+rest when the driver flushes (RxCore.datagrams_to_send, RxCore.pop_events).
 
 The containers themselves, not methods wrapping them: on the per-packet path a wrapper's
 extra call (or a bound method kept in an attribute, which CPython 3.11 does not

@@ -430,8 +430,8 @@ class AfsOperations(pyfuse3.Operations):
             self._view.show(node.fid, status)
         if flags & os.O_TRUNC:
             self._view.written(node.fid)
-        fh = self._open_file(node.fid, inode, who, write, direct=bool(flags & os.O_DIRECT))
-        self._file_handle(fh, use=False).truncating = truncating
+        direct = bool(flags & os.O_DIRECT)
+        fh = self._open_file(node.fid, inode, who, write, direct=direct, truncating=truncating)
         return pyfuse3.FileInfo(fh=fh, keep_cache=fresh)
 
     @guard
@@ -458,18 +458,25 @@ class AfsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attrs
 
     def _open_file(
-        self, fid: AfsFid, inode: int, who: Identity, writable: bool, *, direct: bool = False
+        self,
+        fid: AfsFid,
+        inode: int,
+        who: Identity,
+        writable: bool,
+        *,
+        direct: bool = False,
+        truncating: bool = False,
     ) -> int:
         self._files.opened(fid, writable)
-        return self._new_handle(_FileHandle(fid, inode, who, writable, direct))
+        return self._new_handle(_FileHandle(fid, inode, who, writable, direct, truncating))
 
-    def _file_handle(self, fh: int, *, writing: bool = False, use: bool = True) -> _FileHandle:
+    def _file_handle(self, fh: int, *, writing: bool = False) -> _FileHandle:
         """The open file `fh`.  A request that uses it comes after its open(2) returned:
         the kernel has cut the length of a file that open truncated."""
         handle = self._handles.get(fh)
         if not isinstance(handle, _FileHandle) or (writing and not handle.writable):
             raise fail(errno.EBADF)
-        if use and handle.truncating:
+        if handle.truncating:
             handle.truncating = False
             self._truncate_seen(handle.fid)
         return handle
