@@ -33,7 +33,9 @@ async def test_a_trim_follows_enough_small_blocks_freed_and_big_ones_do_not_coun
         return True
 
     trims: list[int] = []
-    trimmer = Trimmer(after=100_000, trim=count, trimmed=lambda: trims.append(1))
+    trimmer = Trimmer(
+        after=100_000, trim=count, trimmed=lambda: trims.append(1), unused=lambda: None
+    )
     big = SETTINGS["MALLOC_MMAP_THRESHOLD_"][1]
     assert in_arena(60_000) and not in_arena(big)
     async with trio.open_nursery() as nursery:
@@ -51,6 +53,48 @@ async def test_a_trim_follows_enough_small_blocks_freed_and_big_ones_do_not_coun
         await _wait_for(trims, 2)
         nursery.cancel_scope.cancel()
     assert calls == [1, 1]
+
+
+async def test_no_trim_while_the_arenas_keep_little_unused() -> None:
+    """A stream of chunks reuses the space it frees: trimming it would only have the kernel
+    map the same pages again."""
+    calls: list[int] = []
+    trims: list[int] = []
+    unused = [10]
+
+    def count() -> bool:
+        calls.append(1)
+        return True
+
+    trimmer = Trimmer(
+        after=100, trim=count, trimmed=lambda: trims.append(1), keep=50, unused=lambda: unused[0]
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trimmer.run)
+        trimmer.freed(100)
+        await trio.sleep(0.1)
+        assert calls == [] and trims == []
+        unused[0] = 50
+        trimmer.freed(100)
+        await _wait_for(trims, 1)
+        nursery.cancel_scope.cancel()
+    assert calls == [1]
+
+
+def test_the_arenas_unused_space_is_read_from_glibc() -> None:
+    script = (
+        "from afsfuse.malloc import free_in_arenas, tune\n"
+        "tune()\n"
+        "before = free_in_arenas()\n"
+        "blocks = [bytes(1 << 20) for _ in range(40)]\n"
+        "del blocks[::2]\n"
+        "print(before, free_in_arenas())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env={}, capture_output=True, text=True, check=True
+    )
+    before, after = (int(n) for n in run.stdout.split())
+    assert after - before >= 19 << 20  # the 20 chunks freed stay in the arenas, unused
 
 
 # Frees every other 128 KiB block of 64 MiB (arena blocks under the daemon's settings), so
