@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -147,13 +146,12 @@ def test_vnode_zero_marks_a_deleted_entry() -> None:
     assert lookup(data, b"gone") is None
 
 
-def test_ten_thousand_entries_parse_fast() -> None:
+def test_ten_thousand_entries_parse() -> None:
+    # How fast is the bench's business (`ls -l` of 10 000 entries), not a timed assertion.
     data = build_directory([*DOT, *((b"file-number-%05d" % i, i + 2, 1) for i in range(10_000))])
-    started = time.perf_counter()
     parsed = parse_directory(data)
-    elapsed = time.perf_counter() - started
     assert len(parsed) == 10_002
-    assert elapsed < 0.25, f"{elapsed * 1000:.0f} ms for {len(data)} bytes"
+    assert parsed[b"file-number-04321"] == DirEntry(4_323, 1)
     assert lookup(data, b"file-number-09999") == DirEntry(10_001, 1)
 
 
