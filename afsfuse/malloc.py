@@ -13,10 +13,11 @@ they are.
 The threshold sits above a chunk (2 MiB), so chunks come from the two arenas too.  With it
 at 256 KiB, every chunk was an mmap of its own: the kernel zeroed and mapped each of its 256
 pages, then unmapped them at free, and a read of 256 MiB from the disk cache spent more time
-in the kernel than in Python.  In the arenas a chunk freed is the next one's space.  On the
-bench (256 MiB, 3 rounds) that took the daemon's CPU down by about 30 % for cold, disk-cache
-and remount reads and for `cp`; peak RSS went from 133 to 161 MiB there, and was 153 MiB
-with 4 parallel `tar x` of the whole standard library.
+in the kernel than in Python (its system time there fell by about two thirds).  In the
+arenas a chunk freed is the next one's space.  On the bench (256 MiB) the daemon's CPU for
+cold, disk-cache and remount reads and `cp` fell by 0-30 % from pair to pair of runs, about
+15 % overall; peak RSS went from 132 to 160 MiB there, and was 153 MiB with 4 parallel
+`tar x` of the whole standard library.
 
 Space freed in the arenas stays there, scattered between live blocks where glibc's own
 trimming (the top of the heap only) never reaches: `tar x` fills chunk memory with small
